@@ -1,0 +1,27 @@
+"""Locations of the config tree and helpers to read single config options outside Hydra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def available_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def load_option(group: str, name: str) -> DictConfig:
+    """Read ``conf/<group>/<name>.yaml`` (e.g. a per-fold model override)."""
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"{group}={name!r}: no such option. Available: {available_options(group)}")
+    return OmegaConf.load(path)
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers, without Hydra's own node."""
+    return {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
+            for k in cfg if k != "hydra"}

@@ -1,0 +1,1 @@
+"""Data layer: sources, folds, decoding, caching, augmentation, datasets."""

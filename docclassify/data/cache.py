@@ -1,0 +1,163 @@
+"""Decoded-image cache: every source image decoded and resized once, stored as one
+memory-mappable uint8 array (N, S, S, 3) per (image set, size, resize policy).
+
+The key hashes the images' bytes, so a changed file gives a new cache. The file is built
+in a temp file and renamed into place (a crash never leaves a half cache that looks
+complete), an exclusive lock stops two processes building the same cache twice, and a
+truncated file is detected on open and rebuilt. Epochs, folds, sweep trials and separate
+processes all share it through the OS page cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from docclassify.data.images import BadImageError, load_image
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# Arrays opened in this process, by key: sweep trials in one process skip even the open.
+_OPEN: dict[str, tuple[np.ndarray, list[int]]] = {}
+
+
+def content_key(paths: Sequence[Path], size: int, policy: str, pad_value: int) -> str:
+    """Hash of the images' bytes (in order) plus everything that changes the decoded pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([CACHE_FORMAT, int(size), policy, int(pad_value), len(paths)]).encode())
+    for p in paths:
+        h.update(hashlib.blake2b(Path(p).read_bytes(), digest_size=16).digest())
+    return h.hexdigest()
+
+
+def _expected_bytes(n: int, size: int) -> int:
+    return n * size * size * 3
+
+
+def _valid_file(path: Path, n: int, size: int) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    return arr.shape == (n, size, size, 3) and arr.dtype == np.uint8 and \
+        path.stat().st_size >= _expected_bytes(n, size)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def decode_all(paths: Sequence[Path], size: int, policy: str, pad_value: int, out: np.ndarray,
+               progress: bool = True) -> list[int]:
+    """Decode ``paths`` into ``out`` (threads: PIL releases the GIL). Returns indices of bad images."""
+    bad: list[int] = []
+    n = len(paths)
+
+    def work(i: int) -> None:
+        try:
+            out[i] = load_image(paths[i], size, policy, pad_value)
+        except BadImageError as exc:
+            log.debug("%s", exc)
+            bad.append(i)
+            out[i] = pad_value
+
+    t0, last = time.time(), 0.0
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for done, _ in enumerate(pool.map(work, range(n)), 1):
+            now = time.time()
+            if progress and (now - last > 5 or done == n):
+                last = now
+                rate = done / max(now - t0, 1e-9)
+                log.info("decode cache: %d/%d images (%.0f img/s)", done, n, rate)
+    return sorted(bad)
+
+
+def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
+                  cache_dir: str | Path) -> tuple[np.ndarray, list[int]]:
+    """Return (read-only array (N, size, size, 3), indices of undecodable images).
+
+    Builds the cache on first use; later calls (any process) map the same file.
+    """
+    paths = [Path(p) for p in paths]
+    key = content_key(paths, size, policy, pad_value)
+    if key in _OPEN:
+        return _OPEN[key]
+    folder = Path(cache_dir).expanduser() / "decoded"
+    folder.mkdir(parents=True, exist_ok=True)
+    data_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
+    with _file_lock(folder / f"{key}.lock"):
+        if data_path.exists() and meta_path.exists() and _valid_file(data_path, len(paths), size):
+            bad = json.loads(meta_path.read_text())["bad"]
+        else:
+            if data_path.exists():
+                log.warning("decode cache %s is incomplete or corrupt: rebuilding", data_path)
+            t0 = time.time()
+            log.info("decode cache: building %s (%d images at %d px, %s)", data_path.name, len(paths), size, policy)
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=folder)
+            os.close(fd)
+            try:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+                bad = decode_all(paths, size, policy, pad_value, arr)
+                arr.flush()
+                del arr
+                os.replace(tmp, data_path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            from docclassify.utils.io import atomic_write_json
+
+            atomic_write_json(meta_path, {"format": CACHE_FORMAT, "n": len(paths), "size": size,
+                                          "policy": policy, "pad_value": pad_value, "bad": bad})
+            log.info("decode cache: built in %.1fs", time.time() - t0)
+    arr = np.load(data_path, mmap_mode="r")
+    _OPEN[key] = (arr, bad)
+    return arr, bad
+
+
+class LazyImages:
+    """Decode on access (``data.cache=false``): same interface as the cached array."""
+
+    def __init__(self, paths: Sequence[Path], size: int, policy: str, pad_value: int):
+        self.paths, self.size, self.policy, self.pad_value = list(paths), size, policy, pad_value
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return load_image(self.paths[i], self.size, self.policy, self.pad_value)
+
+
+def find_bad_images(paths: Sequence[Path]) -> list[int]:
+    """Cheap pre-flight check for the uncached path: indices of files PIL cannot identify/verify."""
+    from PIL import Image
+
+    bad = []
+    for i, p in enumerate(paths):
+        try:
+            if Path(p).stat().st_size == 0:
+                raise OSError("empty file")
+            with Image.open(p) as img:
+                img.verify()
+        except Exception:
+            bad.append(i)
+    return bad

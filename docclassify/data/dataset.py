@@ -1,0 +1,30 @@
+"""The torch Dataset: rows of a (cached or lazily decoded) image array + labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class ImageDataset(Dataset):
+    """Returns (uint8 CHW tensor, target) — normalisation happens on the device, in the
+    engine, so host->device copies stay 4x smaller than float32."""
+
+    def __init__(self, images, indices: np.ndarray, targets: np.ndarray | None, transform=None):
+        self.images = images
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        row = int(self.indices[i])
+        img = np.asarray(self.images[row])
+        if self.transform is not None:
+            img, _ = self.transform(img, row)
+        tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        target = -1 if self.targets is None else int(self.targets[row])
+        return tensor, target

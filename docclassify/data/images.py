@@ -1,0 +1,91 @@
+"""Decoding and resizing of one image into the working format: uint8 RGB, HxWx3.
+
+Every mode a real data set throws at us ends up as 8-bit RGB: grayscale, palette (with or
+without transparency), RGBA/LA (composited on white: transparent areas of a scan are
+paper), CMYK JPEGs, 16-bit PNGs. JPEG EXIF orientation is applied (a phone photo looks
+the way the phone showed it), which is what a person looking at the file expects.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESIZE_POLICIES = ("pad", "stretch")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded (empty, truncated, not an image)."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the full range to 8 bits instead of clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")  # L, 1, CMYK, YCbCr, F ...
+    return img
+
+
+def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
+    """Read ``path`` as an RGB uint8 array (H, W, 3), EXIF orientation applied.
+
+    ``draft_size`` lets the JPEG decoder scale down by a power of two while both sides stay
+    >= draft_size (several times faster for large photos that are resized anyway).
+
+    Raises BadImageError naming the file when it is empty or cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImageError(f"{path}: cannot read ({exc})") from exc
+    if not data:
+        raise BadImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def resize_image(img: np.ndarray, size: int, policy: str = "pad", pad_value: int = 0) -> np.ndarray:
+    """Resize an RGB uint8 array to ``size`` x ``size``.
+
+    pad: the long side becomes ``size`` (aspect kept), the short side is centred and padded
+    with ``pad_value``; stretch: both sides become ``size``.
+    """
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"data.resize={policy!r}: expected one of {RESIZE_POLICIES}")
+    h, w = img.shape[:2]
+    pil = Image.fromarray(img)
+    if policy == "stretch":
+        return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0))
+    out = np.full((size, size, 3), pad_value, dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def load_image(path: str | Path, size: int, policy: str = "pad", pad_value: int = 0) -> np.ndarray:
+    """Decode + resize: the array every Dataset and the decode cache hold."""
+    return resize_image(decode_image(path, draft_size=size), size, policy, pad_value)

@@ -1,0 +1,1 @@
+"""Training engine: setup, optimisation, the per-fold fit loop and K-fold orchestration."""

@@ -1,0 +1,34 @@
+"""Mixup / CutMix with label smoothing folded in (timm), and the matching loss."""
+
+from __future__ import annotations
+
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+
+
+def build_mixup(aug_cfg, num_classes: int, label_smoothing: float) -> Mixup | None:
+    if float(aug_cfg.mixup_alpha) <= 0 and float(aug_cfg.cutmix_alpha) <= 0:
+        return None
+    return Mixup(
+        mixup_alpha=float(aug_cfg.mixup_alpha),
+        cutmix_alpha=float(aug_cfg.cutmix_alpha),
+        prob=float(aug_cfg.mixup_prob),
+        switch_prob=float(aug_cfg.mixup_switch_prob),
+        mode=str(aug_cfg.mixup_mode),
+        label_smoothing=float(label_smoothing),
+        num_classes=num_classes,
+    )
+
+
+def build_train_loss(mixup: Mixup | None, label_smoothing: float) -> torch.nn.Module:
+    """Soft-target CE when mixup produces soft targets, else CE with label smoothing."""
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    return torch.nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
+
+
+def mixup_active(aug_cfg, epoch: int) -> bool:
+    """Mixup is switched off from ``mixup_off_epoch`` on (the last epochs train on clean images)."""
+    off = aug_cfg.mixup_off_epoch
+    return off is None or epoch < int(off)

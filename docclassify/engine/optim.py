@@ -1,0 +1,51 @@
+"""Optimiser and lr schedule from timm's factories."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(model: torch.nn.Module, trainer_cfg, reg_cfg) -> torch.optim.Optimizer:
+    """AdamW (or another timm optimiser) with no weight decay on norms and biases
+    (timm's filter_bias_and_bn) and optional layer-wise lr decay."""
+    return create_optimizer_v2(
+        model,
+        opt=trainer_cfg.optimizer,
+        lr=float(trainer_cfg.lr),
+        weight_decay=float(reg_cfg.weight_decay),
+        layer_decay=reg_cfg.layer_decay,
+        filter_bias_and_bn=True,
+    )
+
+
+def effective_warmup(warmup_epochs: int, epochs: int) -> int:
+    """Warmup longer than the run would never reach the peak lr: keep at least one epoch of decay."""
+    warmup = int(warmup_epochs or 0)
+    if warmup >= epochs:
+        clipped = max(0, epochs - 1)
+        log.warning("schedule.warmup_epochs=%d >= trainer.epochs=%d: using %d warmup epoch(s)", warmup, epochs, clipped)
+        return clipped
+    return warmup
+
+
+def build_scheduler(optimizer, sched_cfg, epochs: int, updates_per_epoch: int):
+    """Warmup (linear, from warmup_lr) then the named decay, stepped per optimiser update."""
+    warmup = effective_warmup(sched_cfg.warmup_epochs, epochs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=sched_cfg.name,
+        num_epochs=epochs - warmup,
+        warmup_epochs=warmup,
+        warmup_prefix=True,  # cosine spans the epochs after warmup and ends at min_lr
+        warmup_lr=float(sched_cfg.warmup_lr),
+        min_lr=float(sched_cfg.min_lr),
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler

@@ -1,0 +1,56 @@
+"""Device, seeding, determinism and mixed-precision settings."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={spec}: CUDA is not available on this machine (use auto or cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (bitwise-reproducible on CPU; on CUDA as far as torch allows)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+@dataclass(frozen=True)
+class AmpSettings:
+    enabled: bool
+    dtype: torch.dtype | None
+    use_scaler: bool
+    name: str
+
+
+def amp_settings(amp: str | None, device: torch.device) -> AmpSettings:
+    """none | auto (fp16 on CUDA, off on CPU) | bf16 | fp16. fp16 needs a GradScaler; bf16 does not."""
+    amp = "none" if amp in (None, False, "none", "off", "false") else str(amp)
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "none"
+    if amp == "none":
+        return AmpSettings(False, None, False, "none")
+    if amp == "bf16":
+        return AmpSettings(True, torch.bfloat16, False, "bf16")
+    if amp == "fp16":
+        return AmpSettings(True, torch.float16, True, "fp16")
+    raise ValueError(f"trainer.amp={amp!r}: expected none, auto, bf16 or fp16")

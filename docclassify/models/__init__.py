@@ -1,0 +1,1 @@
+"""Models: timm factory and self-describing checkpoints."""

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny synthetic competition data set and helpers to run training.
+
+Training runs use timm's tiny test models, 32-48 px images and 1-2 epochs, so a whole
+K-fold run takes seconds on 2 CPU cores while still exercising the real code path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+# One intra-op thread per process: on a 2-core box a second OpenMP thread competing with
+# DataLoader workers or a parallel test spins instead of working (10-100x slowdowns seen).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test session gets its own cache dir; W&B never goes online from tests."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("DOCCLASSIFY_CACHE", str(cache))
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "disabled"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 17-class competition-layout data set, 6 train images per class, 64 px long side."""
+    from docclassify.data.synthetic import SyntheticSpec, generate
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    generate(root, SyntheticSpec(n_train_per_class=6, n_test_per_class=1, long_side=64, seed=3,
+                                 imbalance=False), progress=False)
+    return root
+
+
+TINY = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epochs=1",
+        "trainer.batch_size=16", "data.num_workers=0", "logger=none"]
+
+
+def compose_train(overrides: list[str], run_dir: Path):
+    """Compose conf/train.yaml like the CLI would (hydra's runtime dir set to run_dir)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from docclassify.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout: int = 600,
+            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <overrides>` as a user would; on failure show its output."""
+    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
