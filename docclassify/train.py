@@ -14,9 +14,12 @@ log = logging.getLogger("docclassify.train")
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    from docclassify.engine.progress import EpochLines
+    """Progress/trackers (logger group) and sweep hooks (hparams_search group)."""
+    from docclassify.engine.run import resolve_run_dir
+    from docclassify.sweep import build_sweep_callbacks
+    from docclassify.tracking import build_trackers
 
-    return [EpochLines(cfg.trainer.epochs, cfg.trainer.log_every_n_steps)]
+    return [*build_trackers(cfg, resolve_run_dir(cfg)), *build_sweep_callbacks(cfg)]
 
 
 def train(cfg: DictConfig) -> float:
