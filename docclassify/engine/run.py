@@ -73,6 +73,8 @@ def plan_folds(cfg: DictConfig, folds: list[int]) -> list[FoldPlan]:
                 model_cfg = load_option("model", str(spec))
             if "pretrained" in cfg.model:  # model.pretrained=false on the command line applies to all folds
                 model_cfg.pretrained = bool(cfg.model.pretrained) and bool(model_cfg.pretrained)
+        if not cfg.data.get("use_pretrained", True):
+            model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False})
         size = size or cfg.data.img_size or model_cfg.img_size
         plans.append(FoldPlan(k, model_cfg, int(size)))
     return plans
