@@ -1,0 +1,223 @@
+"""Tests of the built-in synthetic data set (docclassify.data.synthetic)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from docclassify.data import synthetic as S
+
+SMALL = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=96, seed=0)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f))
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    return S.generate(tmp_path_factory.mktemp("syn") / "a", SMALL, progress=False)
+
+
+def test_class_names_and_counts():
+    assert len(S.CLASS_NAMES) == 17
+    assert S.CLASS_NAMES[5] == "driver_lisence"
+    assert S.CLASS_NAMES[0] == "account_number"
+    assert S.CLASS_NAMES[16] == "vehicle_registration_plate"
+    counts = S.train_counts(S.SyntheticSpec(n_train_per_class=100))
+    assert counts[1] == 46 and counts[13] == 74 and counts[14] == 50
+    assert all(c == 100 for i, c in enumerate(counts) if i not in (1, 13, 14))
+    assert min(S.train_counts(S.SyntheticSpec(n_train_per_class=8))) == 6
+    assert S.train_counts(S.SyntheticSpec(n_train_per_class=4)) == [4] * 17
+    assert S.train_counts(S.SyntheticSpec(n_train_per_class=30, imbalance=False)) == [30] * 17
+    with pytest.raises(ValueError):
+        S.SyntheticSpec(n_train_per_class=0)
+
+
+def test_layout_and_csvs(small_set: Path):
+    root = small_set
+    for name in ("train.csv", "meta.csv", "sample_submission.csv", "test_labels.csv",
+                 "test_distortions.csv", "synthetic_spec.json", S.COMPLETE_MARKER):
+        assert (root / name).is_file(), name
+    assert header(root / "train.csv") == ["ID", "target"]
+    assert header(root / "meta.csv") == ["target", "class_name"]
+    assert header(root / "sample_submission.csv") == ["ID", "target"]
+    assert header(root / "test_labels.csv") == ["ID", "target"]
+
+    meta = read_csv(root / "meta.csv")
+    assert [int(r["target"]) for r in meta] == list(range(17))
+    assert tuple(r["class_name"] for r in meta) == S.CLASS_NAMES
+
+    train = read_csv(root / "train.csv")
+    assert len(train) == sum(S.train_counts(SMALL))
+    assert {int(r["target"]) for r in train} == set(range(17))
+    assert all(r["ID"].startswith("train_") and r["ID"].endswith(".jpg") for r in train)
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted(r["ID"] for r in train)
+
+    sub = read_csv(root / "sample_submission.csv")
+    labels = read_csv(root / "test_labels.csv")
+    test_files = sorted(p.name for p in (root / "test").iterdir())
+    sub_ids = [r["ID"] for r in sub]
+    assert sorted(sub_ids) == test_files
+    assert sub_ids != sorted(sub_ids)  # shuffled: row order must be respected by users
+    assert all(r["target"] == "0" for r in sub)
+    assert {r["ID"] for r in labels} == set(sub_ids)
+    label_targets = [int(r["target"]) for r in labels]
+    assert sorted(label_targets) == sorted(list(range(17)) * SMALL.n_test_per_class)
+    assert label_targets != sorted(label_targets)  # test IDs are not ordered by class
+
+    info = json.loads((root / "synthetic_spec.json").read_text())
+    assert info["generator_version"] == S.GENERATOR_VERSION
+    assert info["spec"]["n_train_per_class"] == 4 and info["spec"]["long_side"] == 96
+
+    sizes = set()
+    for sub_dir in ("train", "test"):
+        for p in sorted((root / sub_dir).iterdir())[:20]:
+            with Image.open(p) as im:
+                assert im.mode == "RGB"
+                assert im.format == "JPEG"
+                assert max(im.size) <= SMALL.long_side
+                sizes.add(im.size)
+    assert len(sizes) > 5  # sizes vary
+
+
+def test_test_split_is_distorted(small_set: Path):
+    rows = read_csv(small_set / "test_distortions.csv")
+    assert {r["ID"] for r in rows} == {r["ID"] for r in read_csv(small_set / "test_labels.csv")}
+    ks = [int(r["rot90_k"]) for r in rows]
+    assert 0 in ks and len({k for k in ks if k}) >= 2
+    assert any(int(r["rot90_k"]) in (1, 3) for r in rows)
+    assert any(float(r["angle"]) != 0 for r in rows)
+    assert any(float(r["blur"]) > 0 for r in rows)
+    assert any(float(r["noise"]) > 0 for r in rows)
+    assert any(int(r["jpeg_quality"]) < 50 for r in rows)
+    # a quarter turn swaps the orientation of a portrait form to landscape and so on: at
+    # least one test image is landscape although its class is drawn in portrait
+    portrait = {1, 3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15}
+    labels = {r["ID"]: int(r["target"]) for r in read_csv(small_set / "test_labels.csv")}
+    turned = [r["ID"] for r in rows if int(r["rot90_k"]) in (1, 3) and float(r["angle"]) == 0
+              and float(r["crop"]) == 0 and labels[r["ID"]] in portrait]
+    assert turned
+    for i in turned:
+        with Image.open(small_set / "test" / i) as im:
+            assert im.width > im.height
+
+
+def test_deterministic(small_set: Path, tmp_path: Path):
+    again = S.generate(tmp_path / "b", SMALL, progress=False)
+    for name in ("train.csv", "meta.csv", "sample_submission.csv", "test_labels.csv",
+                 "test_distortions.csv", "synthetic_spec.json"):
+        assert (again / name).read_bytes() == (small_set / name).read_bytes(), name
+    for sub_dir in ("train", "test"):
+        for p in sorted((small_set / sub_dir).iterdir())[:15]:
+            assert np.array_equal(pixels(p), pixels(again / sub_dir / p.name)), p.name
+    # every sample differs from the others
+    train = sorted((small_set / "train").iterdir())
+    hashes = {hash(pixels(p).tobytes()) for p in train}
+    assert len(hashes) == len(train)
+
+
+def test_generation_order_does_not_matter():
+    a, _ = S.make_image(SMALL, "test", 7, 3)
+    S.make_image(SMALL, "test", 8, 4)
+    b, _ = S.make_image(SMALL, "test", 7, 3)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_other_seed_differs(small_set: Path, tmp_path: Path):
+    other = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=96, seed=1)
+    out = S.generate(tmp_path / "c", other, progress=False)
+    same = 0
+    for p in sorted((small_set / "train").iterdir())[:10]:
+        a, b = pixels(p), pixels(out / "train" / p.name)
+        same += int(a.shape == b.shape and np.array_equal(a, b))
+    assert same == 0
+
+
+def test_ensure_synthetic_caches(tmp_path: Path, capsys):
+    cache = tmp_path / "cache"
+    d1 = S.ensure_synthetic(cache, SMALL)
+    assert d1 == cache / f"synthetic-{S.spec_hash(SMALL)}"
+    assert (d1 / S.COMPLETE_MARKER).is_file()
+    assert "generated synthetic data set" in capsys.readouterr().out
+    m = (d1 / "train.csv").stat().st_mtime_ns
+    d2 = S.ensure_synthetic(cache, SMALL)
+    assert d2 == d1 and (d1 / "train.csv").stat().st_mtime_ns == m
+    assert capsys.readouterr().out == ""
+    other = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=64, seed=0)
+    d3 = S.ensure_synthetic(cache, other)
+    assert d3 != d1 and (d3 / S.COMPLETE_MARKER).is_file()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([d1.name, d3.name])
+
+
+def test_ensure_synthetic_regenerates_incomplete(tmp_path: Path):
+    cache = tmp_path / "cache"
+    name = S.synthetic_dir_name(SMALL)
+    # a crashed generator's temp dir (dead pid on this host) and a half folder without marker
+    leftover = cache / f".{name}.tmp-{socket.gethostname()}~999999999~abc"
+    leftover.mkdir(parents=True)
+    (leftover / "train.csv").write_text("ID,target\n")
+    half = cache / name
+    (half / "train").mkdir(parents=True)
+    (half / "train.csv").write_text("ID,target\n")
+    d = S.ensure_synthetic(cache, SMALL)
+    assert d == half and (d / S.COMPLETE_MARKER).is_file()
+    assert len(read_csv(d / "train.csv")) == sum(S.train_counts(SMALL))
+    assert not leftover.exists()
+    assert [p.name for p in cache.iterdir()] == [name]
+
+
+def test_ensure_synthetic_lost_race_uses_winner(tmp_path: Path, monkeypatch):
+    cache = tmp_path / "cache"
+    real_generate = S.generate
+
+    def racing_generate(out_dir, spec, progress=True):
+        res = real_generate(out_dir, spec, progress=progress)
+        # meanwhile another process finished first and renamed its folder into place
+        winner = cache / S.synthetic_dir_name(spec)
+        real_generate(winner, spec, progress=False)
+        (winner / "winner").write_text("1")
+        return res
+
+    monkeypatch.setattr(S, "generate", racing_generate)
+    d = S.ensure_synthetic(cache, SMALL)
+    assert (d / "winner").is_file() and (d / S.COMPLETE_MARKER).is_file()
+    assert [p.name for p in cache.iterdir()] == [d.name]  # our temp dir was removed
+
+
+def test_cli(tmp_path: Path):
+    out = tmp_path / "cli"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(
+        [sys.executable, "-m", "docclassify.data.synthetic", str(out), "--n-train-per-class",
+         "2", "--n-test-per-class", "1", "--long-side", "64", "--seed", "3", "--quiet"],
+        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert len(read_csv(out / "train.csv")) == 34
+    assert len(read_csv(out / "sample_submission.csv")) == 17
+    assert len(list((out / "test").glob("*.jpg"))) == 17
+    info = json.loads((out / "synthetic_spec.json").read_text())
+    assert info["spec"] == {"n_train_per_class": 2, "n_test_per_class": 1, "long_side": 64,
+                            "seed": 3, "imbalance": True}
