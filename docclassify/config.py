@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from docclassify import config_schema  # noqa: F401  (registers the typed group schemas with Hydra)
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
