@@ -46,6 +46,8 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False
     log_every_n_steps: int = 0
+    lr_scale: str = "none"
+    sync_bn: bool = False
 
 
 @dataclass
@@ -130,6 +132,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("pad", "stretch"),
     "data.on_bad_image": ("error", "skip"),
+    "trainer.lr_scale": ("none", "linear", "sqrt"),
 }
 
 
