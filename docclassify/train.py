@@ -15,7 +15,11 @@ log = logging.getLogger("docclassify.train")
 
 def build_callbacks(cfg: DictConfig) -> list:
     """Progress/trackers (logger group) and sweep hooks (hparams_search group)."""
+    from docclassify.engine import distributed
     from docclassify.engine.run import resolve_run_dir
+
+    if distributed.init_from_env() and not distributed.is_main():
+        return []  # torchrun: only rank 0 logs, prints progress and reports to trackers/sweeps
     from docclassify.sweep import build_sweep_callbacks
     from docclassify.tracking import build_trackers
 
@@ -26,6 +30,7 @@ def train(cfg: DictConfig) -> float:
     from docclassify.engine.loop import StopRequested
     from docclassify.engine.run import run_training
 
+    _share_run_dir()
     try:
         results = run_training(cfg, build_callbacks(cfg))
     except StopRequested as exc:
@@ -34,10 +39,26 @@ def train(cfg: DictConfig) -> float:
     return float(results["cv_macro_f1"])
 
 
+def _share_run_dir() -> None:
+    """torchrun: rank 0 tells the other ranks (waiting before Hydra) which run dir Hydra made."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from docclassify.engine import distributed
+
+    if HydraConfig.initialized():
+        distributed.share_run_dir(HydraConfig.get().runtime.output_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    from docclassify.engine import distributed
+
+    sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
+    try:
+        main()
+    finally:
+        distributed.cleanup()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
+from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback
 from docclassify.engine.loop import StepContext, classification_metrics, predict_logits, train_one_epoch
 from docclassify.engine.mixup import build_mixup, build_train_loss, mixup_active
@@ -51,15 +52,22 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
     model = inp.model.to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = distributed.convert_sync_batchnorm(model, bool(trainer.sync_bn), ctx.device)
     optimizer = build_optimizer(model, trainer, reg)
+    lr_factor = distributed.lr_factor(str(trainer.lr_scale), distributed.world_size())
+    for group in optimizer.param_groups:  # trainer.lr_scale, before the schedule reads its base lr
+        group["lr"] *= lr_factor
     updates_per_epoch = math.ceil(len(inp.train_loader) / max(1, int(trainer.accum_steps)))
     scheduler = build_scheduler(optimizer, cfg.schedule, epochs, updates_per_epoch)
     mixup = build_mixup(aug, inp.num_classes, float(reg.label_smoothing))
     loss_fn = build_train_loss(mixup, float(reg.label_smoothing))
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
-    train_model = torch.compile(model) if trainer.compile else model
-    eval_model_of = (lambda: ema.module) if ema is not None else (lambda: train_model)
+    ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module
+    train_model = torch.compile(ddp_model) if trainer.compile else ddp_model
+    # Under DDP evaluate the plain module: ranks predict different numbers of batches.
+    live_eval = train_model if ddp_model is model else model
+    eval_model_of = (lambda: ema.module) if ema is not None else (lambda: live_eval)
 
     state = {"epoch": 0, "updates": 0, "best_f1": -1.0, "best_epoch": -1, "best_logits": None,
              "history": [], "stale": 0, "skipped": 0}
@@ -72,7 +80,8 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
     for epoch in range(state["epoch"], epochs):
         # Re-seed per (seed, fold, epoch): dropout, mixup draws and shuffling do not depend on
         # how many epochs ran in this process, so a resumed run equals an uninterrupted one.
-        seed_everything(seed + 1009 * inp.fold + epoch)
+        # Each rank draws its own dropout/mixup numbers (rank 0 = a single-process run).
+        seed_everything(seed + 1009 * inp.fold + epoch + 100_003 * distributed.rank())
         inp.train_sampler.set_epoch(epoch)
         inp.train_transform.set_epoch(epoch)
         if mixup is not None:
@@ -87,15 +96,19 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
         )
         state["updates"] = train_stats["updates"]
         state["skipped"] += train_stats["skipped"]
-        logits = predict_logits(eval_model_of(), inp.val_loader, ctx)
+        distributed.sync_module_state(eval_model_of())  # every rank evaluates rank 0's (saved) weights
+        # Each rank predicts its shard of the validation rows; gathered, all ranks hold every row.
+        logits = distributed.gather_rows(predict_logits(eval_model_of(), inp.val_loader, ctx))
         metrics = classification_metrics(logits, inp.val_targets, inp.num_classes)
         improved = metrics["val_macro_f1"] > state["best_f1"]
         if improved:
             state.update(best_f1=metrics["val_macro_f1"], best_epoch=epoch, best_logits=logits, stale=0)
-            weights = eval_model_of().state_dict() if ema is None else ema.module.state_dict()
-            save_best(inp.best_path, {k: v.detach().cpu() for k, v in weights.items()}, inp.meta,
-                      fold=inp.fold, epoch=epoch, macro_f1=metrics["val_macro_f1"],
-                      weights="ema" if ema is not None else "live")
+            # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
+            weights = (model if ema is None else ema.module).state_dict()
+            if distributed.is_main():
+                save_best(inp.best_path, {k: v.detach().cpu() for k, v in weights.items()}, inp.meta,
+                          fold=inp.fold, epoch=epoch, macro_f1=metrics["val_macro_f1"],
+                          weights="ema" if ema is not None else "live")
         else:
             state["stale"] += 1
         record = {
@@ -124,6 +137,8 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
 
 
 def _save_last(path: Path, model, optimizer, scheduler, ema, scaler, state: dict) -> None:
+    if not distributed.is_main():  # DDP ranks hold the same state: rank 0 writes it
+        return
     atomic_save_torch({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
+from timm.utils import unwrap_model
 
+from docclassify.engine.distributed import all_ranks_true
 from docclassify.engine.setup import AmpSettings
 
 
@@ -76,7 +78,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepConte
         with autocast(ctx):
             logits = model(x)
             loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
+        # Under DDP all ranks skip (or stop) together: a lone skipping rank would deadlock the others.
+        if not all_ranks_true(torch.isfinite(loss)):
             lr = optimizer.param_groups[0]["lr"]
             msg = (f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i} of {n_batches} "
                    f"(update {updates_done}), lr {lr:.3g}")
@@ -104,7 +107,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepConte
             if scheduler is not None:
                 scheduler.step_update(num_updates=updates_done)
             if ema is not None:
-                ema.update(model, step=updates_done)
+                ema.update(unwrap_model(model), step=updates_done)  # not the DDP/compile wrapper
         bs = len(images)
         loss_sum += float(loss.detach()) * bs
         seen += bs

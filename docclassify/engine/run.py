@@ -27,6 +27,7 @@ from docclassify.data.cache import LazyImages, cached_images, find_bad_images
 from docclassify.data.dataset import ImageDataset
 from docclassify.data.folds import assign_folds, folds_to_run
 from docclassify.data.sources import DataError, DataSource, load_source
+from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.fit import FoldInputs, fit_fold
 from docclassify.engine.loop import StepContext
@@ -121,7 +122,9 @@ def build_loaders(images, train_idx, val_idx, targets, transform, cfg, seed: int
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler,
                               drop_last=len(train_ds) // world > batch, **common)
     eval_bs = int(trainer.eval_batch_size or 2 * batch)
-    val_loader = DataLoader(ImageDataset(images, val_idx, targets), batch_size=eval_bs, shuffle=False, **common)
+    # Under DDP each rank predicts its contiguous share of the rows (fit_fold gathers them back).
+    val_loader = DataLoader(ImageDataset(images, distributed.shard(val_idx), targets), batch_size=eval_bs,
+                            shuffle=False, **common)
     return train_loader, val_loader, sampler
 
 
@@ -161,34 +164,40 @@ def check_resume_compatible(run_dir: Path, cfg: DictConfig) -> None:
 def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     """Train every selected fold and write results.json / oof.csv. Returns the results dict."""
     t_start = time.time()
+    distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
+    main = distributed.is_main()
     run_dir = resolve_run_dir(cfg)
     ckpt_dir, fold_dir = run_dir / "checkpoints", run_dir / "folds"
-    for d in (ckpt_dir, fold_dir):
+    for d in (ckpt_dir, fold_dir) if main else ():
         d.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
     set_deterministic(bool(cfg.trainer.deterministic))
     seed_everything(seed)
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.device_for(resolve_device(cfg.trainer.device))
     amp = amp_settings(cfg.trainer.amp, device)
 
-    source = load_source(cfg.data, cfg.paths.cache_dir)
+    with distributed.main_first():  # rank 0 builds generated data / caches, the other ranks reuse them
+        source = load_source(cfg.data, cfg.paths.cache_dir)
     n_folds = int(cfg.folds.n)
     run_folds = folds_to_run(cfg.folds.run, n_folds)
     plans = plan_folds(cfg, run_folds)
-    check_resume_compatible(run_dir, cfg)
+    if main:
+        check_resume_compatible(run_dir, cfg)
 
     targets_all = source.train["target"].to_numpy()
     images_by_size, skipped_ids = {}, []
     for size in sorted({p.img_size for p in plans}):
-        images, bad = load_images(source, size, cfg.data, cfg.paths.cache_dir)
+        with distributed.main_first():
+            images, bad = load_images(source, size, cfg.data, cfg.paths.cache_dir)
         images_by_size[size] = images
         skipped_ids = sorted(set(skipped_ids) | set(handle_bad_images(source, bad, cfg.data.on_bad_image)))
     keep = ~source.train["ID"].isin(skipped_ids).to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
     folds[row_ids] = assign_folds(targets_all[row_ids], n_folds, seed, float(cfg.folds.holdout_fraction))
-    atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets_all, "fold": folds}),
-                     run_dir / "folds.csv")
+    if main:
+        atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets_all, "fold": folds}),
+                         run_dir / "folds.csv")
 
     callback = CallbackList(callbacks)
     stop = StopFlag().install()
@@ -204,9 +213,11 @@ def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> di
                                       device, amp, stop, callback, ckpt_dir, fold_dir, seed))
     finally:
         stop.uninstall()
-    results = aggregate(run_dir, source, cfg, outcomes, skipped_ids)
+    results = aggregate(run_dir, source, cfg, outcomes, skipped_ids, write=main)
     results["seconds"] = round(time.time() - t_start, 2)
-    atomic_write_json(run_dir / RESULTS_FILE, results)
+    results["distributed"] = distributed.scaling(cfg.trainer)  # world size, effective batch, lr used
+    if main:
+        atomic_write_json(run_dir / RESULTS_FILE, results)
     callback.on_run_end(results)
     log.info("cv macro F1 %.4f over %d OOF rows (%s) -> %s", results["cv_macro_f1"], results["n_oof_rows"],
              ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]), run_dir)
@@ -254,8 +265,9 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
     outcome = fit_fold(inputs, cfg, ctx, seed, callback)
     outcome.update(info, val_index=val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/fold{k}_best.pt")
-    np.save(logits_path, outcome["val_logits"])
-    atomic_write_json(summary_path, {key: v for key, v in outcome.items() if key != "val_logits"})
+    if distributed.is_main():
+        np.save(logits_path, outcome["val_logits"])
+        atomic_write_json(summary_path, {key: v for key, v in outcome.items() if key != "val_logits"})
     callback.on_fold_end(k, {**outcome, "val_targets": targets[val_idx],
                              "val_ids": source.train["ID"].to_numpy()[val_idx], "classes": source.classes})
     return outcome
@@ -267,8 +279,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def aggregate(run_dir: Path, source: DataSource, cfg, outcomes: list[dict], skipped_ids: list[str]) -> dict:
-    """Pool the OOF predictions of the folds that ran: oof.csv + the cv macro F1 (on the pooled rows)."""
+def aggregate(run_dir: Path, source: DataSource, cfg, outcomes: list[dict], skipped_ids: list[str],
+              write: bool = True) -> dict:
+    """Pool the OOF predictions of the folds that ran: oof.csv + the cv macro F1 (on the pooled rows).
+    ``write=False``: only the results dict (DDP ranks other than 0)."""
     ids = source.train["ID"].to_numpy()
     targets = source.train["target"].to_numpy()
     rows, logits = [], []
@@ -285,8 +299,9 @@ def aggregate(run_dir: Path, source: DataSource, cfg, outcomes: list[dict], skip
     preds = probs.argmax(1)
     oof = pd.DataFrame({"ID": ids[rows], "target": targets[rows], "pred": preds})
     oof = pd.concat([oof, pd.DataFrame(probs, columns=source.classes)], axis=1)
-    atomic_write_csv(oof, run_dir / OOF_FILE, float_format="%.8g")
-    np.save(run_dir / "oof_logits.npy", logits.astype(np.float32))
+    if write:
+        atomic_write_csv(oof, run_dir / OOF_FILE, float_format="%.8g")
+        np.save(run_dir / "oof_logits.npy", logits.astype(np.float32))
     folds = []
     for o in outcomes:
         folds.append({
