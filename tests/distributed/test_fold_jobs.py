@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -106,11 +105,13 @@ def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path):
     assert proc.returncode == 2 and "no such directory" in proc.stderr
 
 
-@pytest.mark.skipif(importlib.util.find_spec("docclassify.infer") is None, reason="docclassify.infer not built yet")
 def test_infer_accepts_the_merged_run(fold_sweep, tiny_data, tmp_path):
     output = tmp_path / "submission.csv"
-    run_cli("docclassify.infer", [f"runs=[{fold_sweep}]", "tta=none", f"output={output}", "data=competition",
-                                  f"data.root={tiny_data}", f"hydra.run.dir={tmp_path / 'infer'}"])
+    run_cli("docclassify.infer", [f"runs=[{fold_sweep}]", "tta=none", f"output={output}",
+                                  f"hydra.run.dir={tmp_path / 'infer'}"])
+    summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert [r["dir"] for r in summary["runs"]] == [str(fold_sweep)]  # the merged run, not its two jobs
+    assert [f["fold"] for f in summary["runs"][0]["folds"]] == [0, 1]
     sub = pd.read_csv(output, dtype={"ID": str})
     sample = pd.read_csv(tiny_data / "sample_submission.csv", dtype={"ID": str})
     assert list(sub["ID"]) == list(sample["ID"]) and sub["target"].between(0, 16).all()
