@@ -1,0 +1,72 @@
+"""Speed paths must not change results: channels_last and torch.compile train the same model
+as the plain path, and the loader settings follow the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, compose_train
+
+from docclassify.engine import loop
+from docclassify.engine.run import run_training
+from docclassify.models.checkpoint import load_checkpoint
+
+BASE = [*TINY, "folds.n=3", "folds.run=[0]", "trainer.deterministic=true", "seed=3"]
+
+
+def _train(tiny_data, tmp_path, name: str, extra: list[str]) -> dict:
+    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *BASE, *extra], tmp_path / name)
+    return run_training(cfg)
+
+
+def _val_logits(tmp_path, name: str) -> np.ndarray:
+    return np.load(tmp_path / name / "oof_logits.npy")
+
+
+def test_channels_last_trains_like_contiguous(tiny_data, tmp_path, monkeypatch):
+    seen: list[bool] = []
+    real = loop.to_model_input
+
+    def spy(images, ctx):
+        x = real(images, ctx)
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x
+
+    monkeypatch.setattr(loop, "to_model_input", spy)
+    plain = _train(tiny_data, tmp_path, "plain", ["model=tiny_convnext", "trainer.channels_last=false"])
+    assert seen and not any(seen)
+    seen.clear()
+    cl = _train(tiny_data, tmp_path, "cl", ["model=tiny_convnext", "trainer.channels_last=true"])
+    assert seen and all(seen)  # every batch (train and validation) went in as NHWC
+
+    loss_plain = plain["folds"][0]["history"][0]["train_loss"]
+    loss_cl = cl["folds"][0]["history"][0]["train_loss"]
+    assert np.isfinite(loss_plain) and loss_cl == pytest.approx(loss_plain, rel=1e-4, abs=1e-5)
+    np.testing.assert_allclose(_val_logits(tmp_path, "cl"), _val_logits(tmp_path, "plain"), rtol=1e-3, atol=1e-4)
+
+
+def test_compile_wraps_the_model_and_trains_the_same(tiny_data, tmp_path, monkeypatch):
+    """trainer.compile=true goes through torch.compile (TorchDynamo traces the real model).
+    Inductor's C++ code generation takes minutes on 2 CPU cores, so the test compiles with
+    the eager backend: the graph capture and the wrapping are real, only codegen is skipped."""
+    compiled: list[torch.nn.Module] = []
+    real_compile = torch.compile
+
+    def eager_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain = _train(tiny_data, tmp_path, "plain", ["trainer.compile=false"])
+    assert compiled == []
+    torch._dynamo.reset()
+    comp = _train(tiny_data, tmp_path, "comp", ["trainer.compile=true"])
+    assert len(compiled) == 1 and compiled[0].__class__.__name__ == "ResNet"
+    assert comp["folds"][0]["history"][0]["train_loss"] == pytest.approx(
+        plain["folds"][0]["history"][0]["train_loss"], rel=1e-4, abs=1e-5)
+    np.testing.assert_allclose(_val_logits(tmp_path, "comp"), _val_logits(tmp_path, "plain"), rtol=1e-3, atol=1e-4)
+    torch._dynamo.reset()
+    # The best checkpoint holds the plain module's weights (no "_orig_mod." prefix): it loads as is.
+    model, ckpt = load_checkpoint(tmp_path / "comp" / comp["folds"][0]["checkpoint"])
+    assert ckpt["meta"]["timm_name"] == "test_resnet" and sum(p.numel() for p in model.parameters()) > 0
