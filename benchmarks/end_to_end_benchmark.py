@@ -1,0 +1,164 @@
+"""End to end: one training epoch of docclassify vs timm's train.py recipe, same images,
+same model, batch and size, same train/validation split; wall time of each whole command.
+
+docclassify: `python -m docclassify.train` on fold 0 of 5 (pipeline=highperf with its hard
+             augmentation off: mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA, drop-path 0.1,
+             AdamW, grad clip), once with an empty decode cache (cold) and once warm.
+timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0 --smoothing 0.1
+             --model-ema --drop-path 0.1 --clip-grad 1.0) on an ImageFolder view (symlinks) of
+             the same fold-0 split. train.py is not part of the timm package: pass the path of
+             train.py from a checkout of https://github.com/huggingface/pytorch-image-models
+             with --timm-train; without it that comparison is skipped.
+
+    python benchmarks/end_to_end_benchmark.py --timm-train ~/src/pytorch-image-models/train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import DEFAULT_WORK, REPO, ensure_data, machine_line
+
+# timm's train.py as a module. Some versions assume CUDA: no --device option (the device comes
+# from args.device, default cuda) and train_one_epoch/validate with a device=cuda default that
+# main() does not override. On a machine without CUDA the runner adds the option and binds the
+# device; nothing else of the script changes.
+_TIMM_RUNNER = r"""
+import functools, importlib.util, inspect, sys, torch
+spec = importlib.util.spec_from_file_location("timm_train", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if "--device" not in mod.parser._option_string_actions:
+    mod.parser.add_argument("--device", default=str(device))
+for name in ("train_one_epoch", "validate"):
+    fn = getattr(mod, name, None)
+    if fn is not None and "device" in inspect.signature(fn).parameters:
+        setattr(mod, name, functools.partial(fn, device=device))
+sys.argv = [sys.argv[1], *sys.argv[2:], "--device", str(device)]
+mod.main()
+"""
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}:\n"
+                           + log.read_text()[-3000:])
+    return seconds
+
+
+def docclassify_cmd(args, run_dir: Path, cache_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "docclassify.train", "data=competition", f"data.root={args.data}",
+           f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
+           f"trainer.batch_size={args.batch}", f"trainer.epochs={args.epochs}", "folds.n=5", "folds.run=[0]",
+           "pipeline=highperf", "augment.hard_p_end=0.0", f"trainer.lr={args.lr}", "schedule.warmup_epochs=0",
+           "trainer.amp=none", "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+    if args.workers is not None:
+        cmd.append(f"data.num_workers={args.workers}")
+    return cmd
+
+
+def imagefolder_view(data: Path, folds_csv: Path, out: Path) -> tuple[int, int]:
+    """train/<class>/<file> and validation/<class>/<file> symlinks: fold 0 is validation."""
+    import pandas as pd
+
+    folds = pd.read_csv(folds_csv)
+    classes = pd.read_csv(data / "meta.csv").set_index("target")["class_name"]
+    counts = {"train": 0, "validation": 0}
+    for row in folds.itertuples():
+        if row.fold < 0:
+            continue
+        split = "validation" if row.fold == 0 else "train"
+        dst = out / split / classes[row.target] / row.ID
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to((data / "train" / row.ID).resolve())
+        counts[split] += 1
+    return counts["train"], counts["validation"]
+
+
+def timm_cmd(args, view: Path, out: Path, n_classes: int, workers: int) -> list[str]:
+    return [sys.executable, "-c", _TIMM_RUNNER, str(args.timm_train), "--data-dir", str(view),
+            "--model", args.timm_model, "--num-classes", str(n_classes), "--img-size", str(args.img_size),
+            "-b", str(args.batch), "--epochs", str(args.epochs), "--opt", "adamw", "--lr", str(args.lr),
+            "--weight-decay", "0.013", "--sched", "cosine", "--warmup-epochs", "0", "--mixup", "0.8",
+            "--cutmix", "1.0", "--smoothing", "0.1", "--model-ema", "--model-ema-decay", "0.9999",
+            "--drop-path", "0.1", "--clip-grad", "1.0", "-j", str(workers), "--output", str(out),
+            "--experiment", "e2e", "--log-interval", "1000", "--seed", "42"]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="competition-layout data set (default: synthetic)")
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help="where data sets, caches and runs go")
+    ap.add_argument("--timm-train", type=Path, default=None, help="path to timm's train.py (a checkout)")
+    ap.add_argument("--model", default="convnext_atto", help="docclassify model option (conf/model)")
+    ap.add_argument("--timm-model", default="convnext_atto", help="the same architecture's timm name")
+    ap.add_argument("--img-size", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="DataLoader workers for both (default: docclassify's choice, the same for timm)")
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both (default: inherited)")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.data = ensure_data(args.data, work=args.work)
+    if args.timm_train is not None and not args.timm_train.is_file():
+        ap.error(f"--timm-train {args.timm_train}: file not found")
+
+    from docclassify.engine.run import default_num_workers
+
+    workers = default_num_workers(args.workers)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    print(machine_line())
+    print(f"data {args.data}; {args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epoch(s), "
+          f"{workers} loader workers, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
+    tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.work))
+    try:
+        cache = tmp / "cache"
+        times = {}
+        times["docclassify (cold cache)"] = _run(docclassify_cmd(args, tmp / "run_cold", cache), env, tmp / "cold.log")
+        times["docclassify (warm cache)"] = _run(docclassify_cmd(args, tmp / "run_warm", cache), env, tmp / "warm.log")
+        results = json.loads((tmp / "run_warm" / "results.json").read_text())
+        fold = results["folds"][0]
+        n_train, n_val = fold["n_train"], fold["n_val"]
+        print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure (warm): "
+              f"{fold['history'][0]['img_per_s']:.1f} img/s")
+        if args.timm_train is not None:
+            view_train, view_val = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
+            assert (view_train, view_val) == (n_train, n_val), (view_train, view_val, n_train, n_val)
+            times["timm train.py"] = _run(timm_cmd(args, tmp / "view", tmp / "timm_out", len(results["classes"]),
+                                                   workers), env, tmp / "timm.log")
+        else:
+            print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
+        print(f"{'command':<26} {'wall s':>7} {'img/s':>7}   (img/s = epochs x train images / wall time)")
+        for name, s in times.items():
+            print(f"{name:<26} {s:>7.1f} {args.epochs * n_train / s:>7.1f}")
+        if "timm train.py" in times:
+            for kind in ("cold", "warm"):
+                ratio = times["timm train.py"] / times[f"docclassify ({kind} cache)"]
+                print(f"docclassify ({kind} cache) is {ratio:.2f}x faster than timm's train.py")
+        print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
+    finally:
+        if os.environ.get("DOCCLASSIFY_BENCH_KEEP"):
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
