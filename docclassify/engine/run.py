@@ -211,14 +211,20 @@ def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> di
         for plan in plans:
             outcomes.append(_run_fold(plan, cfg, source, images_by_size[plan.img_size], folds, keep,
                                       device, amp, stop, callback, ckpt_dir, fold_dir, seed))
+    except BaseException:
+        callback.close()  # trackers finish their runs (marked failed) even when training stops
+        raise
     finally:
         stop.uninstall()
-    results = aggregate(run_dir, source, cfg, outcomes, skipped_ids, write=main)
-    results["seconds"] = round(time.time() - t_start, 2)
-    results["distributed"] = distributed.scaling(cfg.trainer)  # world size, effective batch, lr used
-    if main:
-        atomic_write_json(run_dir / RESULTS_FILE, results)
-    callback.on_run_end(results)
+    try:
+        results = aggregate(run_dir, source, cfg, outcomes, skipped_ids, write=main)
+        results["seconds"] = round(time.time() - t_start, 2)
+        results["distributed"] = distributed.scaling(cfg.trainer)  # world size, effective batch, lr used
+        if main:
+            atomic_write_json(run_dir / RESULTS_FILE, results)
+        callback.on_run_end(results)
+    finally:
+        callback.close()
     log.info("cv macro F1 %.4f over %d OOF rows (%s) -> %s", results["cv_macro_f1"], results["n_oof_rows"],
              ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]), run_dir)
     return results
@@ -258,7 +264,7 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
             "n_train": len(train_idx), "n_val": len(val_idx)}
     log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
              len(train_idx), len(val_idx))
-    callback.on_fold_start(k, info)
+    callback.on_fold_start(k, {**info, "steps_per_epoch": len(train_loader)})
     t0 = time.time()
     inputs = FoldInputs(k, model, meta, train_loader, val_loader, sampler, transform, targets[val_idx],
                         source.num_classes, ckpt_dir / f"fold{k}_best.pt", ckpt_dir / f"fold{k}_last.pt")
@@ -269,7 +275,8 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
         np.save(logits_path, outcome["val_logits"])
         atomic_write_json(summary_path, {key: v for key, v in outcome.items() if key != "val_logits"})
     callback.on_fold_end(k, {**outcome, "val_targets": targets[val_idx],
-                             "val_ids": source.train["ID"].to_numpy()[val_idx], "classes": source.classes})
+                             "val_ids": source.train["ID"].to_numpy()[val_idx], "classes": source.classes,
+                             "images": images})  # decoded rows (HWC uint8), for misclassified-image grids
     return outcome
 
 

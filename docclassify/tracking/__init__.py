@@ -1,14 +1,42 @@
-"""Experiment tracking: W&B, local reports and progress display (wired by build_trackers)."""
+"""Experiment tracking: progress display, local reports and W&B (wired by build_trackers).
+
+- ``progress.Progress``: tqdm bars on a terminal, one line per epoch in logs.
+- ``reports.LocalReports``: confusion_matrix.png, curves.png, per_class.csv, report.md in the run
+  dir (always, with or without W&B); ``reports.write_classification_report`` for any labelled
+  predictions (inference).
+- ``wandb_tracker.WandbTracker`` (``logger=wandb``): one W&B run per fold + a cv summary run.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+LOGGERS = ("none", "wandb")
+
+
+def is_main_process() -> bool:
+    """Only rank 0 of a torchrun job reports (RANK is set before the process starts)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
 
 def build_trackers(cfg: DictConfig, run_dir: Path) -> list:
-    """Callbacks for the `logger` group and the progress display."""
-    from docclassify.engine.progress import EpochLines
+    """Callbacks for the progress display, the local reports and the `logger` group."""
+    from docclassify.tracking.progress import Progress
+    from docclassify.tracking.reports import LocalReports
 
-    return [EpochLines(cfg.trainer.epochs, cfg.trainer.log_every_n_steps)]
+    name = cfg.logger.name
+    if name not in LOGGERS:
+        raise ValueError(f"logger={name!r}: expected one of {LOGGERS} (conf/logger/)")
+    if not is_main_process():
+        return []
+    trainer = cfg.trainer
+    trackers = [Progress(trainer.epochs, trainer.log_every_n_steps, trainer.batch_size, trainer.accum_steps),
+                LocalReports(run_dir)]
+    if name == "wandb":
+        from docclassify.tracking.wandb_tracker import WandbTracker
+
+        trackers.append(WandbTracker(cfg, run_dir))
+    return trackers

@@ -1,0 +1,291 @@
+"""Weights & Biases tracking (``logger=wandb``): one W&B run per fold, one summary run per experiment.
+
+- Mode: ``logger.mode`` if set, else ``WANDB_MODE`` from the environment, else ``online`` when an
+  API key is configured (WANDB_API_KEY, WANDB_IDENTITY_TOKEN_FILE or a netrc entry for the
+  W&B host) and ``offline`` otherwise. The key check reads only the environment and the netrc
+  file, so without a key there is never a network attempt (or a login prompt that hangs).
+- Runs: ``group`` = the experiment (``logger.group``; the study / sweep in a Hydra multirun;
+  else ``<experiment or pipeline>-<run dir name>``), ``job_type`` = ``fold<k>`` (``summary`` for
+  the cv summary run), name = ``<model>-<pipeline>-fold<k>`` (prefixed ``t<job num>`` in a
+  sweep), tags = ``logger.tags`` + pipeline, model, experiment. The run config is the resolved
+  Hydra config plus the fold, the command-line overrides and, in a sweep, the trial.
+  Every run is finished before the next starts, so folds never log into one another.
+- Offline runs are written under ``$WANDB_DIR/wandb`` (default: the run dir) and uploaded
+  later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from omegaconf import DictConfig
+
+from docclassify.engine.callbacks import Callback
+from docclassify.tracking import reports
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline", "disabled")
+DEFAULT_HOST = "https://api.wandb.ai"
+
+
+# ---------------------------------------------------------------------------------------------
+# Mode and identity (pure)
+# ---------------------------------------------------------------------------------------------
+
+def _netrc_path(env) -> Path:
+    if env.get("NETRC"):
+        return Path(env["NETRC"]).expanduser()
+    home = Path(env.get("HOME") or Path.home())
+    return home / ("_netrc" if os.name == "nt" and not (home / ".netrc").exists() else ".netrc")
+
+
+def has_credentials(env=None) -> bool:
+    """True when W&B has a key without asking: env var, identity token file or a netrc entry."""
+    env = os.environ if env is None else env
+    if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(env.get("WANDB_BASE_URL") or DEFAULT_HOST).netloc
+    try:
+        entry = netrc.netrc(str(_netrc_path(env))).authenticators(host)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(entry and entry[2])
+
+
+def resolve_mode(configured: str | None, env=None) -> str:
+    """logger.mode > WANDB_MODE > online with a key / offline without one."""
+    env = os.environ if env is None else env
+    if configured:
+        if configured not in MODES:
+            raise ValueError(f"logger.mode={configured!r}: expected one of {MODES} or null")
+        return configured
+    mode = (env.get("WANDB_MODE") or "").strip().lower()
+    if mode:
+        mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
+        if mode not in MODES:
+            raise ValueError(f"WANDB_MODE={env['WANDB_MODE']!r}: expected one of {MODES}")
+        return mode
+    return "online" if has_credentials(env) else "offline"
+
+
+def hydra_context() -> dict[str, Any]:
+    """What Hydra knows about this job: overrides, multirun, job number, sweep dir, study name and
+    the keys the sweeper searches (``hydra.sweeper.params``)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):  # run_training called outside Hydra
+        return {"overrides": [], "multirun": False}
+    overrides = [str(o) for o in (hc.overrides.task or [])]
+    multirun = hc.mode == RunMode.MULTIRUN
+    ctx: dict[str, Any] = {"overrides": overrides, "multirun": bool(multirun)}
+    if multirun:
+        sweeper = hc.get("sweeper") or {}
+        params = sweeper.get("params") if hasattr(sweeper, "get") else None
+        ctx.update(job_num=hc.job.get("num"), sweep_dir=str(hc.sweep.dir),
+                   study_name=sweeper.get("study_name") if hasattr(sweeper, "get") else None,
+                   search_keys=[str(k) for k in params] if params else None)
+    return ctx
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["trainer.lr=1e-3", "model=resnet18"]`` -> ``{"trainer.lr": 0.001, "model": "resnet18"}`` (Hydra's parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, out = OverridesParser.create(), {}
+    for item in overrides:
+        try:
+            (o,) = parser.parse_overrides([item])
+        except HydraException:  # not a key=value override: keep it visible in hydra_overrides only
+            continue
+        value = o.value()
+        out[o.key_or_group] = value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
+    return out
+
+
+def _safe(name: Any) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def trial_params(hctx: dict[str, Any]) -> dict[str, Any]:
+    """The values of this sweep job: the searched keys (all overrides when the sweeper names none)."""
+    params = parse_overrides(hctx.get("overrides", []))
+    params = {k: v for k, v in params.items() if not k.startswith("hparams_search.trial.")}
+    keys = hctx.get("search_keys")
+    return {k: v for k, v in params.items() if k in keys} if keys else params
+
+
+def run_identity(cfg: DictConfig, run_dir: Path, hctx: dict[str, Any]) -> dict[str, Any]:
+    """group, name prefix, tags and the trial (study, number, params) of this experiment's W&B runs.
+
+    In an Optuna sweep the trial comes from docclassify.sweep (``hparams_search.trial``); in a
+    plain Hydra multirun from the job number and the sweep dir.
+    """
+    from docclassify.sweep import trial_info
+
+    pipeline, experiment = cfg.get("pipeline"), cfg.get("experiment")
+    logger = cfg.logger
+    trial, optuna_trial = None, trial_info(cfg)
+    if optuna_trial is not None:
+        trial = {"study": optuna_trial.study, "number": optuna_trial.number, "params": trial_params(hctx)}
+    elif hctx.get("multirun"):
+        study = hctx.get("study_name") or Path(hctx["sweep_dir"]).name
+        trial = {"study": str(study), "number": hctx.get("job_num"), "params": trial_params(hctx)}
+    if trial is not None:
+        group, prefix = logger.get("group") or trial["study"], f"t{trial['number']}-"
+    else:
+        group, prefix = logger.get("group") or f"{experiment or pipeline or 'train'}-{run_dir.name}", ""
+    tags = [str(t) for t in (logger.get("tags") or [])]
+    tags += [str(t) for t in (pipeline, experiment) if t]
+    if trial:
+        tags.append("sweep")
+    return {"group": str(group), "prefix": prefix, "tags": tags, "trial": trial,
+            "overrides": list(hctx.get("overrides", []))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The callback
+# ---------------------------------------------------------------------------------------------
+
+class WandbTracker(Callback):
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        from docclassify.config import plain_config
+
+        self.run_dir = Path(run_dir)
+        self.logger = cfg.logger
+        self.mode = resolve_mode(cfg.logger.get("mode"))
+        self.identity = run_identity(cfg, self.run_dir, hydra_context())
+        self.pipeline = cfg.get("pipeline") or "custom"
+        self.config = plain_config(cfg)
+        self.classes: list[str] = []
+        self.run = None
+
+    # -- run management -----------------------------------------------------------------------
+    def _init(self, name: str, job_type: str, extra_config: dict, extra_tags: list[str]):
+        import wandb
+
+        self._finish(0)  # never let two of our runs be open at once
+        kwargs = {}
+        if not os.environ.get("WANDB_DIR"):  # keep offline runs beside the run's other outputs
+            kwargs["dir"] = str(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        tags = list(dict.fromkeys(t[:64] for t in [*self.identity["tags"], *extra_tags]))
+        config = {**self.config, **extra_config, "run_dir": str(self.run_dir),
+                  "hydra_overrides": self.identity["overrides"]}
+        if self.identity["trial"]:
+            config["trial"] = self.identity["trial"]
+        self.run = wandb.init(project=self.logger.get("project"), entity=self.logger.get("entity"),
+                              group=self.identity["group"], job_type=job_type,
+                              name=self.identity["prefix"] + name, tags=tags, config=config, mode=self.mode,
+                              reinit="create_new", **kwargs)
+        return self.run
+
+    def _finish(self, exit_code: int) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            run.finish(exit_code=exit_code)
+
+    # -- hooks --------------------------------------------------------------------------------
+    def on_run_start(self, info):
+        self.classes = list(info["classes"])
+        if self.mode == "offline":
+            log.info("W&B: offline runs (no API key / WANDB_MODE=offline); upload later with `wandb sync %s`",
+                     Path(os.environ.get("WANDB_DIR") or self.run_dir) / "wandb" / "offline-run-*")
+
+    def on_fold_start(self, fold, info):
+        model = info.get("model_option") or info.get("model")
+        run = self._init(f"{_safe(model)}-{_safe(self.pipeline)}-fold{fold}", f"fold{fold}",
+                         {"fold": fold, "fold_info": dict(info)}, [str(model)])
+        run.define_metric("train/step")
+        run.define_metric("train/*", step_metric="train/step")
+        run.define_metric("epoch")
+        for prefix in ("val/*", "val_per_class_f1/*", "epoch/*", "perf/*"):
+            run.define_metric(prefix, step_metric="epoch")
+        run.define_metric("val/macro_f1", summary="max")
+        run.define_metric("val/loss", summary="min")
+
+    def on_step_end(self, fold, step, metrics):
+        if self.run is not None:
+            self.run.log({"train/loss": metrics["train/loss"], "train/lr": metrics["train/lr"],
+                          "train/step": metrics["step"]})
+
+    def on_epoch_end(self, fold, epoch, m):
+        if self.run is None:
+            return
+        data = {"epoch": epoch + 1, "epoch/train_loss": m["train_loss"], "epoch/lr": m["lr"],
+                "val/loss": m["val_loss"], "val/macro_f1": m["val_macro_f1"], "val/accuracy": m["val_accuracy"],
+                "val/best_macro_f1": m["best_macro_f1"], "perf/epoch_s": m["epoch_s"],
+                "perf/img_per_s": m["img_per_s"], "epoch/p_hard": m.get("p_hard"), "epoch/mixup": m.get("mixup")}
+        if m.get("max_grad_norm") is not None:
+            data["epoch/max_grad_norm"] = m["max_grad_norm"]
+        for name, f1 in zip(self.classes, m.get("val_per_class_f1") or []):
+            data[f"val_per_class_f1/{_safe(name)}"] = f1
+        self.run.log({k: v for k, v in data.items() if v is not None})
+
+    def on_fold_end(self, fold, outcome):
+        if self.run is None:
+            return
+        import wandb
+
+        probs = reports.softmax(outcome["val_logits"])
+        y_true = np.asarray(outcome["val_targets"], dtype=np.int64)
+        y_pred = probs.argmax(1)
+        self._log_evaluation(y_true, y_pred, f"fold {fold}")
+        if outcome.get("images") is not None:
+            fig = reports.misclassified_grid(outcome["images"], outcome["val_index"], outcome["val_ids"], probs,
+                                             y_true, self.classes, f"fold {fold}: most confidently wrong")
+            self.run.log({"val/misclassified": wandb.Image(reports.figure_to_pil(fig),
+                                                           caption="true / predicted (probability)")})
+        self.run.summary.update({"best_macro_f1": outcome["best_macro_f1"], "best_epoch": outcome["best_epoch"] + 1,
+                                 "epochs_run": outcome.get("epochs_run"), "fold_seconds": outcome.get("seconds")})
+        self._finish(0)
+
+    def _log_evaluation(self, y_true, y_pred, title: str) -> None:
+        import wandb
+
+        table = reports.per_class_table(y_true, y_pred, self.classes)
+        self.run.log({
+            "val/confusion_matrix": wandb.plot.confusion_matrix(y_true=y_true.tolist(), preds=y_pred.tolist(),
+                                                                class_names=self.classes, title=title),
+            "val/confusion_matrix_image": wandb.Image(reports.figure_to_pil(
+                reports.plot_confusion_matrix(y_true, y_pred, self.classes, title))),
+            "val/per_class": wandb.Table(dataframe=table.astype({"class_index": int})),
+        })
+
+    def on_run_end(self, results):
+        import wandb
+
+        folds = reports.fold_results_from_run_dir(self.run_dir, results)
+        run = self._init("cv", "summary", {"folds_run": results["folds_run"]}, ["summary"])
+        y_true = np.concatenate([f.y_true for f in folds]) if folds else np.zeros(0, np.int64)
+        y_pred = np.concatenate([f.y_pred for f in folds]) if folds else np.zeros(0, np.int64)
+        if len(y_true):
+            self._log_evaluation(y_true, y_pred, "OOF (all folds run)")
+        fold_cols = ["fold", "model", "img_size", "best_macro_f1", "best_epoch", "epochs_run", "seconds"]
+        run.log({"cv/folds": wandb.Table(columns=fold_cols, data=[[f.get(c) for c in fold_cols]
+                                                                   for f in results["folds"]]),
+                 "cv/curves": wandb.Image(reports.figure_to_pil(
+                     reports.plot_curves({f.fold: f.history for f in folds})))})
+        summary = {"cv/macro_f1": results["cv_macro_f1"], "cv/accuracy": results["cv_accuracy"],
+                   "cv/mean_fold_macro_f1": results["mean_fold_macro_f1"], "cv/n_oof_rows": results["n_oof_rows"],
+                   # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
+                   "objective": results["cv_macro_f1"]}
+        run.summary.update(summary)
+        self._finish(0)
+
+    def close(self):
+        # Still open here = the fold or summary did not end normally: mark the run failed.
+        try:
+            self._finish(1)
+        except Exception:  # closing must never mask the original error
+            log.exception("W&B: finishing the run failed")
