@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 LR_SCALE_RULES = ("none", "linear", "sqrt")
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra flags that print and exit without running the job (rank 0 would never share its run dir).
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
 
 # Rank 0 still owes the waiting ranks its Hydra run dir (see follow_main_run_dir).
 _owes_run_dir = False
@@ -229,6 +231,10 @@ def follow_main_run_dir(argv: list[str]) -> list[str]:
     if any(a in MULTIRUN_FLAGS for a in argv):
         raise SystemExit("docclassify.train: --multirun under torchrun is not supported; start one torchrun "
                          "per job (e.g. let a SLURM launcher run torchrun), see docs/scaling.md")
+    if any(a.split("=")[0] in INFO_FLAGS for a in argv):  # print once (rank 0), run nothing
+        if int(os.environ["RANK"]) != 0:
+            raise SystemExit(0)
+        return argv
     init_from_env()
     if is_main():
         _owes_run_dir = True

@@ -34,13 +34,13 @@ def torchrun(args: list[str], cwd, nproc: int = 2, timeout: int = 300) -> subpro
 
 
 def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
-    # No hydra.run.dir: each rank's Hydra would pick its own ${now:...} dir; rank 0's must win.
+    # A run dir that differs per rank (as ${now:...} may, a second apart): rank 0's must win.
     proc = torchrun(["data=competition", f"data.root={tiny_data}", *TINY, "trainer.epochs=2", "trainer.batch_size=8",
-                     "folds.n=2", "folds.run=[0]", "regularization.ema=true", "trainer.lr_scale=linear"],
-                    cwd=tmp_path)
+                     "folds.n=2", "folds.run=[0]", "regularization.ema=true", "trainer.lr_scale=linear",
+                     "hydra.run.dir=outputs/rank${oc.env:RANK}"], cwd=tmp_path)
 
-    run_dirs = list((tmp_path / "outputs" / "train").iterdir())
-    assert len(run_dirs) == 1, f"one run dir expected, got {run_dirs}"
+    run_dirs = list((tmp_path / "outputs").iterdir())
+    assert [d.name for d in run_dirs] == ["rank0"], f"one run dir expected, got {run_dirs}"
     run_dir = run_dirs[0]
     assert [p.parent for p in tmp_path.rglob("results.json")] == [run_dir]
     assert len(list(tmp_path.rglob(".hydra"))) == 1 and len(list(tmp_path.rglob("*.log"))) == 1
@@ -87,3 +87,26 @@ def test_lr_scale_rules_and_single_process_scaling():
 
     s = scaling(OmegaConf.create({"batch_size": 16, "accum_steps": 2, "lr": 1e-3, "lr_scale": "linear"}))
     assert s["world_size"] == 1 and s["effective_batch_size"] == 32 and s["lr"] == 1e-3 and s["backend"] is None
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A real (gloo, world size 1) process group in this process."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_sync_bn_converts_batchnorm_under_ddp_and_refuses_cpu(one_rank_group):
+    from docclassify.engine.distributed import convert_sync_batchnorm
+    from docclassify.models.factory import create_model
+
+    model = create_model("test_resnet", 17, pretrained=False)
+    with pytest.raises(ValueError, match="trainer.sync_bn=true needs CUDA"):
+        convert_sync_batchnorm(model, True, torch.device("cpu"))
+    assert convert_sync_batchnorm(model, False, torch.device("cuda")) is model
+    converted = convert_sync_batchnorm(model, True, torch.device("cuda"))  # conversion only: no CUDA needed
+    kinds = {type(m) for m in converted.modules()}
+    assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    # Same parameter/buffer names: its checkpoints load into a plain model.
+    assert converted.state_dict().keys() == create_model("test_resnet", 17, pretrained=False).state_dict().keys()
