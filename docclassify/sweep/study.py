@@ -1,0 +1,204 @@
+"""Study-side helpers of the docclassify sweeper: storage set-up, the per-trial identity
+overrides, enqueued trials, the trials summary and the best-trial export.
+
+Plain functions over an ``optuna.Study`` / ``FrozenTrial`` so they can be tested without Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from docclassify.utils.io import atomic_write_csv, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "trials.csv"
+BEST_EXPERIMENT = "best"
+# User attributes the sweeper sets on a trial. The plugin stores each fixed override (e.g.
+# data.root) as a user attribute too; the prefix keeps ours apart from those.
+ATTR_PREFIX = "docclassify:"
+# Written by the trial job into its run dir (docclassify.sweep.trial).
+TRIAL_FILE, EXPERIMENT_FILE = "sweep_trial.json", "experiment.yaml"
+SQLITE = "sqlite:///"
+
+
+def prepare_storage(storage: Any) -> Any:
+    """Make a sqlite URL absolute (jobs may run elsewhere) and create its folder; others pass through."""
+    if not isinstance(storage, str) or not storage.startswith(SQLITE):
+        return storage
+    path = storage[len(SQLITE):]
+    if not path or path == ":memory:":
+        return storage
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SQLITE + str(path)
+
+
+def redact(storage: Any) -> str:
+    """A storage URL fit for logs: the password of user:password@host is hidden."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", str(storage))
+
+
+def quote_value(text: str) -> str:
+    """``text`` as a single-quoted Hydra override value that parses back to exactly ``text``."""
+    text = re.sub(r"\\+(?='|$)", lambda m: m.group(0) * 2, text)  # backslashes before a quote or at the end
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def trial_overrides(study_name: str, number: int, storage: Any) -> list[str]:
+    """Overrides that tell a trial job which Optuna trial it is (read by docclassify.sweep.trial).
+
+    ``++`` because the hparams_search group may not be selected; an in-memory or non-URL
+    storage is passed as null (the job then cannot report to its trial).
+    """
+    url = quote_value(storage) if isinstance(storage, str) else "null"
+    return [f"++hparams_search.trial.study={quote_value(study_name)}", f"++hparams_search.trial.number={number}",
+            f"++hparams_search.trial.storage={url}"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+    return str(a) == str(b)
+
+
+def enqueue_missing(study, entries: list[dict], distributions: dict) -> int:
+    """Queue each entry ({param: value}) unless a trial of the study already has those values.
+
+    Keys must be search-space parameters and values inside their distribution: Optuna would
+    otherwise ignore the value silently and sample instead.
+    """
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.trial import TrialState
+
+    queued = 0
+    for i, entry in enumerate(entries):
+        for key, value in entry.items():
+            if key not in distributions:
+                raise ValueError(f"hydra.sweeper.enqueue_trials[{i}]: {key!r} is not a search-space parameter "
+                                 f"(these are: {sorted(distributions)})")
+            dist = distributions[key]
+            try:
+                inside = dist._contains(dist.to_internal_repr(value))
+            except (ValueError, TypeError):
+                inside = False
+            if not inside:
+                raise ValueError(f"hydra.sweeper.enqueue_trials[{i}]: {key}={value!r} is outside its search "
+                                 f"space {dist}")
+        seen = False
+        for t in study.get_trials(deepcopy=False):
+            used = t.system_attrs.get("fixed_params", {}) if t.state == TrialState.WAITING else t.params
+            if all(k in used and _same(used[k], v) for k, v in entry.items()):
+                seen = True
+                break
+        if not seen:
+            with warnings.catch_warnings():  # "experimental" in Optuna 2.x, stable since
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                study.enqueue_trial(entry)
+            queued += 1
+    return queued
+
+
+def sync_reports(trial, storage: Any) -> None:
+    """Copy what the job reported to its trial into this process's view of the trial.
+
+    Optuna's cached RDB storage does not re-read a trial this process asked for, so the
+    job's reports are invisible here: a PRUNED trial would get no value (its last report)
+    and TPE would rank it as the worst possible.
+    """
+    import optuna
+
+    if not isinstance(storage, str):
+        return
+    fresh = optuna.storages.RDBStorage(storage)
+    try:
+        reported = fresh.get_trial(trial._trial_id).intermediate_values
+    finally:
+        fresh.engine.dispose()
+    for step, value in sorted(reported.items()):
+        trial.report(value, step)
+
+
+def job_output_dir(ret) -> Path | None:
+    """The run dir of a finished Hydra job (its JobReturn), if known."""
+    try:
+        return Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
+    except Exception:  # noqa: BLE001 - a launcher that returns no hydra config
+        return None
+
+
+def record_job_info(trial, run_dir: Path) -> None:
+    """Store the trial's run dir and timings (from the job's sweep_trial.json) on the trial."""
+    trial.set_user_attr(ATTR_PREFIX + "run_dir", str(run_dir))
+    path = run_dir / TRIAL_FILE
+    if path.is_file():
+        info = json.loads(path.read_text())
+        for key in ("train_s", "job_s"):
+            if info.get(key) is not None:
+                trial.set_user_attr(ATTR_PREFIX + key, float(info[key]))
+
+
+def trials_frame(study) -> pd.DataFrame:
+    """One row per trial: number, state, value, seconds (Optuna's ask-to-tell time), training
+    seconds, overhead (seconds - training: Hydra job set-up, data, cache, model creation,
+    outputs), the parameters and the run dir."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = t.duration.total_seconds() if t.duration is not None else None
+        train_s = t.user_attrs.get(ATTR_PREFIX + "train_s")
+        value = t.values[0] if t.values is not None and len(t.values) == 1 else t.values
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": value,
+            "seconds": round(seconds, 2) if seconds is not None else None,
+            "train_s": round(train_s, 2) if train_s is not None else None,
+            "overhead_s": round(seconds - train_s, 2) if seconds is not None and train_s is not None else None,
+            **{f"params_{k}": v for k, v in t.params.items()},
+            "run_dir": t.user_attrs.get(ATTR_PREFIX + "run_dir"),
+        })
+    return pd.DataFrame(rows)
+
+
+def write_summary(study, sweep_dir: Path) -> pd.DataFrame:
+    table = trials_frame(study)
+    atomic_write_csv(table, Path(sweep_dir) / SUMMARY_FILE, index=False)
+    return table
+
+
+def best_trial(study):
+    """The best COMPLETE trial, or None when there is none yet."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def reproduce_overrides(trial) -> list[str]:
+    """The trial's overrides: the sweep's fixed ones (stored by the plugin as user attributes) then its params."""
+    fixed = [f"{k}={v}" for k, v in trial.user_attrs.items() if not k.startswith(ATTR_PREFIX)]
+    return [*fixed, *(f"{k}={v}" for k, v in trial.params.items())]
+
+
+def export_best_experiment(trial, sweep_dir: Path) -> Path | None:
+    """Copy the trial's experiment.yaml to <sweep_dir>/experiment/best.yaml, noting trial and value.
+
+    None when the trial's run dir is not readable here (e.g. it ran on another machine).
+    """
+    run_dir = trial.user_attrs.get(ATTR_PREFIX + "run_dir")
+    src = Path(run_dir) / EXPERIMENT_FILE if run_dir else None
+    if src is None or not src.is_file():
+        log.warning("Best trial %d: %s not found, no experiment file exported (use the override list)",
+                    trial.number, src)
+        return None
+    first, _, rest = src.read_text().partition("\n")
+    note = f"# Best trial so far: {trial.number}, objective {trial.value} (exported from {run_dir})"
+    dest = Path(sweep_dir) / "experiment" / f"{BEST_EXPERIMENT}.yaml"
+    atomic_write_text(dest, f"{first}\n{note}\n{rest}")
+    return dest

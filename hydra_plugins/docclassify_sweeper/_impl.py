@@ -1,0 +1,168 @@
+"""The sweep loop of the docclassify Optuna sweeper.
+
+Same search-space handling as hydra-optuna-sweeper (``hydra.sweeper.params`` plus sweep
+overrides on the command line), with what the plugin lacks:
+
+- every trial job gets its identity (``hparams_search.trial.{study,number,storage}``), so the
+  job can report per-epoch values to its own Optuna trial and ask the pruner;
+- a job that raised ``optuna.TrialPruned`` is told PRUNED (the plugin would tell FAIL);
+- ``max_failure_rate`` is a failure budget over the invocation (see config.py);
+- ``enqueue_trials`` runs given parameter sets first;
+- after every batch ``trials.csv`` (all trials of the study) is written, and at the end the
+  best trial is exported as an experiment config plus a printed override list.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from docclassify.sweep import study as S
+
+log = logging.getLogger(__name__)
+
+
+class DocclassifySweeperImpl(OptunaSweeperImpl):
+    def __init__(self, *args: Any, enqueue_trials: Any = None) -> None:
+        super().__init__(*args)
+        self.enqueue_trials = [dict(e) for e in (OmegaConf.to_container(enqueue_trials, resolve=True)
+                                                 if OmegaConf.is_config(enqueue_trials) else enqueue_trials or [])]
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
+        """(distributions, fixed params) from hydra.sweeper.params and the command line (as the plugin)."""
+        self._process_searchspace_config()
+        params_conf = self._parse_sweeper_params_config()
+        params_conf.extend(arguments)
+        override_distributions, fixed_params = create_params_from_overrides(params_conf)
+        distributions = dict(self.search_space_distributions or {})
+        distributions.update(override_distributions)
+        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
+            self.sampler = self.sampler(grid)
+            n_points = 1
+            for values in grid.values():
+                n_points *= len(values)
+            self.n_trials = min(self.n_trials, n_points)
+            log.info("Updating num of trials to %d due to using GridSampler.", self.n_trials)
+        for name in fixed_params:  # a plain value on the command line pins that parameter
+            distributions.pop(name, None)
+        return distributions, fixed_params
+
+    def sweep(self, arguments: list[str]) -> None:
+        assert self.config is not None and self.launcher is not None
+        distributions, fixed_params = self._search_space(arguments)
+        directions = self._get_directions()
+        storage = S.prepare_storage(self.storage)
+        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
+                                    directions=directions, load_if_exists=True)
+        self._reseed_for_resume(study)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        queued = S.enqueue_missing(study, self.enqueue_trials, distributions)
+        log.info("Study %s (%d trials so far) in %s; sampler %s, directions %s, %d trial(s) queued",
+                 study.study_name, len(study.trials), S.redact(storage), type(self.sampler).__name__, directions,
+                 queued)
+        if storage is None:
+            log.warning("hydra.sweeper.storage is null: the study lives in memory, trials cannot report to "
+                        "it (no pruning) and it is lost when the sweep ends")
+
+        failures: list[JobReturn] = []
+        n_to_go = self.n_trials
+        while n_to_go > 0:
+            batch = min(n_to_go, max(1, int(self.n_jobs)))
+            trials = [study.ask() for _ in range(batch)]
+            overrides = self._configure_trials(trials, distributions, fixed_params)
+            overrides = [(*o, *S.trial_overrides(study.study_name, t.number, storage))
+                         for o, t in zip(overrides, trials)]
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            for trial, ret in zip(trials, returns):
+                state = self._tell(study, trial, ret, len(directions), storage)
+                if state == TrialState.FAIL:
+                    failures.append(ret)
+            S.write_summary(study, sweep_dir)
+            if len(failures) > self.max_failure_rate * self.n_trials:
+                log.error("%d trial(s) failed, more than max_failure_rate=%s of n_trials=%d: stopping the sweep",
+                          len(failures), self.max_failure_rate, self.n_trials)
+                raise failures[-1]._return_value  # the job's exception, with its traceback
+            n_to_go -= batch
+
+        table = S.write_summary(study, sweep_dir)
+        log.info("Trials of study %s (%s):\n%s", study.study_name, sweep_dir / S.SUMMARY_FILE,
+                 table.to_string(index=False) if len(table) else "(none)")
+        self._write_results(study, directions, sweep_dir)
+
+    def _reseed_for_resume(self, study: optuna.Study) -> None:
+        """A resumed study gets its sampler seeded with seed + trials so far.
+
+        With the configured seed as is, a rerun's random start-up samples would repeat the
+        first invocation's trials one for one.
+        """
+        spec = self.config.hydra.sweeper.get("sampler")
+        n_done = len(study.get_trials(deepcopy=False))
+        if n_done == 0 or spec is None or spec.get("seed") is None or isinstance(self.sampler, functools.partial):
+            return
+        study.sampler = instantiate(spec, seed=int(spec.seed) + n_done)
+        log.info("Resuming study %s at trial %d: sampler seed %d + %d", study.study_name, n_done, int(spec.seed),
+                 n_done)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn, n_objectives: int,
+              storage: Any) -> TrialState:
+        run_dir = S.job_output_dir(ret)
+        if run_dir is not None:
+            S.record_job_info(trial, run_dir)
+        if ret.status == JobStatus.FAILED and isinstance(ret._return_value, optuna.TrialPruned):
+            S.sync_reports(trial, storage)  # the pruned trial's value is its last report
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("Trial %d pruned: %s", trial.number, ret._return_value)
+            return TrialState.PRUNED
+        try:
+            raw = ret.return_value  # raises the job's exception when it failed
+            values = [float(raw)] if n_objectives == 1 else [float(v) for v in raw]
+            if len(values) != n_objectives:
+                raise ValueError(f"{len(values)} objective values returned, {n_objectives} directions configured")
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"objective value {values} is not finite")
+        except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("Trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            return TrialState.FAIL
+        study.tell(trial, values=values)
+        log.info("Trial %d complete: value %s", trial.number, values if n_objectives > 1 else values[0])
+        return TrialState.COMPLETE
+
+    def _write_results(self, study: optuna.Study, directions: list[str], sweep_dir: Path) -> None:
+        results_path = sweep_dir / "optimization_results.yaml"
+        if len(directions) > 1:
+            front = [{"params": t.params, "values": t.values} for t in study.best_trials]
+            OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": front}), results_path)
+            log.info("Number of Pareto solutions: %d", len(front))
+            return
+        best = S.best_trial(study)
+        if best is None:
+            log.warning("No completed trial in study %s: nothing to export", study.study_name)
+            OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": None, "best_value": None}), results_path)
+            return
+        OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params, "best_value": best.value,
+                                         "best_trial": best.number}), results_path)
+        log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
+        overrides = S.reproduce_overrides(best)
+        exported = S.export_best_experiment(best, sweep_dir)
+        lines = ["Reproduce the best trial with"]
+        if exported is not None:
+            lines.append(f"  python -m docclassify.train {shlex.quote(f'hydra.searchpath=[file://{sweep_dir.resolve()}]')}"
+                         f" experiment={S.BEST_EXPERIMENT}")
+            lines.append(f"  (or copy {exported} to conf/experiment/ and use experiment=<its name>), or with")
+        lines.append("  python -m docclassify.train " + " ".join(shlex.quote(o) for o in overrides))
+        log.info("\n".join(lines))

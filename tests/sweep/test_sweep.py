@@ -1,0 +1,249 @@
+"""Optuna sweeps whose trials really train (hparams_search configs + the docclassify sweeper).
+
+Real `python -m docclassify.train -m` sweeps on the tiny data set: each trial trains a tiny
+timm model for 2 epochs on one fold. Two module-scoped sweeps are shared by the assertions:
+``tuned`` (the optuna_single_fold search space, run twice into one sqlite study) and
+``pruned`` (enqueued learning rates that make one trial crash and one fall behind).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_cli
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# A learning-rate range in which the tiny model learns within 2 epochs (so the objective
+# values differ), and image sizes a CPU test can afford; the rest is the config's space.
+SEARCH_OVERRIDES = ["trainer.lr=tag(log, interval(3e-3, 3e-2))", "data.img_size=choice(32,40)"]
+
+
+def _env(tmp_path_factory) -> dict:
+    # Module fixtures run before the function-scoped autouse fixture sets these.
+    return {"DOCCLASSIFY_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "WANDB_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1"}
+
+
+def _base(data: Path) -> list[str]:
+    return ["-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={data}", "model=tiny",
+            "data.num_workers=0", "trainer.epochs=2", "folds.n=3", "trainer.deterministic=true", "logger=none"]
+
+
+def _study(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tuned")
+    storage, sweep_dir = f"sqlite:///{root / 'optuna.db'}", root / "sweep"
+    args = [*_base(tiny_data), *SEARCH_OVERRIDES, f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=tiny_study", f"hydra.sweep.dir={sweep_dir}"]
+    env = _env(tmp_path_factory)
+    first = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=3"], env=env)
+    n_after_first = len(_study(storage, "tiny_study").trials)
+    again = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=1"], env=env)  # the same study, resumed
+    return SimpleNamespace(storage=storage, sweep_dir=sweep_dir, first=first, again=again,
+                           n_after_first=n_after_first, study=_study(storage, "tiny_study"), env=env)
+
+
+def test_every_trial_trains_with_its_own_params(tuned):
+    trials = tuned.study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    assert len({t.value for t in trials}) == 4
+    assert set(trials[0].params) == {
+        "trainer.lr", "regularization.weight_decay", "augment.mixup_alpha", "regularization.label_smoothing",
+        "regularization.drop_path_rate", "regularization.ema_decay", "augment.hard_p_end", "trainer.batch_size",
+        "data.img_size"}
+    for t in trials:
+        run_dir = tuned.sweep_dir / str(t.number)  # trial dirs are named by the trial's number in the study
+        results = json.loads((run_dir / "results.json").read_text())
+        assert t.value == results["cv_macro_f1"]  # the objective is what training measured
+        assert results["folds_run"] == [0] and results["folds"][0]["epochs_run"] == 2
+        assert results["folds"][0]["img_size"] == t.params["data.img_size"]
+        ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert ran.trainer.lr == t.params["trainer.lr"] and ran.trainer.batch_size == t.params["trainer.batch_size"]
+        assert ran.regularization.ema is True and ran.regularization.ema_decay == t.params["regularization.ema_decay"]
+        timing = json.loads((run_dir / "sweep_trial.json").read_text())
+        assert timing["number"] == t.number and timing["state"] == "complete"
+        assert 0 < timing["train_s"] < timing["job_s"]
+        assert t.intermediate_values.keys() == {0, 1}  # one report per epoch
+        assert t.intermediate_values[1] == pytest.approx(results["folds"][0]["history"][1]["val_macro_f1"])
+    log = tuned.first.stdout + tuned.first.stderr
+    assert "overhead outside training" in log
+
+
+def test_study_persists_and_a_rerun_adds_trials(tuned):
+    assert tuned.n_after_first == 3
+    assert [t.number for t in tuned.study.trials] == [0, 1, 2, 3]
+    assert (tuned.sweep_dir / "3" / "results.json").is_file()  # the resumed trial did not reuse dir 0
+    table = pd.read_csv(tuned.sweep_dir / "trials.csv")
+    assert list(table["number"]) == [0, 1, 2, 3] and set(table["state"]) == {"COMPLETE"}
+    assert (table["train_s"] > 0).all() and (table["seconds"] > table["train_s"]).all()
+    assert table["value"].tolist() == [t.value for t in tuned.study.trials]
+    best = yaml.safe_load((tuned.sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(t.value for t in tuned.study.trials)
+    assert "Trials of study tiny_study" in tuned.again.stdout + tuned.again.stderr
+
+
+def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
+    best = tuned.study.best_trial
+    assert (tuned.sweep_dir / "experiment" / "best.yaml").is_file()
+    run_dir = tmp_path / "rerun"
+    run_cli("docclassify.train", [f"hydra.searchpath=[file://{tuned.sweep_dir}]", "experiment=best",
+                                  f"hydra.run.dir={run_dir}"], env=tuned.env)
+    ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    for key, value in best.params.items():
+        assert OmegaConf.select(ran, key) == value, key
+    assert ran.folds.run == [0] and ran.trainer.epochs == 2 and ran.model.name == "tiny"
+    assert json.loads((run_dir / "results.json").read_text())["cv_macro_f1"] == best.value
+
+
+def test_printed_override_list_composes_the_best_trial(tuned):
+    best = tuned.study.best_trial
+    log = (tuned.again.stdout + tuned.again.stderr).splitlines()
+    line = next(x for x in log if x.strip().startswith("python -m docclassify.train data=competition"))
+    import shlex
+
+    overrides = shlex.split(line.strip())[3:]
+    proc = run_cli("docclassify.train", [*overrides, "--cfg", "job"], env=tuned.env)
+    composed = OmegaConf.create(proc.stdout)
+    for key, value in best.params.items():
+        assert OmegaConf.select(composed, key) == value, key
+
+
+LRS = [0.02, -1.0, 0.01, 0.0, -2.0]
+
+
+@pytest.fixture(scope="module")
+def pruned(tiny_data, tmp_path_factory):
+    """Enqueued learning rates: 0.02 learns, -1.0 crashes the optimiser, 0.01 learns, 0.0 does
+    not (pruned at epoch 1), -2.0 crashes again: the second crash is over the failure budget
+    (max_failure_rate 0.2 x 6 trials = 1), so the sweep stops before its 6th trial."""
+    root = tmp_path_factory.mktemp("pruned")
+    storage, sweep_dir = f"sqlite:///{root / 'optuna.db'}", root / "sweep"
+    proc = run_cli("docclassify.train", [
+        *_base(tiny_data), "data.img_size=32", "trainer.batch_size=16", "regularization.ema=false",
+        "hydra.sweeper.params=null", f"trainer.lr=choice({','.join(map(str, LRS))})",
+        "hydra.sweeper.enqueue_trials=[" + ",".join(f"{{trainer.lr:{lr}}}" for lr in LRS) + "]",
+        "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
+        "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.2", f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=_env(tmp_path_factory), check=False)
+    return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, study=_study(storage, "pruning"))
+
+
+def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
+    trials = pruned.study.trials
+    assert [t.params["trainer.lr"] for t in trials] == LRS  # enqueued, in order
+    assert trials[1].state == TrialState.FAIL
+    assert trials[2].state == TrialState.COMPLETE  # trials after the crash still ran
+    assert "Invalid learning rate" in pruned.proc.stdout + pruned.proc.stderr
+
+
+def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
+    assert pruned.proc.returncode != 0
+    assert len(pruned.study.trials) == 5 and pruned.study.trials[4].state == TrialState.FAIL  # no 6th trial
+    assert "stopping the sweep" in pruned.proc.stdout + pruned.proc.stderr
+    table = pd.read_csv(pruned.sweep_dir / "trials.csv")  # the summary is written before stopping
+    assert table["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE", "PRUNED", "FAIL"]
+
+
+def test_a_bad_trial_is_pruned_by_the_median_pruner(pruned):
+    first, _, third, bad, _ = pruned.study.trials
+    assert first.state == third.state == TrialState.COMPLETE
+    assert bad.state == TrialState.PRUNED
+    assert list(bad.intermediate_values) == [0]  # stopped after epoch 1 of 2
+    assert bad.value == bad.intermediate_values[0]
+    assert bad.value < min(first.intermediate_values[0], third.intermediate_values[0])
+    run_dir = pruned.sweep_dir / str(bad.number)
+    assert not (run_dir / "results.json").exists()
+    assert json.loads((run_dir / "sweep_trial.json").read_text())["state"] == "pruned"
+
+
+# --- the pieces, without a sweep process ------------------------------------------------------
+
+def test_trial_callback_reports_running_mean_and_prunes(tmp_path):
+    from docclassify.sweep.trial import OptunaTrialCallback, TrialInfo, build_pruner, open_trial
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="unit", storage=storage, direction="maximize")
+    for value in (0.6, 0.8):  # two finished trials reporting 0.6 / 0.8 at steps 0..3: median 0.7
+        t = study.ask()
+        for step in range(4):
+            t.report(value, step)
+        study.tell(t, value)
+    median = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 0}
+
+    def callback(pruner_spec):
+        info = TrialInfo("unit", study.ask().number, storage)
+        return info, OptunaTrialCallback(info, tmp_path, epochs=2, trial=open_trial(info, build_pruner(pruner_spec)))
+
+    # hparams_search.pruner=null: values are reported (running mean over folds), nothing is pruned
+    info, cb = callback(None)
+    cb.on_fold_start(0, {})
+    cb.on_epoch_end(0, 0, {"val_macro_f1": 0.1})
+    cb.on_epoch_end(0, 1, {"val_macro_f1": 0.9})
+    cb.on_fold_end(0, {"best_macro_f1": 0.9, "seconds": 1.0})
+    cb.on_fold_start(1, {})
+    cb.on_epoch_end(1, 0, {"val_macro_f1": 0.3})
+    reported = _study(storage, "unit").trials[info.number].intermediate_values
+    assert reported == {0: 0.1, 1: 0.9, 2: pytest.approx(0.6)}  # step = folds done * epochs + epoch
+
+    _, cb = callback(median)
+    cb.on_fold_start(0, {})
+    cb.on_epoch_end(0, 0, {"val_macro_f1": 0.75})  # above the median 0.7: goes on
+    _, cb = callback(median)
+    cb.on_fold_start(0, {})
+    with pytest.raises(optuna.TrialPruned):
+        cb.on_epoch_end(0, 0, {"val_macro_f1": 0.2})
+    assert json.loads((tmp_path / "sweep_trial.json").read_text())["state"] == "pruned"
+
+
+def test_build_sweep_callbacks_only_in_sweep_trials(tmp_path):
+    from docclassify.sweep import build_sweep_callbacks, trial_info
+
+    cfg = OmegaConf.create({"hparams_search": {"trial": {"study": None, "number": None, "storage": None}}})
+    assert trial_info(cfg) is None and build_sweep_callbacks(cfg) == []
+    assert trial_info(OmegaConf.create({})) is None
+    cfg.hparams_search.trial.update(study="s", number=3)
+    info = trial_info(cfg)
+    assert (info.study, info.number, info.storage) == ("s", 3, None)
+
+
+@pytest.mark.parametrize("text", ["plain", "it's", "a b", "back\\slash", "ends\\", "quote\\'", "${oops}",
+                                  "sqlite:////tmp/x y.db"])
+def test_trial_overrides_survive_hydra_parsing(text):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from docclassify.sweep.study import trial_overrides
+
+    parsed = OverridesParser.create().parse_overrides(trial_overrides(text, 7, text))
+    values = {o.key_or_group: o.value() for o in parsed}
+    assert values["hparams_search.trial.number"] == 7
+    cfg = OmegaConf.create({"v": values["hparams_search.trial.study"]})
+    assert cfg.v == text  # an interpolation-looking name stays literal
+
+
+def test_enqueue_rejects_values_outside_the_search_space():
+    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+
+    from docclassify.sweep.study import enqueue_missing
+
+    study = optuna.create_study(direction="maximize")
+    space = {"trainer.lr": LogUniformDistribution(1e-5, 1e-2), "data.img_size": CategoricalDistribution((32, 40))}
+    with pytest.raises(ValueError, match="trainer.lr=0.5 is outside"):
+        enqueue_missing(study, [{"trainer.lr": 0.5}], space)
+    with pytest.raises(ValueError, match="not a search-space parameter"):
+        enqueue_missing(study, [{"trainer.epochs": 3}], space)
+    assert enqueue_missing(study, [{"trainer.lr": 1e-3}, {"data.img_size": 40}], space) == 2
+    assert enqueue_missing(study, [{"trainer.lr": 1e-3}], space) == 0  # already queued
