@@ -15,7 +15,8 @@ before any data is read. Adding a key to one of these YAML files means adding th
 The schemas live in the ``schema/<group>`` config group of Hydra's ConfigStore; importing
 this module registers them (``docclassify.config`` imports it, so every entrypoint that
 locates ``conf/`` through it gets them). Values with a fixed set of choices are plain
-strings (code compares them with strings); ``check_choices`` rejects a wrong one early.
+strings (code compares them with strings); ``check_config`` rejects a wrong one (and a key
+added with ``+``) before any work.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("logger", "wandb"): WandbLogger,
 }
 
-# Keys whose value must be one of a few strings (checked before any work by check_choices).
+# Keys whose value must be one of a few strings (checked before any work by check_config).
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("pad", "stretch"),
     "data.on_bad_image": ("error", "skip"),
@@ -143,10 +144,29 @@ def register() -> None:
         cs.store(group=f"{SCHEMA_GROUP}/{group}", name=option, node=node)
 
 
-def check_choices(cfg) -> None:
-    """Raise ValueError naming the key when a choice-valued key holds something else."""
+def _schema_of(cfg, group: str):
+    options = {option: node for (g, option), node in SCHEMAS.items() if g == group}
+    if len(options) == 1:
+        return next(iter(options.values()))
+    return options.get(str(cfg[group].get("name")))
+
+
+def check_config(cfg) -> None:
+    """Checks composition cannot make: a key added with ``+group.key=...`` (struct mode lets it in,
+    no code would read it) and a choice-valued key holding something else. Raises ValueError
+    naming the key; run before any work."""
+    from dataclasses import fields
+
     from omegaconf import OmegaConf
 
+    for group in sorted({g for g, _ in SCHEMAS}):
+        schema = _schema_of(cfg, group) if group in cfg else None
+        if schema is None:
+            continue
+        extra = sorted(set(cfg[group]) - {f.name for f in fields(schema)})
+        if extra:
+            raise ValueError(f"{', '.join(f'{group}.{k}' for k in extra)}: not a key of {schema.__name__} "
+                             f"(docclassify/config_schema.py); nothing reads it. Check the spelling.")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and str(value) not in allowed:

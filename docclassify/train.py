@@ -28,13 +28,16 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 def train(cfg: DictConfig) -> float:
     from docclassify.engine.loop import StopRequested
-    from docclassify.engine.run import run_training
+    from docclassify.engine.resume import resume_config
+    from docclassify.engine.run import resolve_run_dir, run_training
 
     _share_run_dir()
+    cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
     try:
         results = run_training(cfg, build_callbacks(cfg))
     except StopRequested as exc:
-        log.error("%s. The last-state checkpoint is saved; continue with resume=<run dir>.", exc)
+        log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
+                  exc, resolve_run_dir(cfg))
         sys.exit(143)
     return float(results["cv_macro_f1"])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ from timm.utils import ModelEmaV3
 
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback
-from docclassify.engine.loop import StepContext, classification_metrics, predict_logits, train_one_epoch
+from docclassify.engine.loop import StepContext, StopRequested, classification_metrics, predict_logits, train_one_epoch
 from docclassify.engine.mixup import build_mixup, build_train_loss, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler
+from docclassify.engine.resume import rng_state, set_rng_state
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import save_best
 from docclassify.utils.io import atomic_save_torch
@@ -33,16 +33,12 @@ class FoldInputs:
     meta: dict                 # checkpoint meta (architecture, size, normalisation, classes)
     train_loader: Any
     val_loader: Any
-    train_sampler: Any         # has set_epoch
+    train_sampler: Any         # has set_epoch and skip (ResumableSampler)
     train_transform: Any       # has set_epoch (hard-augmentation schedule)
     val_targets: np.ndarray
     num_classes: int
     best_path: Path
     last_path: Path
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
 
 
 def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callback) -> dict:
@@ -69,12 +65,14 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
     live_eval = train_model if ddp_model is model else model
     eval_model_of = (lambda: ema.module) if ema is not None else (lambda: live_eval)
 
+    # partial: set when a stop request ended an epoch part-way (step reached, loss sums, RNG).
     state = {"epoch": 0, "updates": 0, "best_f1": -1.0, "best_epoch": -1, "best_logits": None,
-             "history": [], "stale": 0, "skipped": 0}
+             "history": [], "stale": 0, "skipped": 0, "partial": None}
     if inp.last_path.is_file():
         state = _restore(inp.last_path, model, optimizer, scheduler, ema, scaler, state)
-        log.info("fold %d: resuming from epoch %d (best macro F1 %.4f at epoch %d)",
-                 inp.fold, state["epoch"], state["best_f1"], state["best_epoch"])
+        at = f", step {state['partial']['step']}" if state["partial"] else ""
+        log.info("fold %d: resuming from epoch %d%s (best macro F1 %.4f at epoch %d)",
+                 inp.fold, state["epoch"], at, state["best_f1"], state["best_epoch"])
 
     patience = trainer.early_stopping_patience
     for epoch in range(state["epoch"], epochs):
@@ -90,10 +88,27 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
         def on_step(i, m, _epoch=epoch):
             callback.on_step_end(inp.fold, m["step"], m)
 
-        train_stats = train_one_epoch(
-            train_model, inp.train_loader, optimizer, scheduler, loss_fn, ctx, epoch=epoch,
-            updates_done=state["updates"], mixup=mixup, ema=ema, scaler=scaler, on_step=on_step,
-        )
+        partial = state["partial"]
+        if partial:  # continue this epoch where the stopped process left it, with its RNG state
+            inp.train_sampler.skip(partial["step"] * inp.train_loader.batch_size)
+            set_rng_state(partial["rng"])
+        try:
+            train_stats = train_one_epoch(
+                train_model, inp.train_loader, optimizer, scheduler, loss_fn, ctx, epoch=epoch,
+                updates_done=state["updates"], mixup=mixup, ema=ema, scaler=scaler, on_step=on_step,
+                start=partial,
+            )
+        except StopRequested as stop:
+            if stop.progress is None:
+                raise
+            state.update(updates=stop.progress["updates"], partial={**stop.progress, "rng": rng_state()})
+            _save_last(inp.last_path, model, optimizer, scheduler, ema, scaler, state)
+            log.warning("fold %d: state saved at epoch %d, step %d -> %s", inp.fold, epoch,
+                        stop.progress["step"], inp.last_path)
+            raise
+        finally:
+            inp.train_sampler.skip(0)
+        state["partial"] = None
         state["updates"] = train_stats["updates"]
         state["skipped"] += train_stats["skipped"]
         distributed.sync_module_state(eval_model_of())  # every rank evaluates rank 0's (saved) weights
@@ -128,6 +143,10 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
                      inp.fold, epoch, state["stale"])
             state["early_stopped"] = True
             break
+        # A signal during validation: stop here (all DDP ranks together), the state is saved.
+        stop = not distributed.all_ranks_true(not getattr(ctx.stop_flag, "requested", False))
+        if stop and state["epoch"] < epochs:
+            raise StopRequested(f"stop requested after epoch {epoch} (state saved at the epoch end)")
     return {
         "fold": inp.fold, "best_macro_f1": float(state["best_f1"]), "best_epoch": int(state["best_epoch"]),
         "epochs_run": int(state["epoch"]), "history": state["history"], "val_logits": state["best_logits"],
@@ -144,7 +163,7 @@ def _save_last(path: Path, model, optimizer, scheduler, ema, scaler, state: dict
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(), "state": state, "saved_at": time.time(),
+        "rng": rng_state(), "state": state, "saved_at": time.time(),
     }, path)
 
 

@@ -22,7 +22,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class StopRequested(Exception):
-    """Raised inside the loop after a SIGTERM/SIGINT once the current step has finished."""
+    """Raised inside the loop after a SIGTERM/SIGINT once the current optimiser update has finished.
+
+    ``progress`` is what the epoch had done by then (see train_one_epoch's ``start``), so the
+    caller can save a mid-epoch state that resumes exactly; None between epochs."""
+
+    def __init__(self, message: str, progress: dict | None = None) -> None:
+        super().__init__(message)
+        self.progress = progress
 
 
 @dataclass
@@ -58,16 +65,22 @@ def autocast(ctx: StepContext):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepContext, *, epoch: int,
-                    updates_done: int, mixup=None, ema=None, scaler=None, on_step=None) -> dict:
-    """Train for one epoch; returns mean loss, images/s, updates done so far and skip count."""
+                    updates_done: int, mixup=None, ema=None, scaler=None, on_step=None,
+                    start: dict | None = None) -> dict:
+    """Train for one epoch; returns mean loss, images/s, updates done so far and skip count.
+
+    ``start``: the ``progress`` of a StopRequested raised in this epoch by an earlier process; the
+    loader must already skip its first ``start["step"]`` batches (ResumableSampler.skip)."""
     model.train()
-    n_batches = len(loader)
+    start = start or {}
+    first = int(start.get("step", 0))
+    n_batches = first + len(loader)
     accum = max(1, int(ctx.accum_steps))
-    loss_sum, seen, skipped = 0.0, 0, 0
-    grad_norms: list[float] = []
-    t0 = time.perf_counter()
+    loss_sum, seen, skipped = float(start.get("loss_sum", 0.0)), int(start.get("seen", 0)), int(start.get("skipped", 0))
+    grad_norms: list[float] = list(start.get("grad_norms", []))
+    t0 = time.perf_counter() - float(start.get("elapsed", 0.0))
     optimizer.zero_grad(set_to_none=True)
-    for i, (images, targets) in enumerate(loader):
+    for i, (images, targets) in enumerate(loader, start=first):
         x = to_model_input(images, ctx)
         y = targets.to(ctx.device, non_blocking=True)
         if mixup is not None and len(x) % 2 == 0:
@@ -114,8 +127,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, ctx: StepConte
         if on_step is not None:
             on_step(i, {"train/loss": float(loss.detach()), "train/lr": optimizer.param_groups[0]["lr"],
                         "step": updates_done})
-        if ctx.stop_flag is not None and getattr(ctx.stop_flag, "requested", False):
-            raise StopRequested(f"stop requested during epoch {epoch} (step {i + 1}/{n_batches})")
+        # Stop only after an optimiser update (no half-accumulated gradients to lose), on every
+        # DDP rank at the same step (as soon as any rank got the signal), or DDP deadlocks.
+        if last_of_group and not all_ranks_true(not getattr(ctx.stop_flag, "requested", False)):
+            progress = {"step": i + 1, "updates": updates_done, "loss_sum": loss_sum, "seen": seen,
+                        "skipped": skipped, "grad_norms": grad_norms, "elapsed": time.perf_counter() - t0}
+            raise StopRequested(f"stop requested during epoch {epoch} (step {i + 1}/{n_batches})", progress)
     elapsed = time.perf_counter() - t0
     return {
         "train_loss": loss_sum / max(seen, 1),

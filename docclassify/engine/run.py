@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import accuracy_score, f1_score
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from docclassify.config import load_option, plain_config
+from docclassify.config_schema import check_config
 from docclassify.data.augment import TrainTransform
 from docclassify.data.cache import LazyImages, cached_images, find_bad_images
 from docclassify.data.dataset import ImageDataset
@@ -30,12 +31,13 @@ from docclassify.data.sources import DataError, DataSource, load_source
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.fit import FoldInputs, fit_fold
-from docclassify.engine.loop import StepContext
+from docclassify.engine.loop import StepContext, StopRequested
+from docclassify.engine.resume import ResumableSampler, save_overrides
 from docclassify.engine.setup import amp_settings, resolve_device, seed_everything, set_deterministic
 from docclassify.engine.signals import StopFlag
 from docclassify.models.checkpoint import model_meta
 from docclassify.models.factory import create_model, normalization_of
-from docclassify.utils.io import atomic_write_csv, atomic_write_json
+from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +116,21 @@ def build_loaders(images, train_idx, val_idx, targets, transform, cfg, seed: int
     common = dict(num_workers=workers, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     train_ds = ImageDataset(images, train_idx, targets, transform)
-    # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready).
+    # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready); resumable
+    # part-way through an epoch.
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
     batch = int(trainer.batch_size)
-    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler,
-                              drop_last=len(train_ds) // world > batch, **common)
+    # Own generators for the workers' base seed: drawn from the global RNG it would shift the
+    # dropout/mixup draws of the first epoch of every process (persistent workers draw it only
+    # once per process), so a resumed run would differ from an uninterrupted one.
+    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
+                              generator=torch.Generator().manual_seed(seed), **common)
     eval_bs = int(trainer.eval_batch_size or 2 * batch)
     # Under DDP each rank predicts its contiguous share of the rows (fit_fold gathers them back).
     val_loader = DataLoader(ImageDataset(images, distributed.shard(val_idx), targets), batch_size=eval_bs,
-                            shuffle=False, **common)
+                            shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
     return train_loader, val_loader, sampler
 
 
@@ -164,6 +170,7 @@ def check_resume_compatible(run_dir: Path, cfg: DictConfig) -> None:
 def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     """Train every selected fold and write results.json / oof.csv. Returns the results dict."""
     t_start = time.time()
+    check_config(cfg)
     distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
     main = distributed.is_main()
     run_dir = resolve_run_dir(cfg)
@@ -183,14 +190,17 @@ def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> di
     plans = plan_folds(cfg, run_folds)
     if main:
         check_resume_compatible(run_dir, cfg)
+        save_overrides(run_dir)
 
     targets_all = source.train["target"].to_numpy()
-    images_by_size, skipped_ids = {}, []
+    images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
         with distributed.main_first():
             images, bad = load_images(source, size, cfg.data, cfg.paths.cache_dir)
         images_by_size[size] = images
-        skipped_ids = sorted(set(skipped_ids) | set(handle_bad_images(source, bad, cfg.data.on_bad_image)))
+        bad_rows.update(bad)
+    # One decision (and one warning) for the bad images of every image size.
+    skipped_ids = sorted(handle_bad_images(source, sorted(bad_rows), cfg.data.on_bad_image))
     keep = ~source.train["ID"].isin(skipped_ids).to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
@@ -209,6 +219,9 @@ def run_training(cfg: DictConfig, callbacks: list[Callback] | None = None) -> di
     outcomes = []
     try:
         for plan in plans:
+            # A signal during the previous fold's last validation (all DDP ranks decide together).
+            if not distributed.all_ranks_true(not stop.requested):
+                raise StopRequested(f"stop requested before fold {plan.fold}")
             outcomes.append(_run_fold(plan, cfg, source, images_by_size[plan.img_size], folds, keep,
                                       device, amp, stop, callback, ckpt_dir, fold_dir, seed))
     except BaseException:
@@ -243,6 +256,9 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
     val_idx = np.flatnonzero((folds == k) & keep)
     train_idx = np.flatnonzero((folds != k) & keep)
     mc = plan.model_cfg
+    # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
+    # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
+    seed_everything(seed + 1009 * k)
     model = create_model(mc.timm_name, source.num_classes, pretrained=bool(mc.pretrained), weights=mc.get("weights"),
                          drop_rate=float(cfg.regularization.drop_rate),
                          drop_path_rate=float(cfg.regularization.drop_path_rate))
@@ -272,7 +288,8 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
     outcome.update(info, val_index=val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/fold{k}_best.pt")
     if distributed.is_main():
-        np.save(logits_path, outcome["val_logits"])
+        with atomic_write(logits_path, "wb") as fh:  # with fold{k}.json, the "fold finished" marker
+            np.save(fh, outcome["val_logits"])
         atomic_write_json(summary_path, {key: v for key, v in outcome.items() if key != "val_logits"})
     callback.on_fold_end(k, {**outcome, "val_targets": targets[val_idx],
                              "val_ids": source.train["ID"].to_numpy()[val_idx], "classes": source.classes,
@@ -308,7 +325,8 @@ def aggregate(run_dir: Path, source: DataSource, cfg, outcomes: list[dict], skip
     oof = pd.concat([oof, pd.DataFrame(probs, columns=source.classes)], axis=1)
     if write:
         atomic_write_csv(oof, run_dir / OOF_FILE, float_format="%.8g")
-        np.save(run_dir / "oof_logits.npy", logits.astype(np.float32))
+        with atomic_write(run_dir / "oof_logits.npy", "wb") as fh:
+            np.save(fh, logits.astype(np.float32))
     folds = []
     for o in outcomes:
         folds.append({

@@ -1,0 +1,175 @@
+"""Resume after SIGKILL / SIGTERM, and determinism: on CPU with trainer.deterministic=true an
+interrupted-and-resumed run ends bit-identical to an uninterrupted one with the same seed.
+
+The runs use everything that carries state across steps (EMA with warmup, warmup+cosine
+schedule, mixup, drop-path, a persistent DataLoader worker), so a piece of state that is not
+saved or restored shows up as a difference in the OOF logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, compose_train, run_cli
+
+from docclassify.engine.callbacks import Callback
+from docclassify.engine.loop import StopRequested
+from docclassify.engine.run import run_training
+
+EPOCHS = 4
+TIMING_KEYS = {"seconds", "epoch_s", "img_per_s", "run_dir"}
+
+
+def overrides(data: Path, cache: Path, seed: int = 11) -> list[str]:
+    return [
+        "data=competition", f"data.root={data}", f"paths.cache_dir={cache}", "model=tiny", "model.pretrained=false",
+        "data.img_size=32", "trainer.batch_size=16", "data.num_workers=1", "logger=none", "folds.n=2",
+        f"seed={seed}", "trainer.deterministic=true", f"trainer.epochs={EPOCHS}", "regularization=strong",
+        "augment.mixup_alpha=0.4", "schedule=warmup_cosine", "schedule.warmup_epochs=1",
+    ]
+
+
+def start_train(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "docclassify.train", *args], cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def saved_state(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return None
+
+
+def wait_for_epoch(path: Path, epoch: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> dict:
+    """Poll until the last-state checkpoint at ``path`` has finished ``epoch`` epochs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = saved_state(path)
+        if state is not None and state["epoch"] >= epoch:
+            return state
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited ({proc.returncode}) before epoch {epoch}:\n"
+                                 f"{log.read_text()[-3000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no checkpoint with epoch >= {epoch} after {timeout}s")
+
+
+def strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def assert_same_run(ref: Path, other: Path) -> None:
+    """Bit-identical predictions, metrics, history and best weights (timings aside)."""
+    assert (ref / "oof.csv").read_bytes() == (other / "oof.csv").read_bytes()
+    np.testing.assert_array_equal(np.load(ref / "oof_logits.npy"), np.load(other / "oof_logits.npy"))
+    a, b = (strip_timing(json.loads((d / "results.json").read_text())) for d in (ref, other))
+    assert a == b
+    for k in (0, 1):
+        wa, wb = (torch.load(d / f"checkpoints/fold{k}_best.pt", weights_only=False)["state_dict"]
+                  for d in (ref, other))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, cache, tmp_path_factory) -> Path:
+    """The uninterrupted run (a real `python -m docclassify.train`)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    run_cli("docclassify.train", [*overrides(tiny_data, cache), f"hydra.run.dir={run_dir}"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [f["epochs_run"] for f in results["folds"]] == [EPOCHS, EPOCHS]
+    return run_dir
+
+
+def test_sigkill_mid_fold_then_resume_run_dir_matches_uninterrupted(reference, tiny_data, cache, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    proc = start_train([*overrides(tiny_data, cache), f"hydra.run.dir={run_dir}"], log)
+    state = wait_for_epoch(run_dir / "checkpoints" / "fold0_last.pt", 1, proc, log)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (run_dir / "results.json").exists() and not (run_dir / "folds" / "fold0.json").exists()
+    assert 1 <= state["epoch"] < EPOCHS  # killed inside fold 0
+
+    # `resume=RUN_DIR` alone: the run's own overrides are re-composed.
+    proc = run_cli("docclassify.train", [f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume'}"])
+    out = proc.stdout + proc.stderr
+    assert "fold 0: resuming from epoch" in out and "continuing with its original overrides" in out
+    assert_same_run(reference, run_dir)
+
+
+def test_sigterm_saves_state_exits_nonzero_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    args = [*overrides(tiny_data, cache), f"hydra.run.dir={run_dir}"]
+    proc = start_train(args, log)
+    before = wait_for_epoch(run_dir / "checkpoints" / "fold0_last.pt", 1, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    text = log.read_text()
+    assert "received SIGTERM" in text and "stop requested" in text and f"resume={run_dir}" in text
+    state = saved_state(run_dir / "checkpoints" / "fold0_last.pt")
+    at = (state["epoch"], state["partial"]["step"] if state["partial"] else 0)
+    assert at >= (before["epoch"], 0) and not (run_dir / "results.json").exists()
+
+    # Same command again in the same dir continues (here in-process: cheaper than a new interpreter).
+    run_training(compose_train([*overrides(tiny_data, cache)], run_dir))
+    assert_same_run(reference, run_dir)
+
+
+class SignalAt(Callback):
+    """Sends this process SIGTERM after optimiser update ``update`` of ``fold``."""
+
+    def __init__(self, fold: int, update: int):
+        self.fold, self.update = fold, update
+
+    def on_step_end(self, fold, step, metrics):
+        if (fold, step) == (self.fold, self.update):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_stop_mid_epoch_saves_that_step_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
+    # 51 training images, batch 16 -> 3 updates per epoch; update 5 is epoch 1, step 2 of 3.
+    cfg = compose_train(overrides(tiny_data, cache), tmp_path)
+    with pytest.raises(StopRequested, match=r"epoch 1 \(step 2/3\)"):
+        run_training(cfg, [SignalAt(fold=0, update=5)])
+    state = saved_state(tmp_path / "checkpoints" / "fold0_last.pt")
+    assert state["epoch"] == 1 and state["updates"] == 5 and state["partial"]["step"] == 2
+    assert len(state["history"]) == 1
+    run_training(compose_train(overrides(tiny_data, cache), tmp_path))
+    assert_same_run(reference, tmp_path)
+
+
+def test_finished_fold_is_kept_and_later_folds_match(reference, tiny_data, cache, tmp_path):
+    """A run that stopped between folds: fold 0 is not retrained, fold 1 is what it would have been."""
+    run_training(compose_train([*overrides(tiny_data, cache), "folds.run=[0]"], tmp_path))
+    fold0 = (tmp_path / "folds" / "fold0.json").read_bytes()
+    results = run_training(compose_train(overrides(tiny_data, cache), tmp_path))
+    assert (tmp_path / "folds" / "fold0.json").read_bytes() == fold0 and results["folds_run"] == [0, 1]
+    assert_same_run(reference, tmp_path)
+
+
+def test_same_seed_identical_and_other_seed_differs(reference, tiny_data, cache, tmp_path):
+    run_training(compose_train(overrides(tiny_data, cache), tmp_path / "same"))
+    assert (tmp_path / "same" / "oof.csv").read_bytes() == (reference / "oof.csv").read_bytes()
+    run_training(compose_train(overrides(tiny_data, cache, seed=12), tmp_path / "other"))
+    assert not np.allclose(np.load(tmp_path / "other" / "oof_logits.npy"), np.load(reference / "oof_logits.npy"))
