@@ -86,36 +86,64 @@ def _parse_targets(values: pd.Series, path: Path, valid: set[int]) -> pd.Series:
     return targets
 
 
-def _index_folder(folder: Path) -> dict[str, Path]:
-    """Map file name and lower-cased stem variants to paths, for ID lookup."""
-    index: dict[str, Path] = {}
-    for p in folder.iterdir():
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _index_folder(folder: Path) -> dict[str, list[Path]]:
+    """Map lower-cased file names and (for image files) lower-cased stems to the files, for ID lookup."""
+    index: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
         if p.is_file():
-            index.setdefault(p.name, p)
-            index.setdefault(p.name.lower(), p)
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                index.setdefault(p.stem, p)
-                index.setdefault(p.stem.lower(), p)
+            keys = {p.name.lower()} | ({p.stem.lower()} if _is_image(p) else set())
+            for key in keys:
+                index.setdefault(key, []).append(p)
     return index
+
+
+def _candidates(image_id: str, index: dict[str, list[Path]]) -> list[Path]:
+    """Files an ID can mean, by the first rule that matches: exact file name, file name in any
+    case, then the ID without its image extension as the stem of an image file (exact case, any
+    case). More than one file means the ID is ambiguous (e.g. ``a`` with a.jpg and a.png)."""
+    stem = Path(image_id).stem if Path(image_id).suffix.lower() in IMAGE_EXTENSIONS else image_id
+    rules = (
+        (image_id.lower(), lambda p: p.name == image_id),
+        (image_id.lower(), lambda p: p.name.lower() == image_id.lower()),
+        (stem.lower(), lambda p: _is_image(p) and p.stem == stem),
+        (stem.lower(), lambda p: _is_image(p) and p.stem.lower() == stem.lower()),
+    )
+    for key, match in rules:
+        found = [p for p in index.get(key, []) if match(p)]
+        if found:
+            return found
+    return []
 
 
 def resolve_image_paths(ids: pd.Series, folder: Path, what: str) -> list[Path]:
     """Find each ID's file in ``folder``: exact name, then case-insensitive, then ID without
-    extension + any image extension. Lists every missing ID in one error."""
+    extension + any image extension. Lists every missing, ambiguous or shared file in one error."""
     if not folder.is_dir():
         raise DataError(f"{what}: image folder not found: {folder}")
     index = _index_folder(folder)
-    paths, missing = [], []
+    paths, missing, ambiguous = [], [], []
     for image_id in ids:
-        p = index.get(image_id) or index.get(image_id.lower())
-        if p is None:
-            stem = Path(image_id).stem if Path(image_id).suffix.lower() in IMAGE_EXTENSIONS else image_id
-            p = index.get(stem) or index.get(stem.lower())
-        if p is None:
+        found = _candidates(image_id, index)
+        if not found:
             missing.append(image_id)
-        paths.append(p)
+        elif len(found) > 1:
+            ambiguous.append(f"{image_id} ({' / '.join(p.name for p in found)})")
+        paths.append(found[0] if len(found) == 1 else None)
     if missing:
         raise DataError(f"{what}: {len(missing)} image(s) listed but not found in {folder}: {_listing(missing)}")
+    if ambiguous:
+        raise DataError(f"{what}: {len(ambiguous)} ID(s) match several files in {folder}: {_listing(ambiguous)}; "
+                        "write the IDs with their extension")
+    by_path: dict[Path, list[str]] = {}
+    for image_id, p in zip(ids, paths):
+        by_path.setdefault(p, []).append(image_id)
+    shared = [f"{' and '.join(i)} -> {p.name}" for p, i in by_path.items() if len(i) > 1]
+    if shared:
+        raise DataError(f"{what}: {len(shared)} file(s) listed under several IDs (duplicate rows): {_listing(shared)}")
     return paths
 
 
