@@ -38,5 +38,7 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> list:
     if name == "wandb":
         from docclassify.tracking.wandb_tracker import WandbTracker
 
-        trackers.append(WandbTracker(cfg, run_dir))
+        tracker = WandbTracker(cfg, run_dir)
+        if tracker.mode != "disabled":  # WANDB_MODE=disabled: skip the figures W&B would drop anyway
+            trackers.append(tracker)
     return trackers

@@ -3,7 +3,7 @@
 Everything is drawn on matplotlib ``Figure`` objects (the Agg canvas, no pyplot), so no global
 backend state changes and nothing needs a display. Every file is written atomically.
 
-Files a training run dir gets (``LocalReports``, rewritten after every fold and at the end):
+Files a training run dir gets (``LocalReports``: at the end, and after every fold that took a minute or more):
 
 - ``confusion_matrix.png``: pooled out-of-fold predictions of the folds run so far
 - ``curves.png``: train/val loss and val macro F1 per epoch, one line per fold
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 CONFUSION_PNG, CURVES_PNG, PER_CLASS_CSV, REPORT_MD = "confusion_matrix.png", "curves.png", "per_class.csv", "report.md"
 MACRO_ROW = "macro avg"
 GRID_SIZE = 16  # images in a misclassified grid (4 x 4)
+DPI = 90
+# A report between folds costs ~1 s of plotting: written only after folds that took longer than this.
+INTERIM_REPORT_MIN_S = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,13 +203,13 @@ def misclassified_grid(images, rows: Sequence[int], ids: Sequence[str], probs: n
     return plot_image_grid(pics, caps, title)
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi)
     return Path(path)
 
 
-def figure_to_pil(fig: Figure, dpi: int = 110):
+def figure_to_pil(fig: Figure, dpi: int = DPI):
     """PNG-rendered PIL image of a figure (what W&B gets)."""
     from PIL import Image
 
@@ -364,7 +367,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
 
 
 class LocalReports(Callback):
-    """Writes the run dir's report after each fold (folds trained so far) and at the end (all folds)."""
+    """Writes the run dir's report at the end (all folds) and, in long runs, after each fold (folds so far)."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -386,7 +389,8 @@ class LocalReports(Callback):
                                          outcome["val_targets"], self.classes,
                                          f"fold {fold}: most confidently wrong validation images")
                 save_figure(fig, self.run_dir / f"misclassified_fold{fold}.png")
-            if fold != self.last_fold:  # after the last fold, on_run_end writes the final report
+            # After the last fold on_run_end writes the final report; quick folds need no interim one.
+            if fold != self.last_fold and float(outcome.get("seconds") or 0) >= INTERIM_REPORT_MIN_S:
                 write_run_report(self.run_dir, list(self.folds.values()), self.classes)
         except Exception:  # a report must never cost the training run; the error is logged in full
             log.exception("fold %d: writing the local report failed", fold)

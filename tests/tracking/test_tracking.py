@@ -187,6 +187,25 @@ def test_mode_offline_without_key_online_with_one(tmp_path):
         resolve_mode(None, {"WANDB_MODE": "maybe"})
 
 
+def test_build_trackers_by_logger_mode_and_rank(tiny_data, tmp_path, monkeypatch):
+    from docclassify.tracking import build_trackers
+    from docclassify.tracking.progress import Progress
+    from docclassify.tracking.reports import LocalReports
+    from docclassify.tracking.wandb_tracker import WandbTracker
+
+    def kinds(logger: str) -> list[type]:
+        cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY_NO_LOGGER, f"logger={logger}"], tmp_path)
+        return [type(t) for t in build_trackers(cfg, tmp_path)]
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert kinds("wandb") == [Progress, LocalReports, WandbTracker]
+    assert kinds("none") == [Progress, LocalReports]
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert kinds("wandb") == [Progress, LocalReports]
+    monkeypatch.setenv("RANK", "1")  # torchrun worker: rank 0 reports for everyone
+    assert kinds("wandb") == []
+
+
 def test_sweep_trials_group_by_study_and_carry_their_params(tiny_data, tmp_path):
     from omegaconf import open_dict
 
@@ -282,9 +301,10 @@ def test_report_after_each_fold_shows_the_folds_so_far(tmp_path):
     logits = np.eye(3)[[0, 2, 2, 1, 1, 0]] * 3.0  # 3 of 6 wrong
     cb = reports.LocalReports(tmp_path)
     cb.on_run_start({"classes": classes, "folds": [0, 1]})
-    cb.on_fold_end(0, {"val_logits": logits, "val_targets": targets, "val_index": val_index.tolist(),
-                       "val_ids": [f"img{i}" for i in val_index], "images": images, "best_epoch": 1, "model": "m",
-                       "history": [_epoch(0, 0.2), _epoch(1, 0.4)]})
+    outcome = {"val_logits": logits, "val_targets": targets, "val_index": val_index.tolist(),
+               "val_ids": [f"img{i}" for i in val_index], "images": images, "best_epoch": 1, "model": "m",
+               "history": [_epoch(0, 0.2), _epoch(1, 0.4)], "seconds": reports.INTERIM_REPORT_MIN_S}
+    cb.on_fold_end(0, outcome)
     md = (tmp_path / "report.md").read_text()
     assert "(in progress)" in md and "[grid](misclassified_fold0.png)" in md
     with Image.open(tmp_path / "misclassified_fold0.png") as img:
@@ -293,6 +313,11 @@ def test_report_after_each_fold_shows_the_folds_so_far(tmp_path):
     macro = table[(table["scope"] == "fold0") & (table["class"] == reports.MACRO_ROW)]["f1"].item()
     assert macro == pytest.approx(f1_score(targets, logits.argmax(1), average="macro"), abs=1e-6)
     assert reports.worst_misclassified(reports.softmax(logits), targets).tolist() == [1, 3, 5]
+
+    quick = reports.LocalReports(tmp_path / "quick")  # a fold of seconds: only its grid until the run ends
+    quick.on_run_start({"classes": classes, "folds": [0, 1]})
+    quick.on_fold_end(0, {**outcome, "seconds": 3.0})
+    assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == ["misclassified_fold0.png"]
 
 
 def _epoch(epoch: int, f1: float) -> dict:
