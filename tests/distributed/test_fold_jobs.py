@@ -16,6 +16,7 @@ from conftest import TINY, run_cli
 from sklearn.metrics import f1_score
 
 from docclassify.aggregate import AggregateError, find_job_dirs, merge_jobs
+from docclassify.aggregate import main as aggregate_main
 from docclassify.models.checkpoint import load_checkpoint
 
 
@@ -76,7 +77,7 @@ def _copy_job(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path):
+def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path, capsys):
     job0, job1 = find_job_dirs(fold_sweep)
 
     twin = _copy_job(job0, tmp_path / "twin")
@@ -101,8 +102,8 @@ def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path):
     (unfinished / "results.json").unlink()
     with pytest.raises(AggregateError, match="has not finished"):
         merge_jobs([job0, unfinished], tmp_path / "out_unfinished")
-    proc = run_cli("docclassify.aggregate", [str(tmp_path / "nothing_here")], check=False)
-    assert proc.returncode == 2 and "no such directory" in proc.stderr
+    assert aggregate_main([str(tmp_path / "nothing_here")]) == 2  # the CLI's exit status and message
+    assert "no such directory" in capsys.readouterr().err
 
 
 def test_infer_accepts_the_merged_run(fold_sweep, tiny_data, tmp_path):
