@@ -69,7 +69,7 @@ def fit_fold(inp: FoldInputs, cfg, ctx: StepContext, seed: int, callback: Callba
     state = {"epoch": 0, "updates": 0, "best_f1": -1.0, "best_epoch": -1, "best_logits": None,
              "history": [], "stale": 0, "skipped": 0, "partial": None}
     if inp.last_path.is_file():
-        state = _restore(inp.last_path, model, optimizer, scheduler, ema, scaler, state)
+        state = _restore(inp.last_path, model, optimizer, ema, scaler, state)
         at = f", step {state['partial']['step']}" if state["partial"] else ""
         log.info("fold %d: resuming from epoch %d%s (best macro F1 %.4f at epoch %d)",
                  inp.fold, state["epoch"], at, state["best_f1"], state["best_epoch"])
@@ -167,12 +167,13 @@ def _save_last(path: Path, model, optimizer, scheduler, ema, scaler, state: dict
     }, path)
 
 
-def _restore(path: Path, model, optimizer, scheduler, ema, scaler, default: dict) -> dict:
+def _restore(path: Path, model, optimizer, ema, scaler, default: dict) -> dict:
+    """Load a last-state checkpoint. The lr schedule is not loaded: it is a pure function of the
+    config and the update count (timm's step_update), so rebuilding it is exact, and a resume with
+    a larger trainer.epochs follows the longer schedule instead of the saved one's end."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None and ckpt.get("scheduler"):
-        scheduler.load_state_dict(ckpt["scheduler"])
     if ema is not None and ckpt.get("ema"):
         ema.load_state_dict(ckpt["ema"])
     if scaler is not None and ckpt.get("scaler"):

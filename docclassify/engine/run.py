@@ -248,10 +248,14 @@ def _run_fold(plan: FoldPlan, cfg, source: DataSource, images, folds, keep, devi
     k = plan.fold
     summary_path, logits_path = fold_dir / f"fold{k}.json", fold_dir / f"fold{k}_val_logits.npy"
     if summary_path.is_file() and logits_path.is_file():
-        log.info("fold %d: already finished (%s), not retrained", k, summary_path)
         outcome = json.loads(summary_path.read_text())
-        outcome["val_logits"] = np.load(logits_path)
-        return outcome
+        # A larger trainer.epochs on resume extends a finished fold from its last-state checkpoint.
+        if outcome["epochs_run"] >= int(cfg.trainer.epochs) or outcome.get("early_stopped"):
+            log.info("fold %d: already finished (%s), not retrained", k, summary_path)
+            outcome["val_logits"] = np.load(logits_path)
+            return outcome
+        log.info("fold %d: finished after %d epochs; continuing to trainer.epochs=%d", k, outcome["epochs_run"],
+                 int(cfg.trainer.epochs))
     targets = source.train["target"].to_numpy()
     val_idx = np.flatnonzero((folds == k) & keep)
     train_idx = np.flatnonzero((folds != k) & keep)

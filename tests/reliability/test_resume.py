@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_train, run_cli
+from conftest import REPO, TINY, compose_train, run_cli
 
 from docclassify.engine.callbacks import Callback
 from docclassify.engine.loop import StopRequested
@@ -173,3 +173,13 @@ def test_same_seed_identical_and_other_seed_differs(reference, tiny_data, cache,
     assert (tmp_path / "same" / "oof.csv").read_bytes() == (reference / "oof.csv").read_bytes()
     run_training(compose_train(overrides(tiny_data, cache, seed=12), tmp_path / "other"))
     assert not np.allclose(np.load(tmp_path / "other" / "oof_logits.npy"), np.load(reference / "oof_logits.npy"))
+
+
+def test_resume_with_more_epochs_follows_the_longer_schedule(tiny_data, tmp_path):
+    base = ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "folds.run=[0]"]
+    run_training(compose_train([*base, "trainer.epochs=2"], tmp_path))
+    results = run_training(compose_train([*base, "trainer.epochs=4"], tmp_path))
+    history = results["folds"][0]["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    # Cosine over 2 epochs ends at min_lr (1e-6); re-planned over 4, epoch 2 is still well above it.
+    assert history[1]["lr"] < 1e-5 < 1e-4 < history[2]["lr"] and history[3]["lr"] < history[2]["lr"]
