@@ -29,8 +29,14 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from docclassify.sweep import study as S
+from docclassify.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+
+def _save_yaml(content: dict, path: Path) -> None:
+    """Atomically: sweep processes sharing one sweep dir may write it at the same time."""
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(content)))
 
 
 class DocclassifySweeperImpl(OptunaSweeperImpl):
@@ -66,18 +72,17 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
         storage = S.prepare_storage(self.storage)
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
                                     directions=directions, load_if_exists=True)
-        self._reseed_for_resume(study)
+        n_before = self._reseed_for_resume(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         queued = S.enqueue_missing(study, self.enqueue_trials, distributions)
         log.info("Study %s (%d trials so far) in %s; sampler %s, directions %s, %d trial(s) queued",
-                 study.study_name, len(study.trials), S.redact(storage), type(self.sampler).__name__, directions,
-                 queued)
+                 study.study_name, n_before, S.redact(storage), type(study.sampler).__name__, directions, queued)
         if storage is None:
             log.warning("hydra.sweeper.storage is null: the study lives in memory, trials cannot report to "
                         "it (no pruning) and it is lost when the sweep ends")
 
-        failures: list[JobReturn] = []
+        failures: list[BaseException] = []
         n_to_go = self.n_trials
         while n_to_go > 0:
             batch = min(n_to_go, max(1, int(self.n_jobs)))
@@ -85,17 +90,30 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
             overrides = self._configure_trials(trials, distributions, fixed_params)
             overrides = [(*o, *S.trial_overrides(study.study_name, t.number, storage))
                          for o, t in zip(overrides, trials)]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException as exc:
+                # The launcher itself raised (a trial's overrides do not compose, Ctrl-C, a
+                # cluster error): its trials failed rather than stay RUNNING in the study forever.
+                for trial in trials:
+                    study.tell(trial, state=TrialState.FAIL)
+                S.write_summary(study, sweep_dir)
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("Trial(s) %s failed to launch: %s: %s", [t.number for t in trials],
+                            type(exc).__name__, exc)
+                failures.extend([exc] * len(trials))
+                returns = []
+            self.job_idx += len(trials)
             for trial, ret in zip(trials, returns):
-                state = self._tell(study, trial, ret, len(directions), storage)
-                if state == TrialState.FAIL:
-                    failures.append(ret)
+                error = self._tell(study, trial, ret, len(directions), storage)
+                if error is not None:
+                    failures.append(error)
             S.write_summary(study, sweep_dir)
             if len(failures) > self.max_failure_rate * self.n_trials:
                 log.error("%d trial(s) failed, more than max_failure_rate=%s of n_trials=%d: stopping the sweep",
                           len(failures), self.max_failure_rate, self.n_trials)
-                raise failures[-1]._return_value  # the job's exception, with its traceback
+                raise failures[-1]  # the job's exception, with its traceback
             n_to_go -= batch
 
         table = S.write_summary(study, sweep_dir)
@@ -103,8 +121,8 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
                  table.to_string(index=False) if len(table) else "(none)")
         self._write_results(study, directions, sweep_dir)
 
-    def _reseed_for_resume(self, study: optuna.Study) -> None:
-        """A resumed study gets its sampler seeded with seed + trials so far.
+    def _reseed_for_resume(self, study: optuna.Study) -> int:
+        """A resumed study gets its sampler seeded with seed + trials so far (returned).
 
         With the configured seed as is, a rerun's random start-up samples would repeat the
         first invocation's trials one for one.
@@ -112,13 +130,15 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
         spec = self.config.hydra.sweeper.get("sampler")
         n_done = len(study.get_trials(deepcopy=False))
         if n_done == 0 or spec is None or spec.get("seed") is None or isinstance(self.sampler, functools.partial):
-            return
+            return n_done
         study.sampler = instantiate(spec, seed=int(spec.seed) + n_done)
         log.info("Resuming study %s at trial %d: sampler seed %d + %d", study.study_name, n_done, int(spec.seed),
                  n_done)
+        return n_done
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn, n_objectives: int,
-              storage: Any) -> TrialState:
+              storage: Any) -> Exception | None:
+        """Record the job's outcome on its trial; the error when the trial failed."""
         run_dir = S.job_output_dir(ret)
         if run_dir is not None:
             S.record_job_info(trial, run_dir)
@@ -126,7 +146,7 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
             S.sync_reports(trial, storage)  # the pruned trial's value is its last report
             study.tell(trial, state=TrialState.PRUNED)
             log.info("Trial %d pruned: %s", trial.number, ret._return_value)
-            return TrialState.PRUNED
+            return None
         try:
             raw = ret.return_value  # raises the job's exception when it failed
             values = [float(raw)] if n_objectives == 1 else [float(v) for v in raw]
@@ -137,25 +157,25 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
         except Exception as exc:  # noqa: BLE001 - any job error is this trial's failure, not the sweep's
             study.tell(trial, state=TrialState.FAIL)
             log.warning("Trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            return TrialState.FAIL
+            return exc
         study.tell(trial, values=values)
         log.info("Trial %d complete: value %s", trial.number, values if n_objectives > 1 else values[0])
-        return TrialState.COMPLETE
+        return None
 
     def _write_results(self, study: optuna.Study, directions: list[str], sweep_dir: Path) -> None:
         results_path = sweep_dir / "optimization_results.yaml"
         if len(directions) > 1:
             front = [{"params": t.params, "values": t.values} for t in study.best_trials]
-            OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": front}), results_path)
+            _save_yaml({"name": "optuna", "solutions": front}, results_path)
             log.info("Number of Pareto solutions: %d", len(front))
             return
         best = S.best_trial(study)
         if best is None:
             log.warning("No completed trial in study %s: nothing to export", study.study_name)
-            OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": None, "best_value": None}), results_path)
+            _save_yaml({"name": "optuna", "best_params": None, "best_value": None}, results_path)
             return
-        OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params, "best_value": best.value,
-                                         "best_trial": best.number}), results_path)
+        _save_yaml({"name": "optuna", "best_params": best.params, "best_value": best.value,
+                    "best_trial": best.number}, results_path)
         log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         overrides = S.reproduce_overrides(best)
         exported = S.export_best_experiment(best, sweep_dir)

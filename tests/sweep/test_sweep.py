@@ -122,14 +122,14 @@ def test_printed_override_list_composes_the_best_trial(tuned):
         assert OmegaConf.select(composed, key) == value, key
 
 
-LRS = [0.02, -1.0, 0.01, 0.0, -2.0]
+LRS = [0.02, -1.0, 0.01, 0.0, "abc"]
 
 
 @pytest.fixture(scope="module")
 def pruned(tiny_data, tmp_path_factory):
     """Enqueued learning rates: 0.02 learns, -1.0 crashes the optimiser, 0.01 learns, 0.0 does
-    not (pruned at epoch 1), -2.0 crashes again: the second crash is over the failure budget
-    (max_failure_rate 0.2 x 6 trials = 1), so the sweep stops before its 6th trial."""
+    not (pruned at epoch 1), "abc" does not even compose (the launcher raises): the second
+    failure is over the budget (max_failure_rate 0.2 x 6 trials = 1), so no 6th trial."""
     root = tmp_path_factory.mktemp("pruned")
     storage, sweep_dir = f"sqlite:///{root / 'optuna.db'}", root / "sweep"
     proc = run_cli("docclassify.train", [
@@ -153,7 +153,8 @@ def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
 def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
     assert pruned.proc.returncode != 0
     assert len(pruned.study.trials) == 5 and pruned.study.trials[4].state == TrialState.FAIL  # no 6th trial
-    assert "stopping the sweep" in pruned.proc.stdout + pruned.proc.stderr
+    log = pruned.proc.stdout + pruned.proc.stderr
+    assert "Trial(s) [4] failed to launch" in log and "stopping the sweep" in log
     table = pd.read_csv(pruned.sweep_dir / "trials.csv")  # the summary is written before stopping
     assert table["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE", "PRUNED", "FAIL"]
 
