@@ -15,6 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+# The checkout's hydra_plugins/ (the docclassify sweeper's config node) for in-process
+# composes, as `python -m` from the repo root sees it, even if the install predates it.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 
 # One intra-op thread per process: on a 2-core box a second OpenMP thread competing with
 # DataLoader workers or a parallel test spins instead of working (10-100x slowdowns seen).
