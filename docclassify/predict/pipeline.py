@@ -1,0 +1,438 @@
+"""The inference flow of ``python -m docclassify.infer``: training runs -> a submission.
+
+runs -> validated checkpoints -> test data (the runs' own data config, plus overrides) ->
+decoded test images, once per (img_size, resize, pad) -> per fold: batched exact TTA ->
+per run: fold average -> ensemble of runs (equal or OOF-fitted weights) -> temperature
+fitted on out-of-fold predictions -> submission.csv, test_probs.csv, summary.json.
+
+Everything that can be wrong with the input (runs, checkpoints, classes, test images,
+sample submission, test labels, settings) is checked before the first prediction, and
+nothing is written until every prediction is made: a bad input stops the run with a clear
+error and no output files.
+
+One ensemble member is one run: its folds' test predictions are averaged, and its
+out-of-fold (OOF) predictions, each row predicted by the fold that did not train on it,
+stand for it when weights and the temperature are fitted (so no row a model trained on is
+used). With ``oof_tta=true`` and TTA views beyond the identity, the OOF rows are
+re-predicted with the same views, so the fitted temperature matches TTA-averaged test
+probabilities (TTA averaging makes predictions less confident than the saved single-view
+OOF logits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from docclassify.config_schema import CompetitionData
+from docclassify.data.cache import cached_images, decode_all
+from docclassify.data.sources import DataError, DataSource, load_source
+from docclassify.engine.setup import resolve_device
+from docclassify.models.checkpoint import load_checkpoint
+from docclassify.predict.calibration import apply_temperature, calibration_report
+from docclassify.predict.ensemble import combine, fit_oof_weights, macro_f1
+from docclassify.predict.runs import Run, RunError, discover_runs, fold_of_ids, load_oof
+from docclassify.predict.submission import (
+    build_probability_frame,
+    build_submission,
+    format_ids,
+    write_probability_frame,
+    write_submission,
+)
+from docclassify.predict.tta import View, predict_tta_batches, resolve_tta
+from docclassify.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_FILE, PROBS_FILE, SUMMARY_FILE = "submission.csv", "test_probs.csv", "summary.json"
+WEIGHT_MODES = ("equal", "oof")
+AVERAGES = ("prob", "logit")
+# data.* keys infer may override; null keeps the training run's value.
+DATA_OVERRIDES = ("root", "sample_submission", "test_dir", "test_labels", "cache")
+
+
+@dataclass
+class Settings:
+    weights: str
+    average: str
+    calibrate: bool
+    oof_tta: bool
+    batch_size: int
+    output: Path | None
+
+
+def read_settings(cfg: DictConfig) -> Settings:
+    """The top-level inference keys, checked (each error names the key)."""
+    weights, average = str(cfg.ensemble.weights), str(cfg.ensemble.average)
+    if weights not in WEIGHT_MODES:
+        raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
+    if average not in AVERAGES:
+        raise DataError(f"ensemble.average={average!r}: expected one of {', '.join(AVERAGES)}")
+    batch_size = cfg.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size={batch_size!r}: expected a positive integer")
+    output = Path(str(cfg.output)).expanduser() if cfg.output else None
+    if output is not None and output.is_dir():
+        output = output / SUBMISSION_FILE
+    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the runs' own data config, overridden by infer's data.* keys
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DataSet:
+    source: DataSource
+    cache: bool
+
+
+def run_data_config(run: Run, overrides: dict) -> dict:
+    """The run's data config with infer's non-null ``data.*`` overrides applied.
+
+    A ``data.root`` given for a run trained on the built-in synthetic data means "this
+    folder, competition layout" (the layout the synthetic data set has).
+    """
+    data = run.data_config
+    if not data.get("name"):
+        raise RunError(f"{run.path}: its config has no data.name")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "root" in given and data["name"] == "synthetic":
+        data = {**asdict(CompetitionData()), "cache": data.get("cache", True)}
+    data.update(given)
+    return data
+
+
+def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]:
+    """One DataSet per run (runs with equal data configs share it); all must share one test set."""
+    by_key: dict[str, DataSet] = {}
+    per_run = []
+    for run in runs:
+        data = run_data_config(run, overrides)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in by_key:
+            source = load_source(OmegaConf.create(data), cache_dir)
+            if source.test is None or source.sample_submission is None:
+                raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has no test set: "
+                                "no sample_submission.csv / test/ folder; point data.root (or data.test_dir, "
+                                "data.sample_submission) at the test data")
+            by_key[key] = DataSet(source, bool(data.get("cache", True)))
+        ds = by_key[key]
+        if ds.source.classes != run.classes:
+            raise RunError(f"{run.path} predicts {len(run.classes)} classes {run.classes[:3]}..., but the data's "
+                           f"meta ({ds.source.root}) lists {len(ds.source.classes)}: {ds.source.classes[:3]}...")
+        per_run.append(ds)
+    first = per_run[0].source
+    for ds, run in zip(per_run, runs):
+        if ds.source.test["ID"].tolist() != first.test["ID"].tolist():
+            raise DataError(f"the runs' test sets differ: {runs[0].path} uses {first.root} "
+                            f"({len(first.test)} test IDs), {run.path} uses {ds.source.root} "
+                            f"({len(ds.source.test)}); pass data.root=... to use one test set for all")
+    return per_run
+
+
+def load_test_labels(source: DataSource) -> np.ndarray | None:
+    """True test labels in test order (data.test_labels / the synthetic test_labels.csv), or None."""
+    if source.test_labels is None:
+        return None
+    labels = source.test_labels.set_index("ID")["target"]
+    ids = source.test["ID"]
+    missing = ids[~ids.isin(labels.index)].tolist()
+    if missing:
+        raise DataError(f"test labels: no label for {format_ids(missing)} of the test set")
+    return labels.loc[ids.tolist()].to_numpy(dtype=np.int64)
+
+
+class ImageStore:
+    """Decoded images, loaded once per (data, split, img_size, resize, pad) and shared by folds/runs."""
+
+    def __init__(self, cache_dir: str):
+        self.cache_dir = cache_dir
+        self._arrays: dict[tuple, np.ndarray] = {}
+        self.loaded: list[dict] = []
+
+    def get(self, ds: DataSet, split: str, meta: dict) -> np.ndarray:
+        size, resize, pad = int(meta["img_size"]), str(meta["resize"]), int(meta["pad_value"])
+        key = (id(ds.source), split, size, resize, pad)
+        if key in self._arrays:
+            return self._arrays[key]
+        frame = ds.source.test if split == "test" else ds.source.train
+        paths = list(frame["path"])
+        t0 = time.time()
+        if ds.cache:
+            images, bad = cached_images(paths, size, resize, pad, self.cache_dir)
+        else:
+            images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+            bad = decode_all(paths, size, resize, pad, images, progress=False)
+        if bad and split == "test":
+            ids = frame["ID"].iloc[bad].tolist()
+            raise DataError(f"{len(ids)} test image(s) cannot be decoded: {format_ids(ids, limit=50)}")
+        log.info("%s images: %d at %d px (%s, pad %d) ready in %.1fs", split, len(paths), size, resize, pad,
+                 time.time() - t0)
+        self._arrays[key] = images
+        self.loaded.append({"split": split, "img_size": size, "resize": resize, "pad_value": pad,
+                            "n": len(paths)})
+        return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+
+def safe_log(probs: np.ndarray) -> np.ndarray:
+    """log of probabilities, finite (underflowed zeros become log(tiny))."""
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny, None))
+
+
+def members_of(logits: list[np.ndarray], average: str) -> list[np.ndarray]:
+    """What ``combine`` takes: probabilities (average=prob) or log-probabilities (logit)."""
+    return [softmax(z, axis=1) if average == "prob" else log_softmax(z, axis=1) for z in logits]
+
+
+def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict, views: list[View],
+                 average: str, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """TTA predictions of ``images[rows]`` normalised like training: one forward per view per batch."""
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            chunk = np.ascontiguousarray(images[rows[start:start + batch_size]])
+            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device, non_blocking=True)
+            yield x.float().div_(255.0).sub_(mean).div_(std)
+
+    return predict_tta_batches(model, batches(), views, average, device)
+
+
+def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's model."""
+    folds = fold_of_ids(run, oof_ids)
+    uncovered = sorted(set(folds.tolist()) - {fm.fold for fm in run.folds})
+    if uncovered:
+        raise RunError(f"{run.path}: OOF rows of fold(s) {uncovered} but no checkpoint for them")
+    row_of = pd.Series(np.arange(len(ds.source.train)), index=ds.source.train["ID"].to_numpy(dtype=str))
+    missing = [i for i in oof_ids if i not in row_of.index]
+    if missing:
+        raise RunError(f"{run.path}: {format_ids(missing)} of its OOF rows are not in the training data of "
+                       f"{ds.source.root}; set oof_tta=false to use the saved OOF predictions")
+    return row_of.loc[list(oof_ids)].to_numpy(), folds
+
+
+@dataclass
+class Member:
+    """One run's predictions: test logits (fold average) and, when re-predicted, OOF logits."""
+
+    run: Run
+    test_logits: np.ndarray
+    oof_logits: np.ndarray | None = None
+    folds: list[dict] = field(default_factory=list)
+
+
+def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, views: list[View], tta_average: str,
+                settings: Settings, device: torch.device, oof: tuple[np.ndarray, np.ndarray] | None) -> Member:
+    """Every fold of ``run`` on the test set (and on its own OOF rows when ``oof=(train rows, folds)``,
+    see :func:`plan_oof`)."""
+    n_test = len(ds.source.test)
+    test_rows = np.arange(n_test)
+    fold_preds, fold_info = [], []
+    oof_logits = None
+    if oof is not None:
+        train_rows, oof_folds = oof
+        oof_logits = np.zeros((len(train_rows), len(run.classes)), dtype=np.float64)
+    for fm in run.folds:
+        model, ckpt = load_checkpoint(fm.checkpoint, device)
+        meta = ckpt["meta"]
+        images = store.get(ds, "test", meta)
+        t0 = time.time()
+        probs, logits = predict_rows(model, images, test_rows, meta, views, tta_average, settings.batch_size, device)
+        seconds = time.time() - t0
+        log.info("%s fold %d: %s at %d px, %d test images x %d views in %.1fs (%.0f img/s)", label, fm.fold,
+                 meta["timm_name"], meta["img_size"], n_test, len(views), seconds, n_test / max(seconds, 1e-9))
+        fold_preds.append(probs if settings.average == "prob" else logits)
+        fold_info.append({"fold": fm.fold, "model": meta["timm_name"], "model_option": meta.get("model_option"),
+                          "img_size": int(meta["img_size"]), "checkpoint": str(fm.checkpoint.relative_to(run.path)),
+                          "test_img_per_s": round(n_test / max(seconds, 1e-9), 1)})
+        if oof is not None:
+            mask = oof_folds == fm.fold
+            t0 = time.time()
+            _, z = predict_rows(model, store.get(ds, "train", meta), train_rows[mask], meta, views, tta_average,
+                                settings.batch_size, device)
+            oof_logits[mask] = z
+            log.info("%s fold %d: %d OOF rows re-predicted with %d views in %.1fs", label, fm.fold,
+                     int(mask.sum()), len(views), time.time() - t0)
+        del model, ckpt
+    test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, settings.average)
+    return Member(run, safe_log(test_probs), oof_logits, fold_info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-fold predictions: ensemble weights and the temperature
+# ---------------------------------------------------------------------------------------------
+
+def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path]):
+    """Rows present in every run's OOF, in the first run's order: (ids, y, [logits per run])."""
+    id_sets = [set(ids.tolist()) for ids, _, _ in per_run]
+    common_set = set.intersection(*id_sets)
+    ids0 = per_run[0][0]
+    common = np.array([i for i in ids0 if i in common_set], dtype=str)
+    if not len(common):
+        raise RunError("the runs' out-of-fold predictions share no row (different data or folds): "
+                       "ensemble.weights=oof and calibrate=true need common OOF rows; "
+                       "use ensemble.weights=equal calibrate=false")
+    aligned, y = [], None
+    for (ids, targets, logits), path in zip(per_run, paths):
+        pos = pd.Series(np.arange(len(ids)), index=ids).loc[list(common)].to_numpy()
+        if y is None:
+            y = targets[pos]
+        elif not np.array_equal(targets[pos], y):
+            bad = common[targets[pos] != y]
+            raise RunError(f"{path}: its OOF targets differ from {paths[0]}'s for {format_ids(bad)} "
+                           "(trained on other labels)")
+        aligned.append(logits[pos])
+    dropped = max(len(ids) for ids, _, _ in per_run) - len(common)
+    if dropped:
+        log.info("OOF: %d rows common to all %d runs (%d rows not predicted by every run left out)",
+                 len(common), len(per_run), dropped)
+    return common, y, aligned
+
+
+def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int):
+    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if OOF F1 >= equal."""
+    if mode == "equal" or n_runs == 1:
+        if mode == "oof":
+            log.info("ensemble.weights=oof with one run: its weight is 1")
+        return [1.0 / n_runs] * n_runs, None
+    fit = fit_oof_weights(oof_members, y, average)
+    log.info("ensemble weights fitted on %d OOF rows: %s (OOF macro F1 %.4f with equal weights -> %.4f%s)",
+             len(y), [round(w, 4) for w in fit["weights"]], fit["f1_equal"], fit["f1_fitted"],
+             "" if fit["accepted"] else "; fitted weights scored lower, equal weights kept")
+    return fit["weights"], fit
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow
+# ---------------------------------------------------------------------------------------------
+
+def score_predictions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Macro F1 (sklearn's label set, like training's cv figure), accuracy and a per-class table."""
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
+    counts = np.bincount(pred, minlength=len(classes))
+    return {
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                       "support": int(s[i]), "predicted": int(counts[i])} for i, c in enumerate(classes)],
+    }
+
+
+def _json_float(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Predict the test set with the runs of ``cfg.runs`` and write the outputs into ``out_dir``.
+
+    Returns the summary dict (also written as summary.json).
+    """
+    t_start = time.time()
+    out_dir = Path(out_dir)
+    settings = read_settings(cfg)
+    views, tta_average = resolve_tta(cfg.tta)
+    runs = discover_runs(OmegaConf.to_container(cfg.runs) if OmegaConf.is_config(cfg.runs) else cfg.runs,
+                         cfg.top_k)
+    classes = runs[0].classes
+    cache_dir = str(cfg.paths.cache_dir)
+    overrides = {k: cfg.data.get(k) for k in DATA_OVERRIDES}
+    datasets = load_data(runs, overrides, cache_dir)
+    source = datasets[0].source
+    y_test = load_test_labels(source)
+    device = resolve_device(cfg.device)
+    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), device %s",
+             len(runs), sum(len(r.folds) for r in runs), len(source.test), cfg.tta.name, len(views),
+             tta_average, device)
+
+    # Every test image set the checkpoints need, decoded up front: a bad image stops us before any model runs.
+    store = ImageStore(cache_dir)
+    for run, ds in zip(runs, datasets):
+        for fm in run.folds:
+            store.get(ds, "test", fm.meta)
+
+    need_oof = settings.calibrate or (settings.weights == "oof" and len(runs) > 1)
+    saved_oof = [load_oof(run) for run in runs] if need_oof else None
+    repredict = need_oof and settings.oof_tta and any(v.key != View("identity").key for v in views)
+
+    oof_plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved_oof)] if repredict \
+        else [None] * len(runs)
+
+    members = [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, views, tta_average,
+                           settings, device, plan)
+               for i, (run, ds, plan) in enumerate(zip(runs, datasets, oof_plans))]
+
+    weights, fit, calib, oof_summary, temperature = [1.0 / len(runs)] * len(runs), None, None, None, 1.0
+    if need_oof:
+        per_run = [(ids, y, m.oof_logits if repredict else z) for (ids, y, z), m in zip(saved_oof, members)]
+        oof_ids, y_oof, oof_logits = align_oof(per_run, [r.path for r in runs])
+        oof_members = members_of(oof_logits, settings.average)
+        weights, fit = fit_weights(oof_members, y_oof, settings.weights, settings.average, len(runs))
+        oof_probs = combine(oof_members, weights, settings.average)
+        oof_summary = {"rows": len(oof_ids), "predictions": "tta" if repredict else "saved",
+                       "macro_f1": macro_f1(oof_probs, y_oof)}
+        if settings.calibrate:
+            calib = calibration_report(safe_log(oof_probs), y_oof)
+            temperature = calib["temperature"]
+            log.info("temperature %.3f fitted on %d OOF rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
+                     len(y_oof), calib["nll_before"], calib["nll_after"], calib["ece_before"], calib["ece_after"])
+
+    probs = combine(members_of([m.test_logits for m in members], settings.average), weights, settings.average)
+    if settings.calibrate:
+        probs = apply_temperature(safe_log(probs), temperature)
+    pred = probs.argmax(axis=1)
+    ids = source.test["ID"].tolist()
+
+    # Build and check every output before writing any.
+    sample = source.sample_submission
+    submission = build_submission(sample, ids, pred, num_classes=len(classes))
+    prob_frame = build_probability_frame(ids, probs, classes)
+    counts = np.bincount(pred, minlength=len(classes))
+    summary = {
+        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1), "weight": float(w),
+                  "folds": m.folds}
+                 for m, w in zip(members, weights)],
+        "models": sorted({f["model"] for m in members for f in m.folds}),
+        "tta": {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average},
+        "ensemble": {"average": settings.average, "weights_mode": settings.weights,
+                     "weights": [float(w) for w in weights], "oof_fit": fit},
+        "oof": oof_summary,
+        "calibration": calib,
+        "temperature": float(temperature),
+        "n_test": len(ids),
+        "prediction_counts": {c: int(n) for c, n in zip(classes, counts)},
+        "test_metrics": score_predictions(y_test, pred, classes) if y_test is not None else None,
+        "image_sets": store.loaded,
+        "device": str(device),
+        "files": {"submission": SUBMISSION_FILE, "probabilities": PROBS_FILE,
+                  "output": str(settings.output) if settings.output else None},
+    }
+    summary["seconds"] = round(time.time() - t_start, 2)
+    write_submission(out_dir / SUBMISSION_FILE, sample, submission, len(classes))
+    write_probability_frame(out_dir / PROBS_FILE, prob_frame)
+    atomic_write_json(out_dir / SUMMARY_FILE, summary)
+    if settings.output is not None:
+        write_submission(settings.output, sample, submission, len(classes))
+    if summary["test_metrics"] is not None:
+        log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", summary["test_metrics"]["macro_f1"],
+                 summary["test_metrics"]["accuracy"], len(ids))
+    log.info("submission (%d rows) -> %s%s", len(ids), out_dir / SUBMISSION_FILE,
+             f" and {settings.output}" if settings.output else "")
+    return summary

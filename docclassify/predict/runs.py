@@ -1,0 +1,229 @@
+"""Finding and validating the training runs an inference combines.
+
+``runs=[...]`` entries are run dirs of ``docclassify.train`` (a ``results.json`` at the top,
+also what ``docclassify.aggregate`` makes of a fold-per-job sweep) or multirun sweep folders
+(sub-folders ``0/``, ``1/``, ... each a run; unfinished trials, without ``results.json``, are
+skipped with a warning). Everything is checked before any prediction: results and fold
+checkpoints present, every checkpoint a docclassify checkpoint with the run's class list, all
+runs with one class list. Every problem found is listed in one error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from docclassify.data.sources import DataError
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
+# The resolved config the run trained with (engine.run writes it); Hydra's copy is the fallback.
+CONFIG_FILES = ("run_config.yaml", ".hydra/config.yaml")
+
+
+class RunError(DataError):
+    """A run dir that cannot be used for inference (the message names the dir and the file)."""
+
+
+@dataclass
+class FoldModel:
+    fold: int
+    checkpoint: Path
+    meta: dict  # the checkpoint's self-description (models.checkpoint.model_meta)
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict
+    config: dict  # the run's resolved config (plain containers)
+    folds: list[FoldModel] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.results["classes"])
+
+    @property
+    def cv_macro_f1(self) -> float:
+        value = self.results.get("cv_macro_f1")
+        return float(value) if value is not None else math.nan
+
+    @property
+    def data_config(self) -> dict:
+        return dict(self.config.get("data") or {})
+
+
+def read_checkpoint_meta(path: Path) -> dict:
+    """The ``meta`` of a best checkpoint, without reading its weights (memory-mapped load)."""
+    import torch
+
+    from docclassify.models.checkpoint import CHECKPOINT_FORMAT
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:
+        raise RunError(f"{path}: cannot read checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "meta" not in ckpt:
+        raise RunError(f"{path}: not a docclassify best checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return dict(ckpt["meta"])
+
+
+def _read_config(run_dir: Path) -> dict:
+    for name in CONFIG_FILES:
+        path = run_dir / name
+        if path.is_file():
+            try:
+                return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            except Exception as exc:
+                raise RunError(f"{path}: cannot parse ({exc})") from exc
+    raise RunError(f"{run_dir}: neither {' nor '.join(CONFIG_FILES)} found, so the run's data config is unknown")
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read and validate one run dir: results.json, its config and every fold's best checkpoint."""
+    run_dir = Path(run_dir).expanduser()
+    results_path = run_dir / RESULTS_FILE
+    if not results_path.is_file():
+        raise RunError(f"{run_dir}: no {RESULTS_FILE}; not a finished docclassify.train run "
+                       "(finish it with `python -m docclassify.train resume=DIR`)")
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{results_path}: cannot parse ({exc})") from exc
+    folds = results.get("folds") if isinstance(results, dict) else None
+    if not folds or not results.get("classes"):
+        raise RunError(f"{results_path}: no 'folds' or 'classes' (the run trained no fold)")
+    run = Run(run_dir, results, _read_config(run_dir))
+    problems = []
+    for f in folds:
+        ckpt = run_dir / str(f.get("checkpoint") or f"checkpoints/fold{f.get('fold')}_best.pt")
+        if not ckpt.is_file():
+            problems.append(f"fold {f.get('fold')}: checkpoint not found: {ckpt}")
+            continue
+        try:
+            meta = read_checkpoint_meta(ckpt)
+        except RunError as exc:
+            problems.append(str(exc))
+            continue
+        if list(meta.get("classes", [])) != run.classes:
+            problems.append(f"{ckpt}: its class list differs from {results_path}'s")
+        run.folds.append(FoldModel(int(f["fold"]), ckpt, meta))
+    if problems:
+        raise RunError(f"{run_dir}: " + "; ".join(problems))
+    return run
+
+
+def _sweep_children(folder: Path) -> list[Path]:
+    kids = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(kids, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def _expand(spec: str) -> tuple[list[Path], list[str]]:
+    """A run dir -> [it]; a sweep folder -> its finished runs. Returns (dirs, problems)."""
+    path = Path(str(spec)).expanduser()
+    if not path.is_dir():
+        return [], [f"{spec}: no such directory"]
+    if (path / RESULTS_FILE).is_file():
+        return [path], []
+    kids = _sweep_children(path)
+    finished = [p for p in kids if (p / RESULTS_FILE).is_file()]
+    if not finished:
+        return [], [(f"{path}: no {RESULTS_FILE}, neither here nor in a sub-folder (not a finished run "
+                     "dir of docclassify.train, nor a multirun sweep folder of finished runs)")]
+    unfinished = [p.name for p in kids if p not in finished and any((p / c).is_file() for c in CONFIG_FILES)]
+    if unfinished:
+        log.warning("%s: skipping %d unfinished run(s) without %s: %s", path, len(unfinished), RESULTS_FILE,
+                    ", ".join(unfinished))
+    return finished, []
+
+
+def select_top_k(runs: list[Run], top_k: int | None) -> list[Run]:
+    """The ``top_k`` runs with the best cv macro F1 (all runs when None; ties keep the given order)."""
+    if top_k is None:
+        return runs
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
+        raise RunError(f"top_k={top_k!r}: expected a positive integer or null (all runs)")
+    ranked = sorted(runs, key=lambda r: -r.cv_macro_f1 if not math.isnan(r.cv_macro_f1) else math.inf)
+    return ranked[: int(top_k)]
+
+
+def discover_runs(specs, top_k: int | None = None) -> list[Run]:
+    """Expand, load and validate ``runs=[...]``; keep the best ``top_k`` by cv macro F1.
+
+    Raises RunError listing every bad entry (missing dir, no results, missing or foreign
+    checkpoints) and when the runs' class lists differ.
+    """
+    if specs is None or isinstance(specs, str):
+        specs = [] if specs is None else [specs]
+    specs = list(specs)
+    if not specs:
+        raise RunError("runs=[] is empty: pass the training run dir(s), e.g. runs=[outputs/train/RUN] "
+                       "(a multirun sweep folder takes all its runs, or the best top_k)")
+    dirs, problems = [], []
+    for spec in specs:
+        found, bad = _expand(spec)
+        dirs.extend(found)
+        problems.extend(bad)
+    unique: dict[Path, Path] = {}
+    for d in dirs:  # a run named twice counts once (kept as first named)
+        unique.setdefault(d.resolve(), d)
+    runs = []
+    for d in unique.values():
+        try:
+            runs.append(load_run(d))
+        except RunError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise RunError("cannot use these runs:\n  " + "\n  ".join(problems))
+    check_same_classes(runs)
+    return select_top_k(runs, top_k)
+
+
+def check_same_classes(runs: list[Run]) -> list[str]:
+    first = runs[0]
+    for run in runs[1:]:
+        if run.classes != first.classes:
+            diff = sorted(set(run.classes) ^ set(first.classes)) or "same names, another order"
+            raise RunError(f"the runs predict different class lists: {first.path} ({len(first.classes)} classes) "
+                           f"vs {run.path} ({len(run.classes)} classes); differing: {diff}")
+    return first.classes
+
+
+def load_oof(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's saved out-of-fold predictions: (IDs, targets, logits (N, K) float64), oof.csv row order."""
+    csv_path, npy_path = run.path / OOF_FILE, run.path / OOF_LOGITS_FILE
+    for p in (csv_path, npy_path):
+        if not p.is_file():
+            raise RunError(f"{run.path}: {p.name} not found (needed to fit ensemble weights or the temperature; "
+                           "use ensemble.weights=equal calibrate=false without it)")
+    oof = pd.read_csv(csv_path, dtype={"ID": str})
+    if not {"ID", "target"} <= set(oof.columns):
+        raise RunError(f"{csv_path}: needs columns ID and target, found {list(oof.columns)}")
+    logits = np.load(npy_path).astype(np.float64)
+    if logits.shape != (len(oof), len(run.classes)):
+        raise RunError(f"{npy_path}: shape {logits.shape}, expected ({len(oof)}, {len(run.classes)}) "
+                       f"(rows of {OOF_FILE} x classes)")
+    if not np.all(np.isfinite(logits)):
+        raise RunError(f"{npy_path}: holds non-finite logits")
+    return oof["ID"].to_numpy(dtype=str), oof["target"].to_numpy(dtype=np.int64), logits
+
+
+def fold_of_ids(run: Run, ids: np.ndarray) -> np.ndarray:
+    """Validation fold of each OOF ID (folds.csv of the run)."""
+    path = run.path / "folds.csv"
+    if not path.is_file():
+        raise RunError(f"{run.path}: folds.csv not found (needed to re-predict the OOF rows with TTA; "
+                       "set oof_tta=false to use the saved OOF predictions)")
+    folds = pd.read_csv(path, dtype={"ID": str}).set_index("ID")["fold"]
+    missing = [i for i in ids if i not in folds.index]
+    if missing:
+        raise RunError(f"{path}: {len(missing)} OOF ID(s) have no fold, e.g. {missing[:5]}")
+    return folds.loc[list(ids)].to_numpy(dtype=np.int64)

@@ -1,0 +1,269 @@
+"""Inference end to end: real tiny training runs -> `python -m docclassify.infer` -> submission.
+
+Two runs are trained once per module (a 2-fold multi-model run with two timm test models at
+two image sizes, and a single-model run whose OOF rows cover 2 of 3 folds) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, run_cli
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import f1_score
+
+from docclassify.data.sources import DataError
+from docclassify.predict import pipeline
+from docclassify.predict.runs import RunError, discover_runs
+
+OUT_FILES = ("submission.csv", "test_probs.csv", "summary.json")
+
+
+def _train(root, run_dir, cache, extra):
+    run_cli("docclassify.train", ["data=competition", f"data.root={root}", f"paths.cache_dir={cache}", *TINY,
+                                  "trainer.epochs=2", *extra, f"hydra.run.dir={run_dir}"])
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "cache"  # the one the autouse fixture points DOCCLASSIFY_CACHE at
+
+
+@pytest.fixture(scope="module")
+def multi_run(tiny_data, tmp_path_factory, cache_dir):
+    return _train(tiny_data, tmp_path_factory.mktemp("multi") / "run", cache_dir, [
+        "folds.n=2", "seed=1", "ensemble=multi_model",
+        "ensemble.fold_models={0:{model:tiny,img_size:32},1:{model:tiny_convnext,img_size:48}}"])
+
+
+@pytest.fixture(scope="module")
+def partial_run(tiny_data, tmp_path_factory, cache_dir):
+    """Another model and seed; folds 0,1 of 3, so its OOF rows are a subset of multi_run's."""
+    return _train(tiny_data, tmp_path_factory.mktemp("partial") / "run", cache_dir, [
+        "model=tiny_convnext", "folds.n=3", "folds.run=[0,1]", "seed=5"])
+
+
+def compose_infer(overrides):
+    from hydra import compose, initialize_config_dir
+
+    from docclassify.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("infer", overrides=overrides)
+
+
+def infer(runs, out_dir, *overrides):
+    cfg = compose_infer([f"runs=[{','.join(str(r) for r in runs)}]", "batch_size=16", *overrides])
+    return pipeline.run_inference(cfg, out_dir)
+
+
+def assert_nothing_written(out_dir, output=None):
+    assert not any((out_dir / f).exists() for f in OUT_FILES)
+    assert output is None or not output.exists()
+
+
+def test_cli_dihedral_multi_model_submission(multi_run, tiny_data, tmp_path):
+    out_dir, copy = tmp_path / "infer", tmp_path / "elsewhere" / "sub.csv"
+    proc = run_cli("docclassify.infer", [f"runs=[{multi_run}]", "tta=dihedral", f"output={copy}",
+                                         "data.test_labels=test_labels.csv", f"hydra.run.dir={out_dir}"])
+    log = proc.stdout + proc.stderr
+    assert "fold 0: test_resnet at 32 px" in log and "fold 1: test_convnext at 48 px" in log and "img/s" in log
+
+    sample = pd.read_csv(tiny_data / "sample_submission.csv", dtype={"ID": str})
+    sub = pd.read_csv(out_dir / "submission.csv", dtype={"ID": str})
+    assert list(sub.columns) == ["ID", "target"]
+    assert sub["ID"].tolist() == sample["ID"].tolist()  # the sample's rows, in its order
+    assert sub["target"].between(0, 16).all() and sub["target"].dtype == np.int64
+    assert copy.read_bytes() == (out_dir / "submission.csv").read_bytes()
+
+    classes = pd.read_csv(tiny_data / "meta.csv").sort_values("target")["class_name"].tolist()
+    probs = pd.read_csv(out_dir / "test_probs.csv", dtype={"ID": str})
+    assert list(probs.columns) == ["ID", *classes]
+    p = probs.set_index("ID").loc[sub["ID"]].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
+    assert (p.argmax(1) == sub["target"].to_numpy()).all()
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["models"] == ["test_convnext", "test_resnet"]
+    assert [f["img_size"] for f in summary["runs"][0]["folds"]] == [32, 48]
+    assert len(summary["tta"]["views"]) == 8
+    # test images decoded once per image size, not once per fold/view
+    assert sorted(s["img_size"] for s in summary["image_sets"] if s["split"] == "test") == [32, 48]
+    counts = sub["target"].value_counts()
+    assert summary["prediction_counts"] == {c: int(counts.get(i, 0)) for i, c in enumerate(classes)}
+    labels = pd.read_csv(tiny_data / "test_labels.csv", dtype={"ID": str}).set_index("ID").loc[sub["ID"], "target"]
+    assert summary["test_metrics"]["macro_f1"] == pytest.approx(f1_score(labels, sub["target"], average="macro"))
+    assert len(summary["test_metrics"]["per_class"]) == 17
+    cal = summary["calibration"]
+    assert summary["oof"]["predictions"] == "tta" and cal["nll_after"] <= cal["nll_before"]
+
+
+def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_dir):
+    """Rebuilding each fold from its checkpoint (size, resize, mean/std) gives training's own val logits."""
+    from docclassify.models.checkpoint import load_checkpoint
+    from docclassify.predict.runs import load_oof
+
+    (run,) = discover_runs([multi_run])
+    (ds,) = pipeline.load_data([run], {}, str(cache_dir))
+    ids, _, saved = load_oof(run)
+    rows, folds = pipeline.plan_oof(run, ds, ids)
+    assert sorted(set(folds)) == [0, 1]
+    store = pipeline.ImageStore(str(cache_dir))
+    views, _ = pipeline.resolve_tta({"name": "none"})
+    for fm in run.folds:
+        model, ckpt = load_checkpoint(fm.checkpoint)
+        mask = folds == fm.fold
+        _, logits = pipeline.predict_rows(model, store.get(ds, "train", ckpt["meta"]), rows[mask], ckpt["meta"],
+                                          views, "prob", 16, torch.device("cpu"))
+        np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
+
+
+def test_dihedral_views_change_predictions_deterministically(multi_run, tmp_path):
+    none = infer([multi_run], tmp_path / "none", "calibrate=false")
+    dihedral = infer([multi_run], tmp_path / "d1", "tta=dihedral", "calibrate=false")
+    again = infer([multi_run], tmp_path / "d2", "tta=dihedral", "calibrate=false")
+    p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("none", "d1", "d2")}
+    assert not np.allclose(p["none"], p["d1"], atol=1e-4)
+    np.testing.assert_array_equal(p["d1"], p["d2"])
+    assert none["oof"] is None and dihedral["tta"]["views"] == again["tta"]["views"]
+
+
+def test_oof_weights_and_calibration_on_aligned_rows(multi_run, partial_run, tmp_path):
+    summary = infer([multi_run, partial_run], tmp_path / "out", "ensemble.weights=oof", "oof_tta=false")
+    fit = summary["ensemble"]["oof_fit"]
+    assert fit["f1_fitted"] >= fit["f1_equal"]
+    w = np.array(summary["ensemble"]["weights"])
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+
+    # Recompute from the runs' oof.csv files, joined by ID (rows both runs predicted, nothing else).
+    a, b = (pd.read_csv(r / "oof.csv", dtype={"ID": str}) for r in (multi_run, partial_run))
+    joined = a.merge(b, on="ID", suffixes=("_a", "_b"))
+    assert len(b) < len(a) and summary["oof"]["rows"] == len(joined) == len(b)
+    classes = a.columns[3:]
+    pa, pb = joined[[f"{c}_a" for c in classes]].to_numpy(), joined[[f"{c}_b" for c in classes]].to_numpy()
+    y = joined["target_a"].to_numpy()
+    assert fit["f1_equal"] == pytest.approx(f1_score(y, (pa + pb).argmax(1), average="macro"), abs=1e-9)
+    mix = w[0] * pa + w[1] * pb
+    assert summary["oof"]["macro_f1"] == pytest.approx(f1_score(y, mix.argmax(1), average="macro"), abs=1e-9)
+
+    cal = summary["calibration"]
+    assert cal["nll_after"] <= cal["nll_before"]
+
+    def nll(t):
+        return float(-log_softmax(np.log(mix) / t, axis=1)[np.arange(len(y)), y].mean())
+
+    assert cal["nll_before"] == pytest.approx(nll(1.0), rel=1e-5)
+    assert cal["nll_after"] == pytest.approx(nll(summary["temperature"]), rel=1e-5)
+
+
+def test_average_and_calibrate_keys_change_the_probabilities(multi_run, partial_run, tmp_path):
+    runs = [multi_run, partial_run]
+    infer(runs, tmp_path / "prob", "calibrate=false")
+    infer(runs, tmp_path / "logit", "calibrate=false", "ensemble.average=logit")
+    cal = infer(runs, tmp_path / "cal", "calibrate=true")
+    p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("prob", "logit", "cal")}
+    assert not np.allclose(p["prob"], p["logit"], atol=1e-6)
+    # temperature scaling changes the probabilities, never the predicted class
+    assert cal["temperature"] != 1.0 and not np.allclose(p["prob"], p["cal"], atol=1e-6)
+    np.testing.assert_allclose(p["cal"], softmax(np.log(p["prob"]) / cal["temperature"], axis=1), atol=1e-6)
+    s = {k: pd.read_csv(tmp_path / k / "submission.csv") for k in ("prob", "cal")}
+    pd.testing.assert_frame_equal(s["prob"], s["cal"])
+
+
+def test_sweep_folder_all_runs_or_top_k(multi_run, partial_run, tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "0").symlink_to(multi_run)
+    (sweep / "1").symlink_to(partial_run)
+    (sweep / "2").mkdir()
+    (sweep / "2" / "run_config.yaml").write_text("data: {}\n")  # an unfinished trial: skipped
+    found = discover_runs([sweep])
+    assert [r.path.resolve() for r in found] == [multi_run.resolve(), partial_run.resolve()]
+    best = max(found, key=lambda r: r.cv_macro_f1)
+    assert [r.path for r in discover_runs([sweep], top_k=1)] == [best.path]
+    assert len(discover_runs([multi_run, sweep / "0"])) == 1  # the same run named twice counts once
+    with pytest.raises(RunError, match="top_k"):
+        discover_runs([sweep], top_k=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: a clear error and no output file
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    return shutil.copytree(tiny_data, tmp_path / "data")
+
+
+def test_cli_misaligned_sample_submission_is_caught(multi_run, data_copy, tmp_path):
+    sample = pd.read_csv(data_copy / "sample_submission.csv", dtype=str)
+    sample.loc[3, "ID"] = "not_in_test.jpg"
+    sample.to_csv(data_copy / "sample_submission.csv", index=False)
+    out_dir, copy = tmp_path / "infer", tmp_path / "sub.csv"
+    proc = run_cli("docclassify.infer", [f"runs=[{multi_run}]", f"data.root={data_copy}", f"output={copy}",
+                                         f"hydra.run.dir={out_dir}"], check=False)
+    assert proc.returncode != 0
+    assert "not_in_test.jpg" in proc.stderr and "sample_submission" in proc.stderr
+    assert_nothing_written(out_dir, copy)
+
+
+def test_missing_and_undecodable_test_images_are_all_listed(multi_run, tiny_data, data_copy, tmp_path):
+    ids = pd.read_csv(data_copy / "sample_submission.csv", dtype=str)["ID"].tolist()
+    (data_copy / "test" / ids[0]).unlink()
+    with pytest.raises(DataError, match=ids[0]):
+        infer([multi_run], tmp_path / "a", f"data.root={data_copy}", f"output={tmp_path / 'a.csv'}")
+    assert_nothing_written(tmp_path / "a", tmp_path / "a.csv")
+
+    shutil.copy(tiny_data / "test" / ids[0], data_copy / "test" / ids[0])  # back in place
+    for bad in ids[5:7]:
+        (data_copy / "test" / bad).write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="2 test image") as err:
+        infer([multi_run], tmp_path / "b", f"data.root={data_copy}", "data.cache=false")
+    assert all(bad in str(err.value) for bad in ids[5:7])
+    assert_nothing_written(tmp_path / "b")
+
+
+def _copy_run(run, dst, drop=()):
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns(*drop))
+    return dst
+
+
+def _rewrite_classes(ckpt_path, classes):
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["meta"]["classes"] = classes
+    torch.save(ckpt, ckpt_path)
+
+
+def test_bad_runs_are_refused(multi_run, partial_run, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RunError, match="runs=\\[\\] is empty"):
+        infer([], out)
+    no_results = _copy_run(multi_run, tmp_path / "no_results", drop=("results.json",))
+    with pytest.raises(RunError, match="results.json"):
+        infer([no_results], out)
+    no_ckpt = _copy_run(multi_run, tmp_path / "no_ckpt", drop=("fold1_best.pt",))
+    with pytest.raises(RunError, match="fold1_best.pt"):
+        infer([no_ckpt], out)
+
+    classes = json.loads((multi_run / "results.json").read_text())["classes"]
+    renamed = [*classes[:-1], "something_else"]
+    foreign_ckpt = _copy_run(multi_run, tmp_path / "foreign_ckpt")
+    _rewrite_classes(foreign_ckpt / "checkpoints" / "fold0_best.pt", renamed)
+    with pytest.raises(RunError, match="class list differs"):
+        infer([foreign_ckpt], out)
+
+    other_classes = _copy_run(partial_run, tmp_path / "other_classes")
+    results = json.loads((other_classes / "results.json").read_text())
+    results["classes"] = renamed
+    (other_classes / "results.json").write_text(json.dumps(results))
+    for ckpt in (other_classes / "checkpoints").glob("fold*_best.pt"):
+        _rewrite_classes(ckpt, renamed)
+    with pytest.raises(RunError, match="different class lists"):
+        infer([multi_run, other_classes], out)
+    assert_nothing_written(out)
