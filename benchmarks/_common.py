@@ -7,6 +7,7 @@ generator, shaped like the reference task (1,570 JPEGs, ~600 px long side), unle
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -84,6 +85,18 @@ def rss_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
+def pss_mb(pid: int | str = "self") -> float:
+    """Proportional set size in MiB: pages shared with other processes (forked workers share
+    most of the parent's) count once in total over all of them, unlike RSS."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def children_pids(pid: int | None = None) -> list[int]:
     pid = pid or os.getpid()
     out: list[int] = []
@@ -119,9 +132,20 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
+def step_rates(stamps: list[float], batch: int) -> dict:
+    """img/s of a run of steps from their end times (stamps[0] = end of the last untimed step):
+    mean = over the whole span; median = from the median step time, which shrugs off steps
+    that other processes on a shared machine slowed down."""
+    import statistics
+
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
+    return {"mean": batch * len(steps) / (stamps[-1] - stamps[0]), "median": batch / statistics.median(steps)}
+
+
 def bare_rate(model_name: str, num_classes: int, img_size: int, batch: int, steps: int, warmup: int = 3,
-              channels_last: bool = False) -> float:
-    """The bare limit: forward+backward+AdamW step on pre-made tensors in a plain loop (img/s)."""
+              channels_last: bool = False, per_step: bool = False):
+    """The bare limit: forward+backward+AdamW step on pre-made tensors in a plain loop (img/s;
+    with per_step, step_rates' dict)."""
     import torch
 
     from docclassify.engine.optim import build_optimizer
@@ -137,14 +161,15 @@ def bare_rate(model_name: str, num_classes: int, img_size: int, batch: int, step
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
-    t0 = 0.0
+    stamps: list[float] = []
     for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-    return steps * batch / (time.perf_counter() - t0)
+        if i >= warmup - 1:
+            stamps.append(time.perf_counter())
+    rates = step_rates(stamps, batch)
+    return rates if per_step else rates["mean"]
 
 
 class _Obj(dict):

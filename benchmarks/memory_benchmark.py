@@ -8,6 +8,7 @@ fold-1 RSS: every fold's model, optimiser, EMA, loaders and worker processes are
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import resource
 import shutil
@@ -22,6 +23,7 @@ from _common import (
     data_overrides,
     ensure_data,
     machine_line,
+    pss_mb,
     rss_mb,
 )
 
@@ -37,6 +39,9 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: docclassify's)")
     ap.add_argument("--pipeline", default="highperf", help="preset (highperf: EMA, mixup, ...)")
+    ap.add_argument("--trim", action="store_true",
+                    help="gc + malloc_trim(0) before each reading: separates memory the C allocator keeps for "
+                         "reuse from memory still in use")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     data = ensure_data(args.data, n_per_class=args.n_per_class, work=args.work)
@@ -44,12 +49,16 @@ def main(argv=None) -> None:
     from docclassify.engine.callbacks import Callback
     from docclassify.engine.run import run_training
 
-    rows: list[tuple[int, float, float, int]] = []
+    rows: list[tuple[int, float, float, float, int]] = []
 
     class RssAtFoldEnd(Callback):
         def on_fold_end(self, fold, outcome):
+            if args.trim:
+                gc.collect()
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
             kids = children_pids()
-            rows.append((fold, rss_mb(), sum(rss_mb(k) for k in kids), len(kids)))
+            total_pss = pss_mb() + sum(pss_mb(k) for k in kids)
+            rows.append((fold, rss_mb(), sum(rss_mb(k) for k in kids), total_pss, len(kids)))
 
     print(machine_line())
     run_dir = Path(tempfile.mkdtemp(prefix="memory-", dir=args.work))
@@ -69,13 +78,13 @@ def main(argv=None) -> None:
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"RSS before the run {base:.0f} MiB")
-    print(f"{'fold':>4} {'main RSS MiB':>12} {'children RSS MiB':>16} {'children':>8}")
-    for fold, main_rss, kids_rss, n_kids in rows:
-        print(f"{fold:>4} {main_rss:>12.0f} {kids_rss:>16.0f} {n_kids:>8}")
+    print(f"{'fold':>4} {'main RSS MiB':>12} {'workers RSS MiB':>15} {'total PSS MiB':>13} {'workers':>7}"
+          "   (PSS: shared pages counted once)")
+    for fold, main_rss, kids_rss, total_pss, n_kids in rows:
+        print(f"{fold:>4} {main_rss:>12.0f} {kids_rss:>15.0f} {total_pss:>13.0f} {n_kids:>7}")
     first, last = rows[0], rows[-1]
-    print(f"fold {last[0]} / fold {first[0]} main RSS: {last[1] / first[1]:.3f}  "
-          f"(main+children: {(last[1] + last[2]) / (first[1] + first[2]):.3f}); after the run {after:.0f} MiB; "
-          f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"fold {last[0]} / fold {first[0]}: main RSS {last[1] / first[1]:.3f}, total PSS {last[3] / first[3]:.3f}; "
+          f"main RSS after the run {after:.0f} MiB, peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
 
 

@@ -28,6 +28,7 @@ from _common import (
     machine_line,
     run_child,
     set_threads,
+    step_rates,
 )
 
 
@@ -64,7 +65,7 @@ def one(args) -> dict:
 
     steps = n // args.batch
     bare_before = bare_rate(model_name, source.num_classes, args.img_size, args.batch, steps - args.warmup,
-                            args.warmup, args.channels_last)
+                            args.warmup, args.channels_last, per_step=True)
 
     torch.manual_seed(0)
     model = create_model(model_name, source.num_classes, pretrained=False).to(device)
@@ -82,14 +83,15 @@ def one(args) -> dict:
     stamps: list[float] = []
     stats = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, epoch=0, updates_done=0,
                             on_step=lambda i, m: stamps.append(time.perf_counter()))
-    timed = len(stamps) - args.warmup
-    ours = timed * args.batch / (stamps[-1] - stamps[args.warmup - 1])
+    ours = step_rates(stamps[args.warmup - 1:], args.batch)
     bare_after = bare_rate(model_name, source.num_classes, args.img_size, args.batch, steps - args.warmup,
-                           args.warmup, args.channels_last)
-    bare = (bare_before + bare_after) / 2
-    return {"workers": default_num_workers(cfg.data.num_workers), "threads": threads, "ours": ours,
-            "ours_epoch": stats["img_per_s"], "bare": bare, "bare_before": bare_before, "bare_after": bare_after,
-            "ratio": ours / bare, "steps": len(stamps)}
+                           args.warmup, args.channels_last, per_step=True)
+    out = {"workers": default_num_workers(cfg.data.num_workers), "threads": threads, "ours_epoch": stats["img_per_s"],
+           "steps": len(stamps), "bare_before": bare_before["mean"], "bare_after": bare_after["mean"]}
+    for kind in ("mean", "median"):
+        bare = (bare_before[kind] + bare_after[kind]) / 2
+        out[kind] = {"ours": ours[kind], "bare": bare, "ratio": ours[kind] / bare}
+    return out
 
 
 def main(argv=None) -> None:
@@ -124,8 +126,9 @@ def main(argv=None) -> None:
     print(machine_line())
     print(f"model {args.model} at {args.img_size} px, batch {args.batch}, {args.images} images per epoch, "
           f"channels_last={args.channels_last}, data {args.data}")
-    print(f"{'workers':>7} {'threads':>7} {'ours img/s':>10} {'bare img/s':>10} {'ours/bare':>9}  (epoch img/s incl. "
-          "start-up; bare before/after)")
+    print("img/s from the whole timed span (mean) and from the median step time (median: robust to other load)")
+    print(f"{'workers':>7} {'threads':>7} {'ours':>7} {'bare':>7} {'ratio':>6} | {'ours':>7} {'bare':>7} {'ratio':>6}"
+          "  (mean | median; epoch img/s incl. start-up; bare mean before/after)")
     for w in args.workers if args.workers is not None else [None]:
         for t in args.threads if args.threads is not None else [None]:
             child = ["--one", "--data", str(args.data), "--work", str(args.work), "--model", args.model,
@@ -135,7 +138,9 @@ def main(argv=None) -> None:
             child += ["--threads", str(t)] if t is not None else []
             child += ["--channels-last"] if args.channels_last else []
             r = run_child(Path(__file__), child, env={"OMP_NUM_THREADS": str(t)} if t else None)
-            print(f"{r['workers']:>7} {r['threads']:>7} {r['ours']:>10.1f} {r['bare']:>10.1f} {r['ratio']:>9.2f}  "
+            m, d = r["mean"], r["median"]
+            print(f"{r['workers']:>7} {r['threads']:>7} {m['ours']:>7.1f} {m['bare']:>7.1f} {m['ratio']:>6.2f} | "
+                  f"{d['ours']:>7.1f} {d['bare']:>7.1f} {d['ratio']:>6.2f}  "
                   f"({r['ours_epoch']:.1f}; {r['bare_before']:.1f}/{r['bare_after']:.1f})", flush=True)
     print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
 
