@@ -38,7 +38,7 @@ def one(args) -> dict:
     import torch
 
     from docclassify.data.augment import TrainTransform
-    from docclassify.data.cache import cached_images
+    from docclassify.data.cache import LazyImages, cached_images
     from docclassify.data.sources import load_source
     from docclassify.engine.loop import StepContext, train_one_epoch
     from docclassify.engine.mixup import build_train_loss
@@ -54,8 +54,11 @@ def one(args) -> dict:
         overrides.append(f"data.num_workers={args.workers}")
     cfg = compose(overrides)
     source = load_source(cfg.data, cfg.paths.cache_dir)
-    images, _ = cached_images(list(source.train["path"]), args.img_size, cfg.data.resize, int(cfg.data.pad_value),
-                              cfg.paths.cache_dir)
+    if args.no_cache:  # data.cache=false: decode + resize per sample, in the loader
+        images = LazyImages(list(source.train["path"]), args.img_size, cfg.data.resize, int(cfg.data.pad_value))
+    else:
+        images, _ = cached_images(list(source.train["path"]), args.img_size, cfg.data.resize,
+                                  int(cfg.data.pad_value), cfg.paths.cache_dir)
     n = min(args.images, len(source.train))
     rng = np.random.default_rng(0)
     train_idx = np.sort(rng.choice(len(source.train), n, replace=False))
@@ -106,6 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=None, help="DataLoader workers (default: docclassify's)")
     ap.add_argument("--threads", type=int, nargs="*", default=None, help="torch threads (default: torch's)")
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--no-cache", action="store_true", help="ours decodes every sample (data.cache=false)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.data = ensure_data(args.data, work=args.work)
@@ -125,7 +129,7 @@ def main(argv=None) -> None:
                   int(cfg.data.pad_value), args.cache_dir)
     print(machine_line())
     print(f"model {args.model} at {args.img_size} px, batch {args.batch}, {args.images} images per epoch, "
-          f"channels_last={args.channels_last}, data {args.data}")
+          f"channels_last={args.channels_last}, cache={not args.no_cache}, data {args.data}")
     print("img/s from the whole timed span (mean) and from the median step time (median: robust to other load)")
     print(f"{'workers':>7} {'threads':>7} {'ours':>7} {'bare':>7} {'ratio':>6} | {'ours':>7} {'bare':>7} {'ratio':>6}"
           "  (mean | median; epoch img/s incl. start-up; bare mean before/after)")
@@ -137,6 +141,7 @@ def main(argv=None) -> None:
             child += ["--workers", str(w)] if w is not None else []
             child += ["--threads", str(t)] if t is not None else []
             child += ["--channels-last"] if args.channels_last else []
+            child += ["--no-cache"] if args.no_cache else []
             r = run_child(Path(__file__), child, env={"OMP_NUM_THREADS": str(t)} if t else None)
             m, d = r["mean"], r["median"]
             print(f"{r['workers']:>7} {r['threads']:>7} {m['ours']:>7.1f} {m['bare']:>7.1f} {m['ratio']:>6.2f} | "
