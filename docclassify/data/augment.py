@@ -10,17 +10,11 @@ one would have. The current epoch lives in shared memory: persistent workers see
 from __future__ import annotations
 
 import multiprocessing as mp
+import random
 
 import albumentations as A
 import cv2
 import numpy as np
-
-# Keys of the `augment` config group read by this module (mixup keys are read by
-# docclassify/engine/mixup.py).
-AUGMENT_KEYS = (
-    "name", "rotate_limit", "scale_limit", "shift_limit", "crop_p", "crop_scale", "color_jitter",
-    "hflip", "vflip", "hard_p_start", "hard_p_end",
-)
 
 
 def _flips(cfg) -> list:
@@ -79,6 +73,25 @@ def build_hard(cfg, size: int, pad_value: int = 0) -> A.Compose:
     ])
 
 
+def seed_pipeline(pipeline, seed: int) -> None:
+    """Seed a pipeline so that each transform draws from its own stream.
+
+    albumentations' Compose.set_random_seed hands the same seed to every transform, so their
+    first draws coincide: all p=0.5 transforms fire together or not at all (rot90 only with
+    both flips, noise only with JPEG, ...). Here the compose and each transform, recursively,
+    get their own seed, derived from (seed, position)."""
+    # What BaseCompose.set_random_seed sets on the compose itself, without its propagation.
+    pipeline.seed = seed
+    pipeline.random_generator = np.random.default_rng(seed)
+    pipeline.py_random = random.Random(seed)
+    for j, transform in enumerate(pipeline.transforms):
+        child = hash((seed, j)) & 0x7FFFFFFF  # ints hash deterministically (no PYTHONHASHSEED)
+        if isinstance(transform, A.BaseCompose):
+            seed_pipeline(transform, child)
+        else:
+            transform.set_random_seed(child)
+
+
 def hard_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> float:
     """Linear ramp from p_start (first epoch) to p_end (last epoch)."""
     if epochs <= 1:
@@ -112,5 +125,5 @@ class TrainTransform:
         rng = np.random.default_rng((self.seed, epoch, int(index)))
         use_hard = bool(rng.random() < self.p_hard(epoch))
         pipeline = self.hard if use_hard else self.basic
-        pipeline.set_random_seed(int(rng.integers(2**31 - 1)))
+        seed_pipeline(pipeline, int(rng.integers(2**31 - 1)))
         return pipeline(image=np.ascontiguousarray(image))["image"], use_hard

@@ -10,6 +10,9 @@ from timm.scheduler import create_scheduler_v2
 
 log = logging.getLogger(__name__)
 
+# schedule.name values (timm names; every one is stepped per optimiser update).
+SCHEDULES = ("cosine", "constant")
+
 
 def build_optimizer(model: torch.nn.Module, trainer_cfg, reg_cfg) -> torch.optim.Optimizer:
     """AdamW (or another timm optimiser) with no weight decay on norms and biases
@@ -37,6 +40,8 @@ def effective_warmup(warmup_epochs: int, epochs: int) -> int:
 def build_scheduler(optimizer, sched_cfg, epochs: int, updates_per_epoch: int):
     """Warmup (linear, from warmup_lr) then the named decay, stepped per optimiser update."""
     warmup = effective_warmup(sched_cfg.warmup_epochs, epochs)
+    if sched_cfg.name not in SCHEDULES:
+        raise ValueError(f"schedule.name={sched_cfg.name!r}: expected one of {', '.join(SCHEDULES)}")
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=sched_cfg.name,
@@ -44,7 +49,8 @@ def build_scheduler(optimizer, sched_cfg, epochs: int, updates_per_epoch: int):
         warmup_epochs=warmup,
         warmup_prefix=True,  # cosine spans the epochs after warmup and ends at min_lr
         warmup_lr=float(sched_cfg.warmup_lr),
-        min_lr=float(sched_cfg.min_lr),
+        # A constant schedule has no floor to decay to (conf/schedule/constant.yaml has no min_lr).
+        min_lr=float(sched_cfg.get("min_lr", 0.0)),
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
