@@ -371,7 +371,7 @@ def aggregate(run_dir: Path, source: DataSource, cfg, outcomes: list[dict], skip
         "folds_run": [o["fold"] for o in outcomes],
         "classes": source.classes,
         "data": {"name": source.name, "root": str(source.root)},
-        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"),
+        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "augment": cfg.augment.name,
         "skipped_images": skipped_ids,
         "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
         "oof": OOF_FILE, "oof_logits": "oof_logits.npy",
