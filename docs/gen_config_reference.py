@@ -67,12 +67,16 @@ def main() -> None:
             _print_file(f"`conf/{primary}`", CONF / primary, level="##")
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
         print(f"## Group `{group.name}`\n")
-        for option in sorted(group.glob("*.yaml")):
-            _print_file(f"`{group.name}={option.stem}`", option, level="###")
+        options = sorted(group.glob("*.yaml"))
+        # A key documented in one option of the group documents it in the others too.
+        known = {key: comment for opt in options for key, _, comment in describe(opt)[1] if comment}
+        for option in options:
+            _print_file(f"`{group.name}={option.stem}`", option, level="###", known=known)
 
 
-def _print_file(title: str, path: Path, level: str) -> None:
+def _print_file(title: str, path: Path, level: str, known: dict | None = None) -> None:
     header, rows = describe(path)
+    rows = [(k, v, (c or (known or {}).get(k, "")).replace("|", "\\|")) for k, v, c in rows]
     print(f"{level} {title}\n")
     if header:
         print(header + "\n")
