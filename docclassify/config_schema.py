@@ -66,24 +66,26 @@ class DataCommon:
 
 
 @dataclass
-class CompetitionData(DataCommon):
-    name: str = "competition"
+class FolderData(DataCommon):
+    """Keys shared by the sources that read a folder on disk (competition, imagefolder)."""
+
     root: str = MISSING
-    train_csv: str = "train.csv"
-    meta_csv: str = "meta.csv"
-    sample_submission: str | None = "sample_submission.csv"
     train_dir: str = "train"
     test_dir: str = "test"
     test_labels: str | None = None
 
 
 @dataclass
-class ImageFolderData(DataCommon):
+class CompetitionData(FolderData):
+    name: str = "competition"
+    train_csv: str = "train.csv"
+    meta_csv: str = "meta.csv"
+    sample_submission: str | None = "sample_submission.csv"
+
+
+@dataclass
+class ImageFolderData(FolderData):
     name: str = "imagefolder"
-    root: str = MISSING
-    train_dir: str = "train"
-    test_dir: str = "test"
-    test_labels: str | None = None
 
 
 @dataclass
