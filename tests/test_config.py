@@ -76,3 +76,15 @@ def test_multi_model_plan(tmp_path):
 
 def test_conf_dir_is_the_repo_conf():
     assert (CONF_DIR / "train.yaml").is_file()
+
+
+def test_data_use_pretrained_gates_model_pretrained(tmp_path):
+    from docclassify.engine.run import plan_folds
+
+    synthetic = compose_train(["model=resnet18"], tmp_path)
+    assert synthetic.model.pretrained and not plan_folds(synthetic, [0])[0].model_cfg.pretrained
+    real = compose_train(["model=resnet18", "data=competition", "data.root=/tmp"], tmp_path)
+    assert plan_folds(real, [0])[0].model_cfg.pretrained
+    forced = compose_train(["model=resnet18", "data=competition", "data.root=/tmp", "data.use_pretrained=false"],
+                           tmp_path)
+    assert not plan_folds(forced, [0])[0].model_cfg.pretrained
