@@ -155,7 +155,7 @@ def bare_rate(model_name: str, num_classes: int, img_size: int, batch: int, step
     model = create_model(model_name, num_classes, pretrained=False).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, _Obj(optimizer="adamw", lr=1e-3), _Obj(weight_decay=0.0, layer_decay=None))
+    opt = build_optimizer(model, "adamw", 1e-3, 0.0)
     x = torch.randn(batch, 3, img_size, img_size)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

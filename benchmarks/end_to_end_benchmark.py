@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     if args.timm_train is not None and not args.timm_train.is_file():
         ap.error(f"--timm-train {args.timm_train}: file not found")
 
-    from docclassify.engine.run import default_num_workers
+    from docclassify.engine.loaders import default_num_workers
 
     workers = default_num_workers(args.workers)
     env = dict(os.environ)

@@ -1,6 +1,6 @@
 """Loader img/s: no cache vs cold cache vs warm cache, for 0/1/2 DataLoader workers.
 
-One epoch of the real training loader (engine.run.load_images + build_loaders, the real
+One epoch of the real training loader (data.cache.load_images + engine.loaders.build_loaders, the real
 augmentation, shuffled, batched uint8 tensors), nothing else running in the process:
   no cache   data.cache=false: the pre-flight check of every file, then decode+resize per sample
   cold       the decode cache is built first (into an empty cache dir), then the epoch
@@ -38,20 +38,21 @@ def _epoch(cfg, images, n_rows: int, targets, img_size: int) -> tuple[float, int
     import torch
 
     from docclassify.data.augment import TrainTransform
-    from docclassify.engine.run import build_loaders
+    from docclassify.engine.loaders import build_loaders
 
     idx = np.arange(n_rows)
     transform = TrainTransform(cfg.augment, img_size, 1, 0, int(cfg.data.pad_value))
     with Timer() as t:
-        loader, _, _ = build_loaders(images, idx, idx[:1], targets, transform, cfg, 0, torch.device("cpu"))
+        loader, _, _ = build_loaders(images, idx, idx[:1], targets, transform, cfg.trainer, cfg.data.num_workers, 0,
+                                     torch.device("cpu"))
         seen = sum(len(x) for x, _ in loader)
     return t.seconds, seen
 
 
 def one(args) -> dict:
     from docclassify.data import cache
+    from docclassify.data.cache import load_images
     from docclassify.data.sources import load_source
-    from docclassify.engine.run import load_images
 
     cache_dir = Path(tempfile.mkdtemp(prefix="loader-bench-", dir=args.work))
     try:
@@ -64,7 +65,7 @@ def one(args) -> dict:
             cache._OPEN.clear()  # as in a new process
             cache._DIGESTS.clear()
             with Timer() as setup:
-                images, _ = load_images(source, args.img_size, cfg.data, cache_dir)
+                images, _ = load_images(list(source.train["path"]), args.img_size, cfg.data, cache_dir)
             epoch_s, seen = _epoch(cfg, images, len(source.train), source.train["target"].to_numpy(), args.img_size)
             out[mode] = {"setup_s": setup.seconds, "epoch_s": epoch_s, "images": seen,
                          "img_per_s": seen / (setup.seconds + epoch_s), "epoch_img_per_s": seen / epoch_s}

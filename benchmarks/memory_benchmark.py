@@ -1,4 +1,4 @@
-"""Memory across folds: RSS after each fold of a 5-fold run (engine.run.run_training in this
+"""Memory across folds: RSS after each fold of a 5-fold run (engine.kfold.run_kfold in this
 process, a callback reading /proc on on_fold_end). No growth means fold-5 RSS within ~10% of
 fold-1 RSS: every fold's model, optimiser, EMA, loaders and worker processes are released.
 
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     data = ensure_data(args.data, n_per_class=args.n_per_class, work=args.work)
 
     from docclassify.engine.callbacks import Callback
-    from docclassify.engine.run import run_training
+    from docclassify.engine.kfold import run_kfold
 
     rows: list[tuple[int, float, float, float, int]] = []
 
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         print(f"data {data}; {args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epoch(s) per fold, "
               f"pipeline {args.pipeline}")
         base = rss_mb()
-        run_training(cfg, [RssAtFoldEnd()])
+        run_kfold(cfg, [RssAtFoldEnd()])
         gc.collect()
         after = rss_mb()
     finally:

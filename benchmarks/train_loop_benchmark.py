@@ -1,6 +1,6 @@
 """Training img/s of docclassify's loop vs the bare limit of the same model, batch and size.
 
-ours: docclassify.engine.loop.train_one_epoch with the real loaders (engine.run.build_loaders,
+ours: docclassify.engine.epoch.train_one_epoch with the real loaders (engine.loaders.build_loaders,
       warm decode cache, the real augmentation, uint8 -> normalised on the device, scheduler).
 bare: forward + backward + AdamW step on pre-made tensors in a plain loop (no data at all).
 Both run in the same fresh process per (workers, threads) setting; the first steps of each
@@ -40,10 +40,10 @@ def one(args) -> dict:
     from docclassify.data.augment import TrainTransform
     from docclassify.data.cache import LazyImages, cached_images
     from docclassify.data.sources import load_source
-    from docclassify.engine.loop import StepContext, train_one_epoch
+    from docclassify.engine.epoch import FoldParts, StepContext, train_one_epoch
+    from docclassify.engine.loaders import build_loaders, default_num_workers
     from docclassify.engine.mixup import build_train_loss
     from docclassify.engine.optim import build_optimizer, build_scheduler
-    from docclassify.engine.run import build_loaders, default_num_workers
     from docclassify.engine.setup import amp_settings, resolve_device
     from docclassify.models.factory import create_model, normalization_of
 
@@ -75,8 +75,9 @@ def one(args) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     transform = TrainTransform(cfg.augment, args.img_size, 1, 0, int(cfg.data.pad_value))
-    train_loader, _, _ = build_loaders(images, train_idx, train_idx[:1], targets, transform, cfg, 0, device)
-    optimizer = build_optimizer(model, cfg.trainer, cfg.regularization)
+    train_loader, _, _ = build_loaders(images, train_idx, train_idx[:1], targets, transform, cfg.trainer,
+                                       cfg.data.num_workers, 0, device)
+    optimizer = build_optimizer(model, cfg.trainer.optimizer, cfg.trainer.lr, cfg.regularization.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, 1, len(train_loader))
     loss_fn = build_train_loss(None, float(cfg.regularization.label_smoothing))
     mean, std = normalization_of(model)
@@ -84,8 +85,8 @@ def one(args) -> dict:
                       mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),
                       std=torch.tensor(std, device=device).view(1, 3, 1, 1), channels_last=args.channels_last)
     stamps: list[float] = []
-    stats = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, ctx, epoch=0, updates_done=0,
-                            on_step=lambda i, m: stamps.append(time.perf_counter()))
+    ctx.on_step = lambda i, m: stamps.append(time.perf_counter())
+    stats = train_one_epoch(FoldParts(model, model, optimizer, scheduler, loss_fn), train_loader, ctx, epoch=0)
     ours = step_rates(stamps[args.warmup - 1:], args.batch)
     bare_after = bare_rate(model_name, source.num_classes, args.img_size, args.batch, steps - args.warmup,
                            args.warmup, args.channels_last, per_step=True)

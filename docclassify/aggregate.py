@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from docclassify.data.sources import DataSource
-from docclassify.engine.run import RESULTS_FILE, aggregate
+from docclassify.engine.kfold import run_results
+from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
 log = logging.getLogger("docclassify.aggregate")
@@ -129,14 +129,12 @@ def merge_jobs(job_dirs: list[Path], out_dir: Path) -> dict:
     first = jobs[0]
     folds_df = first["folds"]
     classes = first["results"]["classes"]
-    source = DataSource(name=first["results"]["data"]["name"], root=Path(first["results"]["data"]["root"]),
-                        classes=classes, train=folds_df[["ID", "target"]], test=None, sample_submission=None,
-                        test_labels=None)
     outcomes = sorted((_fold_outcome(job["dir"], k, out_dir) for job in jobs for k in job["results"]["folds_run"]),
                       key=lambda o: o["fold"])
     cfg = first["config"]
     skipped = sorted({i for job in jobs for i in job["results"].get("skipped_images", [])})
-    results = aggregate(out_dir, source, cfg, outcomes, skipped)
+    pooled = pool_oof(out_dir, folds_df[["ID", "target"]], classes, outcomes)
+    results = run_results(pooled, cfg, first["results"]["data"], skipped, outcomes)
     results["seconds"] = round(sum(float(job["results"].get("seconds", 0.0)) for job in jobs), 2)
     if "distributed" in first["results"]:
         results["distributed"] = first["results"]["distributed"]

@@ -1,4 +1,8 @@
-"""`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1."""
+"""`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1.
+
+The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
+only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ log = logging.getLogger("docclassify.train")
 def build_callbacks(cfg: DictConfig) -> list:
     """Progress/trackers (logger group) and sweep hooks (hparams_search group)."""
     from docclassify.engine import distributed
-    from docclassify.engine.run import resolve_run_dir
+    from docclassify.engine.resume import resolve_run_dir
 
     if distributed.init_from_env() and not distributed.is_main():
         return []  # torchrun: only rank 0 logs, prints progress and reports to trackers/sweeps
@@ -27,14 +31,14 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 
 def train(cfg: DictConfig) -> float:
-    from docclassify.engine.loop import StopRequested
-    from docclassify.engine.resume import resume_config
-    from docclassify.engine.run import resolve_run_dir, run_training
+    from docclassify.engine.epoch import StopRequested
+    from docclassify.engine.kfold import run_kfold
+    from docclassify.engine.resume import resolve_run_dir, resume_config
 
     _share_run_dir()
     cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
     try:
-        results = run_training(cfg, build_callbacks(cfg))
+        results = run_kfold(cfg, build_callbacks(cfg))
     except StopRequested as exc:
         log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
                   exc, resolve_run_dir(cfg))

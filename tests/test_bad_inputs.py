@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, compose_train, run_cli
 
 from docclassify.data.sources import DataError
-from docclassify.engine.run import run_training
+from docclassify.engine.kfold import run_kfold
 from docclassify.models.factory import ModelConfigError
 
 
@@ -22,7 +22,7 @@ def data(tiny_data, tmp_path):
 
 def train(root, tmp_path, *extra):
     cfg = compose_train(["data=competition", f"data.root={root}", *TINY, "folds.n=2", *extra], tmp_path / "run")
-    return run_training(cfg)
+    return run_kfold(cfg)
 
 
 def edit_csv(path, fn):
@@ -33,7 +33,7 @@ def edit_csv(path, fn):
 def test_missing_data_root(tmp_path):
     with pytest.raises(DataError, match="data.root is not set"):
         cfg = compose_train(["data=competition", *TINY], tmp_path / "run")
-        run_training(cfg)
+        run_kfold(cfg)
     with pytest.raises(DataError, match="directory not found"):
         train(tmp_path / "nope", tmp_path)
 

@@ -56,7 +56,7 @@ def test_reference_best_experiment(tmp_path):
 
 
 def test_img_size_follows_model_unless_set(tmp_path):
-    from docclassify.engine.run import plan_folds
+    from docclassify.engine.plan import plan_folds
 
     cfg = compose_train(["pipeline=basic", "model=convnext_base_384"], tmp_path)
     assert cfg.data.img_size is None and plan_folds(cfg, [0])[0].img_size == 384
@@ -65,7 +65,7 @@ def test_img_size_follows_model_unless_set(tmp_path):
 
 
 def test_multi_model_plan(tmp_path):
-    from docclassify.engine.run import plan_folds
+    from docclassify.engine.plan import plan_folds
 
     cfg = compose_train(["pipeline=basic", "ensemble=multi_model", "ensemble.fold_models={0:resnet18,1:convnext_atto}",
                          "model.pretrained=false", "folds.n=3"], tmp_path)
@@ -79,7 +79,7 @@ def test_conf_dir_is_the_repo_conf():
 
 
 def test_data_use_pretrained_gates_model_pretrained(tmp_path):
-    from docclassify.engine.run import plan_folds
+    from docclassify.engine.plan import plan_folds
 
     synthetic = compose_train(["model=resnet18"], tmp_path)
     assert synthetic.model.pretrained and not plan_folds(synthetic, [0])[0].model_cfg.pretrained

@@ -76,7 +76,7 @@ def test_yaml_files_have_the_expected_keys():
 
 
 def test_every_technique_key_is_read_by_a_training_run(tiny_data, tmp_path):
-    from docclassify.engine.run import run_training
+    from docclassify.engine.kfold import run_kfold
 
     seen: set[str] = set()
     for i, overrides in enumerate(RUNS):
@@ -85,7 +85,7 @@ def test_every_technique_key_is_read_by_a_training_run(tiny_data, tmp_path):
             cfg.augment.zz_unread_probe = 1
             cfg.regularization.zz_unread_probe = 1
         with recorded_reads() as reads:
-            results = run_training(cfg)
+            results = run_kfold(cfg)
         assert results["pipeline"] == "highperf" and results["folds"][0]["epochs_run"] == 2
         assert "augment.zz_unread_probe" not in reads and "regularization.zz_unread_probe" not in reads
         seen |= reads

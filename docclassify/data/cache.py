@@ -190,3 +190,29 @@ def find_bad_images(paths: Sequence[Path]) -> list[int]:
         except Exception:
             bad.append(i)
     return bad
+
+
+def load_images(paths: Sequence[Path], size: int, data_cfg, cache_dir) -> tuple[object, list[int]]:
+    """The decoded training rows at ``size`` (``data.cache``: the memory-mapped cache, else decoded on
+    access) and the indices of undecodable files."""
+    if data_cfg.cache:
+        return cached_images(paths, size, data_cfg.resize, int(data_cfg.pad_value), cache_dir)
+    return LazyImages(paths, size, data_cfg.resize, int(data_cfg.pad_value)), find_bad_images(paths)
+
+
+def handle_bad_images(ids: Sequence[str], bad: Sequence[int], policy: str) -> list[str]:
+    """``data.on_bad_image`` for the undecodable rows ``bad`` of ``ids``: error (naming them) or skip
+    (one warning); returns the skipped IDs."""
+    from docclassify.data.sources import DataError
+
+    if not bad:
+        return []
+    bad_ids = [ids[i] for i in bad]
+    shown = ", ".join(bad_ids[:20]) + (f" ... and {len(bad_ids) - 20} more" if len(bad_ids) > 20 else "")
+    if policy == "error":
+        raise DataError(f"{len(bad_ids)} training image(s) cannot be decoded: {shown}. Fix or remove them, "
+                        "or set data.on_bad_image=skip to train without them.")
+    if policy != "skip":
+        raise DataError(f"data.on_bad_image={policy!r}: expected error or skip")
+    log.warning("data.on_bad_image=skip: skipping %d undecodable training image(s): %s", len(bad_ids), shown)
+    return bad_ids

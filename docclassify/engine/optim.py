@@ -14,17 +14,12 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "constant")
 
 
-def build_optimizer(model: torch.nn.Module, trainer_cfg, reg_cfg) -> torch.optim.Optimizer:
-    """AdamW (or another timm optimiser) with no weight decay on norms and biases
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,
+                    layer_decay: float | None = None) -> torch.optim.Optimizer:
+    """AdamW (or another timm optimiser ``name``) with no weight decay on norms and biases
     (timm's filter_bias_and_bn) and optional layer-wise lr decay."""
-    return create_optimizer_v2(
-        model,
-        opt=trainer_cfg.optimizer,
-        lr=float(trainer_cfg.lr),
-        weight_decay=float(reg_cfg.weight_decay),
-        layer_decay=reg_cfg.layer_decay,
-        filter_bias_and_bn=True,
-    )
+    return create_optimizer_v2(model, opt=name, lr=float(lr), weight_decay=float(weight_decay),
+                               layer_decay=layer_decay, filter_bias_and_bn=True)
 
 
 def effective_warmup(warmup_epochs: int, epochs: int) -> int:

@@ -4,10 +4,13 @@
   epoch part-way, so a run stopped (SIGTERM/SIGINT) after k batches continues with batch k+1.
 - ``rng_state`` / ``set_rng_state``: the global torch/numpy/python generators at a stop point.
 - ``resume_config``: ``resume=RUN_DIR`` alone re-composes the run's own command line.
+- ``resolve_run_dir`` / ``check_resume_compatible``: which dir a run writes to, and a refusal to
+  mix another experiment's state into it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -20,6 +23,9 @@ from torch.utils.data import DistributedSampler
 log = logging.getLogger(__name__)
 
 OVERRIDES_FILE = "run_overrides.yaml"
+RUN_CONFIG_FILE = "run_config.yaml"
+# What must match for a run dir's saved folds to be continued by this config.
+COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed")
 
 
 class ResumableSampler(DistributedSampler):
@@ -89,3 +95,45 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     log.info("resume=%s: continuing with its original overrides %s%s", cfg.resume, saved,
              f" and {current}" if current else "")
     return compose(config_name=HydraConfig.get().job.config_name, overrides=[*saved, *current])
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """``resume=RUN_DIR`` when given (it must exist), else Hydra's run dir of this job."""
+    if cfg.get("resume"):
+        from docclassify.data.sources import DataError
+
+        run_dir = Path(str(cfg.resume)).expanduser()
+        if not run_dir.is_dir():
+            raise DataError(f"resume={cfg.resume}: run directory not found")
+        return run_dir
+    return Path(cfg.paths.output_dir)
+
+
+def _compat_view(c: dict) -> dict:
+    out = {k: c.get(k) for k in ("data", "model", "ensemble", "seed")}
+    out["n_folds"] = (c.get("folds") or {}).get("n")
+    return json.loads(json.dumps(out, default=str))
+
+
+def check_resume_compatible(run_dir: Path, cfg: DictConfig) -> None:
+    """A run dir holding another experiment's state must not be silently mixed with this one.
+    The first run in a dir writes its resolved config (run_config.yaml) for later runs to compare."""
+    from docclassify.config import plain_config
+    from docclassify.data.sources import DataError
+    from docclassify.utils.io import atomic_write_text
+
+    path = run_dir / RUN_CONFIG_FILE
+    current = _compat_view(plain_config(cfg))
+    if not path.is_file():
+        atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(plain_config(cfg))))
+        return
+    saved = _compat_view(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+    def same(key: str) -> bool:
+        return json.dumps(saved.get(key), sort_keys=True, default=str) == \
+            json.dumps(current.get(key), sort_keys=True, default=str)
+
+    diff = [k for k in COMPATIBLE_KEYS if not same(k)]
+    if diff:
+        raise DataError(f"{run_dir} holds a run with a different config ({diff}); "
+                        "use a new hydra.run.dir or resume with the original settings")

@@ -25,7 +25,7 @@ from docclassify.data.sources import DataError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
-# The resolved config the run trained with (engine.run writes it); Hydra's copy is the fallback.
+# The resolved config the run trained with (engine.resume.check_resume_compatible writes it); Hydra's copy is the fallback.
 CONFIG_FILES = ("run_config.yaml", ".hydra/config.yaml")
 
 

@@ -20,7 +20,7 @@ def build_sweep_callbacks(cfg: DictConfig) -> list:
     info = trial_info(cfg)
     if info is None:
         return []
-    from docclassify.engine.run import resolve_run_dir
+    from docclassify.engine.resume import resolve_run_dir
     from docclassify.sweep.trial import build_trial_callback
 
     return [build_trial_callback(cfg, info, resolve_run_dir(cfg))]

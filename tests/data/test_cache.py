@@ -199,12 +199,13 @@ def test_concurrent_builds_do_not_corrupt_and_build_once(tiny_data, tmp_path):
 
 def _loader_batches(cfg, images, n: int, epoch: int):
     from docclassify.data.augment import TrainTransform
-    from docclassify.engine.run import build_loaders
+    from docclassify.engine.loaders import build_loaders
 
     idx = np.arange(n)
     targets = np.arange(n) % 17
     transform = TrainTransform(cfg.augment, int(cfg.data.img_size), 3, 11, int(cfg.data.pad_value))
-    train, val, sampler = build_loaders(images, idx[: n - 10], idx[n - 10:], targets, transform, cfg, 5,
+    train, val, sampler = build_loaders(images, idx[: n - 10], idx[n - 10:], targets, transform, cfg.trainer,
+                                        cfg.data.num_workers, 5,
                                         torch.device("cpu"))
     sampler.set_epoch(epoch)
     transform.set_epoch(epoch)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO, TINY, compose_train
 
-from docclassify.engine import loop
-from docclassify.engine.run import run_training
+from docclassify.engine import epoch
+from docclassify.engine.kfold import run_kfold
 from docclassify.models.checkpoint import load_checkpoint
 
 BASE = [*TINY, "folds.n=3", "folds.run=[0]", "trainer.deterministic=true", "seed=3"]
@@ -22,7 +22,7 @@ BASE = [*TINY, "folds.n=3", "folds.run=[0]", "trainer.deterministic=true", "seed
 
 def _train(tiny_data, tmp_path, name: str, extra: list[str]) -> dict:
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *BASE, *extra], tmp_path / name)
-    return run_training(cfg)
+    return run_kfold(cfg)
 
 
 def _val_logits(tmp_path, name: str) -> np.ndarray:
@@ -31,14 +31,14 @@ def _val_logits(tmp_path, name: str) -> np.ndarray:
 
 def test_channels_last_trains_like_contiguous(tiny_data, tmp_path, monkeypatch):
     seen: list[bool] = []
-    real = loop.to_model_input
+    real = epoch.to_model_input
 
     def spy(images, ctx):
         x = real(images, ctx)
         seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
         return x
 
-    monkeypatch.setattr(loop, "to_model_input", spy)
+    monkeypatch.setattr(epoch, "to_model_input", spy)
     plain = _train(tiny_data, tmp_path, "plain", ["model=tiny_convnext", "trainer.channels_last=false"])
     assert seen and not any(seen)
     seen.clear()
@@ -79,13 +79,14 @@ def test_compile_wraps_the_model_and_trains_the_same(tiny_data, tmp_path, monkey
 
 def _loaders(tiny_data, tmp_path, images, workers: int):
     from docclassify.data.augment import TrainTransform
-    from docclassify.engine.run import build_loaders
+    from docclassify.engine.loaders import build_loaders
 
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, f"data.num_workers={workers}"],
                         tmp_path / "cfg")
     transform = TrainTransform(cfg.augment, 32, 1, 0, 0)
     idx = np.arange(len(images))
-    return build_loaders(images, idx[:40], idx[40:], idx % 17, transform, cfg, 0, torch.device("cpu"))
+    return build_loaders(images, idx[:40], idx[40:], idx % 17, transform, cfg.trainer, cfg.data.num_workers, 0,
+                         torch.device("cpu"))
 
 
 def test_cpu_validation_from_cache_runs_in_process(tiny_data, tmp_path):
@@ -106,7 +107,7 @@ def test_cpu_validation_from_cache_runs_in_process(tiny_data, tmp_path):
 
 _FRAGMENTED_HEAP = r"""
 import json
-from docclassify.engine.run import release_freed_memory
+from docclassify.engine.loaders import release_freed_memory
 
 def rss_mb():
     for line in open("/proc/self/status"):

@@ -2,7 +2,7 @@
 
 Unit tests drive the real engine functions (train_one_epoch, build_optimizer, build_scheduler,
 build_mixup, TrainTransform) with tiny models and random tensors; two tiny training runs go
-through run_training end to end with spies on the fit loop's collaborators.
+through run_kfold end to end with spies on the fit loop's collaborators.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from docclassify.data.augment import (
     hard_probability,
     seed_pipeline,
 )
-from docclassify.engine import fit, loop
-from docclassify.engine.loop import StepContext, predict_logits, train_one_epoch
+from docclassify.engine import epoch as epoch_mod
+from docclassify.engine import fold, parts
+from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, train_one_epoch
+from docclassify.engine.evaluate import predict_logits
 from docclassify.engine.mixup import build_mixup, build_train_loss, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler, effective_warmup
 from docclassify.engine.setup import amp_settings
@@ -53,6 +55,18 @@ def _trainer(**over):
 def _ctx(amp: str = "none", **kw) -> StepContext:
     return StepContext(device=CPU, mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1),
                        amp=amp_settings(amp, CPU), **kw)
+
+
+def _train_epoch(model, loader, opt, sched, loss, ctx, *, epoch, updates_done, mixup=None, scaler=None,
+                 on_step=None) -> dict:
+    """One epoch of the real step loop over ``model`` (no DDP/compile wrapper)."""
+    ctx.on_step = on_step
+    return train_one_epoch(FoldParts(model, model, opt, sched, loss, mixup=mixup, scaler=scaler), loader, ctx,
+                           epoch=epoch, start=EpochProgress(updates=updates_done))
+
+
+def _opt(model, trainer, reg):
+    return build_optimizer(model, trainer.optimizer, trainer.lr, reg.weight_decay, reg.layer_decay)
 
 
 def _batches(n: int, bs: int, classes: int = 5, size: int = 16, seed: int = 0) -> list:
@@ -101,7 +115,7 @@ def test_mixup_targets_are_soft_when_on_and_hard_when_off():
         mixup.mixup_enabled = mixup_active(aug, epoch)
         loss.targets.clear()
         inputs.clear()
-        train_one_epoch(model, batches, opt, None, loss, _ctx(), epoch=epoch, updates_done=0, mixup=mixup)
+        _train_epoch(model, batches, opt, None, loss, _ctx(), epoch=epoch, updates_done=0, mixup=mixup)
         for (images, labels), y, x in zip(batches, loss.targets, inputs, strict=True):
             assert y.shape == (8, classes)
             torch.testing.assert_close(y.sum(1), torch.ones(8))
@@ -119,7 +133,7 @@ def test_mixup_targets_are_soft_when_on_and_hard_when_off():
     assert build_mixup(off, classes, ls) is None
     plain = _RecordingLoss(build_train_loss(None, ls))
     assert isinstance(plain.loss, nn.CrossEntropyLoss) and plain.loss.label_smoothing == ls
-    train_one_epoch(model, batches, opt, None, plain, _ctx(), epoch=0, updates_done=0, mixup=None)
+    _train_epoch(model, batches, opt, None, plain, _ctx(), epoch=0, updates_done=0, mixup=None)
     for (_, labels), y in zip(batches, plain.targets, strict=True):
         assert y.dtype == torch.int64 and torch.equal(y, labels)
 
@@ -139,7 +153,7 @@ def test_label_smoothing_changes_the_loss():
     for ls in (0.0, 0.1):
         model = _small_net()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        stats.append(train_one_epoch(model, batches, opt, None, build_train_loss(None, ls), _ctx(), epoch=0,
+        stats.append(_train_epoch(model, batches, opt, None, build_train_loss(None, ls), _ctx(), epoch=0,
                                      updates_done=0))
         weights.append(_flat(model))
     assert stats[0]["train_loss"] != pytest.approx(stats[1]["train_loss"], rel=1e-3)
@@ -151,7 +165,7 @@ def test_lr_follows_warmup_then_cosine_and_ends_at_min_lr():
     base, warmup_lr, min_lr, epochs, upe = 1e-2, 1e-5, 1e-4, 6, 5
     sched_cfg = _option("schedule", "warmup_cosine", warmup_epochs=2, warmup_lr=warmup_lr, min_lr=min_lr)
     model = _small_net()
-    opt = build_optimizer(model, _trainer(lr=base), _option("regularization", "none"))
+    opt = _opt(model, _trainer(lr=base), _option("regularization", "none"))
     sched = build_scheduler(opt, sched_cfg, epochs, upe)
     W, T = 2 * upe, epochs * upe
 
@@ -164,7 +178,7 @@ def test_lr_follows_warmup_then_cosine_and_ends_at_min_lr():
     seen = {}
     updates = 0
     for epoch in range(epochs):  # stepped by the training loop, once per optimiser update
-        out = train_one_epoch(model, _batches(upe, 4, seed=epoch), opt, sched, nn.CrossEntropyLoss(), _ctx(),
+        out = _train_epoch(model, _batches(upe, 4, seed=epoch), opt, sched, nn.CrossEntropyLoss(), _ctx(),
                               epoch=epoch, updates_done=updates,
                               on_step=lambda i, m: seen.__setitem__(m["step"], m["train/lr"]))
         updates = out["updates"]
@@ -177,7 +191,7 @@ def test_lr_follows_warmup_then_cosine_and_ends_at_min_lr():
 
     # Warmup as long as the run is clipped: one epoch of decay is left.
     assert effective_warmup(10, 5) == 4 and effective_warmup(10, 100) == 10
-    opt = build_optimizer(_small_net(), _trainer(lr=base), _option("regularization", "none"))
+    opt = _opt(_small_net(), _trainer(lr=base), _option("regularization", "none"))
     sched = build_scheduler(opt, _option("schedule", "warmup_cosine"), 5, 3)
     sched.step_update(num_updates=4 * 3)
     assert opt.param_groups[0]["lr"] == pytest.approx(base)
@@ -185,7 +199,7 @@ def test_lr_follows_warmup_then_cosine_and_ends_at_min_lr():
 
 def test_constant_schedule_holds_the_lr_after_warmup():
     base = 1e-3
-    opt = build_optimizer(_small_net(), _trainer(lr=base), _option("regularization", "none"))
+    opt = _opt(_small_net(), _trainer(lr=base), _option("regularization", "none"))
     sched = build_scheduler(opt, _option("schedule", "constant", warmup_epochs=1, warmup_lr=0.0), 4, 3)
     lrs = []
     for u in range(13):
@@ -200,7 +214,7 @@ def test_constant_schedule_holds_the_lr_after_warmup():
 def test_weight_decay_skips_norms_and_biases():
     lr, wd = 0.1, 0.05
     model = create_model("test_convnext", 5)
-    opt = build_optimizer(model, _trainer(lr=lr), _option("regularization", "none", weight_decay=wd))
+    opt = _opt(model, _trainer(lr=lr), _option("regularization", "none", weight_decay=wd))
     decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     no_decay = {n for n, p in named.items() if p.ndim <= 1}  # norm weights/biases, biases, layer scales
@@ -222,7 +236,7 @@ def test_layer_decay_gives_each_depth_its_own_lr():
     base = 1e-3
     model = create_model("test_convnext", 5)
     reg = _option("regularization", "none", weight_decay=0.05, layer_decay=0.75)
-    opt = build_optimizer(model, _trainer(lr=base), reg)
+    opt = _opt(model, _trainer(lr=base), reg)
     build_scheduler(opt, _option("schedule", "cosine"), 4, 3)  # timm applies each group's lr_scale
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     scales = sorted({round(lr / base, 10) for lr in lr_of.values()})
@@ -232,7 +246,7 @@ def test_layer_decay_gives_each_depth_its_own_lr():
     assert lr_of[id(model.head.fc.weight)] == pytest.approx(base)  # the head learns at the full lr
     assert lr_of[id(model.stem[0].weight)] == pytest.approx(base * scales[0])  # the stem the least
 
-    flat = build_optimizer(model, _trainer(lr=base), _option("regularization", "none"))
+    flat = _opt(model, _trainer(lr=base), _option("regularization", "none"))
     build_scheduler(flat, _option("schedule", "cosine"), 4, 3)
     assert {g["lr"] for g in flat.param_groups} == {base}
 
@@ -260,7 +274,7 @@ def test_grad_clip_bounds_the_update():
         model = _small_net()
         before = _flat(model)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)  # update = -gradient
-        stats.append(train_one_epoch(model, batches, opt, None, nn.CrossEntropyLoss(), _ctx(grad_clip=grad_clip),
+        stats.append(_train_epoch(model, batches, opt, None, nn.CrossEntropyLoss(), _ctx(grad_clip=grad_clip),
                                      epoch=0, updates_done=0))
         deltas.append(float((_flat(model) - before).norm()))
     clipped, free = deltas
@@ -276,7 +290,7 @@ def test_accumulation_equals_one_large_batch():
     for name, loader, accum in (("accum4", small, 4), ("big", [(images, labels)], 1), ("no_accum", small, 1)):
         model = _small_net(seed=1)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        out = train_one_epoch(model, loader, opt, None, nn.CrossEntropyLoss(), _ctx(accum_steps=accum), epoch=0,
+        out = _train_epoch(model, loader, opt, None, nn.CrossEntropyLoss(), _ctx(accum_steps=accum), epoch=0,
                               updates_done=0)
         results[name] = (_flat(model), out["updates"])
     assert results["accum4"][1] == 1 and results["big"][1] == 1 and results["no_accum"][1] == 4
@@ -303,9 +317,9 @@ def test_bf16_autocast_trains_on_cpu():
     dtypes = []
     model.conv1.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
     before = _flat(model)
-    opt = build_optimizer(model, _trainer(lr=1e-3), _option("regularization", "none"))
+    opt = _opt(model, _trainer(lr=1e-3), _option("regularization", "none"))
     ctx = _ctx("bf16")
-    out = train_one_epoch(model, _batches(2, 4, size=32), opt, None, nn.CrossEntropyLoss(), ctx, epoch=0,
+    out = _train_epoch(model, _batches(2, 4, size=32), opt, None, nn.CrossEntropyLoss(), ctx, epoch=0,
                           updates_done=0)
     assert dtypes == [torch.bfloat16, torch.bfloat16] and math.isfinite(out["train_loss"])
     assert not torch.allclose(_flat(model), before)
@@ -345,9 +359,9 @@ def test_fp16_steps_through_the_grad_scaler():
     dtypes = []
     model.conv1.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
     before = _flat(model)
-    opt = build_optimizer(model, _trainer(lr=1e-3), _option("regularization", "none"))
+    opt = _opt(model, _trainer(lr=1e-3), _option("regularization", "none"))
     scaler = _CountingScaler("cpu", init_scale=2.0**8)
-    out = train_one_epoch(model, _batches(4, 4, size=32), opt, None, nn.CrossEntropyLoss(),
+    out = _train_epoch(model, _batches(4, 4, size=32), opt, None, nn.CrossEntropyLoss(),
                           _ctx("fp16", accum_steps=2, grad_clip=1.0), epoch=0, updates_done=0, scaler=scaler)
     assert set(dtypes) == {torch.float16} and out["updates"] == 2
     assert scaler.calls == {"scale": 4, "unscale_": 2, "step": 2, "update": 2}
@@ -446,12 +460,12 @@ def test_seeded_transforms_draw_independently():
 @pytest.fixture(scope="module")
 def highperf_run(tiny_data, tmp_path_factory):
     """pipeline=highperf, tiny: 2 epochs, mixup off from epoch 1, bf16 autocast, with spies."""
-    from docclassify.engine.run import run_training
+    from docclassify.engine.kfold import run_kfold
 
     run_dir = tmp_path_factory.mktemp("highperf")
     obs = {"evaluated": [], "saved": [], "targets": [], "autocast": set(), "epoch": None}
-    real_ema, real_save, real_predict = fit.ModelEmaV3, fit.save_best, fit.predict_logits
-    real_loss, real_epoch, real_autocast = fit.build_train_loss, fit.train_one_epoch, loop.autocast
+    real_ema, real_save, real_predict = parts.ModelEmaV3, fold.save_best, fold.predict_logits
+    real_loss, real_epoch, real_autocast = parts.build_train_loss, fold.train_one_epoch, epoch_mod.autocast
 
     def ema_spy(model, **kw):
         obs["live"], obs["ema"] = model, real_ema(model, **kw)
@@ -489,11 +503,12 @@ def highperf_run(tiny_data, tmp_path_factory):
                          "trainer.epochs=2", "trainer.batch_size=16", "folds.n=2", "folds.run=[0]",
                          "augment.mixup_off_epoch=1", "trainer.amp=bf16", "seed=5"], run_dir)
     with pytest.MonkeyPatch.context() as mp:
-        for name, spy in (("ModelEmaV3", ema_spy), ("predict_logits", predict_spy), ("save_best", save_spy),
-                          ("build_train_loss", loss_spy), ("train_one_epoch", epoch_spy)):
-            mp.setattr(fit, name, spy)
-        mp.setattr(loop, "autocast", autocast_spy)
-        run_training(cfg)
+        for module, name, spy in ((parts, "ModelEmaV3", ema_spy), (fold, "predict_logits", predict_spy),
+                                  (fold, "save_best", save_spy), (parts, "build_train_loss", loss_spy),
+                                  (fold, "train_one_epoch", epoch_spy)):
+            mp.setattr(module, name, spy)
+        mp.setattr(epoch_mod, "autocast", autocast_spy)
+        run_kfold(cfg)
     obs["results"] = json.loads((run_dir / "results.json").read_text())
     obs["run_dir"] = run_dir
     return obs
@@ -543,7 +558,7 @@ def test_highperf_run_applies_its_schedules(highperf_run):
 def test_early_stopping_stops_and_fp16_uses_the_scaler(tiny_data, tmp_path, monkeypatch):
     """lr 0 on a model without batch norm: validation F1 never improves after epoch 0, so
     patience 1 ends the fold after 2 of 4 epochs. fp16 autocast on CPU steps through a GradScaler."""
-    from docclassify.engine.run import run_training
+    from docclassify.engine.kfold import run_kfold
 
     _CountingScaler.instances.clear()
     monkeypatch.setattr(torch.amp, "GradScaler", _CountingScaler)
@@ -551,7 +566,7 @@ def test_early_stopping_stops_and_fp16_uses_the_scaler(tiny_data, tmp_path, monk
                          "trainer.epochs=4", "trainer.lr=0.0", "schedule.min_lr=0.0",
                          "trainer.early_stopping_patience=1", "trainer.amp=fp16", "folds.n=2", "folds.run=[0]"],
                         tmp_path)
-    run_training(cfg)
+    run_kfold(cfg)
     fold = json.loads((tmp_path / "results.json").read_text())["folds"][0]
     assert fold["early_stopped"] is True and fold["epochs_run"] == 2 and len(fold["history"]) == 2  # of 4
     assert fold["best_epoch"] == 0

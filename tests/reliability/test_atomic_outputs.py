@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, compose_train
 
 import docclassify.utils.io as io_mod
-from docclassify.engine.run import run_training
+from docclassify.engine.kfold import run_kfold
 
 
 class _HalfWriter:
@@ -76,7 +76,7 @@ def _temp_files(run_dir):
 
 
 def test_crash_while_writing_results_and_oof_keeps_the_old_files(tiny_data, tmp_path, disk_full):
-    run_training(compose_train(_overrides(tiny_data, 1), tmp_path))
+    run_kfold(compose_train(_overrides(tiny_data, 1), tmp_path))
     # Mark the old files, so "intact" cannot be confused with "rewritten with equal content".
     results = json.loads((tmp_path / "results.json").read_text())
     (tmp_path / "results.json").write_text(json.dumps({**results, "marker": "old"}))
@@ -86,14 +86,14 @@ def test_crash_while_writing_results_and_oof_keeps_the_old_files(tiny_data, tmp_
     # Same command again: fold 0 is finished, so only oof.csv and results.json are rewritten.
     disk_full("oof.csv")
     with pytest.raises(OSError, match="No space left"):
-        run_training(compose_train(_overrides(tiny_data, 1), tmp_path))
+        run_kfold(compose_train(_overrides(tiny_data, 1), tmp_path))
     assert (tmp_path / "oof.csv").read_bytes() == old_oof
     assert (tmp_path / "results.json").read_bytes() == old_results
     assert _temp_files(tmp_path) == []
 
     disk_full("results.json")
     with pytest.raises(OSError, match="No space left"):
-        run_training(compose_train(_overrides(tiny_data, 1), tmp_path))
+        run_kfold(compose_train(_overrides(tiny_data, 1), tmp_path))
     assert (tmp_path / "results.json").read_bytes() == old_results
     assert json.loads(old_results)["marker"] == "old"
     assert (tmp_path / "oof.csv").read_bytes() != old_oof  # this one was written (fully) before the crash
@@ -104,13 +104,13 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_epoch(tiny_data, tm
     last = tmp_path / "checkpoints" / "fold0_last.pt"
     disk_full("fold0_last.pt", after=1)  # epoch 0's state is written, epoch 1's dies half-way
     with pytest.raises(Exception, match="No space left"):
-        run_training(compose_train(_overrides(tiny_data, 3), tmp_path))
+        run_kfold(compose_train(_overrides(tiny_data, 3), tmp_path))
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["state"]["epoch"] == 1 and len(ckpt["state"]["history"]) == 1
     assert _temp_files(tmp_path) == []
 
     # The disk has room again: the same command continues from that state and finishes.
-    run_training(compose_train(_overrides(tiny_data, 3), tmp_path))
+    run_kfold(compose_train(_overrides(tiny_data, 3), tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["folds"][0]["epochs_run"] == 3
     assert [h["epoch"] for h in results["folds"][0]["history"]] == [0, 1, 2]

@@ -20,7 +20,7 @@ from PIL import Image
 
 from docclassify.data.images import BadImageError, decode_image
 from docclassify.data.sources import DataError, load_competition
-from docclassify.engine.run import run_training
+from docclassify.engine.kfold import run_kfold
 
 BOM = "\ufeff"
 
@@ -75,7 +75,7 @@ def test_messy_but_valid_data_trains_and_keeps_the_ids(data, tmp_path):
     assert source.train["ID"].tolist() == ids and source.classes[0] == "account_number"
     assert {p.suffix for p in source.train["path"]} == {".jpg", ".JPG", ".png"}
     assert all(p.is_file() for p in source.train["path"])
-    results = run_training(compose_train(["data=competition", f"data.root={data}", *TINY, "folds.n=2"], tmp_path))
+    results = run_kfold(compose_train(["data=competition", f"data.root={data}", *TINY, "folds.n=2"], tmp_path))
     oof = pd.read_csv(tmp_path / "oof.csv", dtype={"ID": str})
     assert sorted(oof["ID"]) == sorted(ids) and results["skipped_images"] == []
     assert list(oof.columns[3:]) == source.classes

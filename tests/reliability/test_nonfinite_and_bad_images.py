@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import TINY, compose_train
 
-import docclassify.engine.fit as fit_mod
+import docclassify.engine.parts as parts_mod
 from docclassify.data.sources import DataError
-from docclassify.engine.loop import NonFiniteLossError
-from docclassify.engine.run import run_training
+from docclassify.engine.epoch import NonFiniteLossError
+from docclassify.engine.kfold import run_kfold
 
 
 def _overrides(root, *extra) -> list[str]:
@@ -27,7 +27,7 @@ def _overrides(root, *extra) -> list[str]:
 def test_diverging_lr_stops_naming_epoch_step_and_lr(tiny_data, tmp_path):
     # A real divergence: AdamW at lr 1e30 makes the weights huge after one update.
     with pytest.raises(NonFiniteLossError) as err:
-        run_training(compose_train(_overrides(tiny_data, "folds.run=[0]", "trainer.lr=1e30"), tmp_path))
+        run_kfold(compose_train(_overrides(tiny_data, "folds.run=[0]", "trainer.lr=1e30"), tmp_path))
     msg = str(err.value)
     assert "non-finite loss" in msg and "epoch 0, step 1 of 3" in msg
     assert re.search(r"lr \d(\.\d+)?e\+29", msg)  # the lr of that step (cosine-decayed from 1e30)
@@ -39,7 +39,7 @@ def nan_on_calls(monkeypatch):
     """nan_on_calls({2, 5}): the training loss is NaN on those calls (1-based) of the loss function."""
 
     def arm(calls: set[int]) -> None:
-        build = fit_mod.build_train_loss
+        build = parts_mod.build_train_loss
 
         def patched(*args, **kwargs):
             loss_fn, n = build(*args, **kwargs), {"calls": 0}
@@ -50,14 +50,14 @@ def nan_on_calls(monkeypatch):
                 return value * float("nan") if n["calls"] in calls else value
             return loss
 
-        monkeypatch.setattr(fit_mod, "build_train_loss", patched)
+        monkeypatch.setattr(parts_mod, "build_train_loss", patched)
 
     return arm
 
 
 def test_nonfinite_steps_skipped_and_counted(tiny_data, tmp_path, nan_on_calls):
     nan_on_calls({2, 5})  # epoch 0 step 1 and epoch 1 step 1 (3 steps per epoch)
-    results = run_training(compose_train(_overrides(tiny_data, "folds.run=[0]", "trainer.epochs=2",
+    results = run_kfold(compose_train(_overrides(tiny_data, "folds.run=[0]", "trainer.epochs=2",
                                                     "trainer.skip_nonfinite=true"), tmp_path))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["skipped_steps"] == 2 and saved["folds"][0]["skipped_steps"] == 2 == results["skipped_steps"]
@@ -68,7 +68,7 @@ def test_nonfinite_steps_skipped_and_counted(tiny_data, tmp_path, nan_on_calls):
 def test_injected_nonfinite_loss_stops_without_skip(tiny_data, tmp_path, nan_on_calls):
     nan_on_calls({2})
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 1 of 3 \(update 1\), lr "):
-        run_training(compose_train(_overrides(tiny_data, "folds.run=[0]"), tmp_path))
+        run_kfold(compose_train(_overrides(tiny_data, "folds.run=[0]"), tmp_path))
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def _break_images(root, n: int = 2) -> list[str]:
 def test_bad_images_error_by_default_naming_every_file(data, tmp_path):
     bad = _break_images(data)
     with pytest.raises(DataError, match=r"2 training image\(s\) cannot be decoded") as err:
-        run_training(compose_train(_overrides(data, "folds.run=[0]"), tmp_path))
+        run_kfold(compose_train(_overrides(data, "folds.run=[0]"), tmp_path))
     assert all(i in str(err.value) for i in bad) and "data.on_bad_image=skip" in str(err.value)
     assert not (tmp_path / "checkpoints" / "fold0_last.pt").exists()  # stopped before training
 
@@ -99,7 +99,7 @@ def test_bad_images_skipped_listed_and_warned_once(data, tmp_path, caplog):
     # Two folds at two image sizes: two decode caches, still one decision and one warning.
     fold_models = "ensemble.fold_models={0:{model:tiny,img_size:32},1:{model:tiny,img_size:40}}"
     caplog.set_level(logging.WARNING)
-    run_training(compose_train([*_overrides(data, "data.on_bad_image=skip", "ensemble=multi_model", fold_models)],
+    run_kfold(compose_train([*_overrides(data, "data.on_bad_image=skip", "ensemble=multi_model", fold_models)],
                                tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["skipped_images"] == sorted(bad) and results["n_oof_rows"] == 102 - 2

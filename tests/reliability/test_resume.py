@@ -22,8 +22,8 @@ import torch
 from conftest import REPO, TINY, compose_train, run_cli
 
 from docclassify.engine.callbacks import Callback
-from docclassify.engine.loop import StopRequested
-from docclassify.engine.run import run_training
+from docclassify.engine.epoch import StopRequested
+from docclassify.engine.kfold import run_kfold
 
 EPOCHS = 4
 TIMING_KEYS = {"seconds", "epoch_s", "img_per_s", "run_dir"}
@@ -132,7 +132,7 @@ def test_sigterm_saves_state_exits_nonzero_and_resumes_exactly(reference, tiny_d
     assert at >= (before["epoch"], 0) and not (run_dir / "results.json").exists()
 
     # Same command again in the same dir continues (here in-process: cheaper than a new interpreter).
-    run_training(compose_train([*overrides(tiny_data, cache)], run_dir))
+    run_kfold(compose_train([*overrides(tiny_data, cache)], run_dir))
     assert_same_run(reference, run_dir)
 
 
@@ -151,34 +151,34 @@ def test_stop_mid_epoch_saves_that_step_and_resumes_exactly(reference, tiny_data
     # 51 training images, batch 16 -> 3 updates per epoch; update 5 is epoch 1, step 2 of 3.
     cfg = compose_train(overrides(tiny_data, cache), tmp_path)
     with pytest.raises(StopRequested, match=r"epoch 1 \(step 2/3\)"):
-        run_training(cfg, [SignalAt(fold=0, update=5)])
+        run_kfold(cfg, [SignalAt(fold=0, update=5)])
     state = saved_state(tmp_path / "checkpoints" / "fold0_last.pt")
     assert state["epoch"] == 1 and state["updates"] == 5 and state["partial"]["step"] == 2
     assert len(state["history"]) == 1
-    run_training(compose_train(overrides(tiny_data, cache), tmp_path))
+    run_kfold(compose_train(overrides(tiny_data, cache), tmp_path))
     assert_same_run(reference, tmp_path)
 
 
 def test_finished_fold_is_kept_and_later_folds_match(reference, tiny_data, cache, tmp_path):
     """A run that stopped between folds: fold 0 is not retrained, fold 1 is what it would have been."""
-    run_training(compose_train([*overrides(tiny_data, cache), "folds.run=[0]"], tmp_path))
+    run_kfold(compose_train([*overrides(tiny_data, cache), "folds.run=[0]"], tmp_path))
     fold0 = (tmp_path / "folds" / "fold0.json").read_bytes()
-    results = run_training(compose_train(overrides(tiny_data, cache), tmp_path))
+    results = run_kfold(compose_train(overrides(tiny_data, cache), tmp_path))
     assert (tmp_path / "folds" / "fold0.json").read_bytes() == fold0 and results["folds_run"] == [0, 1]
     assert_same_run(reference, tmp_path)
 
 
 def test_same_seed_identical_and_other_seed_differs(reference, tiny_data, cache, tmp_path):
-    run_training(compose_train(overrides(tiny_data, cache), tmp_path / "same"))
+    run_kfold(compose_train(overrides(tiny_data, cache), tmp_path / "same"))
     assert (tmp_path / "same" / "oof.csv").read_bytes() == (reference / "oof.csv").read_bytes()
-    run_training(compose_train(overrides(tiny_data, cache, seed=12), tmp_path / "other"))
+    run_kfold(compose_train(overrides(tiny_data, cache, seed=12), tmp_path / "other"))
     assert not np.allclose(np.load(tmp_path / "other" / "oof_logits.npy"), np.load(reference / "oof_logits.npy"))
 
 
 def test_resume_with_more_epochs_follows_the_longer_schedule(tiny_data, tmp_path):
     base = ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "folds.run=[0]"]
-    run_training(compose_train([*base, "trainer.epochs=2"], tmp_path))
-    results = run_training(compose_train([*base, "trainer.epochs=4"], tmp_path))
+    run_kfold(compose_train([*base, "trainer.epochs=2"], tmp_path))
+    results = run_kfold(compose_train([*base, "trainer.epochs=4"], tmp_path))
     history = results["folds"][0]["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     # Cosine over 2 epochs ends at min_lr (1e-6); re-planned over 4, epoch 2 is still well above it.

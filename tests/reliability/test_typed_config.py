@@ -8,7 +8,7 @@ from conftest import TINY, compose_train, run_cli
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from docclassify.engine.run import run_training
+from docclassify.engine.kfold import run_kfold
 
 
 def test_mistyped_key_on_the_command_line_fails_before_any_work(tiny_data, tmp_path):
@@ -43,7 +43,7 @@ def test_key_added_with_plus_fails_before_any_work(tiny_data, tmp_path):
     """`+trainer.epoch=5` composes (Hydra adds the key on request) but nothing would read it."""
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "+trainer.epoch=5"], tmp_path)
     with pytest.raises(ValueError, match=r"trainer.epoch: not a key of TrainerConfig"):
-        run_training(cfg)
+        run_kfold(cfg)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -78,5 +78,5 @@ def test_presets_and_typical_overrides_keep_their_types(tmp_path):
 def test_bad_choice_fails_before_any_work(tiny_data, tmp_path):
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "data.on_bad_image=skipp"], tmp_path)
     with pytest.raises(ValueError, match=r"data.on_bad_image='skipp': expected one of error, skip"):
-        run_training(cfg)
+        run_kfold(cfg)
     assert list(tmp_path.iterdir()) == []

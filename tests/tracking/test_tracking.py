@@ -145,7 +145,7 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
 
 
 def test_logger_none_writes_reports_but_no_wandb_folder(tiny_data, tmp_path, monkeypatch):
-    from docclassify.engine.run import run_training
+    from docclassify.engine.kfold import run_kfold
     from docclassify.train import build_callbacks
 
     wandb_dir = tmp_path / "wandb_home"
@@ -153,7 +153,7 @@ def test_logger_none_writes_reports_but_no_wandb_folder(tiny_data, tmp_path, mon
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
     run_dir = tmp_path / "run"
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=3", "folds.run=[2]"], run_dir)
-    results = run_training(cfg, build_callbacks(cfg))
+    results = run_kfold(cfg, build_callbacks(cfg))
     assert not wandb_dir.exists() and not (run_dir / "wandb").exists()
     assert not list(run_dir.rglob("*.wandb"))
     for name in ("confusion_matrix.png", "curves.png", "per_class.csv", "report.md"):

@@ -1,0 +1,190 @@
+"""One training epoch: the step loop (forward, loss, backward, optimiser step, EMA).
+
+Reads like torchvision's ``train_one_epoch``: what a fold trains with arrives as one
+:class:`FoldParts`, the per-step settings as one :class:`StepContext`, and the epoch's running
+totals live in an :class:`EpochProgress` that a stop request hands back to the caller, so a
+run stopped part-way through an epoch resumes at the next batch.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from timm.utils import unwrap_model
+
+from docclassify.engine.distributed import all_ranks_true
+from docclassify.engine.setup import AmpSettings
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class StopRequested(Exception):
+    """Raised inside the loop after a SIGTERM/SIGINT once the current optimiser update has finished.
+
+    ``progress`` is what the epoch had done by then (an :class:`EpochProgress` as a dict), so the
+    caller can save a mid-epoch state that resumes exactly; None between epochs."""
+
+    def __init__(self, message: str, progress: dict | None = None) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
+@dataclass
+class FoldParts:
+    """What one fold trains with, built in one place (``engine.parts.build_fold_parts``)."""
+
+    model: torch.nn.Module            # the plain module: checkpointed, tracked by the EMA
+    train_model: torch.nn.Module      # what the step calls: ``model``, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any                    # timm scheduler stepped per update (step_update), or None
+    loss_fn: Callable
+    mixup: Any = None                 # timm.data.Mixup, or None
+    ema: Any = None                   # timm.utils.ModelEmaV3, or None
+    scaler: Any = None                # torch.amp.GradScaler (fp16), or None
+
+
+@dataclass
+class StepContext:
+    """The per-step settings: device, input normalisation, AMP, clipping, accumulation, stopping."""
+
+    device: torch.device
+    mean: torch.Tensor
+    std: torch.Tensor
+    amp: AmpSettings
+    channels_last: bool = False
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    skip_nonfinite: bool = False
+    stop_flag: object | None = None  # anything with a bool `.requested`
+    on_step: Callable[[int, dict], None] | None = None  # (batch index, step metrics)
+
+
+@dataclass
+class EpochProgress:
+    """Running totals of an epoch; ``step`` batches done. Saved in a mid-epoch stop state."""
+
+    step: int = 0
+    updates: int = 0      # optimiser updates of the fold so far (the lr schedule's clock)
+    loss_sum: float = 0.0
+    seen: int = 0
+    skipped: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict | None, updates: int = 0) -> "EpochProgress":
+        if not d:
+            return cls(updates=updates)
+        values = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        values["grad_norms"] = list(values.get("grad_norms", []))
+        return cls(**values)
+
+
+def to_model_input(images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """uint8 NCHW on the host -> normalised float on the device."""
+    x = images.to(ctx.device, non_blocking=True).float().div_(255.0)
+    x = x.sub_(ctx.mean).div_(ctx.std)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(ctx: StepContext):
+    if not ctx.amp.enabled:
+        return nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.amp.dtype)
+
+
+def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
+                    start: EpochProgress | None = None) -> dict:
+    """Train for one epoch; returns mean loss, images/s, updates so far, skipped steps, max grad norm.
+
+    ``start``: the progress of a StopRequested raised in this epoch by an earlier process (the
+    loader must already skip its first ``start.step`` batches, see ResumableSampler.skip)."""
+    parts.train_model.train()
+    p = start or EpochProgress()
+    n_batches = p.step + len(loader)
+    accum = max(1, int(ctx.accum_steps))
+    t0 = time.perf_counter() - p.elapsed
+    parts.optimizer.zero_grad(set_to_none=True)
+    for i, (images, targets) in enumerate(loader, start=p.step):
+        loss = forward_loss(parts, images, targets, ctx)
+        # Under DDP all ranks skip (or stop) together: a lone skipping rank would deadlock the others.
+        if not all_ranks_true(torch.isfinite(loss)):
+            _skip_nonfinite(parts, ctx, loss, f"at epoch {epoch}, step {i} of {n_batches} (update {p.updates})")
+            p.skipped += 1
+            continue
+        (parts.scaler.scale(loss / accum) if parts.scaler is not None else loss / accum).backward()
+        last_of_group = (i + 1) % accum == 0 or (i + 1) == n_batches
+        if last_of_group:
+            optimizer_step(parts, ctx, p)
+        p.loss_sum += float(loss.detach()) * len(images)
+        p.seen += len(images)
+        if ctx.on_step is not None:
+            ctx.on_step(i, {"train/loss": float(loss.detach()), "train/lr": parts.optimizer.param_groups[0]["lr"],
+                            "step": p.updates})
+        # Stop only after an optimiser update (no half-accumulated gradients to lose), on every
+        # DDP rank at the same step (as soon as any rank got the signal), or DDP deadlocks.
+        if last_of_group and not all_ranks_true(not getattr(ctx.stop_flag, "requested", False)):
+            p.step, p.elapsed = i + 1, time.perf_counter() - t0
+            raise StopRequested(f"stop requested during epoch {epoch} (step {i + 1}/{n_batches})", asdict(p))
+    elapsed = time.perf_counter() - t0
+    return {"train_loss": p.loss_sum / max(p.seen, 1), "img_per_s": p.seen / max(elapsed, 1e-9),
+            "epoch_s": elapsed, "updates": p.updates, "skipped": p.skipped,
+            "max_grad_norm": max(p.grad_norms) if p.grad_norms else None}
+
+
+def forward_loss(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """Normalise, mix (mixup/cutmix soft targets), forward under autocast, loss in float32."""
+    x = to_model_input(images, ctx)
+    y = targets.to(ctx.device, non_blocking=True)
+    mixup = parts.mixup
+    if mixup is not None and len(x) % 2 == 0:
+        x, y = mixup(x, y)  # soft targets
+    elif mixup is not None:
+        # timm's batch mixup needs an even batch: fall back to smoothed one-hot targets.
+        y = smooth_one_hot(y, mixup.num_classes, mixup.label_smoothing)
+    with autocast(ctx):
+        logits = parts.train_model(x)
+        return parts.loss_fn(logits.float(), y)
+
+
+def optimizer_step(parts: FoldParts, ctx: StepContext, p: EpochProgress) -> None:
+    """One optimiser update: unscale (fp16), clip, step, zero grads, advance the schedule, update the EMA."""
+    optimizer, scaler = parts.optimizer, parts.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if ctx.grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(parts.train_model.parameters(), float(ctx.grad_clip))
+        p.grad_norms.append(float(norm))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    p.updates += 1
+    if parts.scheduler is not None:
+        parts.scheduler.step_update(num_updates=p.updates)
+    if parts.ema is not None:
+        parts.ema.update(unwrap_model(parts.train_model), step=p.updates)  # not the DDP/compile wrapper
+
+
+def _skip_nonfinite(parts: FoldParts, ctx: StepContext, loss: torch.Tensor, where: str) -> None:
+    """A NaN/inf loss: stop with advice, or (trainer.skip_nonfinite) drop the step's gradients."""
+    lr = parts.optimizer.param_groups[0]["lr"]
+    if not ctx.skip_nonfinite:
+        raise NonFiniteLossError(f"non-finite loss ({loss.item()}) {where}, lr {lr:.3g}. Lower trainer.lr, "
+                                 "enable trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps.")
+    parts.optimizer.zero_grad(set_to_none=True)
+
+
+def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    off = smoothing / num_classes
+    return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1.0 - smoothing + off)

@@ -1,0 +1,302 @@
+"""One fold: build what it needs, loop over epochs (train, validate, keep the best), save it.
+
+    prepare_fold   split rows -> seeded model -> augmentation -> loaders -> FoldParts
+    fit_fold       for each epoch: train_one_epoch -> validate -> keep the best -> save state
+    finish_fold    fold{k}.json + validation logits (the "fold finished" marker), callbacks
+
+The fold's resumable state is a :class:`FoldState`, saved after every epoch (and at a stop
+request part-way through one) in ``checkpoints/fold{k}_last.pt``; the best weights go to
+``checkpoints/fold{k}_best.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from docclassify.data.augment import TrainTransform
+from docclassify.engine import distributed
+from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
+from docclassify.engine.evaluate import classification_metrics, predict_logits
+from docclassify.engine.loaders import build_loaders
+from docclassify.engine.mixup import mixup_active
+from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
+from docclassify.engine.plan import FoldPlan
+from docclassify.engine.resume import rng_state, set_rng_state
+from docclassify.engine.setup import seed_everything
+from docclassify.models.checkpoint import model_meta, save_best
+from docclassify.models.factory import normalization_of
+from docclassify.utils.io import atomic_save_torch, atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from docclassify.engine.kfold import RunContext, RunData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldState:
+    """What a fold has done so far; everything a resumed process needs to continue exactly."""
+
+    epoch: int = 0                 # epochs finished
+    updates: int = 0               # optimiser updates (the lr schedule's clock)
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    best_logits: np.ndarray | None = None  # validation logits of the best epoch (the OOF rows)
+    history: list[dict] = field(default_factory=list)
+    stale: int = 0                 # epochs since the best (early stopping)
+    skipped: int = 0               # non-finite steps skipped
+    partial: dict | None = None    # an epoch stopped part-way: EpochProgress fields + "rng"
+    early_stopped: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FoldState":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class FoldJob:
+    """Everything one fold trains and validates with (built by :func:`prepare_fold`)."""
+
+    fold: int
+    parts: FoldParts
+    ctx: StepContext
+    meta: dict                 # checkpoint meta (architecture, size, normalisation, classes)
+    train_loader: Any
+    val_loader: Any
+    sampler: Any               # ResumableSampler: set_epoch, skip
+    transform: TrainTransform  # set_epoch (hard-augmentation schedule)
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    val_targets: np.ndarray
+    info: dict                 # model, model_option, img_size, n_train, n_val
+    best_path: Path
+    last_path: Path
+
+
+def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
+    """Train fold ``plan.fold`` (or load it when a previous process finished it); returns its outcome."""
+    finished = load_finished_fold(run.fold_dir, plan.fold, int(run.cfg.trainer.epochs))
+    if finished is not None:
+        return finished
+    job = prepare_fold(plan, run, data)
+    run.callback.on_fold_start(job.fold, {**job.info, "steps_per_epoch": len(job.train_loader)})
+    t0 = time.time()
+    outcome = fit_fold(job, run)
+    outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
+                   checkpoint=f"checkpoints/fold{job.fold}_best.pt")
+    finish_fold(job, outcome, run, data)
+    return outcome
+
+
+def load_finished_fold(fold_dir: Path, k: int, epochs: int) -> dict | None:
+    """The saved outcome of fold ``k`` when it already ran to ``epochs`` (or stopped early)."""
+    summary_path, logits_path = fold_dir / f"fold{k}.json", fold_dir / f"fold{k}_val_logits.npy"
+    if not (summary_path.is_file() and logits_path.is_file()):
+        return None
+    outcome = json.loads(summary_path.read_text())
+    # A larger trainer.epochs on resume extends a finished fold from its last-state checkpoint.
+    if outcome["epochs_run"] < epochs and not outcome.get("early_stopped"):
+        log.info("fold %d: finished after %d epochs; continuing to trainer.epochs=%d", k, outcome["epochs_run"],
+                 epochs)
+        return None
+    log.info("fold %d: already finished (%s), not retrained", k, summary_path)
+    outcome["val_logits"] = np.load(logits_path)
+    return outcome
+
+
+def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
+    """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
+    cfg, k, mc = run.cfg, plan.fold, plan.model_cfg
+    val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
+    # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
+    # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
+    seed_everything(run.seed + 1009 * k)
+    model = build_model(mc, data.num_classes, cfg.regularization)
+    mean, std = normalization_of(model)
+    meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
+                      int(cfg.data.pad_value), mean, std, data.classes)
+    transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
+                               int(cfg.data.pad_value))
+    images = data.images_by_size[plan.img_size]
+    train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
+                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device)
+    ctx = step_context(cfg.trainer, run, mean, std)
+    parts = build_fold_parts(model, cfg, ctx, data.num_classes, len(train_loader))
+    info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
+            "n_train": len(train_idx), "n_val": len(val_idx)}
+    log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
+             len(train_idx), len(val_idx))
+    return FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
+                   data.targets[val_idx], info, run.ckpt_dir / f"fold{k}_best.pt", run.ckpt_dir / f"fold{k}_last.pt")
+
+
+def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
+    device = run.device
+    return StepContext(
+        device=device, amp=run.amp,
+        mean=torch.tensor(mean, device=device).view(1, 3, 1, 1), std=torch.tensor(std, device=device).view(1, 3, 1, 1),
+        channels_last=bool(trainer_cfg.channels_last), grad_clip=trainer_cfg.grad_clip,
+        accum_steps=int(trainer_cfg.accum_steps), skip_nonfinite=bool(trainer_cfg.skip_nonfinite),
+        stop_flag=run.stop,
+    )
+
+
+def fit_fold(job: FoldJob, run: RunContext) -> dict:
+    """The epoch loop of one fold: train, validate, keep the best, save the state after every epoch."""
+    trainer = run.cfg.trainer
+    epochs, patience = int(trainer.epochs), trainer.early_stopping_patience
+    state = restore_state(job)
+    job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
+    for epoch in range(state.epoch, epochs):
+        begin_epoch(job, run, epoch)
+        stats = train_epoch_resumably(job, state, epoch)
+        logits, metrics = validate(job)
+        keep_best(job, state, epoch, logits, metrics)
+        record = epoch_record(job, state, epoch, stats, metrics)
+        state.history.append(record)
+        state.epoch = epoch + 1
+        save_state(job, state)
+        run.callback.on_epoch_end(job.fold, epoch, {**record, "val_per_class_f1": metrics["val_per_class_f1"]})
+        if patience is not None and state.stale >= int(patience):
+            log.info("fold %d: early stopping at epoch %d (no val macro F1 gain for %d epochs)",
+                     job.fold, epoch, state.stale)
+            state.early_stopped = True
+            break
+        # A signal during validation: stop here (all DDP ranks together), the state is saved.
+        stop = not distributed.all_ranks_true(not getattr(run.stop, "requested", False))
+        if stop and state.epoch < epochs:
+            raise StopRequested(f"stop requested after epoch {epoch} (state saved at the epoch end)")
+    return {
+        "fold": job.fold, "best_macro_f1": float(state.best_f1), "best_epoch": int(state.best_epoch),
+        "epochs_run": int(state.epoch), "history": state.history, "val_logits": state.best_logits,
+        "weights": weights_kind(job.parts), "skipped_steps": int(state.skipped),
+        "early_stopped": bool(state.early_stopped),
+    }
+
+
+def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
+    """Per-epoch seeding and schedules (shuffle, hard-augmentation share, mixup on/off)."""
+    # Re-seed per (seed, fold, epoch): dropout, mixup draws and shuffling do not depend on
+    # how many epochs ran in this process, so a resumed run equals an uninterrupted one.
+    # Each rank draws its own dropout/mixup numbers (rank 0 = a single-process run).
+    seed_everything(run.seed + 1009 * job.fold + epoch + 100_003 * distributed.rank())
+    job.sampler.set_epoch(epoch)
+    job.transform.set_epoch(epoch)
+    if job.parts.mixup is not None:
+        job.parts.mixup.mixup_enabled = mixup_active(run.cfg.augment, epoch)
+
+
+def train_epoch_resumably(job: FoldJob, state: FoldState, epoch: int) -> dict:
+    """train_one_epoch, continuing a part-done epoch; a stop request saves a mid-epoch state."""
+    partial = state.partial
+    if partial:  # continue this epoch where the stopped process left it, with its RNG state
+        job.sampler.skip(partial["step"] * job.train_loader.batch_size)
+        set_rng_state(partial["rng"])
+    try:
+        stats = train_one_epoch(job.parts, job.train_loader, job.ctx, epoch=epoch,
+                                start=EpochProgress.from_dict(partial, updates=state.updates))
+    except StopRequested as stop:
+        if stop.progress is None:
+            raise
+        state.updates, state.partial = stop.progress["updates"], {**stop.progress, "rng": rng_state()}
+        save_state(job, state)
+        log.warning("fold %d: state saved at epoch %d, step %d -> %s", job.fold, epoch,
+                    stop.progress["step"], job.last_path)
+        raise
+    finally:
+        job.sampler.skip(0)
+    state.partial, state.updates = None, stats["updates"]
+    state.skipped += stats["skipped"]
+    return stats
+
+
+def validate(job: FoldJob) -> tuple[np.ndarray, dict]:
+    """Logits and metrics of the fold's validation rows under the weights that would be saved."""
+    model = eval_model(job.parts)
+    distributed.sync_module_state(model)  # every rank evaluates rank 0's (saved) weights
+    # Each rank predicts its shard of the validation rows; gathered, all ranks hold every row.
+    logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
+    return logits, classification_metrics(logits, job.val_targets, job.meta["num_classes"])
+
+
+def keep_best(job: FoldJob, state: FoldState, epoch: int, logits: np.ndarray, metrics: dict) -> None:
+    """A better validation macro F1 becomes the fold's best: its logits and its checkpoint."""
+    if not metrics["val_macro_f1"] > state.best_f1:
+        state.stale += 1
+        return
+    state.best_f1, state.best_epoch, state.best_logits, state.stale = metrics["val_macro_f1"], epoch, logits, 0
+    # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
+    weights = (job.parts.model if job.parts.ema is None else job.parts.ema.module).state_dict()
+    if distributed.is_main():
+        save_best(job.best_path, {k: v.detach().cpu() for k, v in weights.items()}, job.meta, fold=job.fold,
+                  epoch=epoch, macro_f1=metrics["val_macro_f1"], weights=weights_kind(job.parts))
+
+
+def epoch_record(job: FoldJob, state: FoldState, epoch: int, stats: dict, metrics: dict) -> dict:
+    """One row of the fold's history (results.json, curves, trackers)."""
+    mixup = job.parts.mixup
+    return {
+        "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": metrics["val_loss"],
+        "val_macro_f1": metrics["val_macro_f1"], "val_accuracy": metrics["val_accuracy"],
+        "lr": job.parts.optimizer.param_groups[0]["lr"], "img_per_s": stats["img_per_s"],
+        "epoch_s": stats["epoch_s"], "best_macro_f1": state.best_f1,
+        "p_hard": job.transform.p_hard(epoch), "max_grad_norm": stats["max_grad_norm"],
+        "mixup": bool(mixup is not None and mixup.mixup_enabled),
+    }
+
+
+def save_state(job: FoldJob, state: FoldState) -> None:
+    """The last-state checkpoint: weights, optimiser, EMA, scaler, RNG and the FoldState."""
+    if not distributed.is_main():  # DDP ranks hold the same state: rank 0 writes it
+        return
+    p = job.parts
+    atomic_save_torch({
+        "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+        "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
+        "ema": p.ema.state_dict() if p.ema is not None else None,
+        "scaler": p.scaler.state_dict() if p.scaler is not None else None,
+        "rng": rng_state(), "state": dict(vars(state)), "saved_at": time.time(),
+    }, job.last_path)
+
+
+def restore_state(job: FoldJob) -> FoldState:
+    """A fresh state, or the one in the last-state checkpoint (weights, optimiser, EMA, scaler loaded).
+
+    The lr schedule is not loaded: it is a pure function of the config and the update count
+    (timm's step_update), so rebuilding it is exact, and a resume with a larger trainer.epochs
+    follows the longer schedule instead of the saved one's end."""
+    if not job.last_path.is_file():
+        return FoldState()
+    p = job.parts
+    ckpt = torch.load(job.last_path, map_location="cpu", weights_only=False)
+    p.model.load_state_dict(ckpt["model"])
+    p.optimizer.load_state_dict(ckpt["optimizer"])
+    if p.ema is not None and ckpt.get("ema"):
+        p.ema.load_state_dict(ckpt["ema"])
+    if p.scaler is not None and ckpt.get("scaler"):
+        p.scaler.load_state_dict(ckpt["scaler"])
+    state = FoldState.from_dict(ckpt["state"])
+    at = f", step {state.partial['step']}" if state.partial else ""
+    log.info("fold %d: resuming from epoch %d%s (best macro F1 %.4f at epoch %d)",
+             job.fold, state.epoch, at, state.best_f1, state.best_epoch)
+    return state
+
+
+def finish_fold(job: FoldJob, outcome: dict, run: RunContext, data: RunData) -> None:
+    """Write the fold's outcome (fold{k}.json last: with the logits, the "fold finished" marker)
+    and tell the callbacks (with the decoded rows, for misclassified-image grids)."""
+    if distributed.is_main():
+        with atomic_write(run.fold_dir / f"fold{job.fold}_val_logits.npy", "wb") as fh:
+            np.save(fh, outcome["val_logits"])
+        atomic_write_json(run.fold_dir / f"fold{job.fold}.json",
+                          {key: v for key, v in outcome.items() if key != "val_logits"})
+    run.callback.on_fold_end(job.fold, {**outcome, "val_targets": job.val_targets, "val_ids": data.ids[job.val_idx],
+                                        "classes": data.classes, "images": data.images_by_size[job.info["img_size"]]})

@@ -1,0 +1,202 @@
+"""The K-fold run of one experiment: what ``python -m docclassify.train`` does.
+
+    start_run      checks, run dir, seed, device, AMP (a RunContext)
+    load_run_data  data source -> fold plans -> decoded images per size -> fold assignment
+    run_fold       for each selected fold (engine.fold: build, epochs, best checkpoint, OOF logits)
+    pool_oof       the folds' OOF rows -> oof.csv + cv macro F1 (engine.oof)
+    results.json   written last; the value returned to Hydra (and a sweep) is cv macro F1
+
+Each finished fold is written to disk at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from docclassify.config_schema import check_config
+from docclassify.data.cache import handle_bad_images, load_images
+from docclassify.data.folds import assign_folds, folds_to_run
+from docclassify.data.sources import DataSource, load_source
+from docclassify.engine import distributed
+from docclassify.engine.callbacks import Callback, CallbackList
+from docclassify.engine.epoch import StopRequested
+from docclassify.engine.fold import run_fold
+from docclassify.engine.oof import RESULTS_FILE, pool_oof
+from docclassify.engine.plan import FoldPlan, plan_folds
+from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
+from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
+from docclassify.engine.signals import StopFlag
+from docclassify.utils.io import atomic_write_csv, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """Where and how this run trains (shared by every fold)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    seed: int
+    device: torch.device
+    amp: AmpSettings
+    stop: StopFlag
+    callback: Callback
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.run_dir / "folds"
+
+
+@dataclass
+class RunData:
+    """The training rows of this run, decoded once per image size, and their fold assignment."""
+
+    source: DataSource
+    plans: list[FoldPlan]
+    images_by_size: dict[int, object]
+    folds: np.ndarray          # validation fold of every row (-1: always trains)
+    keep: np.ndarray           # False for rows skipped as undecodable (data.on_bad_image=skip)
+    skipped_ids: list[str]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.source.train["target"].to_numpy()
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.source.train["ID"].to_numpy()
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    @property
+    def num_classes(self) -> int:
+        return self.source.num_classes
+
+    def validation_rows(self, k: int) -> np.ndarray:
+        return np.flatnonzero((self.folds == k) & self.keep)
+
+    def training_rows(self, k: int) -> np.ndarray:
+        return np.flatnonzero((self.folds != k) & self.keep)
+
+
+def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
+    """Train every selected fold and write results.json / oof.csv. Returns the results dict."""
+    t_start = time.time()
+    run = start_run(cfg, CallbackList(callbacks))
+    data = load_run_data(run)
+    run.stop.install()  # SIGTERM/SIGINT from here on: finish the step, save the state, exit
+    run.callback.on_run_start(run_info(run, data))
+    outcomes = []
+    try:
+        for plan in data.plans:
+            # A signal during the previous fold's last validation (all DDP ranks decide together).
+            if not distributed.all_ranks_true(not run.stop.requested):
+                raise StopRequested(f"stop requested before fold {plan.fold}")
+            outcomes.append(run_fold(plan, run, data))
+    except BaseException:
+        run.callback.close()  # trackers finish their runs (marked failed) even when training stops
+        raise
+    finally:
+        run.stop.uninstall()
+    try:
+        results = finish_run(run, data, outcomes, time.time() - t_start)
+        run.callback.on_run_end(results)
+    finally:
+        run.callback.close()
+    log.info("cv macro F1 %.4f over %d OOF rows (%s) -> %s", results["cv_macro_f1"], results["n_oof_rows"],
+             ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]), run.run_dir)
+    return results
+
+
+def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
+    """Checks, process group, run dir, determinism, seed, device and AMP, before any data is read."""
+    check_config(cfg)
+    distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
+    run_dir = resolve_run_dir(cfg)
+    if distributed.is_main():
+        for d in (run_dir / "checkpoints", run_dir / "folds"):
+            d.mkdir(parents=True, exist_ok=True)
+    set_deterministic(bool(cfg.trainer.deterministic))
+    seed_everything(int(cfg.seed))
+    device = distributed.device_for(resolve_device(cfg.trainer.device))
+    return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(cfg.trainer.amp, device),
+                      StopFlag(), callback)
+
+
+def load_run_data(run: RunContext) -> RunData:
+    """Data source, fold plans, decoded images (once per image size) and the fold of every row."""
+    cfg = run.cfg
+    with distributed.main_first():  # rank 0 builds generated data / caches, the other ranks reuse them
+        source = load_source(cfg.data, cfg.paths.cache_dir)
+    n_folds = int(cfg.folds.n)
+    plans = plan_folds(cfg, folds_to_run(cfg.folds.run, n_folds))
+    if distributed.is_main():
+        check_resume_compatible(run.run_dir, cfg)
+        save_overrides(run.run_dir)
+    paths = list(source.train["path"])
+    images_by_size, bad_rows = {}, set()
+    for size in sorted({p.img_size for p in plans}):
+        with distributed.main_first():
+            images_by_size[size], bad = load_images(paths, size, cfg.data, cfg.paths.cache_dir)
+        bad_rows.update(bad)
+    # One decision (and one warning) for the bad images of every image size.
+    skipped = sorted(handle_bad_images(source.train["ID"].tolist(), sorted(bad_rows), cfg.data.on_bad_image))
+    keep = ~source.train["ID"].isin(skipped).to_numpy()
+    targets = source.train["target"].to_numpy()
+    row_ids = np.flatnonzero(keep)  # positions in source.train that take part
+    folds = np.full(len(source.train), -1, dtype=np.int64)
+    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, float(cfg.folds.holdout_fraction))
+    if distributed.is_main():
+        atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
+                         run.run_dir / "folds.csv")
+    return RunData(source, plans, images_by_size, folds, keep, skipped)
+
+
+def run_info(run: RunContext, data: RunData) -> dict:
+    """What on_run_start tells the trackers (and the log) about the run."""
+    folds = [p.fold for p in data.plans]
+    n_train = int(data.keep.sum())
+    log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s", data.source.name, n_train,
+             data.num_classes, folds, int(run.cfg.folds.n), run.device, run.amp.name)
+    return {"run_dir": str(run.run_dir), "classes": data.classes, "folds": folds, "n_train": n_train,
+            "device": str(run.device), "amp": run.amp.name}
+
+
+def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outcomes: list[dict]) -> dict:
+    """results.json: the pooled OOF metrics and folds plus what identifies the run."""
+    return {
+        **pooled,
+        "n_folds": int(cfg.folds.n),
+        "data": data_info,
+        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "augment": cfg.augment.name,
+        "skipped_images": list(skipped_ids),
+        "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
+    }
+
+
+def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: float) -> dict:
+    """Pool the OOF rows (oof.csv), then write results.json (rank 0)."""
+    main = distributed.is_main()
+    pooled = pool_oof(run.run_dir, data.source.train, data.classes, outcomes, write=main)
+    results = run_results(pooled, run.cfg, {"name": data.source.name, "root": str(data.source.root)},
+                          data.skipped_ids, outcomes)
+    results["seconds"] = round(seconds, 2)
+    results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
+    if main:
+        atomic_write_json(run.run_dir / RESULTS_FILE, results)
+    return results

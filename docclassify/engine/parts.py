@@ -1,0 +1,63 @@
+"""Build what one fold trains with: the model, then optimiser, lr schedule, mixup, loss, EMA,
+AMP scaler and the DDP / compile wrappers, as one :class:`FoldParts`.
+
+This is the one module that reads the ``regularization`` group (dropout, drop-path, weight
+decay, layer decay, label smoothing, EMA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.utils import ModelEmaV3
+
+from docclassify.engine import distributed
+from docclassify.engine.epoch import FoldParts, StepContext
+from docclassify.engine.mixup import build_mixup, build_train_loss
+from docclassify.engine.optim import build_optimizer, build_scheduler
+from docclassify.models.factory import create_model
+
+
+def build_model(model_cfg, num_classes: int, reg_cfg) -> torch.nn.Module:
+    """The fold's timm model (pretrained or local weights as the model option says)."""
+    return create_model(model_cfg.timm_name, num_classes, pretrained=bool(model_cfg.pretrained),
+                        weights=model_cfg.get("weights"), drop_rate=float(reg_cfg.drop_rate),
+                        drop_path_rate=float(reg_cfg.drop_path_rate))
+
+
+def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes: int,
+                     batches_per_epoch: int) -> FoldParts:
+    """Everything the step loop needs, on ``ctx.device``; ``cfg`` gives trainer, regularization,
+    schedule and augment (mixup) settings."""
+    trainer, reg = cfg.trainer, cfg.regularization
+    model = model.to(ctx.device)
+    if ctx.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = distributed.convert_sync_batchnorm(model, bool(trainer.sync_bn), ctx.device)
+    optimizer = build_optimizer(model, trainer.optimizer, float(trainer.lr), float(reg.weight_decay),
+                                reg.layer_decay)
+    lr_factor = distributed.lr_factor(str(trainer.lr_scale), distributed.world_size())
+    for group in optimizer.param_groups:  # trainer.lr_scale, before the schedule reads its base lr
+        group["lr"] *= lr_factor
+    updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
+    scheduler = build_scheduler(optimizer, cfg.schedule, int(trainer.epochs), updates_per_epoch)
+    mixup = build_mixup(cfg.augment, num_classes, float(reg.label_smoothing))
+    loss_fn = build_train_loss(mixup, float(reg.label_smoothing))
+    ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
+    scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
+    ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module
+    train_model = torch.compile(ddp_model) if trainer.compile else ddp_model
+    return FoldParts(model, train_model, optimizer, scheduler, loss_fn, mixup, ema, scaler)
+
+
+def eval_model(parts: FoldParts) -> torch.nn.Module:
+    """The weights validation scores and the best checkpoint keeps: the EMA when on, else the live
+    model (under DDP the plain module: ranks predict different numbers of batches)."""
+    if parts.ema is not None:
+        return parts.ema.module
+    return parts.model if distributed.is_distributed() else parts.train_model
+
+
+def weights_kind(parts: FoldParts) -> str:
+    return "ema" if parts.ema is not None else "live"

@@ -1,0 +1,57 @@
+"""Plan the folds of a run: which model option and image size each selected fold trains.
+
+``ensemble.fold_models`` (or the ensemble option's ``preset``) overrides ``model`` per fold;
+``data.use_pretrained=false`` forces every fold's model to train from scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from docclassify.config import load_option
+from docclassify.data.sources import DataError
+
+
+@dataclass
+class FoldPlan:
+    fold: int
+    model_cfg: DictConfig
+    img_size: int
+
+
+def _as_fold_dict(raw) -> dict[int, object]:
+    raw = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw or {})
+    return {int(k): v for k, v in raw.items()}
+
+
+def fold_model_overrides(ensemble_cfg, n_folds: int) -> dict[int, object]:
+    """fold -> model option name (or {model, img_size}) from ensemble.fold_models, else its preset."""
+    overrides = _as_fold_dict(ensemble_cfg.get("fold_models"))
+    bad = sorted(k for k in overrides if not 0 <= k < n_folds)
+    if bad:
+        raise DataError(f"ensemble.fold_models: fold(s) {bad} out of range for folds.n={n_folds}")
+    if not overrides:  # the option's preset mapping, cut to the folds that exist
+        overrides = {k: v for k, v in _as_fold_dict(ensemble_cfg.get("preset")).items() if k < n_folds}
+    return overrides
+
+
+def plan_folds(cfg: DictConfig, folds: list[int]) -> list[FoldPlan]:
+    """Model and image size of every fold to run (ensemble.fold_models overrides `model`)."""
+    overrides = fold_model_overrides(cfg.ensemble, int(cfg.folds.n))
+    plans = []
+    for k in folds:
+        model_cfg, size = cfg.model, None
+        if k in overrides:
+            spec = overrides[k]
+            name = spec["model"] if isinstance(spec, dict) else str(spec)
+            size = spec.get("img_size") if isinstance(spec, dict) else None
+            model_cfg = load_option("model", name)
+            if "pretrained" in cfg.model:  # model.pretrained=false on the command line applies to all folds
+                model_cfg.pretrained = bool(cfg.model.pretrained) and bool(model_cfg.pretrained)
+        if not cfg.data.get("use_pretrained", True):
+            model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False})
+        size = size or cfg.data.img_size or model_cfg.img_size
+        plans.append(FoldPlan(k, model_cfg, int(size)))
+    return plans
