@@ -8,7 +8,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from docclassify import config_schema  # noqa: F401  (registers the typed group schemas with Hydra)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The config tree ships inside the package (a wheel works outside a checkout); the checkout's
+# top-level conf/ is a link to it.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def available_options(group: str) -> list[str]:

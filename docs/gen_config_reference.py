@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "docclassify" / "conf"
 KEY = re.compile(r"^(\s*)([A-Za-z_][\w]*):\s*(.*)$")
 
 INTRO = """# Configuration reference

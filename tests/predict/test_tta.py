@@ -16,7 +16,7 @@ from docclassify.predict.tta import (
     resolve_tta,
 )
 
-CONF_TTA = Path(__file__).resolve().parents[2] / "conf" / "tta"
+CONF_TTA = Path(__file__).resolve().parents[2] / "docclassify" / "conf" / "tta"
 EXPECTED_COUNTS = {"none": 1, "flip": 2, "rot90": 4, "dihedral": 8, "essential": 5,
                    "comprehensive": 15}
 
