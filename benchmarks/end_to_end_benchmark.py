@@ -63,7 +63,7 @@ def docclassify_cmd(args, epochs: int, run_dir: Path, cache_dir: Path) -> list[s
     cmd = [sys.executable, "-m", "docclassify.train", "data=competition", f"data.root={args.data}",
            f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
            f"trainer.batch_size={args.batch}", f"trainer.epochs={epochs}", "folds.n=5", "folds.run=[0]",
-           "pipeline=highperf", "augment.hard_p_end=0.0", f"trainer.lr={args.lr}", "schedule.warmup_epochs=0",
+           "pipeline=highperf", "augment.advanced_p_end=0.0", f"trainer.lr={args.lr}", "schedule.warmup_epochs=0",
            "trainer.amp=none", "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
     if args.workers is not None:
         cmd.append(f"data.num_workers={args.workers}")

@@ -39,7 +39,7 @@ log = logging.getLogger("docclassify.aggregate")
 
 RUN_CONFIG, FOLDS_FILE = "run_config.yaml", "folds.csv"
 # Keys that decide which rows land in which fold: jobs that differ here cannot be merged.
-SPLIT_KEYS = ("seed", "folds.n", "folds.holdout_fraction")
+SPLIT_KEYS = ("seed", "folds.n")
 
 
 class AggregateError(ValueError):

@@ -41,7 +41,7 @@ def test_pipeline_presets_and_command_line_wins(tmp_path):
     hp = compose_train(["pipeline=highperf"], tmp_path)
     assert hp.augment.mixup_alpha == 0.8 and hp.regularization.label_smoothing == 0.1
     assert hp.regularization.ema and hp.regularization.ema_decay == 0.9999 and hp.schedule.warmup_epochs == 10
-    assert (hp.augment.hard_p_start, hp.augment.hard_p_end) == (0.0, 0.5)
+    assert (hp.augment.advanced_p_start, hp.augment.advanced_p_end) == (0.0, 0.5)
     assert 0.005 <= hp.regularization.weight_decay <= 0.013 and 80 <= hp.trainer.epochs <= 150
     over = compose_train(["pipeline=highperf", "trainer.epochs=3", "augment=advanced", "augment.mixup_alpha=0.2"],
                          tmp_path)

@@ -1,4 +1,5 @@
-"""Augmentation presets (albumentations) and the hard-augmentation schedule.
+"""Augmentation (albumentations): the basic and advanced transform sets and the schedule that
+mixes them.
 
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
@@ -27,7 +28,7 @@ def _flips(cfg) -> list:
 
 
 def build_basic(cfg, size: int, pad_value: int = 0) -> A.Compose:
-    """Light pipeline: small affine jitter, occasional crop, light colour, flips if asked."""
+    """Light transforms: small affine jitter, occasional crop, light colour, flips if asked."""
     return A.Compose([
         A.Affine(scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
                  translate_percent=(-cfg.shift_limit, cfg.shift_limit),
@@ -40,8 +41,8 @@ def build_basic(cfg, size: int, pad_value: int = 0) -> A.Compose:
     ])
 
 
-def build_hard(cfg, size: int, pad_value: int = 0) -> A.Compose:
-    """Aggressive pipeline shaped like the competition's test set: exact 90-degree turns,
+def build_advanced(cfg, size: int, pad_value: int = 0) -> A.Compose:
+    """Aggressive transforms shaped like the competition's test set: exact 90-degree turns,
     flips, perspective, paper warp, blur, noise, JPEG artefacts, lighting, shadows, dropout."""
     return A.Compose([
         A.RandomRotate90(p=0.5),
@@ -73,26 +74,26 @@ def build_hard(cfg, size: int, pad_value: int = 0) -> A.Compose:
     ])
 
 
-def seed_pipeline(pipeline, seed: int) -> None:
-    """Seed a pipeline so that each transform draws from its own stream.
+def seed_transforms(transforms, seed: int) -> None:
+    """Seed a Compose so that each transform draws from its own stream.
 
     albumentations' Compose.set_random_seed hands the same seed to every transform, so their
     first draws coincide: all p=0.5 transforms fire together or not at all (rot90 only with
     both flips, noise only with JPEG, ...). Here the compose and each transform, recursively,
     get their own seed, derived from (seed, position)."""
     # What BaseCompose.set_random_seed sets on the compose itself, without its propagation.
-    pipeline.seed = seed
-    pipeline.random_generator = np.random.default_rng(seed)
-    pipeline.py_random = random.Random(seed)
-    for j, transform in enumerate(pipeline.transforms):
+    transforms.seed = seed
+    transforms.random_generator = np.random.default_rng(seed)
+    transforms.py_random = random.Random(seed)
+    for j, transform in enumerate(transforms.transforms):
         child = hash((seed, j)) & 0x7FFFFFFF  # ints hash deterministically (no PYTHONHASHSEED)
         if isinstance(transform, A.BaseCompose):
-            seed_pipeline(transform, child)
+            seed_transforms(transform, child)
         else:
             transform.set_random_seed(child)
 
 
-def hard_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> float:
+def advanced_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> float:
     """Linear ramp from p_start (first epoch) to p_end (last epoch)."""
     if epochs <= 1:
         return float(p_end)
@@ -101,12 +102,12 @@ def hard_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> f
 
 
 class TrainTransform:
-    """Picks the hard pipeline with the scheduled probability, else the basic one."""
+    """Picks the advanced transforms with the scheduled probability, else the basic ones."""
 
     def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0):
         self.basic = build_basic(cfg, size, pad_value)
-        self.hard = build_hard(cfg, size, pad_value)
-        self.p_start, self.p_end = float(cfg.hard_p_start), float(cfg.hard_p_end)
+        self.advanced = build_advanced(cfg, size, pad_value)
+        self.p_start, self.p_end = float(cfg.advanced_p_start), float(cfg.advanced_p_end)
         self.epochs, self.seed = int(epochs), int(seed)
         self._epoch = mp.Value("i", 0, lock=False)  # shared with DataLoader workers
 
@@ -117,13 +118,13 @@ class TrainTransform:
     def epoch(self) -> int:
         return int(self._epoch.value)
 
-    def p_hard(self, epoch: int | None = None) -> float:
-        return hard_probability(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
+    def p_advanced(self, epoch: int | None = None) -> float:
+        return advanced_probability(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
 
     def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
         epoch = self.epoch
         rng = np.random.default_rng((self.seed, epoch, int(index)))
-        use_hard = bool(rng.random() < self.p_hard(epoch))
-        pipeline = self.hard if use_hard else self.basic
-        seed_pipeline(pipeline, int(rng.integers(2**31 - 1)))
-        return pipeline(image=np.ascontiguousarray(image))["image"], use_hard
+        use_advanced = bool(rng.random() < self.p_advanced(epoch))
+        transforms = self.advanced if use_advanced else self.basic
+        seed_transforms(transforms, int(rng.integers(2**31 - 1)))
+        return transforms(image=np.ascontiguousarray(image))["image"], use_advanced

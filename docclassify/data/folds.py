@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 
 from docclassify.data.sources import DataError
 
 
-def assign_folds(targets: np.ndarray, n_folds: int, seed: int, holdout_fraction: float = 0.2) -> np.ndarray:
-    """Return the validation fold of every row (0..n_folds-1).
+def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Return the validation fold of every row (0..n_folds-1): StratifiedKFold(shuffle, seed).
 
-    n_folds >= 2: StratifiedKFold(shuffle, seed). n_folds == 1: a single stratified hold-out
-    (rows in the hold-out get fold 0, the rest -1 = always train).
-    """
+    A single hold-out split is one fold of K (``folds.run=[0]``: 1/K of the rows validate)."""
     targets = np.asarray(targets)
     counts = np.bincount(targets)
     present = np.flatnonzero(counts)
-    need = max(n_folds, 2)
+    if n_folds < 2:
+        raise DataError(f"folds.n={n_folds}: K-fold needs at least 2 folds; for one hold-out split of 1/K "
+                        "of the rows train one fold of K, e.g. folds.n=5 folds.run=[0]")
+    need = n_folds
     too_small = [(int(c), int(counts[c])) for c in present if counts[c] < need]
     if too_small:
         listing = ", ".join(f"class {c}: {n}" for c, n in too_small)
@@ -26,13 +27,6 @@ def assign_folds(targets: np.ndarray, n_folds: int, seed: int, holdout_fraction:
             f"splitting; too few in {listing}. Lower folds.n or add data."
         )
     folds = np.full(len(targets), -1, dtype=np.int64)
-    if n_folds == 1:
-        idx = np.arange(len(targets))
-        _, val_idx = train_test_split(idx, test_size=holdout_fraction, stratify=targets, random_state=seed)
-        folds[val_idx] = 0
-        return folds
-    if n_folds < 1:
-        raise DataError(f"folds.n={n_folds}: must be >= 1")
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(targets)), targets)):
         folds[val_idx] = k

@@ -248,7 +248,7 @@ def epoch_record(job: FoldJob, state: FoldState, epoch: int, stats: dict, metric
         "val_macro_f1": metrics["val_macro_f1"], "val_accuracy": metrics["val_accuracy"],
         "lr": job.parts.optimizer.param_groups[0]["lr"], "img_per_s": stats["img_per_s"],
         "epoch_s": stats["epoch_s"], "best_macro_f1": state.best_f1,
-        "p_hard": job.transform.p_hard(epoch), "max_grad_norm": stats["max_grad_norm"],
+        "p_advanced": job.transform.p_advanced(epoch), "max_grad_norm": stats["max_grad_norm"],
         "mixup": bool(mixup is not None and mixup.mixup_enabled),
     }
 

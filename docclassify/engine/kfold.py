@@ -160,7 +160,7 @@ def load_run_data(run: RunContext) -> RunData:
     targets = source.train["target"].to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
-    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, float(cfg.folds.holdout_fraction))
+    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed)
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")

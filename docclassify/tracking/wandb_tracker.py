@@ -225,7 +225,7 @@ class WandbTracker(Callback):
         data = {"epoch": epoch + 1, "epoch/train_loss": m["train_loss"], "epoch/lr": m["lr"],
                 "val/loss": m["val_loss"], "val/macro_f1": m["val_macro_f1"], "val/accuracy": m["val_accuracy"],
                 "val/best_macro_f1": m["best_macro_f1"], "perf/epoch_s": m["epoch_s"],
-                "perf/img_per_s": m["img_per_s"], "epoch/p_hard": m.get("p_hard"), "epoch/mixup": m.get("mixup")}
+                "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"), "epoch/mixup": m.get("mixup")}
         if m.get("max_grad_norm") is not None:
             data["epoch/max_grad_norm"] = m["max_grad_norm"]
         for name, f1 in zip(self.classes, m.get("val_per_class_f1") or []):

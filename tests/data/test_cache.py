@@ -214,8 +214,8 @@ def _loader_batches(cfg, images, n: int, epoch: int):
 
 def test_uncached_path_gives_identical_training_inputs(tiny_data, tmp_path):
     """data.cache=false decodes every sample every epoch; the model must see the same tensors."""
-    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "augment.hard_p_end=1.0",
-                         "augment.hard_p_start=0.5"], tmp_path)
+    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "augment.advanced_p_end=1.0",
+                         "augment.advanced_p_start=0.5"], tmp_path)
     paths = _paths(tiny_data, 60)
     cached, _ = cached_images(paths, 32, cfg.data.resize, int(cfg.data.pad_value), tmp_path / "c")
     lazy = LazyImages(paths, 32, cfg.data.resize, int(cfg.data.pad_value))

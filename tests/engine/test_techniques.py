@@ -27,9 +27,9 @@ from docclassify.config import CONF_DIR
 from docclassify.data.augment import (
     TrainTransform,
     build_basic,
-    build_hard,
-    hard_probability,
-    seed_pipeline,
+    build_advanced,
+    advanced_probability,
+    seed_transforms,
 )
 from docclassify.engine import epoch as epoch_mod
 from docclassify.engine import fold, parts
@@ -372,7 +372,7 @@ def test_fp16_steps_through_the_grad_scaler():
 
 # ----------------------------------------------------------------------------- augmentation
 class _Probe(Dataset):
-    """What a DataLoader worker sees: its epoch, the scheduled p_hard, and whether it drew hard."""
+    """What a DataLoader worker sees: its epoch, the scheduled p_advanced, and whether it drew the advanced transforms."""
 
     def __init__(self, transform: TrainTransform, n: int):
         self.transform, self.n = transform, n
@@ -383,13 +383,13 @@ class _Probe(Dataset):
 
     def __getitem__(self, i: int):
         _, hard = self.transform(self.image, i)
-        return torch.tensor([self.transform.epoch, self.transform.p_hard(), float(hard), os.getpid()],
+        return torch.tensor([self.transform.epoch, self.transform.p_advanced(), float(hard), os.getpid()],
                             dtype=torch.float64)
 
 
-def test_hard_augmentation_probability_in_persistent_workers():
+def test_advanced_augmentation_probability_in_persistent_workers():
     epochs = 3
-    aug = _option("augment", "basic", hard_p_start=0.0, hard_p_end=1.0)
+    aug = _option("augment", "basic", advanced_p_start=0.0, advanced_p_end=1.0)
     transform = TrainTransform(aug, 16, epochs, seed=0)
     loader = DataLoader(_Probe(transform, 24), batch_size=4, num_workers=2, persistent_workers=True)
     pids = []
@@ -397,13 +397,13 @@ def test_hard_augmentation_probability_in_persistent_workers():
         transform.set_epoch(epoch)  # no new DataLoader: the workers read the shared epoch
         rows = torch.cat(list(loader))
         assert (rows[:, 0] == epoch).all()
-        expected = hard_probability(epoch, epochs, 0.0, 1.0)
+        expected = advanced_probability(epoch, epochs, 0.0, 1.0)
         assert rows[:, 1].tolist() == pytest.approx([expected] * 24)
         share = float(rows[:, 2].mean())
         assert share == {0: 0.0, 1: pytest.approx(0.5, abs=0.3), 2: 1.0}[epoch]
         pids.append(set(rows[:, 3].long().tolist()))
     assert os.getpid() not in pids[0] and pids[0] == pids[1] == pids[2]  # the same worker processes
-    assert [hard_probability(e, 5, 0.0, 0.5) for e in range(5)] == pytest.approx([0, 0.125, 0.25, 0.375, 0.5])
+    assert [advanced_probability(e, 5, 0.0, 0.5) for e in range(5)] == pytest.approx([0, 0.125, 0.25, 0.375, 0.5])
 
 
 def _dihedral_index(out: np.ndarray, image: np.ndarray) -> int:
@@ -434,25 +434,25 @@ def test_advanced_turns_and_flips_basic_never_does():
     basic_cfg = _option("augment", "basic")
     assert not names(build_basic(basic_cfg, size)) & {"HorizontalFlip", "VerticalFlip", "RandomRotate90"}
     assert "HorizontalFlip" in names(build_basic(_option("augment", "basic", hflip=True), size))
-    hard = build_hard(_option("augment", "advanced"), size)
+    hard = build_advanced(_option("augment", "advanced"), size)
     assert {"RandomRotate90", "HorizontalFlip", "VerticalFlip"} <= names(hard)
 
 
 def test_seeded_transforms_draw_independently():
     """Two p=0.5 flips must not always fire together (albumentations' set_random_seed seeds
-    every transform alike; seed_pipeline does not)."""
+    every transform alike; seed_transforms does not)."""
     import albumentations as A
 
     pipeline = A.Compose([A.HorizontalFlip(p=0.5), A.HorizontalFlip(p=0.5)])
     image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     changed = []
     for seed in range(100):
-        seed_pipeline(pipeline, seed)
+        seed_transforms(pipeline, seed)
         changed.append(not np.array_equal(pipeline(image=image)["image"], image))
     assert 0.3 < np.mean(changed) < 0.7
-    seed_pipeline(pipeline, 5)
+    seed_transforms(pipeline, 5)
     first = pipeline(image=image)["image"]
-    seed_pipeline(pipeline, 5)
+    seed_transforms(pipeline, 5)
     assert np.array_equal(first, pipeline(image=image)["image"])  # reproducible per seed
 
 
@@ -540,7 +540,7 @@ def test_highperf_run_applies_its_schedules(highperf_run):
     obs = highperf_run
     history = obs["results"]["folds"][0]["history"]
     assert [h["mixup"] for h in history] == [True, False]  # augment.mixup_off_epoch=1
-    assert [h["p_hard"] for h in history] == pytest.approx([0.0, 0.5])  # hard share ramps 0 -> 0.5
+    assert [h["p_advanced"] for h in history] == pytest.approx([0.0, 0.5])  # advanced share ramps 0 -> 0.5
     assert all(h["max_grad_norm"] is not None for h in history)  # trainer.grad_clip=1.0 is on
     assert obs["autocast"] == {"bf16"}
     ls, classes = 0.1, 17
@@ -552,7 +552,7 @@ def test_highperf_run_applies_its_schedules(highperf_run):
         assert torch.allclose(y.max(1).values, torch.full((len(y),), 1 - ls + ls / classes))
     drop_probs = [m.drop_prob for m in obs["ema"].module.modules() if isinstance(m, DropPath)]
     assert max(drop_probs) == pytest.approx(0.1)  # regularization.drop_path_rate reached the model
-    assert obs["results"]["augment"] == "basic"
+    assert obs["results"]["augment"] == "highperf"  # the preset selects augment=highperf
 
 
 def test_early_stopping_stops_and_fp16_uses_the_scaler(tiny_data, tmp_path, monkeypatch):

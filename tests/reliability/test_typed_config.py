@@ -24,7 +24,7 @@ def test_mistyped_key_on_the_command_line_fails_before_any_work(tiny_data, tmp_p
     ("trainer.epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
     ("trainer.lr=fast", "could not be converted to Float"),
     ("trainer.deterministic=maybe", "Value 'maybe' is not a valid bool"),
-    ("folds.holdout_fraction=x", "could not be converted to Float"),
+    ("folds.n=x", "could not be converted to Integer"),
     ("data.num_workers=two", "could not be converted to Integer"),
     ("folds.k=3", "Key 'k' not in 'FoldsConfig'"),
     ("logger.project=x", "Key 'project' not in 'NoLogger'"),

@@ -63,7 +63,7 @@ def test_every_trial_trains_with_its_own_params(tuned):
     assert len({t.value for t in trials}) == 4
     assert set(trials[0].params) == {
         "trainer.lr", "regularization.weight_decay", "augment.mixup_alpha", "regularization.label_smoothing",
-        "regularization.drop_path_rate", "regularization.ema_decay", "augment.hard_p_end", "trainer.batch_size",
+        "regularization.drop_path_rate", "regularization.ema_decay", "augment.advanced_p_end", "trainer.batch_size",
         "data.img_size"}
     for t in trials:
         run_dir = tuned.sweep_dir / str(t.number)  # trial dirs are named by the trial's number in the study
@@ -147,7 +147,7 @@ def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
     assert [t.params["trainer.lr"] for t in trials] == LRS  # enqueued, in order
     assert trials[1].state == TrialState.FAIL
     assert trials[2].state == TrialState.COMPLETE  # trials after the crash still ran
-    assert "Invalid learning rate" in pruned.proc.stdout + pruned.proc.stderr
+    assert "trainer.lr=-1.0: expected a number >= 0.0" in pruned.proc.stdout + pruned.proc.stderr  # refused up front
 
 
 def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
