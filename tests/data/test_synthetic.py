@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from docclassify.data import synthetic as S
 from docclassify.data.synthetic import cache as synthetic_cache
 
 SMALL = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=96, seed=0)
-REPO = Path(__file__).resolve().parents[2]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,13 +21,6 @@ from docclassify.data.sources import DataError, load_competition
 from docclassify.engine.run import run_training
 
 BOM = "\ufeff"
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def _write(path, text: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -69,13 +68,6 @@ def test_injected_nonfinite_loss_stops_without_skip(tiny_data, tmp_path, nan_on_
     nan_on_calls({2})
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 1 of 3 \(update 1\), lr "):
         run_training(compose_train(_overrides(tiny_data, "folds.run=[0]"), tmp_path))
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def _break_images(root, n: int = 2) -> list[str]:

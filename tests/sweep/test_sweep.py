@@ -27,12 +27,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCH_OVERRIDES = ["trainer.lr=tag(log, interval(3e-3, 3e-2))", "data.img_size=choice(32,40)"]
 
 
-def _env(tmp_path_factory) -> dict:
-    # Module fixtures run before the function-scoped autouse fixture sets these.
-    return {"DOCCLASSIFY_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "WANDB_MODE": "disabled",
-            "HF_HUB_OFFLINE": "1"}
-
-
 def _base(data: Path) -> list[str]:
     return ["-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={data}", "model=tiny",
             "data.num_workers=0", "trainer.epochs=2", "folds.n=3", "trainer.deterministic=true", "logger=none"]
@@ -43,12 +37,12 @@ def _study(storage: str, name: str) -> optuna.Study:
 
 
 @pytest.fixture(scope="module")
-def tuned(tiny_data, tmp_path_factory):
+def tuned(tiny_data, tmp_path_factory, isolated_env):
     root = tmp_path_factory.mktemp("tuned")
     storage, sweep_dir = f"sqlite:///{root / 'optuna.db'}", root / "sweep"
     args = [*_base(tiny_data), *SEARCH_OVERRIDES, f"hydra.sweeper.storage={storage}",
             "hydra.sweeper.study_name=tiny_study", f"hydra.sweep.dir={sweep_dir}"]
-    env = _env(tmp_path_factory)
+    env = isolated_env
     first = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=3"], env=env)
     n_after_first = len(_study(storage, "tiny_study").trials)
     again = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=1"], env=env)  # the same study, resumed
@@ -126,7 +120,7 @@ LRS = [0.02, -1.0, 0.01, 0.0, "abc"]
 
 
 @pytest.fixture(scope="module")
-def pruned(tiny_data, tmp_path_factory):
+def pruned(tiny_data, tmp_path_factory, isolated_env):
     """Enqueued learning rates: 0.02 learns, -1.0 crashes the optimiser, 0.01 learns, 0.0 does
     not (pruned at epoch 1), "abc" does not even compose (the launcher raises): the second
     failure is over the budget (max_failure_rate 0.2 x 6 trials = 1), so no 6th trial."""
@@ -138,7 +132,7 @@ def pruned(tiny_data, tmp_path_factory):
         "hydra.sweeper.enqueue_trials=[" + ",".join(f"{{trainer.lr:{lr}}}" for lr in LRS) + "]",
         "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
         "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.2", f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=_env(tmp_path_factory), check=False)
+        "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=isolated_env, check=False)
     return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, study=_study(storage, "pruning"))
 
 
