@@ -21,6 +21,8 @@ from docclassify.data.sources import DataError
 from docclassify.predict import pipeline
 from docclassify.predict.runs import RunError, discover_runs
 
+pytestmark = pytest.mark.slow  # every test uses runs trained by multi_run / partial_run
+
 OUT_FILES = ("submission.csv", "test_probs.csv", "summary.json")
 
 

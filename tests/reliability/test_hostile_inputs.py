@@ -60,6 +60,7 @@ def _hostile_copy(root) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_messy_but_valid_data_trains_and_keeps_the_ids(data, tmp_path):
     ids = _hostile_copy(data)
     source = load_competition(data)

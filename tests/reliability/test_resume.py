@@ -25,6 +25,8 @@ from docclassify.engine.callbacks import Callback
 from docclassify.engine.loop import StopRequested
 from docclassify.engine.run import run_training
 
+pytestmark = pytest.mark.slow  # every test trains, interrupts and resumes runs
+
 EPOCHS = 4
 TIMING_KEYS = {"seconds", "epoch_s", "img_per_s", "run_dir"}
 

@@ -50,6 +50,7 @@ def tuned(tiny_data, tmp_path_factory, isolated_env):
                            n_after_first=n_after_first, study=_study(storage, "tiny_study"), env=env)
 
 
+@pytest.mark.slow
 def test_every_trial_trains_with_its_own_params(tuned):
     trials = tuned.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -77,6 +78,7 @@ def test_every_trial_trains_with_its_own_params(tuned):
     assert "overhead outside training" in log
 
 
+@pytest.mark.slow
 def test_study_persists_and_a_rerun_adds_trials(tuned):
     assert tuned.n_after_first == 3
     assert [t.number for t in tuned.study.trials] == [0, 1, 2, 3]
@@ -90,6 +92,7 @@ def test_study_persists_and_a_rerun_adds_trials(tuned):
     assert "Trials of study tiny_study" in tuned.again.stdout + tuned.again.stderr
 
 
+@pytest.mark.slow
 def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
     best = tuned.study.best_trial
     assert (tuned.sweep_dir / "experiment" / "best.yaml").is_file()
@@ -103,6 +106,7 @@ def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
     assert json.loads((run_dir / "results.json").read_text())["cv_macro_f1"] == best.value
 
 
+@pytest.mark.slow
 def test_printed_override_list_composes_the_best_trial(tuned):
     best = tuned.study.best_trial
     log = (tuned.again.stdout + tuned.again.stderr).splitlines()
@@ -136,6 +140,7 @@ def pruned(tiny_data, tmp_path_factory, isolated_env):
     return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, study=_study(storage, "pruning"))
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
     trials = pruned.study.trials
     assert [t.params["trainer.lr"] for t in trials] == LRS  # enqueued, in order
@@ -144,6 +149,7 @@ def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
     assert "Invalid learning rate" in pruned.proc.stdout + pruned.proc.stderr
 
 
+@pytest.mark.slow
 def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
     assert pruned.proc.returncode != 0
     assert len(pruned.study.trials) == 5 and pruned.study.trials[4].state == TrialState.FAIL  # no 6th trial
@@ -153,6 +159,7 @@ def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
     assert table["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE", "PRUNED", "FAIL"]
 
 
+@pytest.mark.slow
 def test_a_bad_trial_is_pruned_by_the_median_pruner(pruned):
     first, _, third, bad, _ = pruned.study.trials
     assert first.state == third.state == TrialState.COMPLETE
