@@ -7,6 +7,7 @@ K-fold run takes seconds on 2 CPU cores while still exercising the real code pat
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,13 +32,26 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """The test session's own cache dir (DOCCLASSIFY_CACHE in every test)."""
+    return tmp_path_factory.getbasetemp() / "cache"
+
+
+@pytest.fixture(scope="session")
+def isolated_env(cache_dir) -> dict[str, str]:
+    """The environment every test runs in: the session's cache dir, W&B never online, no
+    downloads. Module- and session-scoped fixtures run before the autouse fixture below sets
+    it, so those that start processes pass it to run_cli(env=...) themselves."""
+    return {"DOCCLASSIFY_CACHE": str(cache_dir), "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"),
+            "HF_HUB_OFFLINE": "1"}
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated_cache(isolated_env, monkeypatch):
     """Every test session gets its own cache dir; W&B never goes online from tests."""
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    monkeypatch.setenv("DOCCLASSIFY_CACHE", str(cache))
-    monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "disabled"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for key, value in isolated_env.items():
+        monkeypatch.setenv(key, value)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +63,12 @@ def tiny_data(tmp_path_factory) -> Path:
     generate(root, SyntheticSpec(n_train_per_class=6, n_test_per_class=1, long_side=64, seed=3,
                                  imbalance=False), progress=False)
     return root
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private copy of tiny_data (tmp_path/data) that a test may damage or rewrite."""
+    return shutil.copytree(tiny_data, tmp_path / "data")
 
 
 TINY = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epochs=1",
@@ -76,7 +96,7 @@ def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout:
             check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m <module> <overrides>` as a user would; on failure show its output."""
     proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -13,13 +13,6 @@ from docclassify.engine.kfold import run_kfold
 from docclassify.models.factory import ModelConfigError
 
 
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
-    return root
-
-
 def train(root, tmp_path, *extra):
     cfg = compose_train(["data=competition", f"data.root={root}", *TINY, "folds.n=2", *extra], tmp_path / "run")
     return run_kfold(cfg)

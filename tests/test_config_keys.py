@@ -76,6 +76,7 @@ def test_yaml_files_have_the_expected_keys():
     assert not any("defaults" in k for ks in keys.values() for k in ks)
 
 
+@pytest.mark.slow
 def test_every_technique_key_is_read_by_a_training_run(tiny_data, tmp_path):
     from docclassify.engine.kfold import run_kfold
 

@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from conftest import TINY, run_cli
 from sklearn.metrics import f1_score
+
+pytestmark = pytest.mark.slow  # the real training command
 
 
 def test_two_fold_run_writes_consistent_outputs(tiny_data, tmp_path):

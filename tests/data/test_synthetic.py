@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from docclassify.data import synthetic as S
+from docclassify.data.synthetic import cache as synthetic_cache
 
 SMALL = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=96, seed=0)
-REPO = Path(__file__).resolve().parents[2]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -200,7 +201,8 @@ def test_ensure_synthetic_lost_race_uses_winner(tmp_path: Path, monkeypatch):
         (winner / "winner").write_text("1")
         return res
 
-    monkeypatch.setattr(S, "generate", racing_generate)
+    # ensure_synthetic calls the generate it imported into its own module
+    monkeypatch.setattr(synthetic_cache, "generate", racing_generate)
     d = S.ensure_synthetic(cache, SMALL)
     assert (d / "winner").is_file() and (d / S.COMPLETE_MARKER).is_file()
     assert [p.name for p in cache.iterdir()] == [d.name]  # our temp dir was removed

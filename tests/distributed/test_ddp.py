@@ -33,6 +33,7 @@ def torchrun(args: list[str], cwd, nproc: int = 2, timeout: int = 300) -> subpro
     return proc
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
     # A run dir that differs per rank (as ${now:...} may, a second apart): rank 0's must win.
     proc = torchrun(["data=competition", f"data.root={tiny_data}", *TINY, "trainer.epochs=2", "trainer.batch_size=8",

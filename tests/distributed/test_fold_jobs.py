@@ -19,6 +19,8 @@ from docclassify.aggregate import AggregateError, find_job_dirs, merge_jobs
 from docclassify.aggregate import main as aggregate_main
 from docclassify.models.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # every test uses fold_sweep: two training jobs
+
 
 @pytest.fixture(scope="module")
 def fold_sweep(tiny_data, tmp_path_factory) -> Path:

@@ -16,6 +16,8 @@ import pytest
 from conftest import REPO
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.slow  # two sweep processes train trials
+
 PG_URL = os.environ.get("DOCCLASSIFY_TEST_PG_URL", "postgresql://docclassify:docclassify@127.0.0.1:5432/optuna")
 
 

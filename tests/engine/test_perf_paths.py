@@ -29,6 +29,7 @@ def _val_logits(tmp_path, name: str) -> np.ndarray:
     return np.load(tmp_path / name / "oof_logits.npy")
 
 
+@pytest.mark.slow
 def test_channels_last_trains_like_contiguous(tiny_data, tmp_path, monkeypatch):
     seen: list[bool] = []
     real = epoch.to_model_input
@@ -51,6 +52,7 @@ def test_channels_last_trains_like_contiguous(tiny_data, tmp_path, monkeypatch):
     np.testing.assert_allclose(_val_logits(tmp_path, "cl"), _val_logits(tmp_path, "plain"), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_wraps_the_model_and_trains_the_same(tiny_data, tmp_path, monkeypatch):
     """trainer.compile=true goes through torch.compile (TorchDynamo traces the real model).
     Inductor's C++ code generation takes minutes on 2 CPU cores, so the test compiles with

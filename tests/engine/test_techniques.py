@@ -514,6 +514,7 @@ def highperf_run(tiny_data, tmp_path_factory):
     return obs
 
 
+@pytest.mark.slow
 def test_ema_weights_are_evaluated_and_saved(highperf_run):
     obs = highperf_run
     fold = obs["results"]["folds"][0]
@@ -536,6 +537,7 @@ def test_ema_weights_are_evaluated_and_saved(highperf_run):
     assert np.load(obs["run_dir"] / "oof_logits.npy").shape == (fold["n_val"], 17)
 
 
+@pytest.mark.slow
 def test_highperf_run_applies_its_schedules(highperf_run):
     obs = highperf_run
     history = obs["results"]["folds"][0]["history"]
@@ -555,6 +557,7 @@ def test_highperf_run_applies_its_schedules(highperf_run):
     assert obs["results"]["augment"] == "highperf"  # the preset selects augment=highperf
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_fp16_uses_the_scaler(tiny_data, tmp_path, monkeypatch):
     """lr 0 on a model without batch norm: validation F1 never improves after epoch 0, so
     patience 1 ends the fold after 2 of 4 epochs. fp16 autocast on CPU steps through a GradScaler."""

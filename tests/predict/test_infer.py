@@ -21,6 +21,8 @@ from docclassify.data.sources import DataError
 from docclassify.predict import pipeline
 from docclassify.predict.runs import RunError, discover_runs
 
+pytestmark = pytest.mark.slow  # every test uses runs trained by multi_run / partial_run
+
 OUT_FILES = ("submission.csv", "test_probs.csv", "summary.json")
 
 
@@ -28,11 +30,6 @@ def _train(root, run_dir, cache, extra):
     run_cli("docclassify.train", ["data=competition", f"data.root={root}", f"paths.cache_dir={cache}", *TINY,
                                   "trainer.epochs=2", *extra, f"hydra.run.dir={run_dir}"])
     return run_dir
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "cache"  # the one the autouse fixture points DOCCLASSIFY_CACHE at
 
 
 @pytest.fixture(scope="module")
@@ -196,35 +193,30 @@ def test_sweep_folder_all_runs_or_top_k(multi_run, partial_run, tmp_path):
 # Bad input: a clear error and no output file
 # ------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def data_copy(tiny_data, tmp_path):
-    return shutil.copytree(tiny_data, tmp_path / "data")
-
-
-def test_cli_misaligned_sample_submission_is_caught(multi_run, data_copy, tmp_path):
-    sample = pd.read_csv(data_copy / "sample_submission.csv", dtype=str)
+def test_cli_misaligned_sample_submission_is_caught(multi_run, data, tmp_path):
+    sample = pd.read_csv(data / "sample_submission.csv", dtype=str)
     sample.loc[3, "ID"] = "not_in_test.jpg"
-    sample.to_csv(data_copy / "sample_submission.csv", index=False)
+    sample.to_csv(data / "sample_submission.csv", index=False)
     out_dir, copy = tmp_path / "infer", tmp_path / "sub.csv"
-    proc = run_cli("docclassify.infer", [f"runs=[{multi_run}]", f"data.root={data_copy}", f"output={copy}",
+    proc = run_cli("docclassify.infer", [f"runs=[{multi_run}]", f"data.root={data}", f"output={copy}",
                                          f"hydra.run.dir={out_dir}"], check=False)
     assert proc.returncode != 0
     assert "not_in_test.jpg" in proc.stderr and "sample_submission" in proc.stderr
     assert_nothing_written(out_dir, copy)
 
 
-def test_missing_and_undecodable_test_images_are_all_listed(multi_run, tiny_data, data_copy, tmp_path):
-    ids = pd.read_csv(data_copy / "sample_submission.csv", dtype=str)["ID"].tolist()
-    (data_copy / "test" / ids[0]).unlink()
+def test_missing_and_undecodable_test_images_are_all_listed(multi_run, tiny_data, data, tmp_path):
+    ids = pd.read_csv(data / "sample_submission.csv", dtype=str)["ID"].tolist()
+    (data / "test" / ids[0]).unlink()
     with pytest.raises(DataError, match=ids[0]):
-        infer([multi_run], tmp_path / "a", f"data.root={data_copy}", f"output={tmp_path / 'a.csv'}")
+        infer([multi_run], tmp_path / "a", f"data.root={data}", f"output={tmp_path / 'a.csv'}")
     assert_nothing_written(tmp_path / "a", tmp_path / "a.csv")
 
-    shutil.copy(tiny_data / "test" / ids[0], data_copy / "test" / ids[0])  # back in place
+    shutil.copy(tiny_data / "test" / ids[0], data / "test" / ids[0])  # back in place
     for bad in ids[5:7]:
-        (data_copy / "test" / bad).write_bytes(b"not a jpeg")
+        (data / "test" / bad).write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="2 test image") as err:
-        infer([multi_run], tmp_path / "b", f"data.root={data_copy}", "data.cache=false")
+        infer([multi_run], tmp_path / "b", f"data.root={data}", "data.cache=false")
     assert all(bad in str(err.value) for bad in ids[5:7])
     assert_nothing_written(tmp_path / "b")
 

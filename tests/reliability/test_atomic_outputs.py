@@ -16,6 +16,8 @@ from conftest import TINY, compose_train
 import docclassify.utils.io as io_mod
 from docclassify.engine.kfold import run_kfold
 
+pytestmark = pytest.mark.slow  # every test trains
+
 
 class _HalfWriter:
     """A file object whose first write stores half its bytes, then fails like a full disk."""

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,13 +21,6 @@ from docclassify.data.sources import DataError, load_competition
 from docclassify.engine.kfold import run_kfold
 
 BOM = "\ufeff"
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def _write(path, text: str) -> None:
@@ -69,6 +60,7 @@ def _hostile_copy(root) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_messy_but_valid_data_trains_and_keeps_the_ids(data, tmp_path):
     ids = _hostile_copy(data)
     source = load_competition(data)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -24,6 +23,7 @@ def _overrides(root, *extra) -> list[str]:
     return ["data=competition", f"data.root={root}", *TINY, "folds.n=2", *extra]
 
 
+@pytest.mark.slow
 def test_diverging_lr_stops_naming_epoch_step_and_lr(tiny_data, tmp_path):
     # A real divergence: AdamW at lr 1e30 makes the weights huge after one update.
     with pytest.raises(NonFiniteLossError) as err:
@@ -55,6 +55,7 @@ def nan_on_calls(monkeypatch):
     return arm
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_skipped_and_counted(tiny_data, tmp_path, nan_on_calls):
     nan_on_calls({2, 5})  # epoch 0 step 1 and epoch 1 step 1 (3 steps per epoch)
     results = run_kfold(compose_train(_overrides(tiny_data, "folds.run=[0]", "trainer.epochs=2",
@@ -65,17 +66,11 @@ def test_nonfinite_steps_skipped_and_counted(tiny_data, tmp_path, nan_on_calls):
     assert all(np.isfinite(h["train_loss"]) for h in saved["folds"][0]["history"])
 
 
+@pytest.mark.slow
 def test_injected_nonfinite_loss_stops_without_skip(tiny_data, tmp_path, nan_on_calls):
     nan_on_calls({2})
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 1 of 3 \(update 1\), lr "):
         run_kfold(compose_train(_overrides(tiny_data, "folds.run=[0]"), tmp_path))
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    root = tmp_path / "data"
-    shutil.copytree(tiny_data, root)
-    return root
 
 
 def _break_images(root, n: int = 2) -> list[str]:
@@ -94,6 +89,7 @@ def test_bad_images_error_by_default_naming_every_file(data, tmp_path):
     assert not (tmp_path / "checkpoints" / "fold0_last.pt").exists()  # stopped before training
 
 
+@pytest.mark.slow
 def test_bad_images_skipped_listed_and_warned_once(data, tmp_path, caplog):
     bad = _break_images(data)
     # Two folds at two image sizes: two decode caches, still one decision and one warning.

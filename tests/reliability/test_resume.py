@@ -25,6 +25,8 @@ from docclassify.engine.callbacks import Callback
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.kfold import run_kfold
 
+pytestmark = pytest.mark.slow  # every test trains, interrupts and resumes runs
+
 EPOCHS = 4
 TIMING_KEYS = {"seconds", "epoch_s", "img_per_s", "run_dir"}
 

@@ -27,12 +27,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEARCH_OVERRIDES = ["trainer.lr=tag(log, interval(3e-3, 3e-2))", "data.img_size=choice(32,40)"]
 
 
-def _env(tmp_path_factory) -> dict:
-    # Module fixtures run before the function-scoped autouse fixture sets these.
-    return {"DOCCLASSIFY_CACHE": str(tmp_path_factory.getbasetemp() / "cache"), "WANDB_MODE": "disabled",
-            "HF_HUB_OFFLINE": "1"}
-
-
 def _base(data: Path) -> list[str]:
     return ["-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={data}", "model=tiny",
             "data.num_workers=0", "trainer.epochs=2", "folds.n=3", "trainer.deterministic=true", "logger=none"]
@@ -43,12 +37,12 @@ def _study(storage: str, name: str) -> optuna.Study:
 
 
 @pytest.fixture(scope="module")
-def tuned(tiny_data, tmp_path_factory):
+def tuned(tiny_data, tmp_path_factory, isolated_env):
     root = tmp_path_factory.mktemp("tuned")
     storage, sweep_dir = f"sqlite:///{root / 'optuna.db'}", root / "sweep"
     args = [*_base(tiny_data), *SEARCH_OVERRIDES, f"hydra.sweeper.storage={storage}",
             "hydra.sweeper.study_name=tiny_study", f"hydra.sweep.dir={sweep_dir}"]
-    env = _env(tmp_path_factory)
+    env = isolated_env
     first = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=3"], env=env)
     n_after_first = len(_study(storage, "tiny_study").trials)
     again = run_cli("docclassify.train", [*args, "hydra.sweeper.n_trials=1"], env=env)  # the same study, resumed
@@ -56,6 +50,7 @@ def tuned(tiny_data, tmp_path_factory):
                            n_after_first=n_after_first, study=_study(storage, "tiny_study"), env=env)
 
 
+@pytest.mark.slow
 def test_every_trial_trains_with_its_own_params(tuned):
     trials = tuned.study.trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -83,6 +78,7 @@ def test_every_trial_trains_with_its_own_params(tuned):
     assert "overhead outside training" in log
 
 
+@pytest.mark.slow
 def test_study_persists_and_a_rerun_adds_trials(tuned):
     assert tuned.n_after_first == 3
     assert [t.number for t in tuned.study.trials] == [0, 1, 2, 3]
@@ -96,6 +92,7 @@ def test_study_persists_and_a_rerun_adds_trials(tuned):
     assert "Trials of study tiny_study" in tuned.again.stdout + tuned.again.stderr
 
 
+@pytest.mark.slow
 def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
     best = tuned.study.best_trial
     assert (tuned.sweep_dir / "experiment" / "best.yaml").is_file()
@@ -109,6 +106,7 @@ def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
     assert json.loads((run_dir / "results.json").read_text())["cv_macro_f1"] == best.value
 
 
+@pytest.mark.slow
 def test_printed_override_list_composes_the_best_trial(tuned):
     best = tuned.study.best_trial
     log = (tuned.again.stdout + tuned.again.stderr).splitlines()
@@ -126,7 +124,7 @@ LRS = [0.02, -1.0, 0.01, 0.0, "abc"]
 
 
 @pytest.fixture(scope="module")
-def pruned(tiny_data, tmp_path_factory):
+def pruned(tiny_data, tmp_path_factory, isolated_env):
     """Enqueued learning rates: 0.02 learns, -1.0 crashes the optimiser, 0.01 learns, 0.0 does
     not (pruned at epoch 1), "abc" does not even compose (the launcher raises): the second
     failure is over the budget (max_failure_rate 0.2 x 6 trials = 1), so no 6th trial."""
@@ -138,10 +136,11 @@ def pruned(tiny_data, tmp_path_factory):
         "hydra.sweeper.enqueue_trials=[" + ",".join(f"{{trainer.lr:{lr}}}" for lr in LRS) + "]",
         "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
         "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.2", f"hydra.sweeper.storage={storage}",
-        "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=_env(tmp_path_factory), check=False)
+        "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=isolated_env, check=False)
     return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, study=_study(storage, "pruning"))
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
     trials = pruned.study.trials
     assert [t.params["trainer.lr"] for t in trials] == LRS  # enqueued, in order
@@ -150,6 +149,7 @@ def test_a_crashed_trial_fails_and_the_sweep_goes_on(pruned):
     assert "trainer.lr=-1.0: expected a number >= 0.0" in pruned.proc.stdout + pruned.proc.stderr  # refused up front
 
 
+@pytest.mark.slow
 def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
     assert pruned.proc.returncode != 0
     assert len(pruned.study.trials) == 5 and pruned.study.trials[4].state == TrialState.FAIL  # no 6th trial
@@ -159,6 +159,7 @@ def test_failures_beyond_max_failure_rate_stop_the_sweep(pruned):
     assert table["state"].tolist() == ["COMPLETE", "FAIL", "COMPLETE", "PRUNED", "FAIL"]
 
 
+@pytest.mark.slow
 def test_a_bad_trial_is_pruned_by_the_median_pruner(pruned):
     first, _, third, bad, _ = pruned.study.trials
     assert first.state == third.state == TrialState.COMPLETE

@@ -87,6 +87,7 @@ def read_offline_run(run_folder: Path) -> dict:
 # End to end: logger=wandb (offline) and logger=none
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
     run_dir, wandb_dir = tmp_path / "run", tmp_path / "wandb_home"
     run_cli("docclassify.train", [
@@ -144,6 +145,7 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
         assert f"({link})" in md
 
 
+@pytest.mark.slow
 def test_logger_none_writes_reports_but_no_wandb_folder(tiny_data, tmp_path, monkeypatch):
     from docclassify.engine.kfold import run_kfold
     from docclassify.train import build_callbacks
@@ -194,7 +196,8 @@ def test_build_trackers_by_logger_mode_and_rank(tiny_data, tmp_path, monkeypatch
     from docclassify.tracking.wandb_tracker import WandbTracker
 
     def kinds(logger: str) -> list[type]:
-        cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY_NO_LOGGER, f"logger={logger}"], tmp_path)
+        cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY_NO_LOGGER, f"logger={logger}"],
+                            tmp_path)
         return [type(t) for t in build_trackers(cfg, tmp_path)]
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -234,10 +237,12 @@ def test_sweep_trials_group_by_study_and_carry_their_params(tiny_data, tmp_path)
     assert single["group"] == "mine" and single["trial"] is None and single["prefix"] == ""
     with open_dict(cfg):
         cfg.logger.group = None
-    assert run_identity(cfg, tmp_path / "2024-01-01_10-00-00", {"overrides": []})["group"] == "quick-2024-01-01_10-00-00"
+    single_dir = tmp_path / "2024-01-01_10-00-00"
+    assert run_identity(cfg, single_dir, {"overrides": []})["group"] == "quick-2024-01-01_10-00-00"
     assert parse_overrides(["a.b=1e-3", "c=[1,2]", "noeq"]) == {"a.b": 1e-3, "c": [1, 2]}
 
 
+@pytest.mark.slow
 def test_multirun_jobs_are_separate_wandb_runs_with_their_params(tiny_data, tmp_path):
     sweep_dir, wandb_dir = tmp_path / "sweep", tmp_path / "wandb_home"
     run_cli("docclassify.train", [
