@@ -2,7 +2,9 @@
 
 Submodules: :mod:`.tta` (needs torch), :mod:`.calibration`, :mod:`.ensemble`,
 :mod:`.submission` (numpy/scipy/pandas only). Names are imported lazily, so importing
-``docclassify.predict.submission`` does not pull in torch.
+``docclassify.predict.submission`` does not pull in torch. The flow that uses them,
+``python -m docclassify.infer``, is :func:`.inference.run_inference` (with :mod:`.runs`,
+which finds the training runs).
 """
 
 from __future__ import annotations
