@@ -33,15 +33,16 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 from scipy.special import log_softmax, softmax
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import precision_recall_fscore_support
 
 from docclassify.config_schema import CompetitionData
 from docclassify.data.cache import cached_images, decode_all
 from docclassify.data.sources import DataError, DataSource, load_source
 from docclassify.engine.setup import resolve_device
+from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.predict.calibration import apply_temperature, calibration_report
-from docclassify.predict.ensemble import combine, fit_oof_weights, macro_f1
+from docclassify.predict.ensemble import combine, fit_oof_weights
 from docclassify.predict.runs import Run, RunError, discover_runs, fold_of_ids, load_oof
 from docclassify.predict.submission import (
     build_probability_frame,
@@ -329,8 +330,8 @@ def score_predictions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> di
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
     counts = np.bincount(pred, minlength=len(classes))
     return {
-        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": macro_f1(y, pred),
+        "accuracy": accuracy(y, pred),
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                        "support": int(s[i]), "predicted": int(counts[i])} for i, c in enumerate(classes)],
     }
@@ -387,7 +388,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
         weights, fit = fit_weights(oof_members, y_oof, settings.weights, settings.average, len(runs))
         oof_probs = combine(oof_members, weights, settings.average)
         oof_summary = {"rows": len(oof_ids), "predictions": "tta" if repredict else "saved",
-                       "macro_f1": macro_f1(oof_probs, y_oof)}
+                       "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
         if settings.calibrate:
             calib = calibration_report(safe_log(oof_probs), y_oof)
             temperature = calib["temperature"]
