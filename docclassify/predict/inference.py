@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 from sklearn.metrics import precision_recall_fscore_support
 
 from docclassify.config_schema import CompetitionData
 from docclassify.data.cache import cached_images, decode_all
 from docclassify.data.sources import DataError, DataSource, load_source
 from docclassify.engine.setup import resolve_device
-from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs
+from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.predict.calibration import apply_temperature, calibration_report
 from docclassify.predict.ensemble import combine, fit_oof_weights
@@ -87,6 +87,11 @@ def read_settings(cfg: DictConfig) -> Settings:
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output)
+
+
+def _plain(value):
+    """A config list as a plain list (other values as they are)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +192,16 @@ class ImageStore:
         return images
 
 
+def decode_test_images(runs: list[Run], datasets: list[DataSet], cache_dir: str) -> ImageStore:
+    """Every test image set the checkpoints need, decoded up front: a bad image stops the run
+    before any model runs."""
+    store = ImageStore(cache_dir)
+    for run, ds in zip(runs, datasets):
+        for fm in run.folds:
+            store.get(ds, "test", fm.meta)
+    return store
+
+
 # ---------------------------------------------------------------------------------------------
 # Prediction
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +213,7 @@ def safe_log(probs: np.ndarray) -> np.ndarray:
 
 def members_of(logits: list[np.ndarray], average: str) -> list[np.ndarray]:
     """What ``combine`` takes: probabilities (average=prob) or log-probabilities (logit)."""
-    return [softmax(z, axis=1) if average == "prob" else log_softmax(z, axis=1) for z in logits]
+    return [softmax(z) if average == "prob" else log_softmax(z, axis=1) for z in logits]
 
 
 def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict, views: list[View],
@@ -216,6 +231,22 @@ def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, m
     return predict_tta_batches(model, batches(), views, average, device)
 
 
+@dataclass
+class TtaPredictor:
+    """How every fold model predicts: the TTA views, how they are averaged, batch size, device."""
+
+    views: list[View]
+    average: str
+    batch_size: int
+    device: torch.device
+
+    def predict(self, model: torch.nn.Module, images: np.ndarray, rows: np.ndarray,
+                meta: dict) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`predict_rows` with these settings: (probabilities, logits) of ``images[rows]``."""
+        return predict_rows(model, images, rows, meta, self.views, self.average, self.batch_size,
+                            self.device)
+
+
 def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's model."""
     folds = fold_of_ids(run, oof_ids)
@@ -231,6 +262,29 @@ def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np
 
 
 @dataclass
+class OofInputs:
+    """The runs' saved out-of-fold predictions, and whether they are re-predicted with the TTA views."""
+
+    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_oof's (IDs, targets, logits)
+    repredict: bool
+    # per run: plan_oof's (training-data rows, folds) when re-predicted, else None
+    plans: list[tuple[np.ndarray, np.ndarray] | None]
+
+
+def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
+                views: list[View]) -> OofInputs | None:
+    """The OOF rows that weights (ensemble.weights=oof, 2+ runs) and the temperature (calibrate)
+    are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the identity."""
+    if not (settings.calibrate or (settings.weights == "oof" and len(runs) > 1)):
+        return None
+    saved = [load_oof(run) for run in runs]
+    repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
+    plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved)] if repredict \
+        else [None] * len(runs)
+    return OofInputs(saved, repredict, plans)
+
+
+@dataclass
 class Member:
     """One run's predictions: test logits (fold average) and, when re-predicted, OOF logits."""
 
@@ -240,41 +294,63 @@ class Member:
     folds: list[dict] = field(default_factory=list)
 
 
-def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, views: list[View], tta_average: str,
-                settings: Settings, device: torch.device, oof: tuple[np.ndarray, np.ndarray] | None) -> Member:
-    """Every fold of ``run`` on the test set (and on its own OOF rows when ``oof=(train rows, folds)``,
-    see :func:`plan_oof`)."""
+def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
+                      predictor: TtaPredictor, label: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(probabilities, logits, test images per second) of one fold model on the whole test set."""
     n_test = len(ds.source.test)
-    test_rows = np.arange(n_test)
+    images = store.get(ds, "test", meta)
+    t0 = time.time()
+    probs, logits = predictor.predict(model, images, np.arange(n_test), meta)
+    seconds = time.time() - t0
+    img_per_s = n_test / max(seconds, 1e-9)
+    log.info("%s: %s at %d px, %d test images x %d views in %.1fs (%.0f img/s)", label,
+             meta["timm_name"], meta["img_size"], n_test, len(predictor.views), seconds, img_per_s)
+    return probs, logits, img_per_s
+
+
+def repredict_fold_oof(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
+                       predictor: TtaPredictor, rows: np.ndarray, label: str) -> np.ndarray:
+    """TTA logits of the training-data ``rows`` (OOF rows of the fold: the ones it did not train on)."""
+    t0 = time.time()
+    _, logits = predictor.predict(model, store.get(ds, "train", meta), rows, meta)
+    log.info("%s: %d OOF rows re-predicted with %d views in %.1fs", label, len(rows),
+             len(predictor.views), time.time() - t0)
+    return logits
+
+
+def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor: TtaPredictor,
+                average: str, oof: tuple[np.ndarray, np.ndarray] | None) -> Member:
+    """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows when
+    ``oof=(train rows, folds)``, see :func:`plan_oof`)."""
     fold_preds, fold_info = [], []
-    oof_logits = None
-    if oof is not None:
-        train_rows, oof_folds = oof
-        oof_logits = np.zeros((len(train_rows), len(run.classes)), dtype=np.float64)
+    oof_logits = None if oof is None else np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
     for fm in run.folds:
-        model, ckpt = load_checkpoint(fm.checkpoint, device)
+        model, ckpt = load_checkpoint(fm.checkpoint, predictor.device)
         meta = ckpt["meta"]
-        images = store.get(ds, "test", meta)
-        t0 = time.time()
-        probs, logits = predict_rows(model, images, test_rows, meta, views, tta_average, settings.batch_size, device)
-        seconds = time.time() - t0
-        log.info("%s fold %d: %s at %d px, %d test images x %d views in %.1fs (%.0f img/s)", label, fm.fold,
-                 meta["timm_name"], meta["img_size"], n_test, len(views), seconds, n_test / max(seconds, 1e-9))
-        fold_preds.append(probs if settings.average == "prob" else logits)
-        fold_info.append({"fold": fm.fold, "model": meta["timm_name"], "model_option": meta.get("model_option"),
-                          "img_size": int(meta["img_size"]), "checkpoint": str(fm.checkpoint.relative_to(run.path)),
-                          "test_img_per_s": round(n_test / max(seconds, 1e-9), 1)})
+        fold_label = f"{label} fold {fm.fold}"
+        probs, logits, img_per_s = predict_fold_test(model, meta, ds, store, predictor, fold_label)
+        fold_preds.append(probs if average == "prob" else logits)
+        fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
+                          "model_option": meta.get("model_option"), "img_size": int(meta["img_size"]),
+                          "checkpoint": str(fm.checkpoint.relative_to(run.path)),
+                          "test_img_per_s": round(img_per_s, 1)})
         if oof is not None:
+            train_rows, oof_folds = oof
             mask = oof_folds == fm.fold
-            t0 = time.time()
-            _, z = predict_rows(model, store.get(ds, "train", meta), train_rows[mask], meta, views, tta_average,
-                                settings.batch_size, device)
-            oof_logits[mask] = z
-            log.info("%s fold %d: %d OOF rows re-predicted with %d views in %.1fs", label, fm.fold,
-                     int(mask.sum()), len(views), time.time() - t0)
+            oof_logits[mask] = repredict_fold_oof(model, meta, ds, store, predictor, train_rows[mask],
+                                                  fold_label)
         del model, ckpt
-    test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, settings.average)
+    test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
     return Member(run, safe_log(test_probs), oof_logits, fold_info)
+
+
+def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
+                    predictor: TtaPredictor, average: str, oof: OofInputs | None) -> list[Member]:
+    """One ensemble member per run (its folds averaged), OOF rows re-predicted where planned."""
+    plans = oof.plans if oof is not None else [None] * len(runs)
+    return [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, predictor,
+                        average, plan)
+            for i, (run, ds, plan) in enumerate(zip(runs, datasets, plans))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,8 +397,54 @@ def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str
     return fit["weights"], fit
 
 
+def fit_temperature_on_oof(oof_probs: np.ndarray, y: np.ndarray) -> dict:
+    """calibration_report of the ensemble's OOF probabilities (its ``temperature`` is the fitted T)."""
+    calib = calibration_report(safe_log(oof_probs), y)
+    log.info("temperature %.3f fitted on %d OOF rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f",
+             calib["temperature"], len(y), calib["nll_before"], calib["nll_after"], calib["ece_before"],
+             calib["ece_after"])
+    return calib
+
+
+@dataclass
+class OofFit:
+    """What the out-of-fold rows decide: the runs' weights and the temperature (with their reports)."""
+
+    weights: list[float]
+    weights_fit: dict | None = None  # fit_oof_weights' report (ensemble.weights=oof, 2+ runs)
+    summary: dict | None = None  # summary.json's "oof": rows, predictions (tta/saved), macro F1
+    calibration: dict | None = None  # calibration_report (calibrate=true)
+    temperature: float = 1.0
+
+
+def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
+               calibrate: bool) -> OofFit:
+    """Ensemble weights and temperature from the members' OOF predictions (equal weights, T=1 without)."""
+    if oof is None:
+        return OofFit([1.0 / len(members)] * len(members))
+    per_run = [(ids, y, m.oof_logits if oof.repredict else z) for (ids, y, z), m in zip(oof.saved, members)]
+    oof_ids, y_oof, oof_logits = align_oof(per_run, [m.run.path for m in members])
+    oof_members = members_of(oof_logits, average)
+    weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members))
+    oof_probs = combine(oof_members, weights, average)
+    summary = {"rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
+               "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
+    if not calibrate:
+        return OofFit(weights, fit, summary)
+    calib = fit_temperature_on_oof(oof_probs, y_oof)
+    return OofFit(weights, fit, summary, calib, calib["temperature"])
+
+
+def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str, calibrate: bool) -> np.ndarray:
+    """The members' test predictions combined with the fitted weights, then the temperature applied."""
+    probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
+    if calibrate:
+        probs = apply_temperature(safe_log(probs), oof_fit.temperature)
+    return probs
+
+
 # ---------------------------------------------------------------------------------------------
-# The whole flow
+# Outputs: submission.csv, test_probs.csv, summary.json
 # ---------------------------------------------------------------------------------------------
 
 def score_predictions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
@@ -341,99 +463,103 @@ def _json_float(x: float) -> float | None:
     return None if math.isnan(x) else float(x)
 
 
+@dataclass
+class Outputs:
+    """Every output, built and checked before any file is written."""
+
+    sample: pd.DataFrame  # the sample submission the submission is checked against
+    submission: pd.DataFrame
+    probabilities: pd.DataFrame
+    num_classes: int
+    summary: dict = field(default_factory=dict)
+
+
+def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> Outputs:
+    """submission.csv (``pred`` in the sample submission's layout) and test_probs.csv, checked."""
+    ids = source.test["ID"].tolist()
+    sample = source.sample_submission
+    submission = build_submission(sample, ids, pred, num_classes=len(classes))
+    return Outputs(sample, submission, build_probability_frame(ids, probs, classes), len(classes))
+
+
+def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tta: dict, classes: list[str],
+                  pred: np.ndarray, y_test: np.ndarray | None, image_sets: list[dict],
+                  device: torch.device) -> dict:
+    """summary.json (all but ``seconds``): runs and their weights, TTA, ensemble and OOF fits,
+    prediction counts, test scores (when test labels are known), the decoded image sets."""
+    counts = np.bincount(pred, minlength=len(classes))
+    return {
+        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1), "weight": float(w),
+                  "folds": m.folds}
+                 for m, w in zip(members, oof_fit.weights)],
+        "models": sorted({f["model"] for m in members for f in m.folds}),
+        "tta": tta,
+        "ensemble": {"average": settings.average, "weights_mode": settings.weights,
+                     "weights": [float(w) for w in oof_fit.weights], "oof_fit": oof_fit.weights_fit},
+        "oof": oof_fit.summary,
+        "calibration": oof_fit.calibration,
+        "temperature": float(oof_fit.temperature),
+        "n_test": len(pred),
+        "prediction_counts": {c: int(n) for c, n in zip(classes, counts)},
+        "test_metrics": score_predictions(y_test, pred, classes) if y_test is not None else None,
+        "image_sets": image_sets,
+        "device": str(device),
+        "files": {"submission": SUBMISSION_FILE, "probabilities": PROBS_FILE,
+                  "output": str(settings.output) if settings.output else None},
+    }
+
+
+def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> None:
+    """submission.csv, test_probs.csv and summary.json into ``out_dir``; the submission also to
+    ``output`` when given. Logs the test score (when known) and where the submission went."""
+    write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission, outputs.num_classes)
+    write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
+    atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
+    if output is not None:
+        write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
+    n_test, metrics = outputs.summary["n_test"], outputs.summary["test_metrics"]
+    if metrics is not None:
+        log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", metrics["macro_f1"],
+                 metrics["accuracy"], n_test)
+    log.info("submission (%d rows) -> %s%s", n_test, out_dir / SUBMISSION_FILE,
+             f" and {output}" if output else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow
+# ---------------------------------------------------------------------------------------------
+
 def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Predict the test set with the runs of ``cfg.runs`` and write the outputs into ``out_dir``.
 
     Returns the summary dict (also written as summary.json).
     """
     t_start = time.time()
-    out_dir = Path(out_dir)
     settings = read_settings(cfg)
     views, tta_average = resolve_tta(cfg.tta)
-    runs = discover_runs(OmegaConf.to_container(cfg.runs) if OmegaConf.is_config(cfg.runs) else cfg.runs,
-                         cfg.top_k)
-    classes = runs[0].classes
+    runs = discover_runs(_plain(cfg.runs), cfg.top_k)
     cache_dir = str(cfg.paths.cache_dir)
-    overrides = {k: cfg.data.get(k) for k in DATA_OVERRIDES}
-    datasets = load_data(runs, overrides, cache_dir)
+    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
     source = datasets[0].source
     y_test = load_test_labels(source)
     device = resolve_device(cfg.device)
     log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), device %s",
              len(runs), sum(len(r.folds) for r in runs), len(source.test), cfg.tta.name, len(views),
              tta_average, device)
+    store = decode_test_images(runs, datasets, cache_dir)
+    oof = prepare_oof(runs, datasets, settings, views)
 
-    # Every test image set the checkpoints need, decoded up front: a bad image stops us before any model runs.
-    store = ImageStore(cache_dir)
-    for run, ds in zip(runs, datasets):
-        for fm in run.folds:
-            store.get(ds, "test", fm.meta)
-
-    need_oof = settings.calibrate or (settings.weights == "oof" and len(runs) > 1)
-    saved_oof = [load_oof(run) for run in runs] if need_oof else None
-    repredict = need_oof and settings.oof_tta and any(v.key != View("identity").key for v in views)
-
-    oof_plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved_oof)] if repredict \
-        else [None] * len(runs)
-
-    members = [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, views, tta_average,
-                           settings, device, plan)
-               for i, (run, ds, plan) in enumerate(zip(runs, datasets, oof_plans))]
-
-    weights, fit, calib, oof_summary, temperature = [1.0 / len(runs)] * len(runs), None, None, None, 1.0
-    if need_oof:
-        per_run = [(ids, y, m.oof_logits if repredict else z) for (ids, y, z), m in zip(saved_oof, members)]
-        oof_ids, y_oof, oof_logits = align_oof(per_run, [r.path for r in runs])
-        oof_members = members_of(oof_logits, settings.average)
-        weights, fit = fit_weights(oof_members, y_oof, settings.weights, settings.average, len(runs))
-        oof_probs = combine(oof_members, weights, settings.average)
-        oof_summary = {"rows": len(oof_ids), "predictions": "tta" if repredict else "saved",
-                       "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
-        if settings.calibrate:
-            calib = calibration_report(safe_log(oof_probs), y_oof)
-            temperature = calib["temperature"]
-            log.info("temperature %.3f fitted on %d OOF rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
-                     len(y_oof), calib["nll_before"], calib["nll_after"], calib["ece_before"], calib["ece_after"])
-
-    probs = combine(members_of([m.test_logits for m in members], settings.average), weights, settings.average)
-    if settings.calibrate:
-        probs = apply_temperature(safe_log(probs), temperature)
+    predictor = TtaPredictor(views, tta_average, settings.batch_size, device)
+    members = predict_members(runs, datasets, store, predictor, settings.average, oof)
+    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate)
+    probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
     pred = probs.argmax(axis=1)
-    ids = source.test["ID"].tolist()
 
-    # Build and check every output before writing any.
-    sample = source.sample_submission
-    submission = build_submission(sample, ids, pred, num_classes=len(classes))
-    prob_frame = build_probability_frame(ids, probs, classes)
-    counts = np.bincount(pred, minlength=len(classes))
-    summary = {
-        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1), "weight": float(w),
-                  "folds": m.folds}
-                 for m, w in zip(members, weights)],
-        "models": sorted({f["model"] for m in members for f in m.folds}),
-        "tta": {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average},
-        "ensemble": {"average": settings.average, "weights_mode": settings.weights,
-                     "weights": [float(w) for w in weights], "oof_fit": fit},
-        "oof": oof_summary,
-        "calibration": calib,
-        "temperature": float(temperature),
-        "n_test": len(ids),
-        "prediction_counts": {c: int(n) for c, n in zip(classes, counts)},
-        "test_metrics": score_predictions(y_test, pred, classes) if y_test is not None else None,
-        "image_sets": store.loaded,
-        "device": str(device),
-        "files": {"submission": SUBMISSION_FILE, "probabilities": PROBS_FILE,
-                  "output": str(settings.output) if settings.output else None},
-    }
-    summary["seconds"] = round(time.time() - t_start, 2)
-    write_submission(out_dir / SUBMISSION_FILE, sample, submission, len(classes))
-    write_probability_frame(out_dir / PROBS_FILE, prob_frame)
-    atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    if settings.output is not None:
-        write_submission(settings.output, sample, submission, len(classes))
-    if summary["test_metrics"] is not None:
-        log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", summary["test_metrics"]["macro_f1"],
-                 summary["test_metrics"]["accuracy"], len(ids))
-    log.info("submission (%d rows) -> %s%s", len(ids), out_dir / SUBMISSION_FILE,
-             f" and {settings.output}" if settings.output else "")
-    return summary
+    classes = runs[0].classes
+    outputs = build_frames(source, probs, pred, classes)  # built and checked before any file is written
+    tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
+    outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
+                                    store.loaded, device)
+    outputs.summary["seconds"] = round(time.time() - t_start, 2)
+    write_output_files(outputs, Path(out_dir), settings.output)
+    return outputs.summary
