@@ -130,26 +130,29 @@ def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]
         if key not in by_key:
             source = load_source(OmegaConf.create(data), cache_dir)
             if source.test is None or source.sample_submission is None:
-                raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has no test set: "
-                                "no sample_submission.csv / test/ folder; point data.root (or data.test_dir, "
-                                "data.sample_submission) at the test data")
+                raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has "
+                                "no test set: no sample_submission.csv / test/ folder; point "
+                                "data.root (or data.test_dir, data.sample_submission) at the test "
+                                "data")
             by_key[key] = DataSet(source, bool(data.get("cache", True)))
         ds = by_key[key]
         if ds.source.classes != run.classes:
-            raise RunError(f"{run.path} predicts {len(run.classes)} classes {run.classes[:3]}..., but the data's "
-                           f"meta ({ds.source.root}) lists {len(ds.source.classes)}: {ds.source.classes[:3]}...")
+            raise RunError(f"{run.path} predicts {len(run.classes)} classes {run.classes[:3]}..., "
+                           f"but the data's meta ({ds.source.root}) lists "
+                           f"{len(ds.source.classes)}: {ds.source.classes[:3]}...")
         per_run.append(ds)
     first = per_run[0].source
     for ds, run in zip(per_run, runs):
         if ds.source.test["ID"].tolist() != first.test["ID"].tolist():
             raise DataError(f"the runs' test sets differ: {runs[0].path} uses {first.root} "
                             f"({len(first.test)} test IDs), {run.path} uses {ds.source.root} "
-                            f"({len(ds.source.test)}); pass data.root=... to use one test set for all")
+                            f"({len(ds.source.test)}); pass data.root=... to use one test set for "
+                            "all")
     return per_run
 
 
 def load_test_labels(source: DataSource) -> np.ndarray | None:
-    """True test labels in test order (data.test_labels / the synthetic test_labels.csv), or None."""
+    """True test labels in test order (data.test_labels / the synthetic test_labels.csv) or None."""
     if source.test_labels is None:
         return None
     labels = source.test_labels.set_index("ID")["target"]
@@ -161,7 +164,7 @@ def load_test_labels(source: DataSource) -> np.ndarray | None:
 
 
 class ImageStore:
-    """Decoded images, loaded once per (data, split, img_size, resize, pad) and shared by folds/runs."""
+    """Decoded images, loaded once per (data, split, img_size, resize, pad), shared by all folds."""
 
     def __init__(self, cache_dir: str):
         self.cache_dir = cache_dir
@@ -183,9 +186,10 @@ class ImageStore:
             bad = decode_all(paths, size, resize, pad, images, progress=False)
         if bad and split == "test":
             ids = frame["ID"].iloc[bad].tolist()
-            raise DataError(f"{len(ids)} test image(s) cannot be decoded: {format_ids(ids, limit=50)}")
-        log.info("%s images: %d at %d px (%s, pad %d) ready in %.1fs", split, len(paths), size, resize, pad,
-                 time.time() - t0)
+            raise DataError(f"{len(ids)} test image(s) cannot be decoded: "
+                            f"{format_ids(ids, limit=50)}")
+        log.info("%s images: %d at %d px (%s, pad %d) ready in %.1fs", split, len(paths), size,
+                 resize, pad, time.time() - t0)
         self._arrays[key] = images
         self.loaded.append({"split": split, "img_size": size, "resize": resize, "pad_value": pad,
                             "n": len(paths)})
@@ -216,9 +220,11 @@ def members_of(logits: list[np.ndarray], average: str) -> list[np.ndarray]:
     return [softmax(z) if average == "prob" else log_softmax(z, axis=1) for z in logits]
 
 
-def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict, views: list[View],
-                 average: str, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """TTA predictions of ``images[rows]`` normalised like training: one forward per view per batch."""
+def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict,
+                 views: list[View], average: str, batch_size: int,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """TTA predictions of ``images[rows]`` normalised like training: one forward per view per
+    batch."""
     mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
@@ -248,24 +254,27 @@ class TtaPredictor:
 
 
 def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's model."""
+    """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's
+    model."""
     folds = fold_of_ids(run, oof_ids)
     uncovered = sorted(set(folds.tolist()) - {fm.fold for fm in run.folds})
     if uncovered:
         raise RunError(f"{run.path}: OOF rows of fold(s) {uncovered} but no checkpoint for them")
-    row_of = pd.Series(np.arange(len(ds.source.train)), index=ds.source.train["ID"].to_numpy(dtype=str))
+    train_ids = ds.source.train["ID"].to_numpy(dtype=str)
+    row_of = pd.Series(np.arange(len(ds.source.train)), index=train_ids)
     missing = [i for i in oof_ids if i not in row_of.index]
     if missing:
-        raise RunError(f"{run.path}: {format_ids(missing)} of its OOF rows are not in the training data of "
-                       f"{ds.source.root}; set oof_tta=false to use the saved OOF predictions")
+        raise RunError(f"{run.path}: {format_ids(missing)} of its OOF rows are not in the training "
+                       f"data of {ds.source.root}; set oof_tta=false to use the saved OOF "
+                       "predictions")
     return row_of.loc[list(oof_ids)].to_numpy(), folds
 
 
 @dataclass
 class OofInputs:
-    """The runs' saved out-of-fold predictions, and whether they are re-predicted with the TTA views."""
+    """The runs' saved out-of-fold predictions, and whether they are re-predicted with TTA."""
 
-    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_oof's (IDs, targets, logits)
+    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_oof's (IDs, y, logits)
     repredict: bool
     # per run: plan_oof's (training-data rows, folds) when re-predicted, else None
     plans: list[tuple[np.ndarray, np.ndarray] | None]
@@ -274,13 +283,14 @@ class OofInputs:
 def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
                 views: list[View]) -> OofInputs | None:
     """The OOF rows that weights (ensemble.weights=oof, 2+ runs) and the temperature (calibrate)
-    are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the identity."""
+    are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the
+    identity."""
     if not (settings.calibrate or (settings.weights == "oof" and len(runs) > 1)):
         return None
     saved = [load_oof(run) for run in runs]
     repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
-    plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved)] if repredict \
-        else [None] * len(runs)
+    plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved)] \
+        if repredict else [None] * len(runs)
     return OofInputs(saved, repredict, plans)
 
 
@@ -310,7 +320,8 @@ def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: Im
 
 def repredict_fold_oof(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
                        predictor: TtaPredictor, rows: np.ndarray, label: str) -> np.ndarray:
-    """TTA logits of the training-data ``rows`` (OOF rows of the fold: the ones it did not train on)."""
+    """TTA logits of the training-data ``rows``: the fold's OOF rows (the ones it did not train
+    on)."""
     t0 = time.time()
     _, logits = predictor.predict(model, store.get(ds, "train", meta), rows, meta)
     log.info("%s: %d OOF rows re-predicted with %d views in %.1fs", label, len(rows),
@@ -323,7 +334,9 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
     """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows when
     ``oof=(train rows, folds)``, see :func:`plan_oof`)."""
     fold_preds, fold_info = [], []
-    oof_logits = None if oof is None else np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
+    oof_logits = None
+    if oof is not None:
+        oof_logits = np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
     for fm in run.folds:
         model, ckpt = load_checkpoint(fm.checkpoint, predictor.device)
         meta = ckpt["meta"]
@@ -331,14 +344,15 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
         probs, logits, img_per_s = predict_fold_test(model, meta, ds, store, predictor, fold_label)
         fold_preds.append(probs if average == "prob" else logits)
         fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
-                          "model_option": meta.get("model_option"), "img_size": int(meta["img_size"]),
+                          "model_option": meta.get("model_option"),
+                          "img_size": int(meta["img_size"]),
                           "checkpoint": str(fm.checkpoint.relative_to(run.path)),
                           "test_img_per_s": round(img_per_s, 1)})
         if oof is not None:
             train_rows, oof_folds = oof
             mask = oof_folds == fm.fold
-            oof_logits[mask] = repredict_fold_oof(model, meta, ds, store, predictor, train_rows[mask],
-                                                  fold_label)
+            oof_logits[mask] = repredict_fold_oof(model, meta, ds, store, predictor,
+                                                  train_rows[mask], fold_label)
         del model, ckpt
     test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
     return Member(run, safe_log(test_probs), oof_logits, fold_info)
@@ -374,8 +388,8 @@ def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: l
             y = targets[pos]
         elif not np.array_equal(targets[pos], y):
             bad = common[targets[pos] != y]
-            raise RunError(f"{path}: its OOF targets differ from {paths[0]}'s for {format_ids(bad)} "
-                           "(trained on other labels)")
+            raise RunError(f"{path}: its OOF targets differ from {paths[0]}'s for "
+                           f"{format_ids(bad)} (trained on other labels)")
         aligned.append(logits[pos])
     dropped = max(len(ids) for ids, _, _ in per_run) - len(common)
     if dropped:
@@ -385,30 +399,32 @@ def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: l
 
 
 def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int):
-    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if OOF F1 >= equal."""
+    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
+    OOF F1 >= equal."""
     if mode == "equal" or n_runs == 1:
         if mode == "oof":
             log.info("ensemble.weights=oof with one run: its weight is 1")
         return [1.0 / n_runs] * n_runs, None
     fit = fit_oof_weights(oof_members, y, average)
-    log.info("ensemble weights fitted on %d OOF rows: %s (OOF macro F1 %.4f with equal weights -> %.4f%s)",
+    log.info("ensemble weights fitted on %d OOF rows: %s "
+             "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
              len(y), [round(w, 4) for w in fit["weights"]], fit["f1_equal"], fit["f1_fitted"],
              "" if fit["accepted"] else "; fitted weights scored lower, equal weights kept")
     return fit["weights"], fit
 
 
 def fit_temperature_on_oof(oof_probs: np.ndarray, y: np.ndarray) -> dict:
-    """calibration_report of the ensemble's OOF probabilities (its ``temperature`` is the fitted T)."""
+    """calibration_report of the ensemble's OOF probabilities (``temperature``: the fitted T)."""
     calib = calibration_report(safe_log(oof_probs), y)
     log.info("temperature %.3f fitted on %d OOF rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f",
-             calib["temperature"], len(y), calib["nll_before"], calib["nll_after"], calib["ece_before"],
-             calib["ece_after"])
+             calib["temperature"], len(y), calib["nll_before"], calib["nll_after"],
+             calib["ece_before"], calib["ece_after"])
     return calib
 
 
 @dataclass
 class OofFit:
-    """What the out-of-fold rows decide: the runs' weights and the temperature (with their reports)."""
+    """What the out-of-fold rows decide: the runs' weights and the temperature (and reports)."""
 
     weights: list[float]
     weights_fit: dict | None = None  # fit_oof_weights' report (ensemble.weights=oof, 2+ runs)
@@ -419,10 +435,12 @@ class OofFit:
 
 def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
                calibrate: bool) -> OofFit:
-    """Ensemble weights and temperature from the members' OOF predictions (equal weights, T=1 without)."""
+    """Ensemble weights and temperature from the members' OOF predictions (without: equal
+    weights, T=1)."""
     if oof is None:
         return OofFit([1.0 / len(members)] * len(members))
-    per_run = [(ids, y, m.oof_logits if oof.repredict else z) for (ids, y, z), m in zip(oof.saved, members)]
+    per_run = [(ids, y, m.oof_logits if oof.repredict else z)
+               for (ids, y, z), m in zip(oof.saved, members)]
     oof_ids, y_oof, oof_logits = align_oof(per_run, [m.run.path for m in members])
     oof_members = members_of(oof_logits, average)
     weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members))
@@ -435,8 +453,10 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     return OofFit(weights, fit, summary, calib, calib["temperature"])
 
 
-def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str, calibrate: bool) -> np.ndarray:
-    """The members' test predictions combined with the fitted weights, then the temperature applied."""
+def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str,
+                        calibrate: bool) -> np.ndarray:
+    """The members' test predictions combined with the fitted weights, then the temperature
+    applied."""
     probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
     if calibrate:
         probs = apply_temperature(safe_log(probs), oof_fit.temperature)
@@ -449,13 +469,15 @@ def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str, ca
 
 def score_predictions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
     """Macro F1 (sklearn's label set, like training's cv figure), accuracy and a per-class table."""
-    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))), zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))),
+                                                 zero_division=0)
     counts = np.bincount(pred, minlength=len(classes))
     return {
         "macro_f1": macro_f1(y, pred),
         "accuracy": accuracy(y, pred),
-        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                       "support": int(s[i]), "predicted": int(counts[i])} for i, c in enumerate(classes)],
+        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]),
+                       "f1": float(f[i]), "support": int(s[i]), "predicted": int(counts[i])}
+                      for i, c in enumerate(classes)],
     }
 
 
@@ -474,7 +496,8 @@ class Outputs:
     summary: dict = field(default_factory=dict)
 
 
-def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray, classes: list[str]) -> Outputs:
+def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray,
+                 classes: list[str]) -> Outputs:
     """submission.csv (``pred`` in the sample submission's layout) and test_probs.csv, checked."""
     ids = source.test["ID"].tolist()
     sample = source.sample_submission
@@ -482,20 +505,21 @@ def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray, classe
     return Outputs(sample, submission, build_probability_frame(ids, probs, classes), len(classes))
 
 
-def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tta: dict, classes: list[str],
-                  pred: np.ndarray, y_test: np.ndarray | None, image_sets: list[dict],
-                  device: torch.device) -> dict:
+def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tta: dict,
+                  classes: list[str], pred: np.ndarray, y_test: np.ndarray | None,
+                  image_sets: list[dict], device: torch.device) -> dict:
     """summary.json (all but ``seconds``): runs and their weights, TTA, ensemble and OOF fits,
     prediction counts, test scores (when test labels are known), the decoded image sets."""
     counts = np.bincount(pred, minlength=len(classes))
     return {
-        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1), "weight": float(w),
-                  "folds": m.folds}
+        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1),
+                  "weight": float(w), "folds": m.folds}
                  for m, w in zip(members, oof_fit.weights)],
         "models": sorted({f["model"] for m in members for f in m.folds}),
         "tta": tta,
         "ensemble": {"average": settings.average, "weights_mode": settings.weights,
-                     "weights": [float(w) for w in oof_fit.weights], "oof_fit": oof_fit.weights_fit},
+                     "weights": [float(w) for w in oof_fit.weights],
+                     "oof_fit": oof_fit.weights_fit},
         "oof": oof_fit.summary,
         "calibration": oof_fit.calibration,
         "temperature": float(oof_fit.temperature),
@@ -512,7 +536,8 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
 def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> None:
     """submission.csv, test_probs.csv and summary.json into ``out_dir``; the submission also to
     ``output`` when given. Logs the test score (when known) and where the submission went."""
-    write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission, outputs.num_classes)
+    write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
+                     outputs.num_classes)
     write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
     atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
     if output is not None:
@@ -543,9 +568,9 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     source = datasets[0].source
     y_test = load_test_labels(source)
     device = resolve_device(cfg.device)
-    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), device %s",
-             len(runs), sum(len(r.folds) for r in runs), len(source.test), cfg.tta.name, len(views),
-             tta_average, device)
+    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), "
+             "device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
+             cfg.tta.name, len(views), tta_average, device)
     store = decode_test_images(runs, datasets, cache_dir)
     oof = prepare_oof(runs, datasets, settings, views)
 
@@ -556,7 +581,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     pred = probs.argmax(axis=1)
 
     classes = runs[0].classes
-    outputs = build_frames(source, probs, pred, classes)  # built and checked before any file is written
+    outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
     tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
     outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
                                     store.loaded, device)
