@@ -119,8 +119,9 @@ def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_d
     for fm in run.folds:
         model, ckpt = load_checkpoint(fm.checkpoint)
         mask = folds == fm.fold
-        _, logits = inference.predict_rows(model, store.get(ds, "train", ckpt["meta"]), rows[mask], ckpt["meta"],
-                                          views, "prob", 16, torch.device("cpu"))
+        images = store.get(ds, "train", ckpt["meta"])
+        _, logits = inference.predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
+                                           torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 
