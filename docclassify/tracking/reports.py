@@ -30,8 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from docclassify import metrics
 from docclassify.engine.callbacks import Callback
-from docclassify.metrics import accuracy, macro_f1, softmax
 from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if len(y_true) != len(y_pred):
         raise ValueError(f"write_classification_report: {len(y_true)} labels but {len(y_pred)} predictions")
-    macro, acc = macro_f1(y_true, y_pred), accuracy(y_true, y_pred)
+    macro, acc = metrics.macro_f1(y_true, y_pred), metrics.accuracy(y_true, y_pred)
     table = per_class_table(y_true, y_pred, classes)
     paths = {"per_class": out_dir / PER_CLASS_CSV, "confusion_matrix": out_dir / CONFUSION_PNG,
              "report": out_dir / REPORT_MD}
@@ -311,7 +311,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     folds = sorted(folds, key=lambda fr: fr.fold)
     y_true = np.concatenate([fr.y_true for fr in folds]) if folds else np.zeros(0, np.int64)
     y_pred = np.concatenate([fr.y_pred for fr in folds]) if folds else np.zeros(0, np.int64)
-    macro = macro_f1(y_true, y_pred)
+    macro = metrics.macro_f1(y_true, y_pred)
     paths = {"per_class": run_dir / PER_CLASS_CSV, "confusion_matrix": run_dir / CONFUSION_PNG,
              "curves": run_dir / CURVES_PNG, "report": run_dir / REPORT_MD}
     atomic_write_csv(run_tables(folds, classes), paths["per_class"], float_format="%.6f")
@@ -334,8 +334,8 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
         md += [f"- OOF macro F1 so far (folds {fold_names}): {macro:.4f}", ""]
     fold_rows = pd.DataFrame([{
         "fold": fr.fold, "model": fr.model, "best epoch": None if fr.best_epoch is None else fr.best_epoch + 1,
-        "epochs": len(fr.history), "val macro F1": macro_f1(fr.y_true, fr.y_pred),
-        "val accuracy": accuracy(fr.y_true, fr.y_pred), "val images": len(fr.y_true),
+        "epochs": len(fr.history), "val macro F1": metrics.macro_f1(fr.y_true, fr.y_pred),
+        "val accuracy": metrics.accuracy(fr.y_true, fr.y_pred), "val images": len(fr.y_true),
         "misclassified": f"[grid](misclassified_fold{fr.fold}.png)"
         if (run_dir / f"misclassified_fold{fr.fold}.png").is_file() else "",
     } for fr in folds])
@@ -372,7 +372,7 @@ class LocalReports(Callback):
         try:
             self.folds[fold] = fold_result_from_outcome(fold, outcome)
             if outcome.get("images") is not None:
-                probs = softmax(outcome["val_logits"])
+                probs = metrics.softmax(outcome["val_logits"])
                 fig = misclassified_grid(outcome["images"], outcome["val_index"], outcome["val_ids"], probs,
                                          outcome["val_targets"], self.classes,
                                          f"fold {fold}: most confidently wrong validation images")
