@@ -13,7 +13,7 @@ from docclassify.config import CONF_DIR
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
 def main(cfg: DictConfig) -> float | None:
     """Returns the test macro F1 when test labels are known (a sweep can optimise it), else None."""
-    from docclassify.predict.pipeline import run_inference
+    from docclassify.predict.inference import run_inference
 
     summary = run_inference(cfg, Path(cfg.paths.output_dir))
     metrics = summary["test_metrics"]

@@ -2,7 +2,9 @@
 
 Submodules: :mod:`.tta` (needs torch), :mod:`.calibration`, :mod:`.ensemble`,
 :mod:`.submission` (numpy/scipy/pandas only). Names are imported lazily, so importing
-``docclassify.predict.submission`` does not pull in torch.
+``docclassify.predict.submission`` does not pull in torch. The flow that uses them,
+``python -m docclassify.infer``, is :func:`.inference.run_inference` (with :mod:`.runs`,
+which finds the training runs).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ _EXPORTS = {
     "calibration": (
         "apply_temperature", "calibration_report", "ece", "fit_temperature", "nll",
     ),
-    "ensemble": ("combine", "fit_oof_weights", "macro_f1", "normalize_weights"),
+    "ensemble": ("combine", "fit_oof_weights", "normalize_weights"),
     "submission": (
         "build_probability_frame", "build_submission", "check_submission", "write_outputs",
         "write_probability_frame", "write_submission",
@@ -41,7 +43,6 @@ __all__ = [
     "fit_oof_weights",
     "fit_temperature",
     "get_views",
-    "macro_f1",
     "nll",
     "normalize_weights",
     "predict_tta",

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
-from sklearn.metrics import f1_score
 
-__all__ = ["AVERAGES", "combine", "fit_oof_weights", "macro_f1", "normalize_weights"]
+from docclassify.metrics import macro_f1_of_probs
+
+__all__ = ["AVERAGES", "combine", "fit_oof_weights", "normalize_weights"]
 
 AVERAGES = ("prob", "logit")
 _EPS = 1e-12
@@ -87,11 +88,6 @@ def combine(
     return softmax(mixed, axis=1)
 
 
-def macro_f1(probs: np.ndarray, y: np.ndarray) -> float:
-    """Macro F1 of ``argmax(probs)`` against ``y`` (sklearn, ``zero_division=0``)."""
-    return float(f1_score(y, np.asarray(probs).argmax(axis=1), average="macro", zero_division=0))
-
-
 def _nll(probs: np.ndarray, y: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(y)), y], _EPS, None)).mean())
 
@@ -157,13 +153,13 @@ def fit_oof_weights(
 
     equal = normalize_weights(None, m)
     p_equal = combine(list(stacked), equal, average)
-    f1_equal, nll_equal = macro_f1(p_equal, y), _nll(p_equal, y)
+    f1_equal, nll_equal = macro_f1_of_probs(p_equal, y), _nll(p_equal, y)
     if m == 1:
         optimized = equal
     else:
         optimized = _optimize_weights(stacked, y, average)
     p_opt = combine(list(stacked), optimized, average)
-    f1_opt, nll_opt = macro_f1(p_opt, y), _nll(p_opt, y)
+    f1_opt, nll_opt = macro_f1_of_probs(p_opt, y), _nll(p_opt, y)
     accepted = m > 1 and f1_opt >= f1_equal
     chosen = optimized if accepted else equal
     return {

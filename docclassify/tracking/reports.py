@@ -28,13 +28,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from docclassify import metrics
 from docclassify.engine.callbacks import Callback
 from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_text
 
@@ -56,8 +52,8 @@ def per_class_table(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
     """One row per class: precision, recall, F1, support (true count), predicted (count).
 
     A class with neither true nor predicted samples gets empty P/R/F1: sklearn's macro average
-    (what the engine reports) leaves such classes out, so the mean of the ``f1`` column equals
-    ``f1_score(y_true, y_pred, average="macro")`` exactly.
+    (:func:`docclassify.metrics.macro_f1`, what the engine reports) leaves such classes out, so
+    the mean of the ``f1`` column equals ``f1_score(y_true, y_pred, average="macro")`` exactly.
     """
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     n = len(classes)
@@ -95,13 +91,6 @@ def worst_misclassified(probs: np.ndarray, y_true: Sequence[int], k: int = GRID_
     wrong = np.flatnonzero(probs.argmax(1) != y_true)
     p_true = probs[wrong, y_true[wrong]]
     return wrong[np.argsort(p_true, kind="stable")][:k]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,14 +238,14 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
     """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir.
 
     y_true / y_pred: class indices into ``classes``. Returns the written paths by kind. The F1 in
-    report.md and the mean of per_class.csv's ``f1`` column equal sklearn's macro F1.
+    report.md and the mean of per_class.csv's ``f1`` column equal sklearn's macro F1
+    (:func:`docclassify.metrics.macro_f1`).
     """
     out_dir = Path(out_dir)
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if len(y_true) != len(y_pred):
         raise ValueError(f"write_classification_report: {len(y_true)} labels but {len(y_pred)} predictions")
-    macro = float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else float("nan")
-    acc = float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan")
+    macro, acc = metrics.macro_f1(y_true, y_pred), metrics.accuracy(y_true, y_pred)
     table = per_class_table(y_true, y_pred, classes)
     paths = {"per_class": out_dir / PER_CLASS_CSV, "confusion_matrix": out_dir / CONFUSION_PNG,
              "report": out_dir / REPORT_MD}
@@ -322,7 +311,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     folds = sorted(folds, key=lambda fr: fr.fold)
     y_true = np.concatenate([fr.y_true for fr in folds]) if folds else np.zeros(0, np.int64)
     y_pred = np.concatenate([fr.y_pred for fr in folds]) if folds else np.zeros(0, np.int64)
-    macro = float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else float("nan")
+    macro = metrics.macro_f1(y_true, y_pred)
     paths = {"per_class": run_dir / PER_CLASS_CSV, "confusion_matrix": run_dir / CONFUSION_PNG,
              "curves": run_dir / CURVES_PNG, "report": run_dir / REPORT_MD}
     atomic_write_csv(run_tables(folds, classes), paths["per_class"], float_format="%.6f")
@@ -345,9 +334,8 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
         md += [f"- OOF macro F1 so far (folds {fold_names}): {macro:.4f}", ""]
     fold_rows = pd.DataFrame([{
         "fold": fr.fold, "model": fr.model, "best epoch": None if fr.best_epoch is None else fr.best_epoch + 1,
-        "epochs": len(fr.history), "val macro F1": float(f1_score(fr.y_true, fr.y_pred, average="macro",
-                                                                   zero_division=0)),
-        "val accuracy": float(accuracy_score(fr.y_true, fr.y_pred)), "val images": len(fr.y_true),
+        "epochs": len(fr.history), "val macro F1": metrics.macro_f1(fr.y_true, fr.y_pred),
+        "val accuracy": metrics.accuracy(fr.y_true, fr.y_pred), "val images": len(fr.y_true),
         "misclassified": f"[grid](misclassified_fold{fr.fold}.png)"
         if (run_dir / f"misclassified_fold{fr.fold}.png").is_file() else "",
     } for fr in folds])
@@ -384,7 +372,7 @@ class LocalReports(Callback):
         try:
             self.folds[fold] = fold_result_from_outcome(fold, outcome)
             if outcome.get("images") is not None:
-                probs = softmax(outcome["val_logits"])
+                probs = metrics.softmax(outcome["val_logits"])
                 fig = misclassified_grid(outcome["images"], outcome["val_index"], outcome["val_ids"], probs,
                                          outcome["val_targets"], self.classes,
                                          f"fold {fold}: most confidently wrong validation images")

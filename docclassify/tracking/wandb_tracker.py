@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from docclassify.engine.callbacks import Callback
+from docclassify.metrics import softmax
 from docclassify.tracking import reports
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class WandbTracker(Callback):
             return
         import wandb
 
-        probs = reports.softmax(outcome["val_logits"])
+        probs = softmax(outcome["val_logits"])
         y_true = np.asarray(outcome["val_targets"], dtype=np.int64)
         y_pred = probs.argmax(1)
         self._log_evaluation(y_true, y_pred, f"fold {fold}")

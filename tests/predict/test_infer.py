@@ -18,7 +18,7 @@ from scipy.special import log_softmax, softmax
 from sklearn.metrics import f1_score
 
 from docclassify.data.sources import DataError
-from docclassify.predict import pipeline
+from docclassify.predict import inference
 from docclassify.predict.runs import RunError, discover_runs
 
 pytestmark = pytest.mark.slow  # every test uses runs trained by multi_run / partial_run
@@ -57,7 +57,7 @@ def compose_infer(overrides):
 
 def infer(runs, out_dir, *overrides):
     cfg = compose_infer([f"runs=[{','.join(str(r) for r in runs)}]", "batch_size=16", *overrides])
-    return pipeline.run_inference(cfg, out_dir)
+    return inference.run_inference(cfg, out_dir)
 
 
 def assert_nothing_written(out_dir, output=None):
@@ -107,17 +107,18 @@ def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_d
     from docclassify.predict.runs import load_oof
 
     (run,) = discover_runs([multi_run])
-    (ds,) = pipeline.load_data([run], {}, str(cache_dir))
+    (ds,) = inference.load_data([run], {}, str(cache_dir))
     ids, _, saved = load_oof(run)
-    rows, folds = pipeline.plan_oof(run, ds, ids)
+    rows, folds = inference.plan_oof(run, ds, ids)
     assert sorted(set(folds)) == [0, 1]
-    store = pipeline.ImageStore(str(cache_dir))
-    views, _ = pipeline.resolve_tta({"name": "none"})
+    store = inference.ImageStore(str(cache_dir))
+    views, _ = inference.resolve_tta({"name": "none"})
     for fm in run.folds:
         model, ckpt = load_checkpoint(fm.checkpoint)
         mask = folds == fm.fold
-        _, logits = pipeline.predict_rows(model, store.get(ds, "train", ckpt["meta"]), rows[mask], ckpt["meta"],
-                                          views, "prob", 16, torch.device("cpu"))
+        images = store.get(ds, "train", ckpt["meta"])
+        _, logits = inference.predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
+                                           torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 

@@ -19,6 +19,7 @@ from conftest import TINY, compose_train, run_cli
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from docclassify.metrics import softmax
 from docclassify.tracking import reports
 from docclassify.tracking.progress import Progress
 from docclassify.tracking.wandb_tracker import (
@@ -317,7 +318,7 @@ def test_report_after_each_fold_shows_the_folds_so_far(tmp_path):
     table = pd.read_csv(tmp_path / "per_class.csv")
     macro = table[(table["scope"] == "fold0") & (table["class"] == reports.MACRO_ROW)]["f1"].item()
     assert macro == pytest.approx(f1_score(targets, logits.argmax(1), average="macro"), abs=1e-6)
-    assert reports.worst_misclassified(reports.softmax(logits), targets).tolist() == [1, 3, 5]
+    assert reports.worst_misclassified(softmax(logits), targets).tolist() == [1, 3, 5]
 
     quick = reports.LocalReports(tmp_path / "quick")  # a fold of seconds: only its grid until the run ends
     quick.on_run_start({"classes": classes, "folds": [0, 1]})

@@ -1,0 +1,590 @@
+"""The inference flow of ``python -m docclassify.infer``: training runs -> a submission.
+
+runs -> validated checkpoints -> test data (the runs' own data config, plus overrides) ->
+decoded test images, once per (img_size, resize, pad) -> per fold: batched exact TTA ->
+per run: fold average -> ensemble of runs (equal or OOF-fitted weights) -> temperature
+fitted on out-of-fold predictions -> submission.csv, test_probs.csv, summary.json.
+
+Everything that can be wrong with the input (runs, checkpoints, classes, test images,
+sample submission, test labels, settings) is checked before the first prediction, and
+nothing is written until every prediction is made: a bad input stops the run with a clear
+error and no output files.
+
+One ensemble member is one run: its folds' test predictions are averaged, and its
+out-of-fold (OOF) predictions, each row predicted by the fold that did not train on it,
+stand for it when weights and the temperature are fitted (so no row a model trained on is
+used). With ``oof_tta=true`` and TTA views beyond the identity, the OOF rows are
+re-predicted with the same views, so the fitted temperature matches TTA-averaged test
+probabilities (TTA averaging makes predictions less confident than the saved single-view
+OOF logits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from scipy.special import log_softmax
+from sklearn.metrics import precision_recall_fscore_support
+
+from docclassify.config_schema import CompetitionData
+from docclassify.data.cache import cached_images, decode_all
+from docclassify.data.sources import DataError, DataSource, load_source
+from docclassify.engine.setup import resolve_device
+from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
+from docclassify.models.checkpoint import load_checkpoint
+from docclassify.predict.calibration import apply_temperature, calibration_report
+from docclassify.predict.ensemble import combine, fit_oof_weights
+from docclassify.predict.runs import Run, RunError, discover_runs, fold_of_ids, load_oof
+from docclassify.predict.submission import (
+    build_probability_frame,
+    build_submission,
+    format_ids,
+    write_probability_frame,
+    write_submission,
+)
+from docclassify.predict.tta import View, predict_tta_batches, resolve_tta
+from docclassify.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_FILE, PROBS_FILE, SUMMARY_FILE = "submission.csv", "test_probs.csv", "summary.json"
+WEIGHT_MODES = ("equal", "oof")
+AVERAGES = ("prob", "logit")
+# data.* keys infer may override; null keeps the training run's value.
+DATA_OVERRIDES = ("root", "sample_submission", "test_dir", "test_labels", "cache")
+
+
+@dataclass
+class Settings:
+    weights: str
+    average: str
+    calibrate: bool
+    oof_tta: bool
+    batch_size: int
+    output: Path | None
+
+
+def read_settings(cfg: DictConfig) -> Settings:
+    """The top-level inference keys, checked (each error names the key)."""
+    weights, average = str(cfg.ensemble.weights), str(cfg.ensemble.average)
+    if weights not in WEIGHT_MODES:
+        raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
+    if average not in AVERAGES:
+        raise DataError(f"ensemble.average={average!r}: expected one of {', '.join(AVERAGES)}")
+    batch_size = cfg.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size={batch_size!r}: expected a positive integer")
+    output = Path(str(cfg.output)).expanduser() if cfg.output else None
+    if output is not None and output.is_dir():
+        output = output / SUBMISSION_FILE
+    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output)
+
+
+def _plain(value):
+    """A config list as a plain list (other values as they are)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the runs' own data config, overridden by infer's data.* keys
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class DataSet:
+    source: DataSource
+    cache: bool
+
+
+def run_data_config(run: Run, overrides: dict) -> dict:
+    """The run's data config with infer's non-null ``data.*`` overrides applied.
+
+    A ``data.root`` given for a run trained on the built-in synthetic data means "this
+    folder, competition layout" (the layout the synthetic data set has).
+    """
+    data = run.data_config
+    if not data.get("name"):
+        raise RunError(f"{run.path}: its config has no data.name")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "root" in given and data["name"] == "synthetic":
+        data = {**asdict(CompetitionData()), "cache": data.get("cache", True)}
+    data.update(given)
+    return data
+
+
+def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]:
+    """One DataSet per run (runs with equal data configs share it); all must share one test set."""
+    by_key: dict[str, DataSet] = {}
+    per_run = []
+    for run in runs:
+        data = run_data_config(run, overrides)
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in by_key:
+            source = load_source(OmegaConf.create(data), cache_dir)
+            if source.test is None or source.sample_submission is None:
+                raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has "
+                                "no test set: no sample_submission.csv / test/ folder; point "
+                                "data.root (or data.test_dir, data.sample_submission) at the test "
+                                "data")
+            by_key[key] = DataSet(source, bool(data.get("cache", True)))
+        ds = by_key[key]
+        if ds.source.classes != run.classes:
+            raise RunError(f"{run.path} predicts {len(run.classes)} classes {run.classes[:3]}..., "
+                           f"but the data's meta ({ds.source.root}) lists "
+                           f"{len(ds.source.classes)}: {ds.source.classes[:3]}...")
+        per_run.append(ds)
+    first = per_run[0].source
+    for ds, run in zip(per_run, runs):
+        if ds.source.test["ID"].tolist() != first.test["ID"].tolist():
+            raise DataError(f"the runs' test sets differ: {runs[0].path} uses {first.root} "
+                            f"({len(first.test)} test IDs), {run.path} uses {ds.source.root} "
+                            f"({len(ds.source.test)}); pass data.root=... to use one test set for "
+                            "all")
+    return per_run
+
+
+def load_test_labels(source: DataSource) -> np.ndarray | None:
+    """True test labels in test order (data.test_labels / the synthetic test_labels.csv) or None."""
+    if source.test_labels is None:
+        return None
+    labels = source.test_labels.set_index("ID")["target"]
+    ids = source.test["ID"]
+    missing = ids[~ids.isin(labels.index)].tolist()
+    if missing:
+        raise DataError(f"test labels: no label for {format_ids(missing)} of the test set")
+    return labels.loc[ids.tolist()].to_numpy(dtype=np.int64)
+
+
+class ImageStore:
+    """Decoded images, loaded once per (data, split, img_size, resize, pad), shared by all folds."""
+
+    def __init__(self, cache_dir: str):
+        self.cache_dir = cache_dir
+        self._arrays: dict[tuple, np.ndarray] = {}
+        self.loaded: list[dict] = []
+
+    def get(self, ds: DataSet, split: str, meta: dict) -> np.ndarray:
+        size, resize, pad = int(meta["img_size"]), str(meta["resize"]), int(meta["pad_value"])
+        key = (id(ds.source), split, size, resize, pad)
+        if key in self._arrays:
+            return self._arrays[key]
+        frame = ds.source.test if split == "test" else ds.source.train
+        paths = list(frame["path"])
+        t0 = time.time()
+        if ds.cache:
+            images, bad = cached_images(paths, size, resize, pad, self.cache_dir)
+        else:
+            images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+            bad = decode_all(paths, size, resize, pad, images, progress=False)
+        if bad and split == "test":
+            ids = frame["ID"].iloc[bad].tolist()
+            raise DataError(f"{len(ids)} test image(s) cannot be decoded: "
+                            f"{format_ids(ids, limit=50)}")
+        log.info("%s images: %d at %d px (%s, pad %d) ready in %.1fs", split, len(paths), size,
+                 resize, pad, time.time() - t0)
+        self._arrays[key] = images
+        self.loaded.append({"split": split, "img_size": size, "resize": resize, "pad_value": pad,
+                            "n": len(paths)})
+        return images
+
+
+def decode_test_images(runs: list[Run], datasets: list[DataSet], cache_dir: str) -> ImageStore:
+    """Every test image set the checkpoints need, decoded up front: a bad image stops the run
+    before any model runs."""
+    store = ImageStore(cache_dir)
+    for run, ds in zip(runs, datasets):
+        for fm in run.folds:
+            store.get(ds, "test", fm.meta)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+
+def safe_log(probs: np.ndarray) -> np.ndarray:
+    """log of probabilities, finite (underflowed zeros become log(tiny))."""
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny, None))
+
+
+def members_of(logits: list[np.ndarray], average: str) -> list[np.ndarray]:
+    """What ``combine`` takes: probabilities (average=prob) or log-probabilities (logit)."""
+    return [softmax(z) if average == "prob" else log_softmax(z, axis=1) for z in logits]
+
+
+def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict,
+                 views: list[View], average: str, batch_size: int,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """TTA predictions of ``images[rows]`` normalised like training: one forward per view per
+    batch."""
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            chunk = np.ascontiguousarray(images[rows[start:start + batch_size]])
+            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device, non_blocking=True)
+            yield x.float().div_(255.0).sub_(mean).div_(std)
+
+    return predict_tta_batches(model, batches(), views, average, device)
+
+
+@dataclass
+class TtaPredictor:
+    """How every fold model predicts: the TTA views, how they are averaged, batch size, device."""
+
+    views: list[View]
+    average: str
+    batch_size: int
+    device: torch.device
+
+    def predict(self, model: torch.nn.Module, images: np.ndarray, rows: np.ndarray,
+                meta: dict) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`predict_rows` with these settings: (probabilities, logits) of ``images[rows]``."""
+        return predict_rows(model, images, rows, meta, self.views, self.average, self.batch_size,
+                            self.device)
+
+
+def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's
+    model."""
+    folds = fold_of_ids(run, oof_ids)
+    uncovered = sorted(set(folds.tolist()) - {fm.fold for fm in run.folds})
+    if uncovered:
+        raise RunError(f"{run.path}: OOF rows of fold(s) {uncovered} but no checkpoint for them")
+    train_ids = ds.source.train["ID"].to_numpy(dtype=str)
+    row_of = pd.Series(np.arange(len(ds.source.train)), index=train_ids)
+    missing = [i for i in oof_ids if i not in row_of.index]
+    if missing:
+        raise RunError(f"{run.path}: {format_ids(missing)} of its OOF rows are not in the training "
+                       f"data of {ds.source.root}; set oof_tta=false to use the saved OOF "
+                       "predictions")
+    return row_of.loc[list(oof_ids)].to_numpy(), folds
+
+
+@dataclass
+class OofInputs:
+    """The runs' saved out-of-fold predictions, and whether they are re-predicted with TTA."""
+
+    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_oof's (IDs, y, logits)
+    repredict: bool
+    # per run: plan_oof's (training-data rows, folds) when re-predicted, else None
+    plans: list[tuple[np.ndarray, np.ndarray] | None]
+
+
+def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
+                views: list[View]) -> OofInputs | None:
+    """The OOF rows that weights (ensemble.weights=oof, 2+ runs) and the temperature (calibrate)
+    are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the
+    identity."""
+    if not (settings.calibrate or (settings.weights == "oof" and len(runs) > 1)):
+        return None
+    saved = [load_oof(run) for run in runs]
+    repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
+    plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved)] \
+        if repredict else [None] * len(runs)
+    return OofInputs(saved, repredict, plans)
+
+
+@dataclass
+class Member:
+    """One run's predictions: test logits (fold average) and, when re-predicted, OOF logits."""
+
+    run: Run
+    test_logits: np.ndarray
+    oof_logits: np.ndarray | None = None
+    folds: list[dict] = field(default_factory=list)
+
+
+def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
+                      predictor: TtaPredictor, label: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(probabilities, logits, test images per second) of one fold model on the whole test set."""
+    n_test = len(ds.source.test)
+    images = store.get(ds, "test", meta)
+    t0 = time.time()
+    probs, logits = predictor.predict(model, images, np.arange(n_test), meta)
+    seconds = time.time() - t0
+    img_per_s = n_test / max(seconds, 1e-9)
+    log.info("%s: %s at %d px, %d test images x %d views in %.1fs (%.0f img/s)", label,
+             meta["timm_name"], meta["img_size"], n_test, len(predictor.views), seconds, img_per_s)
+    return probs, logits, img_per_s
+
+
+def repredict_fold_oof(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
+                       predictor: TtaPredictor, rows: np.ndarray, label: str) -> np.ndarray:
+    """TTA logits of the training-data ``rows``: the fold's OOF rows (the ones it did not train
+    on)."""
+    t0 = time.time()
+    _, logits = predictor.predict(model, store.get(ds, "train", meta), rows, meta)
+    log.info("%s: %d OOF rows re-predicted with %d views in %.1fs", label, len(rows),
+             len(predictor.views), time.time() - t0)
+    return logits
+
+
+def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor: TtaPredictor,
+                average: str, oof: tuple[np.ndarray, np.ndarray] | None) -> Member:
+    """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows when
+    ``oof=(train rows, folds)``, see :func:`plan_oof`)."""
+    fold_preds, fold_info = [], []
+    oof_logits = None
+    if oof is not None:
+        oof_logits = np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
+    for fm in run.folds:
+        model, ckpt = load_checkpoint(fm.checkpoint, predictor.device)
+        meta = ckpt["meta"]
+        fold_label = f"{label} fold {fm.fold}"
+        probs, logits, img_per_s = predict_fold_test(model, meta, ds, store, predictor, fold_label)
+        fold_preds.append(probs if average == "prob" else logits)
+        fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
+                          "model_option": meta.get("model_option"),
+                          "img_size": int(meta["img_size"]),
+                          "checkpoint": str(fm.checkpoint.relative_to(run.path)),
+                          "test_img_per_s": round(img_per_s, 1)})
+        if oof is not None:
+            train_rows, oof_folds = oof
+            mask = oof_folds == fm.fold
+            oof_logits[mask] = repredict_fold_oof(model, meta, ds, store, predictor,
+                                                  train_rows[mask], fold_label)
+        del model, ckpt
+    test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
+    return Member(run, safe_log(test_probs), oof_logits, fold_info)
+
+
+def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
+                    predictor: TtaPredictor, average: str, oof: OofInputs | None) -> list[Member]:
+    """One ensemble member per run (its folds averaged), OOF rows re-predicted where planned."""
+    plans = oof.plans if oof is not None else [None] * len(runs)
+    return [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, predictor,
+                        average, plan)
+            for i, (run, ds, plan) in enumerate(zip(runs, datasets, plans))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-fold predictions: ensemble weights and the temperature
+# ---------------------------------------------------------------------------------------------
+
+def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path]):
+    """Rows present in every run's OOF, in the first run's order: (ids, y, [logits per run])."""
+    id_sets = [set(ids.tolist()) for ids, _, _ in per_run]
+    common_set = set.intersection(*id_sets)
+    ids0 = per_run[0][0]
+    common = np.array([i for i in ids0 if i in common_set], dtype=str)
+    if not len(common):
+        raise RunError("the runs' out-of-fold predictions share no row (different data or folds): "
+                       "ensemble.weights=oof and calibrate=true need common OOF rows; "
+                       "use ensemble.weights=equal calibrate=false")
+    aligned, y = [], None
+    for (ids, targets, logits), path in zip(per_run, paths):
+        pos = pd.Series(np.arange(len(ids)), index=ids).loc[list(common)].to_numpy()
+        if y is None:
+            y = targets[pos]
+        elif not np.array_equal(targets[pos], y):
+            bad = common[targets[pos] != y]
+            raise RunError(f"{path}: its OOF targets differ from {paths[0]}'s for "
+                           f"{format_ids(bad)} (trained on other labels)")
+        aligned.append(logits[pos])
+    dropped = max(len(ids) for ids, _, _ in per_run) - len(common)
+    if dropped:
+        log.info("OOF: %d rows common to all %d runs (%d rows not predicted by every run left out)",
+                 len(common), len(per_run), dropped)
+    return common, y, aligned
+
+
+def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int):
+    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
+    OOF F1 >= equal."""
+    if mode == "equal" or n_runs == 1:
+        if mode == "oof":
+            log.info("ensemble.weights=oof with one run: its weight is 1")
+        return [1.0 / n_runs] * n_runs, None
+    fit = fit_oof_weights(oof_members, y, average)
+    log.info("ensemble weights fitted on %d OOF rows: %s "
+             "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
+             len(y), [round(w, 4) for w in fit["weights"]], fit["f1_equal"], fit["f1_fitted"],
+             "" if fit["accepted"] else "; fitted weights scored lower, equal weights kept")
+    return fit["weights"], fit
+
+
+def fit_temperature_on_oof(oof_probs: np.ndarray, y: np.ndarray) -> dict:
+    """calibration_report of the ensemble's OOF probabilities (``temperature``: the fitted T)."""
+    calib = calibration_report(safe_log(oof_probs), y)
+    log.info("temperature %.3f fitted on %d OOF rows: NLL %.4f -> %.4f, ECE %.4f -> %.4f",
+             calib["temperature"], len(y), calib["nll_before"], calib["nll_after"],
+             calib["ece_before"], calib["ece_after"])
+    return calib
+
+
+@dataclass
+class OofFit:
+    """What the out-of-fold rows decide: the runs' weights and the temperature (and reports)."""
+
+    weights: list[float]
+    weights_fit: dict | None = None  # fit_oof_weights' report (ensemble.weights=oof, 2+ runs)
+    summary: dict | None = None  # summary.json's "oof": rows, predictions (tta/saved), macro F1
+    calibration: dict | None = None  # calibration_report (calibrate=true)
+    temperature: float = 1.0
+
+
+def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
+               calibrate: bool) -> OofFit:
+    """Ensemble weights and temperature from the members' OOF predictions (without: equal
+    weights, T=1)."""
+    if oof is None:
+        return OofFit([1.0 / len(members)] * len(members))
+    per_run = [(ids, y, m.oof_logits if oof.repredict else z)
+               for (ids, y, z), m in zip(oof.saved, members)]
+    oof_ids, y_oof, oof_logits = align_oof(per_run, [m.run.path for m in members])
+    oof_members = members_of(oof_logits, average)
+    weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members))
+    oof_probs = combine(oof_members, weights, average)
+    summary = {"rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
+               "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
+    if not calibrate:
+        return OofFit(weights, fit, summary)
+    calib = fit_temperature_on_oof(oof_probs, y_oof)
+    return OofFit(weights, fit, summary, calib, calib["temperature"])
+
+
+def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str,
+                        calibrate: bool) -> np.ndarray:
+    """The members' test predictions combined with the fitted weights, then the temperature
+    applied."""
+    probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
+    if calibrate:
+        probs = apply_temperature(safe_log(probs), oof_fit.temperature)
+    return probs
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: submission.csv, test_probs.csv, summary.json
+# ---------------------------------------------------------------------------------------------
+
+def score_predictions(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Macro F1 (sklearn's label set, like training's cv figure), accuracy and a per-class table."""
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(classes))),
+                                                 zero_division=0)
+    counts = np.bincount(pred, minlength=len(classes))
+    return {
+        "macro_f1": macro_f1(y, pred),
+        "accuracy": accuracy(y, pred),
+        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]),
+                       "f1": float(f[i]), "support": int(s[i]), "predicted": int(counts[i])}
+                      for i, c in enumerate(classes)],
+    }
+
+
+def _json_float(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+@dataclass
+class Outputs:
+    """Every output, built and checked before any file is written."""
+
+    sample: pd.DataFrame  # the sample submission the submission is checked against
+    submission: pd.DataFrame
+    probabilities: pd.DataFrame
+    num_classes: int
+    summary: dict = field(default_factory=dict)
+
+
+def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray,
+                 classes: list[str]) -> Outputs:
+    """submission.csv (``pred`` in the sample submission's layout) and test_probs.csv, checked."""
+    ids = source.test["ID"].tolist()
+    sample = source.sample_submission
+    submission = build_submission(sample, ids, pred, num_classes=len(classes))
+    return Outputs(sample, submission, build_probability_frame(ids, probs, classes), len(classes))
+
+
+def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tta: dict,
+                  classes: list[str], pred: np.ndarray, y_test: np.ndarray | None,
+                  image_sets: list[dict], device: torch.device) -> dict:
+    """summary.json (all but ``seconds``): runs and their weights, TTA, ensemble and OOF fits,
+    prediction counts, test scores (when test labels are known), the decoded image sets."""
+    counts = np.bincount(pred, minlength=len(classes))
+    return {
+        "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1),
+                  "weight": float(w), "folds": m.folds}
+                 for m, w in zip(members, oof_fit.weights)],
+        "models": sorted({f["model"] for m in members for f in m.folds}),
+        "tta": tta,
+        "ensemble": {"average": settings.average, "weights_mode": settings.weights,
+                     "weights": [float(w) for w in oof_fit.weights],
+                     "oof_fit": oof_fit.weights_fit},
+        "oof": oof_fit.summary,
+        "calibration": oof_fit.calibration,
+        "temperature": float(oof_fit.temperature),
+        "n_test": len(pred),
+        "prediction_counts": {c: int(n) for c, n in zip(classes, counts)},
+        "test_metrics": score_predictions(y_test, pred, classes) if y_test is not None else None,
+        "image_sets": image_sets,
+        "device": str(device),
+        "files": {"submission": SUBMISSION_FILE, "probabilities": PROBS_FILE,
+                  "output": str(settings.output) if settings.output else None},
+    }
+
+
+def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> None:
+    """submission.csv, test_probs.csv and summary.json into ``out_dir``; the submission also to
+    ``output`` when given. Logs the test score (when known) and where the submission went."""
+    write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
+                     outputs.num_classes)
+    write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
+    atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
+    if output is not None:
+        write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
+    n_test, metrics = outputs.summary["n_test"], outputs.summary["test_metrics"]
+    if metrics is not None:
+        log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", metrics["macro_f1"],
+                 metrics["accuracy"], n_test)
+    log.info("submission (%d rows) -> %s%s", n_test, out_dir / SUBMISSION_FILE,
+             f" and {output}" if output else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow
+# ---------------------------------------------------------------------------------------------
+
+def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Predict the test set with the runs of ``cfg.runs`` and write the outputs into ``out_dir``.
+
+    Returns the summary dict (also written as summary.json).
+    """
+    t_start = time.time()
+    settings = read_settings(cfg)
+    views, tta_average = resolve_tta(cfg.tta)
+    runs = discover_runs(_plain(cfg.runs), cfg.top_k)
+    cache_dir = str(cfg.paths.cache_dir)
+    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
+    source = datasets[0].source
+    y_test = load_test_labels(source)
+    device = resolve_device(cfg.device)
+    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), "
+             "device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
+             cfg.tta.name, len(views), tta_average, device)
+    store = decode_test_images(runs, datasets, cache_dir)
+    oof = prepare_oof(runs, datasets, settings, views)
+
+    predictor = TtaPredictor(views, tta_average, settings.batch_size, device)
+    members = predict_members(runs, datasets, store, predictor, settings.average, oof)
+    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate)
+    probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
+    pred = probs.argmax(axis=1)
+
+    classes = runs[0].classes
+    outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
+    tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
+    outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
+                                    store.loaded, device)
+    outputs.summary["seconds"] = round(time.time() - t_start, 2)
+    write_output_files(outputs, Path(out_dir), settings.output)
+    return outputs.summary
