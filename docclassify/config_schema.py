@@ -53,6 +53,9 @@ def key(default: Any = MISSING, *, choices: tuple[str, ...] | None = None, ge: f
 # ------------------------------------------------------------------------------------------ trainer
 AMP = ("none", "auto", "bf16", "fp16")
 LR_SCALE = ("none", "linear", "sqrt")
+# What decides the best epoch, early stopping, pruning and the sweep objective: auto = robust
+# when validation has a robust view (validation=robust|both), else clean.
+MONITOR = ("auto", "robust", "clean", "mean")
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TrainerConfig:
     grad_clip: float | None = key(None, gt=0.0)
     accum_steps: int = key(1, ge=1)
     early_stopping_patience: int | None = key(None, ge=1)
+    monitor: str = key("auto", choices=MONITOR)
     skip_nonfinite: bool = False
     deterministic: bool = False
     channels_last: bool = False
@@ -191,6 +195,54 @@ class CosineSchedule(ConstantSchedule):
     min_lr: float = key(1.0e-6, ge=0.0)
 
 
+# ------------------------------------------------------------------------------------------ validation
+@dataclass
+class DistortProfile:
+    """How a robust validation copy is distorted (data/distort.py). Each distortion is applied with
+    its probability ``*_p``; strengths are drawn uniformly up to the given value or within the
+    given [low, high]. Sizes are fractions of the image's long side, so a profile means the
+    same at any resolution. Defaults follow the reference competition's published test-set
+    description (quarter turns, flips, skew up to tens of degrees, crops, blur, brighter,
+    noisier, low JPEG quality), not any one data set."""
+
+    rot90_p: float = key(0.5, ge=0.0, le=1.0)          # exact quarter turn (90/180/270, uniform)
+    flip_p: float = key(0.25, ge=0.0, le=1.0)          # left-right mirror
+    angle_p: float = key(0.7, ge=0.0, le=1.0)          # small-angle rotation ...
+    angle: float = key(25.0, ge=0.0, le=180.0)         # ... uniform in +-angle degrees
+    crop_p: float = key(0.3, ge=0.0, le=1.0)           # crop ...
+    crop: float = key(0.1, ge=0.0, lt=0.5)             # ... up to this share of each side
+    perspective_p: float = key(0.3, ge=0.0, le=1.0)    # photographed page ...
+    perspective: float = key(0.06, ge=0.0, lt=0.5)     # ... corners moved up to this share
+    blur_p: float = key(0.5, ge=0.0, le=1.0)           # Gaussian blur ...
+    blur_sigma: float = key(0.004, ge=0.0, le=0.1)     # ... sigma up to this share of the long side
+    color_p: float = key(0.8, ge=0.0, le=1.0)          # brightness / contrast change
+    brightness: list[float] = key(factory=lambda: [-0.1, 0.25])  # additive, share of full scale
+    contrast: list[float] = key(factory=lambda: [0.7, 1.3])      # multiplicative
+    noise_p: float = key(0.5, ge=0.0, le=1.0)          # Gaussian sensor noise ...
+    noise_std: float = key(0.08, ge=0.0, le=1.0)       # ... std up to this share of full scale
+    jpeg_p: float = key(0.5, ge=0.0, le=1.0)           # re-encoding ...
+    jpeg_quality: list[int] = key(factory=lambda: [30, 90])      # ... quality in [low, high]
+    occlusion_p: float = key(0.2, ge=0.0, le=1.0)      # an occluding blob ...
+    occlusion_size: float = key(0.15, ge=0.0, le=0.5)  # ... up to this share of the long side
+
+
+@dataclass
+class CleanValidation:
+    name: str = key("clean", choices=("clean",))
+
+
+@dataclass
+class RobustValidation:
+    name: str = key("both", choices=("robust", "both"))
+    # Distorted copies of every validation image (each a pure function of seed, image ID, copy).
+    copies: int = key(2, ge=1, le=16)
+    # Seed of the copies; not the run's seed, so every run and trial scores the same pixels.
+    seed: int = 0
+    # A DistortProfile (its keys, e.g. validation.distort.angle=10) or "auto": fitted from the
+    # measured train-vs-test shift of the data's test images (docclassify.shift).
+    distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
+
+
 # ------------------------------------------------------------------------------------------ folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
@@ -287,6 +339,7 @@ class TrainConfig:
     folds: Any = MISSING
     logger: Any = MISSING
     ensemble: Any = MISSING
+    validation: Any = MISSING
     hparams_search: Any = None
 
 
@@ -326,6 +379,8 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("paths", "default"): PathsConfig,
     ("hparams_search", "default"): HparamsSearchConfig,
     ("tta", "default"): TTAConfig,
+    ("validation", "clean"): CleanValidation,
+    ("validation", "robust"): RobustValidation,
 }
 PRIMARY = {"train": TrainConfig, "infer": InferConfig}
 
@@ -367,7 +422,7 @@ def schema_errors(node: DictConfig, path: str) -> list[str]:
     errors = [f"{path}.{k}: not a key of {schema.__name__}; nothing reads it. Check the spelling."
               for k in node if k not in fields]
     for name, f in fields.items():
-        if name not in node or OmegaConf.is_missing(node, name):
+        if name not in node or OmegaConf.is_missing(node, name) or OmegaConf.is_interpolation(node, name):
             continue
         value = node[name]
         if isinstance(value, DictConfig):
@@ -378,9 +433,34 @@ def schema_errors(node: DictConfig, path: str) -> list[str]:
     return errors
 
 
+def distort_errors(validation: DictConfig) -> list[str]:
+    """``validation.distort``: "auto" or a DistortProfile (typed here: it is an Any field)."""
+    distort = validation.get("distort")
+    if distort is None or distort == "auto":
+        return []
+    if not isinstance(distort, DictConfig):
+        return [f"validation.distort={distort!r}: expected auto or a profile (validation.distort.<key>=...)"]
+    try:
+        profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), distort)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's key/type errors, reported with the key
+        return [f"validation.distort: {str(exc).splitlines()[0]} (keys: {', '.join(DistortProfile.__annotations__)})"]
+    errors = schema_errors(profile, "validation.distort")
+    for name, lo, hi in (("brightness", -1.0, 1.0), ("contrast", 0.0, 10.0), ("jpeg_quality", 1, 100)):
+        pair = list(profile[name])
+        if len(pair) != 2 or not lo <= pair[0] <= pair[1] <= hi:
+            errors.append(f"validation.distort.{name}={pair}: expected [low, high] with {lo} <= low <= high <= {hi}")
+    return errors
+
+
 def relation_errors(cfg: DictConfig) -> list[str]:
     """Checks that involve more than one key."""
     errors = []
+    validation = cfg.get("validation")
+    if validation is not None:
+        errors += distort_errors(validation)
+        if validation.name == "clean" and cfg.trainer.monitor in ("robust", "mean"):
+            errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=clean has no robust view; "
+                          "use validation=both (or robust), or trainer.monitor=clean")
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "
@@ -404,7 +484,7 @@ def check_config(cfg: DictConfig) -> None:
     apply_aliases(cfg)
     errors = []
     for name in cfg:
-        if name == "hydra":
+        if name == "hydra" or OmegaConf.is_interpolation(cfg, name):
             continue
         value = cfg[name]
         if isinstance(value, DictConfig):
