@@ -61,7 +61,8 @@ def main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m docclassify.train` and the `docclassify-train` console script."""
     from docclassify.engine import distributed
 
     sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
@@ -69,3 +70,7 @@ if __name__ == "__main__":
         main()
     finally:
         distributed.cleanup()
+
+
+if __name__ == "__main__":
+    cli()
