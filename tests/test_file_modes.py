@@ -86,13 +86,14 @@ def test_decode_cache_and_synthetic_data_get_the_umask_mode(tmp_path, umask, mon
 def test_run_dir_cache_and_submission_respect_the_umask(tiny_data, tmp_path, umask):
     """A real run under the umask: every file Hydra, training and inference write is shared alike."""
     env = {"DOCCLASSIFY_CACHE": str(tmp_path / "cache")}
-    run_dir, infer_dir = tmp_path / "run", tmp_path / "infer"
+    run_dir = tmp_path / "run"
     run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2",
-                                  "folds.run=[0]", f"hydra.run.dir={run_dir}"], env=env)
-    run_cli("docclassify.infer", [f"runs=[{run_dir}]", f"hydra.run.dir={infer_dir}",
-                                  f"output={tmp_path / 'copy.csv'}"], env=env)
+                                  "folds.run=[0]", f"hydra.run.dir={run_dir}", "submit=true",
+                                  f"infer.output={tmp_path / 'copy.csv'}"], env=env)
+    infer_dir = run_dir / "infer"
     for name in ("results.json", "oof.csv", "checkpoints/fold0_best.pt", "checkpoints/fold0_last.pt",
                  "folds/fold0.json", "report.md", "confusion_matrix.png"):
         assert (run_dir / name).is_file(), name
-    assert (infer_dir / "submission.csv").is_file() and list((tmp_path / "cache" / "decoded").glob("*.npy"))
+    assert (infer_dir / "submission.csv").is_file() and (tmp_path / "copy.csv").is_file()
+    assert list((tmp_path / "cache" / "decoded").glob("*.npy"))
     assert assert_modes(tmp_path, umask) > 20
