@@ -13,13 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import REPO
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 SCRIPTS = PYPROJECT["project"]["scripts"]
@@ -75,6 +79,15 @@ def test_dependency_floors_match_what_the_code_calls():
 # Slow: build, install, run
 # ---------------------------------------------------------------------------------------------
 
+def _setuptools_major() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("setuptools").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 0
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     """Wheel built from a copy of the sources, installed with --target; a cwd outside the checkout."""
@@ -87,7 +100,10 @@ def installed(tmp_path_factory) -> dict:
     for name in ("docclassify", "hydra_plugins"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(base / "dist"), str(src)],
+    # Offline and fast with this environment's setuptools when it is new enough for pyproject's
+    # build-system (an SPDX license string needs 77); else pip's isolated build fetches one.
+    isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
+    subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-w", str(base / "dist"), str(src)],
                    check=True, capture_output=True, text=True)
     (wheel,) = (base / "dist").glob("docclassify-*.whl")
     site = base / "site"
