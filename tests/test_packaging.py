@@ -34,13 +34,12 @@ def _requirement(name: str) -> str:
     return req
 
 
-def _importable(target: str) -> bool:
-    """A console script's module exists (docclassify.shift / .audit arrive with other branches)."""
-    module = target.split(":")[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
+def _importable(target: str, root: Path = REPO) -> bool:
+    """A console script's module is a file of the package under ``root`` (docclassify.shift /
+    .audit arrive with other branches). Looked up on disk: the test environment may also hold
+    another checkout's editable install."""
+    path = root.joinpath(*target.split(":")[0].split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +115,17 @@ def installed(tmp_path_factory) -> dict:
     return {"wheel": wheel, "site": site, "cwd": elsewhere, "env": env}
 
 
+IMPORT_ALL = """
+import importlib, pkgutil, sys, docclassify
+root = docclassify.__path__[0]
+for m in pkgutil.walk_packages(docclassify.__path__, "docclassify."):
+    if not m.name.endswith("__main__"):
+        importlib.import_module(m.name)
+print(*[n for n, mod in sys.modules.items() if n.startswith("docclassify") and
+        not (getattr(mod, "__file__", None) or "").startswith(root)])
+"""
+
+
 def _run(installed: dict, *args: str, env: dict | None = None) -> str:
     proc = subprocess.run(list(args), cwd=installed["cwd"], env={**installed["env"], **(env or {})},
                           capture_output=True, text=True, timeout=300)
@@ -143,6 +153,9 @@ def test_installed_wheel_runs_outside_the_checkout(installed):
     where = _run(installed, python, "-c", "import docclassify, hydra_plugins.docclassify_sweeper as s; "
                                           "print(docclassify.__file__); print(s.__file__)").split()
     assert all(Path(p).is_relative_to(site) for p in where), where
+    # Every module of the installed package imports, and from the installed files only.
+    outside = _run(installed, python, "-c", IMPORT_ALL).split()
+    assert outside == [], outside
 
     help_text = _run(installed, python, "-m", "docclassify.train", "--help")
     assert "model: " in help_text and "resnet18" in help_text and "convnext_base_384" in help_text
@@ -159,7 +172,7 @@ def test_installed_wheel_runs_outside_the_checkout(installed):
     for name in ("docclassify-aggregate", "docclassify-report", "docclassify-synthetic"):
         assert "usage" in _run(installed, str(site / "bin" / name), "--help")
     for name in ("docclassify-shift", "docclassify-audit"):
-        if _importable(SCRIPTS[name]):
+        if _importable(SCRIPTS[name], site):
             _run(installed, str(site / "bin" / name), "--help")
     assert not (installed["cwd"] / "outputs").exists()  # --help / --cfg create no run dir
 

@@ -6,7 +6,7 @@
   predictions (inference).
 - ``csv_logger.CsvLogger`` (``logger=csv``): csv/fold<k>/metrics.csv, one row per epoch.
 - ``wandb_tracker.WandbTracker`` (``logger=wandb``): one W&B run per fold + a cv summary run with
-  the run's artefacts; ``wandb_tracker.track_inference``: an infer run in the training's group.
+  the run's artefacts; ``wandb_tracker.InferenceTracker``: an infer run in the training's group.
 """
 
 from __future__ import annotations

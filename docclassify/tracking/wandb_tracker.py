@@ -12,7 +12,7 @@
   Every run is finished before the next starts, so folds never log into one another.
 - Artefacts: the summary run logs a ``results`` artefact (results.json, oof.csv, folds.csv, the
   report files); with ``logger.log_checkpoints=true`` each fold run logs its best weights as a
-  ``model`` artefact. ``track_inference`` logs an infer run (``job_type=infer``) in the group of
+  ``model`` artefact. ``InferenceTracker`` logs an infer run (``job_type=infer``) in the group of
   the training run it predicted with (read from the run dir's wandb_run.json), with a
   ``predictions`` artefact (submission.csv, test_probs.csv, summary.json, the test report).
 - Secrets: URL passwords (a sweep's storage) are masked in the config, the overrides and the
