@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,16 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------------ augment
+def _range(low: float, high: float, **limits):
+    """A [low, high] list key (both ends checked against ``limits``, low <= high)."""
+    return key(factory=lambda: [low, high], **limits)
+
+
 @dataclass
 class AugmentConfig:
+    """Unprefixed strengths: the basic set; ``advanced_*``: the advanced set; flips: both
+    (docclassify/data/augment.py)."""
+
     name: str = MISSING
     rotate_limit: float = key(5.0, ge=0.0, le=180.0)
     scale_limit: float = key(0.08, ge=0.0, lt=1.0)
@@ -157,6 +165,33 @@ class AugmentConfig:
     # Old names of advanced_p_start / advanced_p_end (still accepted; they win when given).
     hard_p_start: float | None = key(None, ge=0.0, le=1.0)
     hard_p_end: float | None = key(None, ge=0.0, le=1.0)
+    # The advanced set's strengths; *_p: probability of that step (a OneOf picks one member).
+    advanced_rot90_p: float = key(0.5, ge=0.0, le=1.0)
+    advanced_warp_p: float = key(0.7, ge=0.0, le=1.0)
+    advanced_perspective_scale: list[float] = _range(0.03, 0.08, ge=0.0, le=0.5)
+    advanced_rotate_limit: float = key(15.0, ge=0.0, le=180.0)
+    advanced_scale_limit: float = key(0.1, ge=0.0, lt=1.0)
+    advanced_shift_limit: float = key(0.0, ge=0.0, le=0.5)
+    advanced_elastic_alpha: float = key(20.0, ge=0.0, le=1000.0)
+    advanced_elastic_sigma: float = key(6.0, gt=0.0, le=100.0)
+    advanced_grid_steps: int = key(5, ge=1, le=64)
+    advanced_grid_distort: float = key(0.2, ge=0.0, le=1.0)
+    advanced_crop_p: float = key(0.5, ge=0.0, le=1.0)
+    advanced_crop_scale: float = key(0.7, gt=0.0, le=1.0)
+    advanced_blur_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_blur_limit: int = key(7, ge=3, le=99)
+    advanced_downscale: list[float] = _range(0.4, 0.8, gt=0.0, lt=1.0)
+    advanced_noise_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_noise_std: list[float] = _range(0.02, 0.12, ge=0.0, le=1.0)
+    advanced_jpeg_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_jpeg_quality: list[int] = _range(30, 90, ge=1, le=100)
+    advanced_light_p: float = key(0.6, ge=0.0, le=1.0)
+    advanced_color_jitter: float = key(0.3, ge=0.0, le=1.0)
+    advanced_gamma: list[float] = _range(60.0, 160.0, gt=0.0, le=1000.0)
+    advanced_shadow_intensity: list[float] = _range(0.5, 0.5, ge=0.0, le=1.0)
+    advanced_dropout_p: float = key(0.3, ge=0.0, le=1.0)
+    advanced_dropout_holes: list[int] = _range(1, 4, ge=1, le=64)
+    advanced_dropout_size: list[float] = _range(0.05, 0.15, gt=0.0, le=1.0)
     mixup_alpha: float = key(0.0, ge=0.0)
     cutmix_alpha: float = key(0.0, ge=0.0)
     mixup_prob: float = key(1.0, ge=0.0, le=1.0)
@@ -404,6 +439,8 @@ def _describe(meta: dict) -> str:
 
 
 def _allowed(value: Any, meta: dict) -> bool:
+    if isinstance(value, ListConfig):  # a [low, high] range: both ends allowed, low <= high
+        return len(value) == 2 and all(_allowed(v, meta) for v in value) and value[0] <= value[1]
     if "choices" in meta:
         return str(value) in meta["choices"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -429,7 +466,9 @@ def schema_errors(node: DictConfig, path: str) -> list[str]:
             errors += schema_errors(value, f"{path}.{name}")
         elif value is not None and f.metadata and not _allowed(value, f.metadata):
             hint = f" ({f.metadata['hint']})" if "hint" in f.metadata else ""
-            errors.append(f"{path}.{name}={value!r}: expected {_describe(f.metadata)}{hint}")
+            what = _describe(f.metadata)
+            what = f"[low, high] with low <= high, each {what}" if isinstance(value, ListConfig) else what
+            errors.append(f"{path}.{name}={value!r}: expected {what}{hint}")
     return errors
 
 
