@@ -78,6 +78,12 @@ class TrainerConfig:
     log_every_n_steps: int = key(0, ge=0)
     lr_scale: str = key("none", choices=LR_SCALE)
     sync_bn: bool = False
+    # Debugging (conf/debug/; names as in Lightning's Trainer). null / 0 = off.
+    limit_train_batches: int | None = key(None, ge=1)
+    limit_val_batches: int | None = key(None, ge=1)
+    overfit_batches: int = key(0, ge=0)
+    profiler: str | None = key(None, choices=("pytorch",))
+    enable_reports: bool = True
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -364,6 +370,7 @@ class TrainConfig:
     resume: str | None = None
     pipeline: str | None = None
     experiment: str | None = None
+    debug: str | None = None
     paths: Any = MISSING
     data: Any = MISSING
     model: Any = MISSING

@@ -25,10 +25,11 @@ from docclassify.data.augment import TrainTransform
 from docclassify.engine import distributed
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
 from docclassify.engine.evaluate import classification_metrics, predict_logits
-from docclassify.engine.loaders import build_loaders
+from docclassify.engine.loaders import build_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
+from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import rng_state, set_rng_state
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import model_meta, save_best
@@ -116,6 +117,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
     cfg, k, mc = run.cfg, plan.fold, plan.model_cfg
     val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
+    train_idx, val_idx = debug_rows(train_idx, val_idx, cfg.trainer, run.seed + k)  # overfit/limit_val_batches
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
     # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
     seed_everything(run.seed + 1009 * k)
@@ -157,7 +159,8 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
     job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
     for epoch in range(state.epoch, epochs):
         begin_epoch(job, run, epoch)
-        stats = train_epoch_resumably(job, state, epoch)
+        with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
+            stats = train_epoch_resumably(job, state, epoch)
         logits, metrics = validate(job)
         keep_best(job, state, epoch, logits, metrics)
         record = epoch_record(job, state, epoch, stats, metrics)

@@ -183,7 +183,8 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         **pooled,
         "n_folds": int(cfg.folds.n),
         "data": data_info,
-        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "augment": cfg.augment.name,
+        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),
+        "augment": cfg.augment.name, "ensemble": cfg.ensemble.name,
         "skipped_images": list(skipped_ids),
         "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
     }
