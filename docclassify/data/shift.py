@@ -35,7 +35,7 @@ from docclassify.data.images import BadImageError, decode_image
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 1  # bump when a statistic's definition changes (invalidates cached statistics)
+STATS_VERSION = 2  # bump when a statistic's definition changes (invalidates cached statistics)
 SAMPLE_SEED = 0    # which images a capped sample takes (fixed: every run measures the same images)
 LINE_SQUARE = 256  # side of the central square whose text lines are measured
 MIN_INK = 200      # fewer ink pixels than this: no text lines to measure
@@ -86,6 +86,16 @@ def at_work_size(g: np.ndarray, work_size: int) -> np.ndarray:
     s = work_size / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     return cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR).astype(np.float32)
+
+
+def coarse_contrast(gw: np.ndarray) -> float:
+    """RMS contrast (grey std, share of full scale) of the page shrunk to 1/8 of the working size:
+    a contrast change scales it like the full image's, while blur and noise (fine detail) hardly
+    move it, so a blurred or noisy test set does not read as a contrast shift."""
+    h, w = gw.shape
+    s = max(16, max(h, w) // 8) / max(h, w)
+    small = cv2.resize(gw, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return float(small.std()) / 255.0
 
 
 def sharpness(gw: np.ndarray) -> tuple[float, float]:
@@ -177,7 +187,7 @@ def image_stats(path: str | Path, work_size: int, calibrate: bool = False) -> di
     lap, sharp = sharpness(gw)
     direction, confidence = line_direction(gw)
     row = {"width": rgb.shape[1], "height": rgb.shape[0], "brightness": float(gw.mean()) / 255.0,
-           "contrast": float(gw.std()) / 255.0, "laplacian_var": lap, "sharpness": sharp,
+           "contrast": coarse_contrast(gw), "laplacian_var": lap, "sharpness": sharp,
            "noise": noise_sigma(rgb), "line_direction": direction, "line_confidence": confidence,
            "jpeg_quality": jpeg_quality(path)}
     if calibrate:
@@ -220,13 +230,12 @@ class SplitStats:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "table"}
-        out["table"] = json.loads(self.table.to_json(orient="split", index=False))
+        out["table"] = self.table.to_dict(orient="list")  # exact floats (json writes their repr)
         return out
 
     @classmethod
     def from_json(cls, d: dict) -> SplitStats:
-        t = d["table"]
-        table = pd.DataFrame(t["data"], columns=t["columns"]).astype({"ID": str})
+        table = pd.DataFrame(d["table"]).astype({"ID": str})
         return cls(table, d["n_images"], d["bad"], d.get("calib_blur"), d.get("calib_noise"))
 
 
@@ -306,7 +315,7 @@ class Statistic:
 
 STATISTICS = (
     Statistic("brightness", "brightness (mean grey, 0-1)"),
-    Statistic("contrast", "contrast (RMS, 0-1)"),
+    Statistic("contrast", "contrast (RMS at 1/8 size, 0-1)"),
     Statistic("laplacian_var", "blur: variance of the Laplacian", fmt=".0f", log_plot=True),
     Statistic("sharpness", "sharpness (Laplacian var / grey var)", fmt=".4f", log_plot=True),
     Statistic("noise", "noise std (0-1)", fmt=".4f"),
@@ -413,6 +422,15 @@ def profile_defaults() -> dict[str, Any]:
     return dataclasses.asdict(DistortProfile())
 
 
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether train and test differ beyond sampling noise: the two-sample KS test at the 5 % level
+    (KS distance > 1.36 / sqrt(n_eff), n_eff = n_a n_b / (n_a + n_b)). A statistic that does not
+    differ is not fitted, so two samples of the same kind of images fit no distortion."""
+    if len(a) == 0 or len(b) == 0:
+        return False
+    return ks_distance(a, b) > 1.36 / math.sqrt(len(a) * len(b) / (len(a) + len(b)))
+
+
 def shifted_share(a: np.ndarray, b: np.ndarray, side: str) -> float:
     """Estimated share p of test images (``b``) that carry a shift, reading the test set as a
     mixture (1 - p) x train + p x shifted: the larger of the one-sided KS distance (never more
@@ -434,7 +452,7 @@ Fit = tuple[dict[str, Any] | None, str]
 
 
 def fit_rot90(train: SplitStats, test: SplitStats) -> Fit:
-    """rot90_p from the share v of readable pages whose text lines run vertically. A 90 or 270
+    """rot90_p from the share v of readable pages whose text lines run vertically (0 unless ``differs``). A 90 or 270
     turn makes lines vertical, a 180 turn does not (0 and 180 look alike without a model): with
     v0 = train share (pages read wrongly) and q = share turned by 90/270,
     v_test = (1 - q) v0 + q (1 - v0), so q = (v_test - v0) / (1 - 2 v0) and, k being uniform in
@@ -446,19 +464,21 @@ def fit_rot90(train: SplitStats, test: SplitStats) -> Fit:
     if v0 >= 0.4:
         return None, f"default: {100 * v0:.0f}% of train pages read as vertical (text-line direction unreliable)"
     q = float(np.clip((vt - v0) / (1 - 2 * v0), 0.0, 1.0))
+    q = q if differs(a, b) else 0.0
     return {"rot90_p": min(1.0, 1.5 * q)}, (f"measured: vertical text lines {100 * vt:.1f}% test vs {100 * v0:.1f}% "
                                             f"train -> {100 * q:.1f}% turned by 90/270, x 1.5 for 180")
 
 
 def fit_angle(train: SplitStats, test: SplitStats) -> Fit:
     """angle = the 95th percentile of |skew| of the test pages skewed beyond the train's 95th
-    percentile (at least 1 degree); angle_p = shifted_share of |skew|."""
+    percentile (at least 1 degree); angle_p = shifted_share of |skew| (0 unless ``differs``)."""
     a, b = values(train, "abs_skew"), values(test, "abs_skew")
     if min(len(a), len(b)) < MIN_READABLE:
         return None, f"default: fewer than {MIN_READABLE} images with readable text lines"
     thr = max(float(np.quantile(a, 1 - TAIL)), 1.0)
     beyond = b[b > thr]
     p = shifted_share(a, b, "high") if len(beyond) else 0.0
+    p = p if differs(a, b) else 0.0
     angle = float(np.quantile(beyond, 0.95)) if p > 0 else 0.0
     return {"angle_p": p, "angle": min(angle, 45.0)}, (f"measured: {len(beyond)} of {len(b)} readable test pages "
                                                        f"skewed beyond {thr:.1f} deg")
@@ -485,8 +505,7 @@ def min_ks_fit(a: np.ndarray, b: np.ndarray, candidates) -> tuple[Any, float, fl
     with these params (its strengths drawn), ``size`` how big a change the params make. For every
     candidate and share p in P_GRID, the mixture (1 - p) a + p shifted is compared with ``b`` by the
     KS distance. Returned: (params, p, KS) of the closest mixture (ties: the smaller change p x size),
-    or (None, 0, KS) when "no distortion" is within 0.5 / sqrt(n_eff) of it (about half the KS
-    distance sampling alone gives), so that sampling noise does not fit a distortion."""
+    or (None, 0, KS) when train and test do not differ (``differs``)."""
     points = np.sort(np.concatenate([a, b]))
     f_a, f_b = _ecdf(np.sort(a), points), _ecdf(np.sort(b), points)
     fits = [(float(np.abs(f_a - f_b).max()), 0.0, None, 0.0)]  # (KS, cost, params, p)
@@ -494,10 +513,9 @@ def min_ks_fit(a: np.ndarray, b: np.ndarray, candidates) -> tuple[Any, float, fl
         mix = (1 - P_GRID[:, None]) * f_a + P_GRID[:, None] * _ecdf(np.sort(shifted), points)
         ks = np.abs(mix - f_b).max(axis=1)
         fits += [(float(k), float(p) * size, params, float(p)) for k, p in zip(ks, P_GRID) if p > 0]
-    n_eff = len(a) * len(b) / (len(a) + len(b))
-    best = min(fits, key=lambda f: (f[0], f[1]))
-    if fits[0][0] <= best[0] + 0.5 / math.sqrt(n_eff):
+    if not differs(a, b):
         return None, 0.0, fits[0][0]
+    best = min(fits, key=lambda f: (f[0], f[1]))
     return best[2], best[3], best[0]
 
 
@@ -680,7 +698,8 @@ def plot_shift(report: ShiftReport):
     (a matplotlib Figure on the Agg canvas)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(14, 10), layout="constrained")
+    fig = Figure(figsize=(14, 10))
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.04, top=0.91, hspace=0.45, wspace=0.3)  # no layout solver: fast
     axes = fig.subplots(3, 4).ravel()
     for ax, st in zip(axes, STATISTICS):
         a, b = values(report.train, st.name), values(report.test, st.name)
@@ -692,12 +711,13 @@ def plot_shift(report: ShiftReport):
             _histograms(ax, a, b, st.log_plot)
         prefix = "log10 " if st.log_plot else ""
         ax.set_title(f"{prefix}{st.label}\nKS {report.comparison[st.name]['ks']:.2f}", fontsize=9)
-    text = "\n".join(f"{k}: {json.dumps(v)}" + ("" if report.basis[k].startswith("measured") else "  (default)")
-                     for k, v in report.profile.items())
-    for ax in axes[len(STATISTICS):]:
+    lines = [f"{k}: {json.dumps(v)}" + ("" if report.basis[k].startswith("measured") else "  (default)")
+             for k, v in report.profile.items()]
+    lines = ["fitted profile", "(validation.distort=auto)", ""] + lines
+    half = (len(lines) + 1) // 2
+    for ax, column in zip(axes[len(STATISTICS):], (lines[:half], lines[half:])):
         ax.axis("off")
-    axes[len(STATISTICS)].text(0.0, 1.0, "fitted profile (validation.distort=auto)\n\n" + text, va="top",
-                               fontsize=8, family="monospace", transform=axes[len(STATISTICS)].transAxes)
+        ax.text(0.0, 1.0, "\n".join(column), va="top", fontsize=8, family="monospace", transform=ax.transAxes)
     fig.suptitle(f"train vs test ({len(report.train.table)} / {len(report.test.table)} images, "
                  f"measured at {report.work_size} px)")
     return fig
@@ -709,7 +729,8 @@ def _histograms(ax, a: np.ndarray, b: np.ndarray, log_scale: bool) -> None:
     pooled = np.concatenate([a, b])
     bins = np.histogram_bin_edges(pooled, bins=30) if len(pooled) else 10
     for v, colour, split in ((a, "tab:blue", "train"), (b, "tab:orange", "test")):
-        ax.hist(v, bins=bins, density=True, alpha=0.5, color=colour, label=f"{split} (n={len(v)})")
+        ax.hist(v, bins=bins, density=True, alpha=0.5, color=colour, histtype="stepfilled",
+                label=f"{split} (n={len(v)})")
     ax.legend(fontsize=7)
 
 
