@@ -667,15 +667,14 @@ class ShiftReport:
 def no_test_message(data_cfg) -> str:
     """Why a data config has no test images, and where they would have to be."""
     name = data_cfg.get("name")
-    root = data_cfg.get("root")
+    if name == "synthetic":
+        return "data=synthetic has no test images (data.n_test_per_class=0)"
     if name == "competition":
         where = (f"{data_cfg.get('sample_submission')} (listing the test IDs) and the images in "
                  f"{data_cfg.get('test_dir')}/")
-    elif name == "imagefolder":
-        where = f"a {data_cfg.get('test_dir')}/ folder of images"
     else:
-        where = "test images"
-    return f"data={name} data.root={root} has no test images: the shift is measured against {where}"
+        where = f"a {data_cfg.get('test_dir')}/ folder of images"
+    return f"data={name} data.root={data_cfg.get('root')} has no test images: the shift is measured against {where}"
 
 
 def build_report(source, work_size: int, max_images: int | None, cache_dir) -> ShiftReport:
