@@ -6,7 +6,8 @@ from them (``validation.distort=auto``). The formulas are in docs/shift.md.
     measure_split   a (sampled) image set -> SplitStats, cached by the images' content
     compare         train vs test -> per statistic: quartiles, median shift, KS distance
     fit_profile     train vs test -> a DistortProfile (dict) covering the measured shift
-    run_shift_check the training hook: log the biggest shifts, shift.png/shift.json, the fitted profile
+    run_shift_check the training hook: log the biggest shifts, shift.png/shift.json, and for
+                    validation.distort=auto the fitted profile (fit_profile_for_run: distort_profile.yaml)
 
 Images are measured at a common working size (long side ``shift.work_size`` for brightness,
 contrast, sharpness and text lines; noise at the decoded resolution, where h6's distortions add
@@ -784,39 +785,57 @@ def distort_is_auto(cfg) -> bool:
     return isinstance(distort, str) and distort == "auto"
 
 
-def run_shift_check(source, cfg, run_dir: str | Path, write: bool = True) -> dict | None:
-    """At the start of training: with ``shift.report`` and test images, log the biggest shifts and
-    write shift.json / shift.png into ``run_dir``; with ``validation.distort=auto``, fit the profile,
-    write distort_profile.yaml and return it (else None). Without test images the check is silent,
-    unless the profile must be fitted (a DataError naming what is missing). ``write=False``
-    (DDP ranks other than 0) measures (from the cache) without writing or logging."""
+def _has_test(source) -> bool:
+    return source.test is not None and not source.test.empty
+
+
+def _measure_for_run(source, cfg) -> ShiftReport:
+    """build_report with the run's ``shift`` settings (defaults when a config has no such node)."""
+    settings = cfg.get("shift")
+    work_size = int(settings.work_size) if settings is not None else 256
+    max_images = settings.max_images if settings is not None else 500
+    return build_report(source, work_size, max_images, cfg.paths.cache_dir)
+
+
+def fit_profile_for_run(source, cfg, run_dir: str | Path, write: bool = True,
+                        report: ShiftReport | None = None) -> dict:
+    """``validation.distort=auto``: the profile fitted from ``source``'s train-vs-test shift (from
+    ``report`` when already measured), logged and saved as distort_profile.yaml in ``run_dir``
+    (``write``). A DataError naming what is missing when the data has no test images."""
     from docclassify.data.sources import DataError
     from docclassify.utils.io import atomic_write_text
 
+    if not _has_test(source):
+        raise DataError(f"validation.distort=auto: {no_test_message(cfg.data)}. Give the test images, "
+                        "or a profile instead of auto (e.g. drop the override: the validation option's default)")
+    report = report or _measure_for_run(source, cfg)
+    if write:
+        atomic_write_text(Path(run_dir) / PROFILE_YAML, profile_yaml(report, f"data={cfg.data.name}"))
+        log.info("validation.distort=auto: fitted profile %s -> %s", json.dumps(report.profile),
+                 Path(run_dir) / PROFILE_YAML)
+    return report.profile
+
+
+def run_shift_check(source, cfg, run_dir: str | Path, write: bool = True) -> dict | None:
+    """At the start of training: with ``shift.report`` and test images, log the biggest shifts and
+    write shift.json / shift.png into ``run_dir``; with ``validation.distort=auto``, fit the profile
+    (fit_profile_for_run: saved as distort_profile.yaml) and return it, else None. Without test
+    images the check is silent, unless the profile must be fitted (a DataError naming what is
+    missing, before any training). ``write=False`` (DDP ranks other than 0) measures (from the
+    cache) without writing or logging."""
     settings = cfg.get("shift")
     report_on = bool(settings is not None and settings.get("report", True))
     auto = distort_is_auto(cfg)
-    if not (report_on or auto):
+    if not auto and not (report_on and _has_test(source)):
         return None
-    if source.test is None or source.test.empty:
-        if auto:
-            raise DataError(f"validation.distort=auto: {no_test_message(cfg.data)}. Give the test images, "
-                            "or a profile instead of auto (e.g. drop the override: the validation option's default)")
-        return None
+    if not _has_test(source):
+        return fit_profile_for_run(source, cfg, run_dir, write)  # raises: nothing to fit to
     t0 = time.time()
-    work_size = int(settings.work_size) if settings is not None else 256
-    max_images = settings.max_images if settings is not None else 500
-    report = build_report(source, work_size, max_images, cfg.paths.cache_dir)
-    run_dir = Path(run_dir)
+    report = _measure_for_run(source, cfg)
     if write and report_on:
         write_report(run_dir, report)
         shifts = biggest_shifts(report.comparison) or ["none with a KS distance of 0.1 or more"]
         log.info("train-vs-test shift (%d train / %d test images, measured in %.1f s, %.1f s with %s): %s",
                  len(report.train.table), len(report.test.table), report.seconds, time.time() - t0,
-                 run_dir / SHIFT_PNG, "; ".join(shifts))
-    if not auto:
-        return None
-    if write:
-        atomic_write_text(run_dir / PROFILE_YAML, profile_yaml(report, f"data={cfg.data.name}"))
-        log.info("validation.distort=auto: fitted profile %s -> %s", json.dumps(report.profile), run_dir / PROFILE_YAML)
-    return report.profile
+                 Path(run_dir) / SHIFT_PNG, "; ".join(shifts))
+    return fit_profile_for_run(source, cfg, run_dir, write, report) if auto else None
