@@ -284,6 +284,32 @@ class RobustValidation:
     distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
 
 
+# ------------------------------------------------------------------------------------------ shift
+@dataclass
+class ShiftSettings:
+    """How the train-vs-test shift is measured (docclassify/data/shift.py, docs/shift.md)."""
+
+    max_images: int | None = key(500, ge=10)   # per split, a seeded sample; null = every image
+    work_size: int = key(256, ge=64, le=2048)  # long side (px) for brightness, contrast, blur, text lines
+
+
+@dataclass
+class ShiftCheck(ShiftSettings):
+    """The shift check at the start of training (train.yaml's ``shift`` node)."""
+
+    report: bool = True  # log the biggest shifts and write shift.json / shift.png when test images exist
+
+
+@dataclass
+class ShiftConfig:
+    """Top level of ``conf/shift.yaml`` (``python -m docclassify.shift``)."""
+
+    task_name: str = "shift"
+    paths: Any = MISSING
+    data: Any = MISSING
+    shift: ShiftSettings = field(default_factory=ShiftSettings)
+
+
 # ------------------------------------------------------------------------------------------ folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
@@ -383,6 +409,7 @@ class TrainConfig:
     ensemble: Any = MISSING
     validation: Any = MISSING
     hparams_search: Any = None
+    shift: ShiftCheck = field(default_factory=ShiftCheck)
 
 
 @dataclass
@@ -424,7 +451,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("validation", "clean"): CleanValidation,
     ("validation", "robust"): RobustValidation,
 }
-PRIMARY = {"train": TrainConfig, "infer": InferConfig}
+PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig}
 
 
 def register() -> None:

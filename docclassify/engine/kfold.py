@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, folds_to_run
+from docclassify.data.shift import run_shift_check
 from docclassify.data.sources import DataSource, load_source
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
@@ -70,6 +71,8 @@ class RunData:
     folds: np.ndarray          # validation fold of every row (-1: always trains)
     keep: np.ndarray           # False for rows skipped as undecodable (data.on_bad_image=skip)
     skipped_ids: list[str]
+    # validation.distort=auto: the profile fitted from the train-vs-test shift (data/shift.py), else None
+    fitted_profile: dict | None = None
 
     @property
     def targets(self) -> np.ndarray:
@@ -148,6 +151,9 @@ def load_run_data(run: RunContext) -> RunData:
     if distributed.is_main():
         check_resume_compatible(run.run_dir, cfg)
         save_overrides(run.run_dir)
+    # Train-vs-test shift: a few log lines, shift.png / shift.json; fits validation.distort=auto.
+    with distributed.main_first():  # rank 0 measures (and caches), the other ranks read the cache
+        fitted_profile = run_shift_check(source, cfg, run.run_dir, write=distributed.is_main())
     paths = list(source.train["path"])
     images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
@@ -164,7 +170,7 @@ def load_run_data(run: RunContext) -> RunData:
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")
-    return RunData(source, plans, images_by_size, folds, keep, skipped)
+    return RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile)
 
 
 def run_info(run: RunContext, data: RunData) -> dict:
