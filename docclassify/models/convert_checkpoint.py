@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from docclassify.models.checkpoint import (
+    BEST_SUFFIX,
     PICKLE_FORMAT,
     CheckpointError,
-    best_checkpoint_name,
     model_meta,
     save_best,
     save_resume_state,
@@ -52,8 +52,7 @@ def convert_best(path: Path) -> Path:
     meta = model_meta(old["timm_name"], old.get("model_option"), old["num_classes"], old["img_size"],
                       old["resize"], old["pad_value"], old["mean"], old["std"], old["classes"])
     extra = {k: v for k, v in ckpt.items() if k not in ("format", "meta", "state_dict")}
-    fold = int(extra.get("fold", path.name.split("_")[0].removeprefix("fold")))
-    out = path.with_name(best_checkpoint_name(fold))
+    out = path.with_suffix(BEST_SUFFIX)  # fold{k}_best.pt -> fold{k}_best.safetensors
     save_best(out, ckpt["state_dict"], meta, **extra)
     return out
 

@@ -118,8 +118,8 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def _old_pickle_checkpoint(path, model, meta, payload_marker=None):
-    ckpt = {"format": PICKLE_FORMAT, "meta": meta, "state_dict": model.state_dict(), "fold": 0, "epoch": 1,
+def _old_pickle_checkpoint(path, model, meta, payload_marker=None, fold=0):
+    ckpt = {"format": PICKLE_FORMAT, "meta": meta, "state_dict": model.state_dict(), "fold": fold, "epoch": 1,
             "macro_f1": 0.5, "weights": "live"}
     if payload_marker is not None:
         _Payload.marker = payload_marker
@@ -205,7 +205,7 @@ def test_an_old_run_is_refused_by_infer_then_converted_and_predicts_the_same(tin
         _, ckpt = load_checkpoint(new)
         model = create_model(ckpt["meta"]["timm_name"], 17)
         model.load_state_dict(ckpt["state_dict"])
-        _old_pickle_checkpoint(new.with_name(f"fold{f['fold']}_best.pt"), model, ckpt["meta"])
+        _old_pickle_checkpoint(new.with_name(f"fold{f['fold']}_best.pt"), model, ckpt["meta"], fold=f["fold"])
         new.unlink()
         f["checkpoint"] = f"checkpoints/fold{f['fold']}_best.pt"
         fold_json = old / "folds" / f"fold{f['fold']}.json"
@@ -220,6 +220,7 @@ def test_an_old_run_is_refused_by_infer_then_converted_and_predicts_the_same(tin
     for k in (0, 1):
         a, b = (load_file(d / "checkpoints" / f"fold{k}_best.safetensors") for d in (run, old))
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+        assert read_checkpoint(old / "checkpoints" / f"fold{k}_best.safetensors")["fold"] == k
     subs = []
     for d in (run, old):
         run_cli("docclassify.infer", [f"runs=[{d}]", f"hydra.run.dir={tmp_path / ('infer_' + d.name)}", "tta=none"])
