@@ -125,3 +125,24 @@ def test_fold_override_size_is_checked_and_named(tmp_path, monkeypatch):
     with pytest.raises(ModelConfigError, match=r"ensemble.fold_models fold 1 \(tiny_convnext\) "
                                                r"\(vit_base_patch32_224\) cannot run at 16 px"):
         plan_folds(cfg, [0, 1])
+
+
+@pytest.mark.slow
+def test_a_fixed_size_model_trains_and_predicts_at_a_non_native_size(tiny_data, tmp_path):
+    """timm's test_vit is fixed at 160 px; a run at 48 px trains both folds, and inference rebuilds
+    each fold at 48 px from the checkpoint alone."""
+    import json
+
+    from conftest import run_cli
+
+    from docclassify.models.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", *TINY, "model.timm_name=test_vit",
+                                  "data.img_size=48", "folds.n=2", f"hydra.run.dir={run}"])
+    results = json.loads((run / "results.json").read_text())
+    assert [f["img_size"] for f in results["folds"]] == [48, 48]
+    assert read_checkpoint(run / results["folds"][0]["checkpoint"])["meta"]["fixed_input_size"] is True
+    run_cli("docclassify.infer", [f"runs=[{run}]", f"hydra.run.dir={tmp_path / 'infer'}", "tta=rot90"])
+    summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert {f["img_size"] for r in summary["runs"] for f in r["folds"]} == {48}
