@@ -156,17 +156,23 @@ def _create_from_hub(timm_name: str, kwargs: dict) -> torch.nn.Module:
         ) from exc
 
 
-@functools.lru_cache(maxsize=256)
-def size_problem(timm_name: str, img_size: int) -> str | None:
-    """Why ``timm_name`` cannot run at ``img_size`` px (None when it can): the architecture is built
-    on the meta device (no memory, no weights) and run on a meta tensor of that size."""
+def _probe(timm_name: str, img_size: int, device: str) -> str | None:
+    """Build the architecture for ``img_size`` on ``device`` and run one image through it; returns
+    the error (None when it runs)."""
     try:
-        with torch.device("meta"):
+        with torch.device(device), torch.no_grad():
             model = timm.create_model(timm_name, pretrained=False, num_classes=2, **size_kwargs(timm_name, img_size))
-            model.eval()(torch.empty(1, 3, img_size, img_size))
+            model.eval()(torch.zeros(1, 3, img_size, img_size))
     except Exception as exc:  # noqa: BLE001 - any failure means the size does not work
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def size_problem(timm_name: str, img_size: int) -> str | None:
+    """Why ``timm_name`` cannot run at ``img_size`` px (None when it can), asked of the architecture
+    built on the meta device (no memory, no weights: a fraction of a second for a base model)."""
+    return _probe(timm_name, img_size, "meta")
 
 
 def check_input_size(timm_name: str, img_size: int, where: str) -> None:
@@ -180,6 +186,8 @@ def check_input_size(timm_name: str, img_size: int, where: str) -> None:
     native = native_size(timm_name) or 224
     if size_problem(timm_name, native) is not None:
         return  # the meta-device probe does not work for this architecture at all: training will tell
+    if _probe(timm_name, int(img_size), "cpu") is None:
+        return  # only the meta device lacks something; the real model runs
     accepted = []
     for s in PROBE_SIZES:
         if size_problem(timm_name, s) is None:
