@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import REPO, TINY, run_cli
+from conftest import TINY, run_cli
 from safetensors.torch import load_file
 
 from docclassify.models import convert_checkpoint
@@ -173,7 +171,7 @@ def test_an_old_pickle_resume_state_is_refused_then_converted(tmp_path):
     assert state["state"]["epoch"] == 2 and np.array_equal(state["state"]["best_logits"], np.ones((2, 3)))
 
 
-def test_pickled_weights_file_is_refused_until_converted(tmp_path):
+def test_pickled_weights_file_is_refused_until_converted(tmp_path, capsys):
     """model.weights= a .pth with Python objects besides tensors (here numpy values, as training
     scripts often store their metrics)."""
     src = timm.create_model("test_vit", num_classes=3, img_size=64)
@@ -181,9 +179,8 @@ def test_pickled_weights_file_is_refused_until_converted(tmp_path):
     torch.save({"model": src.state_dict(), "val_curve": np.array([0.5, 0.7])}, path)
     with pytest.raises(ModelConfigError, match=r"weights_only=True.*convert_checkpoint --weights .*weights.pth"):
         create_model("test_vit", 17, weights=str(path), img_size=64)
-    proc = subprocess.run([sys.executable, "-m", "docclassify.models.convert_checkpoint", "--weights", str(path)],
-                          cwd=REPO, capture_output=True, text=True, check=True)
-    assert "weights.safetensors" in proc.stdout
+    assert convert_checkpoint.main(["--weights", str(path)]) == 0
+    assert "weights.safetensors" in capsys.readouterr().out
     model = create_model("test_vit", 17, weights=str(tmp_path / "weights.safetensors"), img_size=64)
     assert torch.equal(model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
 
