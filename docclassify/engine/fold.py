@@ -6,7 +6,7 @@
 
 The fold's resumable state is a :class:`FoldState`, saved after every epoch (and at a stop
 request part-way through one) in ``checkpoints/fold{k}_last.pt``; the best weights go to
-``checkpoints/fold{k}_best.pt``.
+``checkpoints/fold{k}_best.safetensors`` (models.checkpoint: safetensors, meta in the header).
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import rng_state, set_rng_state
 from docclassify.engine.setup import seed_everything
-from docclassify.models.checkpoint import model_meta, save_best
+from docclassify.models.checkpoint import (
+    best_checkpoint_name,
+    load_resume_state,
+    model_meta,
+    save_best,
+    save_resume_state,
+)
 from docclassify.models.factory import normalization_of
-from docclassify.utils.io import atomic_save_torch, atomic_write, atomic_write_json
+from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
     from docclassify.engine.kfold import RunContext, RunData
@@ -92,7 +98,7 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     t0 = time.time()
     outcome = fit_fold(job, run)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
-                   checkpoint=f"checkpoints/fold{job.fold}_best.pt")
+                   checkpoint=f"checkpoints/{job.best_path.name}")
     finish_fold(job, outcome, run, data)
     return outcome
 
@@ -121,7 +127,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
     # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
     seed_everything(run.seed + 1009 * k)
-    model = build_model(mc, data.num_classes, cfg.regularization)
+    model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
     mean, std = normalization_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
                       int(cfg.data.pad_value), mean, std, data.classes)
@@ -137,7 +143,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
              len(train_idx), len(val_idx))
     return FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
-                   data.targets[val_idx], info, run.ckpt_dir / f"fold{k}_best.pt", run.ckpt_dir / f"fold{k}_last.pt")
+                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
+                   run.ckpt_dir / f"fold{k}_last.pt")
 
 
 def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
@@ -261,13 +268,13 @@ def save_state(job: FoldJob, state: FoldState) -> None:
     if not distributed.is_main():  # DDP ranks hold the same state: rank 0 writes it
         return
     p = job.parts
-    atomic_save_torch({
+    save_resume_state(job.last_path, {
         "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
         "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
         "ema": p.ema.state_dict() if p.ema is not None else None,
         "scaler": p.scaler.state_dict() if p.scaler is not None else None,
         "rng": rng_state(), "state": dict(vars(state)), "saved_at": time.time(),
-    }, job.last_path)
+    })
 
 
 def restore_state(job: FoldJob) -> FoldState:
@@ -279,7 +286,7 @@ def restore_state(job: FoldJob) -> FoldState:
     if not job.last_path.is_file():
         return FoldState()
     p = job.parts
-    ckpt = torch.load(job.last_path, map_location="cpu", weights_only=False)
+    ckpt = load_resume_state(job.last_path)
     p.model.load_state_dict(ckpt["model"])
     p.optimizer.load_state_dict(ckpt["optimizer"])
     if p.ema is not None and ckpt.get("ema"):
