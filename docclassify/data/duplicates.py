@@ -13,7 +13,7 @@ Step 1 is cheap (all pairs, XOR + bit count) but not enough on documents: two di
 of one template differ only in details a 64-bit hash does not see (pHash distances of 2-6 bits
 between distinct synthetic documents), while a copy cropped by 3% differs by up to ~14 bits.
 Step 2 checks the details, tolerating resizing, re-encoding and crops of a few percent.
-``benchmarks/duplicates.py`` measures both (docs/data-audit.md has the table).
+``benchmarks/duplicates_benchmark.py`` measures both (docs/data-audit.md has the table).
 
 The fingerprints (hashes and thumbnails) of a set of images are cached under
 ``paths.cache_dir/fingerprints``, keyed by the images' bytes (``data.cache.content_key``), and so
