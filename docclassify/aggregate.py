@@ -40,7 +40,8 @@ log = logging.getLogger("docclassify.aggregate")
 
 RUN_CONFIG, FOLDS_FILE = "run_config.yaml", "folds.csv"
 # Keys that decide which rows land in which fold: jobs that differ here cannot be merged.
-SPLIT_KEYS = ("seed", "folds.n")
+SPLIT_KEYS = ("seed", "folds.n", "folds.group_duplicates", "folds.duplicate_distance", "folds.duplicate_similarity",
+              "data.relabel", "data.exclude")
 
 
 class AggregateError(ValueError):

@@ -99,6 +99,8 @@ class DataCommon:
     cache: bool = True
     num_workers: int | None = key(None, ge=0)
     on_bad_image: str = key("error", choices=("error", "skip"))
+    relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
+    exclude: str | None = None   # CSV ID: training rows left out
 
 
 @dataclass
@@ -316,6 +318,10 @@ class FoldsConfig:
     n: int = key(5, ge=2, hint="for one hold-out split train one fold of K, e.g. folds.n=5 folds.run=[0]")
     # A list of fold indices, or one int (folds_to_run accepts both and validates the range).
     run: Any | None = None
+    # Near-duplicate training images share a fold (StratifiedGroupKFold; data/duplicates.py).
+    group_duplicates: bool = False
+    duplicate_distance: int = key(12, ge=0, le=64)
+    duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
 
 
 @dataclass
