@@ -7,8 +7,9 @@ Each fold can run as its own job (its own GPU, its own SLURM allocation)::
 
 Every job dir (SWEEP_DIR/0, SWEEP_DIR/1, ...) is a complete run dir of the folds it trained.
 The merge writes into SWEEP_DIR (or ``--out``) what one K-fold run writes: results.json,
-oof.csv, oof_logits.npy, folds.csv, run_config.yaml, folds/fold{k}.json and
-checkpoints/fold{k}_best.pt (hard links to the jobs' files, copies across file systems), so
+oof.csv, oof_logits.npy, folds.csv, run_config.yaml, folds/fold{k}.json and the checkpoint each
+fold{k}.json names (checkpoints/fold{k}_best.safetensors; hard links to the jobs' files, copies
+across file systems), so
 ``python -m docclassify.infer runs=[SWEEP_DIR]`` and ``resume=SWEEP_DIR`` treat it as one run.
 
 The jobs must share their folds (same data, seed, folds.n): otherwise their out-of-fold rows
@@ -39,7 +40,8 @@ log = logging.getLogger("docclassify.aggregate")
 
 RUN_CONFIG, FOLDS_FILE = "run_config.yaml", "folds.csv"
 # Keys that decide which rows land in which fold: jobs that differ here cannot be merged.
-SPLIT_KEYS = ("seed", "folds.n")
+SPLIT_KEYS = ("seed", "folds.n", "folds.group_duplicates", "folds.duplicate_distance", "folds.duplicate_similarity",
+              "data.relabel", "data.exclude")
 
 
 class AggregateError(ValueError):

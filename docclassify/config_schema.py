@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ class TrainerConfig:
     log_every_n_steps: int = key(0, ge=0)
     lr_scale: str = key("none", choices=LR_SCALE)
     sync_bn: bool = False
+    # Debugging (conf/debug/; names as in Lightning's Trainer). null / 0 = off.
+    limit_train_batches: int | None = key(None, ge=1)
+    limit_val_batches: int | None = key(None, ge=1)
+    overfit_batches: int = key(0, ge=0)
+    profiler: str | None = key(None, choices=("pytorch",))
+    enable_reports: bool = True
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -93,6 +99,8 @@ class DataCommon:
     cache: bool = True
     num_workers: int | None = key(None, ge=0)
     on_bad_image: str = key("error", choices=("error", "skip"))
+    relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
+    exclude: str | None = None   # CSV ID: training rows left out
 
 
 @dataclass
@@ -141,8 +149,16 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------------ augment
+def _range(low: float, high: float, **limits):
+    """A [low, high] list key (both ends checked against ``limits``, low <= high)."""
+    return key(factory=lambda: [low, high], **limits)
+
+
 @dataclass
 class AugmentConfig:
+    """Unprefixed strengths: the basic set; ``advanced_*``: the advanced set; flips: both
+    (docclassify/data/augment.py)."""
+
     name: str = MISSING
     rotate_limit: float = key(5.0, ge=0.0, le=180.0)
     scale_limit: float = key(0.08, ge=0.0, lt=1.0)
@@ -157,6 +173,33 @@ class AugmentConfig:
     # Old names of advanced_p_start / advanced_p_end (still accepted; they win when given).
     hard_p_start: float | None = key(None, ge=0.0, le=1.0)
     hard_p_end: float | None = key(None, ge=0.0, le=1.0)
+    # The advanced set's strengths; *_p: probability of that step (a OneOf picks one member).
+    advanced_rot90_p: float = key(0.5, ge=0.0, le=1.0)
+    advanced_warp_p: float = key(0.7, ge=0.0, le=1.0)
+    advanced_perspective_scale: list[float] = _range(0.03, 0.08, ge=0.0, le=0.5)
+    advanced_rotate_limit: float = key(15.0, ge=0.0, le=180.0)
+    advanced_scale_limit: float = key(0.1, ge=0.0, lt=1.0)
+    advanced_shift_limit: float = key(0.0, ge=0.0, le=0.5)
+    advanced_elastic_alpha: float = key(20.0, ge=0.0, le=1000.0)
+    advanced_elastic_sigma: float = key(6.0, gt=0.0, le=100.0)
+    advanced_grid_steps: int = key(5, ge=1, le=64)
+    advanced_grid_distort: float = key(0.2, ge=0.0, le=1.0)
+    advanced_crop_p: float = key(0.5, ge=0.0, le=1.0)
+    advanced_crop_scale: float = key(0.7, gt=0.0, le=1.0)
+    advanced_blur_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_blur_limit: int = key(7, ge=3, le=99)
+    advanced_downscale: list[float] = _range(0.4, 0.8, gt=0.0, lt=1.0)
+    advanced_noise_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_noise_std: list[float] = _range(0.02, 0.12, ge=0.0, le=1.0)
+    advanced_jpeg_p: float = key(0.4, ge=0.0, le=1.0)
+    advanced_jpeg_quality: list[int] = _range(30, 90, ge=1, le=100)
+    advanced_light_p: float = key(0.6, ge=0.0, le=1.0)
+    advanced_color_jitter: float = key(0.3, ge=0.0, le=1.0)
+    advanced_gamma: list[float] = _range(60.0, 160.0, gt=0.0, le=1000.0)
+    advanced_shadow_intensity: list[float] = _range(0.5, 0.5, ge=0.0, le=1.0)
+    advanced_dropout_p: float = key(0.3, ge=0.0, le=1.0)
+    advanced_dropout_holes: list[int] = _range(1, 4, ge=1, le=64)
+    advanced_dropout_size: list[float] = _range(0.05, 0.15, gt=0.0, le=1.0)
     mixup_alpha: float = key(0.0, ge=0.0)
     cutmix_alpha: float = key(0.0, ge=0.0)
     mixup_prob: float = key(1.0, ge=0.0, le=1.0)
@@ -243,12 +286,42 @@ class RobustValidation:
     distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
 
 
+# ------------------------------------------------------------------------------------------ shift
+@dataclass
+class ShiftSettings:
+    """How the train-vs-test shift is measured (docclassify/data/shift.py, docs/shift.md)."""
+
+    max_images: int | None = key(500, ge=10)   # per split, a seeded sample; null = every image
+    work_size: int = key(256, ge=64, le=2048)  # long side (px) for brightness, contrast, blur, text lines
+
+
+@dataclass
+class ShiftCheck(ShiftSettings):
+    """The shift check at the start of training (train.yaml's ``shift`` node)."""
+
+    report: bool = True  # log the biggest shifts and write shift.json / shift.png when test images exist
+
+
+@dataclass
+class ShiftConfig:
+    """Top level of ``conf/shift.yaml`` (``python -m docclassify.shift``)."""
+
+    task_name: str = "shift"
+    paths: Any = MISSING
+    data: Any = MISSING
+    shift: ShiftSettings = field(default_factory=ShiftSettings)
+
+
 # ---------------------------------------------------------------------------------- folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
     n: int = key(5, ge=2, hint="for one hold-out split train one fold of K, e.g. folds.n=5 folds.run=[0]")
     # A list of fold indices, or one int (folds_to_run accepts both and validates the range).
     run: Any | None = None
+    # Near-duplicate training images share a fold (StratifiedGroupKFold; data/duplicates.py).
+    group_duplicates: bool = False
+    duplicate_distance: int = key(12, ge=0, le=64)
+    duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
 
 
 @dataclass
@@ -351,6 +424,7 @@ class TrainConfig:
     resume: str | None = None
     pipeline: str | None = None
     experiment: str | None = None
+    debug: str | None = None
     paths: Any = MISSING
     data: Any = MISSING
     model: Any = MISSING
@@ -363,6 +437,7 @@ class TrainConfig:
     ensemble: Any = MISSING
     validation: Any = MISSING
     hparams_search: Any = None
+    shift: ShiftCheck = field(default_factory=ShiftCheck)
     submit: bool = False
     infer: SubmitInfer = field(default_factory=SubmitInfer)
 
@@ -408,7 +483,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("validation", "clean"): CleanValidation,
     ("validation", "robust"): RobustValidation,
 }
-PRIMARY = {"train": TrainConfig, "infer": InferConfig}
+PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig}
 
 
 def register() -> None:
@@ -430,6 +505,8 @@ def _describe(meta: dict) -> str:
 
 
 def _allowed(value: Any, meta: dict) -> bool:
+    if isinstance(value, ListConfig):  # a [low, high] range: both ends allowed, low <= high
+        return len(value) == 2 and all(_allowed(v, meta) for v in value) and value[0] <= value[1]
     if "choices" in meta:
         return str(value) in meta["choices"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -455,7 +532,9 @@ def schema_errors(node: DictConfig, path: str) -> list[str]:
             errors += schema_errors(value, f"{path}.{name}")
         elif value is not None and f.metadata and not _allowed(value, f.metadata):
             hint = f" ({f.metadata['hint']})" if "hint" in f.metadata else ""
-            errors.append(f"{path}.{name}={value!r}: expected {_describe(f.metadata)}{hint}")
+            what = _describe(f.metadata)
+            what = f"[low, high] with low <= high, each {what}" if isinstance(value, ListConfig) else what
+            errors.append(f"{path}.{name}={value!r}: expected {what}{hint}")
     return errors
 
 

@@ -1,93 +1,413 @@
-"""Every key of the technique config groups is read by the code (no dead keys).
+"""Every config key changes behaviour (issue 13: config that means what it says).
 
-The leaf keys of every YAML file in conf/{augment,regularization,schedule,pipeline,experiment}
-are collected (pipeline/ and experiment/ files are `@package _global_`: their keys are full
-paths such as `trainer.grad_clip`, plus the preset's own name `pipeline` / `experiment`).
-A tiny highperf training run then goes through the real engine with every DictConfig read
-recorded (OmegaConf's `_get_impl`, behind attribute access, item access and `.get`), and each
-collected key must have been read. A key added to one of these files that nothing reads fails
-here; so does a key whose reader was removed.
+For every leaf key of every option of the augment, regularization and schedule groups, and for
+every key of the trainer group, two values must give different outputs of the real code:
+
+- ``pixels``: augmented pixels of real (synthetic) document images, a few seeds and epochs,
+  through ``TrainTransform`` (augment keys that act per sample);
+- ``lr``: the lr trajectory of ``engine.optim.build_optimizer`` + ``build_scheduler`` (schedule
+  keys, trainer.lr / epochs);
+- ``training``: a real fold, two short epochs of a tiny model: ``engine.fold.prepare_fold`` +
+  ``fit_fold`` (losses and lr of every step, validation logits, the evaluated weights, the files
+  written): mixup, regularization and trainer keys;
+- ``trackers``: the callbacks ``tracking.build_trackers`` wires.
+
+A key may need others switched on to act (``ema_decay`` needs ``ema: true``, a basic-set
+strength needs samples that take the basic set): each probe names those ``enable`` overrides.
+Keys with no numbers to compare (names, I/O, speed-only or multi-process switches) are listed in
+EXEMPT with the reason and the test that shows their effect. A key in the schema that is
+neither probed nor exempt fails ``test_every_key_is_probed_or_exempt``; hard-coding a key in the
+code (making it dead) fails its probe.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import dataclasses
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
-from conftest import TINY, compose_train
-from omegaconf import DictConfig, OmegaConf
+import torch
+from conftest import REPO, TINY, compose_train
+from omegaconf import OmegaConf, open_dict
 
 from docclassify.config import CONF_DIR
+from docclassify.config_schema import SCHEMAS, TrainerConfig, apply_aliases, schema_errors
+from docclassify.engine.callbacks import Callback
 
-GROUPS = ("augment", "regularization", "schedule", "pipeline", "experiment")
-
-# The runs whose reads together must cover every key. highperf switches on every technique
-# whose keys are read only when it is on (mixup, EMA, clipping, hard augmentation).
-RUNS = [["pipeline=highperf", "trainer.epochs=2", "trainer.batch_size=16", "folds.n=2", "folds.run=[0]"]]
-
-
-def _leaves(node, prefix: str) -> set[str]:
-    if isinstance(node, dict):
-        out: set[str] = set()
-        for k, v in node.items():
-            out |= _leaves(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return {prefix}
+CPU = torch.device("cpu")
+GROUPS = ("augment", "regularization", "schedule")
+PIXEL_SIZE, TRAIN_SIZE = 48, 32
 
 
-def _is_global(path: Path) -> bool:
-    return any(line.strip().replace(" ", "") == "#@package_global_" for line in path.read_text().splitlines()[:5])
+@dataclass(frozen=True)
+class Probe:
+    kind: str                  # pixels | lr | training | trackers
+    values: tuple              # two values that must give different outputs
+    enable: dict = field(default_factory=dict)  # other keys (same group unless dotted) that let it act
 
 
-def yaml_keys() -> dict[str, set[str]]:
-    """file (group/option.yaml) -> the full config paths of its leaf keys."""
-    out = {}
+BASIC = {"advanced_p_start": 0.0, "advanced_p_end": 0.0}      # every sample takes the basic set
+ADVANCED = {"advanced_p_start": 1.0, "advanced_p_end": 1.0}   # every sample takes the advanced set
+
+
+def _adv(values, step: str | None = None) -> Probe:
+    """An advanced-set key, with its step (a OneOf or a transform's probability) always on."""
+    return Probe("pixels", values, {**ADVANCED, **({f"advanced_{step}_p": 1.0} if step else {})})
+
+
+def _mix(values, **enable) -> Probe:
+    return Probe("training", values, enable)
+
+
+PROBES: dict[str, Probe] = {
+    # -- augment: the basic set
+    "augment.rotate_limit": Probe("pixels", (2.0, 30.0), BASIC),
+    "augment.scale_limit": Probe("pixels", (0.0, 0.3), BASIC),
+    "augment.shift_limit": Probe("pixels", (0.0, 0.2), BASIC),
+    "augment.crop_p": Probe("pixels", (0.0, 1.0), BASIC),
+    "augment.crop_scale": Probe("pixels", (0.9, 0.4), {**BASIC, "crop_p": 1.0}),
+    "augment.color_jitter": Probe("pixels", (0.0, 0.5), BASIC),
+    # -- augment: both sets
+    "augment.hflip": Probe("pixels", (False, True)),
+    "augment.vflip": Probe("pixels", (False, True)),
+    # -- augment: which set (and the old names, through config_schema.apply_aliases)
+    "augment.advanced_p_start": Probe("pixels", (0.0, 1.0)),
+    "augment.advanced_p_end": Probe("pixels", (0.0, 1.0)),
+    "augment.hard_p_start": Probe("pixels", (None, 1.0), BASIC),
+    "augment.hard_p_end": Probe("pixels", (None, 1.0), BASIC),
+    # -- augment: the advanced set
+    "augment.advanced_rot90_p": _adv((0.0, 1.0)),
+    "augment.advanced_warp_p": _adv((0.0, 1.0)),
+    "augment.advanced_perspective_scale": _adv(([0.03, 0.08], [0.15, 0.2]), "warp"),
+    "augment.advanced_rotate_limit": _adv((15.0, 60.0), "warp"),
+    "augment.advanced_scale_limit": _adv((0.1, 0.4), "warp"),
+    "augment.advanced_shift_limit": _adv((0.0, 0.2), "warp"),
+    "augment.advanced_elastic_alpha": _adv((20.0, 80.0), "warp"),
+    "augment.advanced_elastic_sigma": _adv((6.0, 12.0), "warp"),
+    "augment.advanced_grid_steps": _adv((5, 10), "warp"),
+    "augment.advanced_grid_distort": _adv((0.2, 0.6), "warp"),
+    "augment.advanced_crop_p": _adv((0.0, 1.0)),
+    "augment.advanced_crop_scale": _adv((0.9, 0.4), "crop"),
+    "augment.advanced_blur_p": _adv((0.0, 1.0)),
+    "augment.advanced_blur_limit": _adv((3, 15), "blur"),
+    "augment.advanced_downscale": _adv(([0.4, 0.8], [0.2, 0.3]), "blur"),
+    "augment.advanced_noise_p": _adv((0.0, 1.0)),
+    "augment.advanced_noise_std": _adv(([0.02, 0.12], [0.3, 0.4]), "noise"),
+    "augment.advanced_jpeg_p": _adv((0.0, 1.0)),
+    "augment.advanced_jpeg_quality": _adv(([30, 90], [5, 10]), "jpeg"),
+    "augment.advanced_light_p": _adv((0.0, 1.0)),
+    "augment.advanced_color_jitter": _adv((0.3, 0.8), "light"),
+    "augment.advanced_gamma": _adv(([60.0, 160.0], [200.0, 300.0]), "light"),
+    "augment.advanced_shadow_intensity": _adv(([0.5, 0.5], [0.9, 0.9]), "light"),
+    "augment.advanced_dropout_p": _adv((0.0, 1.0)),
+    "augment.advanced_dropout_holes": _adv(([1, 4], [8, 10]), "dropout"),
+    "augment.advanced_dropout_size": _adv(([0.05, 0.15], [0.3, 0.4]), "dropout"),
+    # -- augment: mixup / cutmix (targets and loss of the training steps)
+    "augment.mixup_alpha": _mix((0.0, 0.8)),
+    "augment.cutmix_alpha": _mix((0.0, 1.0)),
+    "augment.mixup_prob": _mix((1.0, 0.3), mixup_alpha=0.8),
+    "augment.mixup_switch_prob": _mix((0.0, 1.0), mixup_alpha=0.8, cutmix_alpha=1.0),
+    "augment.mixup_mode": _mix(("batch", "elem"), mixup_alpha=0.8),
+    "augment.mixup_off_epoch": _mix((None, 1), mixup_alpha=0.8),
+    # -- regularization (weights after the steps, the loss, the evaluated weights)
+    "regularization.label_smoothing": Probe("training", (0.0, 0.2)),
+    "regularization.weight_decay": Probe("training", (0.0, 0.5)),
+    "regularization.drop_rate": Probe("training", (0.0, 0.5)),
+    "regularization.drop_path_rate": Probe("training", (0.0, 0.5)),
+    "regularization.ema": Probe("training", (False, True)),
+    "regularization.ema_decay": Probe("training", (0.5, 0.9), {"ema": True}),
+    "regularization.ema_warmup": Probe("training", (True, False), {"ema": True, "ema_decay": 0.9}),
+    "regularization.layer_decay": Probe("training", (None, 0.5)),
+    # -- schedule (the lr of every update)
+    "schedule.warmup_epochs": Probe("lr", (0, 1)),
+    "schedule.warmup_lr": Probe("lr", (1e-6, 1e-4), {"warmup_epochs": 1}),
+    "schedule.min_lr": Probe("lr", (1e-6, 1e-4)),
+    # -- trainer
+    "trainer.epochs": Probe("lr", (2, 4)),
+    "trainer.lr": Probe("lr", (1e-3, 3e-3)),
+    "trainer.batch_size": Probe("training", (8, 16)),
+    "trainer.optimizer": Probe("training", ("adamw", "sgd")),
+    "trainer.amp": Probe("training", ("none", "bf16")),
+    "trainer.grad_clip": Probe("training", (None, 0.01)),
+    "trainer.accum_steps": Probe("training", (1, 2)),
+    "trainer.limit_train_batches": Probe("training", (None, 1)),
+    "trainer.limit_val_batches": Probe("training", (None, 1)),
+    "trainer.overfit_batches": Probe("training", (0, 1)),
+    "trainer.profiler": Probe("training", (None, "pytorch")),
+    "trainer.enable_reports": Probe("trackers", (True, False)),
+}
+
+# key -> (why nothing here compares numbers, the test that shows its effect or None)
+EXEMPT: dict[str, tuple[str, str | None]] = {
+    "augment.name": ("the option's name; results.json records it",
+                     "tests/engine/test_debug.py::test_debug_fast_runs_one_fold_of_a_few_batches_without_reports"),
+    "schedule.name": ("the option's identity (each schedule option allows only its own name)",
+                      "tests/test_config_keys.py::test_schedule_options_give_different_lr"),
+    "trainer.eval_batch_size": ("prediction batch size: the same logits in any batch size (eval mode); it also "
+                                "sizes limit_val_batches", "tests/engine/test_debug.py::test_debug_rows"),
+    "trainer.device": ("where the model runs (cpu / cuda), not what it computes", None),
+    "trainer.deterministic": ("bitwise reproducibility of a run, not different numbers",
+                              "tests/reliability/test_resume.py::test_same_seed_identical_and_other_seed_differs"),
+    "trainer.channels_last": ("memory format: speed only, the same model",
+                              "tests/engine/test_perf_paths.py::test_channels_last_trains_like_contiguous"),
+    "trainer.compile": ("torch.compile: speed only, the same model",
+                        "tests/engine/test_perf_paths.py::test_compile_wraps_the_model_and_trains_the_same"),
+    "trainer.log_every_n_steps": ("progress lines (I/O)",
+                                  "tests/tracking/test_tracking.py::test_progress_lines_in_logs_and_bars_on_a_terminal"),
+    "trainer.lr_scale": ("acts only with more than one process (torchrun)",
+                         "tests/distributed/test_ddp.py::test_lr_scale_rules_and_single_process_scaling"),
+    "trainer.sync_bn": ("acts only under torchrun on CUDA",
+                        "tests/distributed/test_ddp.py::test_sync_bn_converts_batchnorm_under_ddp_and_refuses_cpu"),
+    "trainer.skip_nonfinite": ("acts only on a NaN/inf loss",
+                               "tests/reliability/test_nonfinite_and_bad_images.py::test_nonfinite_steps_skipped_and_counted"),
+    "trainer.early_stopping_patience": ("acts only when validation F1 stalls for that many epochs",
+                                        "tests/engine/test_techniques.py::test_early_stopping_stops_and_fp16_uses_the_scaler"),
+    # Read by the robust-validation engine (merging in parallel); its test should replace this entry.
+    "trainer.monitor": ("which validation view picks the best epoch: needs validation=robust|both's engine", None),
+}
+
+
+# ----------------------------------------------------------------------------- the keys
+def _schema_of(group: str, option: str):
+    """The dataclass an option's YAML starts from (``/schema/<group>/<name>@_here_``)."""
+    text = (CONF_DIR / group / f"{option}.yaml").read_text()
+    name = re.search(rf"/schema/{group}/(\w+)@_here_", text).group(1)
+    return SCHEMAS[(group, name)]
+
+
+def group_keys() -> list[tuple[str, str, str]]:
+    """(group, option, dotted key) of every leaf key of every option of GROUPS, and of the trainer."""
+    out = []
     for group in GROUPS:
         for path in sorted((CONF_DIR / group).glob("*.yaml")):
-            raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-            raw.pop("defaults", None)
-            out[f"{group}/{path.name}"] = _leaves(raw, "" if _is_global(path) else group)
+            out += [(group, path.stem, f"{group}.{f.name}") for f in dataclasses.fields(_schema_of(group, path.stem))]
+    out += [("trainer", "default", f"trainer.{f.name}") for f in dataclasses.fields(TrainerConfig)]
     return out
 
 
-@contextmanager
-def recorded_reads():
-    """Record the full path of every DictConfig value read while the block runs."""
-    seen: set[str] = set()
-    real = DictConfig._get_impl
+ALL_KEYS = group_keys()
+# The inner loop (-m "not slow") probes one option per group; the other options are marked slow.
+FAST_OPTIONS = {"augment": "advanced", "regularization": "strong", "schedule": "warmup_cosine", "trainer": "default"}
+PROBED = [pytest.param(g, o, k, id=f"{g}/{o}:{k.split('.', 1)[1]}",
+                       marks=() if FAST_OPTIONS[g] == o else pytest.mark.slow)
+          for g, o, k in ALL_KEYS if k in PROBES]
 
-    def spy(self, key, default_value, validate_key=True):
-        seen.add(self._get_full_key(key))
-        return real(self, key, default_value, validate_key)
 
+def test_every_key_is_probed_or_exempt():
+    keys = {k for _, _, k in ALL_KEYS}
+    missing = sorted(keys - set(PROBES) - set(EXEMPT))
+    assert not missing, f"keys with neither an effect probe nor an exemption (add one to PROBES): {missing}"
+    assert not set(PROBES) & set(EXEMPT)
+    assert not (set(PROBES) | set(EXEMPT)) - keys, "entries for keys that no longer exist"
+    assert {"augment.advanced_gamma", "regularization.ema_decay", "schedule.min_lr", "trainer.grad_clip"} <= keys
+
+
+def test_exemptions_name_a_test_that_exists():
+    for key, (reason, test) in EXEMPT.items():
+        assert reason
+        if test is None:
+            continue
+        path, name = test.split("::")
+        assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), f"{key}: {test} not found"
+
+
+def test_presets_set_only_probed_or_exempt_keys():
+    """pipeline/ and experiment/ files select options and pin values: every value they pin is a key
+    checked here (a preset cannot pin a dead key)."""
+    keys = set(PROBES) | set(EXEMPT)
+    for folder in ("pipeline", "experiment", "debug"):
+        for path in (CONF_DIR / folder).glob("*.yaml"):
+            raw = OmegaConf.to_container(OmegaConf.load(path))
+            pinned = {f"{g}.{k}" for g, node in raw.items() if g in (*GROUPS, "trainer") for k in node}
+            assert pinned <= keys, f"{path.name}: {sorted(pinned - keys)}"
+
+
+# ----------------------------------------------------------------------------- probes
+@pytest.fixture(scope="module")
+def probe_data(tiny_data, tmp_path_factory):
+    """48 real rows of the tiny data set: 16 validation rows (fold 0), 32 training rows."""
+    from docclassify.data.cache import load_images
+
+    train = pd.read_csv(tiny_data / "train.csv")
+    rows = np.concatenate([np.flatnonzero(train["target"].to_numpy() == c)[:3] for c in range(16)])
+    folds = np.full(len(train), -1)
+    folds[rows] = 1
+    folds[rows[::3]] = 0
+    keep = folds >= 0
+    paths = [tiny_data / "train" / i for i in train["ID"]]
+    data_cfg = OmegaConf.create({"cache": True, "resize": "pad", "pad_value": 0})
+    cache = tmp_path_factory.mktemp("probe_cache")
+    return SimpleNamespace(
+        train=train, keep=keep, folds=folds, classes=[str(c) for c in range(17)],
+        pixels=np.asarray(load_images(paths, PIXEL_SIZE, data_cfg, cache)[0])[rows[:4]],
+        images=load_images(paths, TRAIN_SIZE, data_cfg, cache)[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_heap_trim():
+    """build_loaders hands freed memory back to the OS before forking workers (gc.collect +
+    malloc_trim: ~0.5 s in a test process, most of a probe's time); the probes fork none."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DictConfig, "_get_impl", spy)
-        yield seen
+        mp.setattr("docclassify.engine.loaders.release_freed_memory", lambda: None)
+        yield
 
 
-def test_yaml_files_have_the_expected_keys():
-    keys = yaml_keys()
-    assert "augment.mixup_alpha" in keys["augment/basic.yaml"]
-    assert "regularization.ema_decay" in keys["regularization/strong.yaml"]
-    assert keys["pipeline/highperf.yaml"] == {"pipeline"}  # a preset selects options, it sets no values
-    assert {"augment.advanced_p_end", "augment.mixup_alpha"} <= keys["augment/highperf.yaml"]
-    assert "experiment" in keys["experiment/convnext_base_384_best.yaml"]
-    assert not any("defaults" in k for ks in keys.values() for k in ks)
+@pytest.fixture(scope="module")
+def base_configs(tiny_data, tmp_path_factory):
+    """option -> its composed train config (tiny model, 2 folds, batch 8, 2 epochs), composed once."""
+    cache: dict[tuple[str, str], object] = {}
+
+    def get(group: str, option: str):
+        if (group, option) not in cache:
+            over = [*TINY, "data=competition", f"data.root={tiny_data}", f"data.img_size={TRAIN_SIZE}", "folds.n=2",
+                    "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", f"{group}={option}"]
+            cfg = compose_train(over, tmp_path_factory.mktemp("run"))
+            with open_dict(cfg):  # Hydra's own node: large to copy, read by no probe
+                del cfg["hydra"]
+            cache[(group, option)] = cfg
+        return cache[(group, option)]
+
+    return get
 
 
-@pytest.mark.slow
-def test_every_technique_key_is_read_by_a_training_run(tiny_data, tmp_path):
-    from docclassify.engine.kfold import run_kfold
+def with_values(cfg, group: str, values: dict):
+    """A copy of ``cfg`` with ``values`` (keys of ``group`` unless dotted), checked like a run's config."""
+    cfg = cfg.copy()
+    dotted = [name if "." in name else f"{group}.{name}" for name in values]
+    for name, value in zip(dotted, values.values(), strict=True):
+        OmegaConf.update(cfg, name, value, merge=False)
+    apply_aliases(cfg)  # as check_config does: the old key names set the new ones
+    errors = [e for g in {name.split(".")[0] for name in dotted} | {group} for e in schema_errors(cfg[g], g)]
+    assert not errors, errors  # the probes use allowed values
+    return cfg
 
-    seen: set[str] = set()
-    for i, overrides in enumerate(RUNS):
-        cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, *overrides], tmp_path / f"r{i}")
-        with recorded_reads() as reads:
-            results = run_kfold(cfg)
-        assert results["pipeline"] == "highperf" and results["folds"][0]["epochs_run"] == 2
-        assert "augment.name" in reads and "hydra.run.dir" not in reads  # the recorder sees reads, not all keys
-        seen |= reads
-    unread = {f"{file}: {key}" for file, keys in yaml_keys().items() for key in keys if key not in seen}
-    assert not unread, ("config keys that no code reads (wire them or remove them): "
-                        + ", ".join(sorted(unread)))
+
+def pixels(cfg, data, run_dir: Path) -> dict:
+    """Augmented pixels: 4 images x 4 draws x 3 epochs through TrainTransform."""
+    from docclassify.data.augment import TrainTransform
+
+    transform = TrainTransform(cfg.augment, PIXEL_SIZE, epochs=3, seed=0, pad_value=0)
+    out = []
+    for epoch in range(3):
+        transform.set_epoch(epoch)
+        out += [transform(image, 4 * i + draw)[0] for i, image in enumerate(data.pixels) for draw in range(4)]
+    return {"pixels": np.stack(out)}
+
+
+def lr(cfg, data, run_dir: Path) -> dict:
+    """The lr after every update of the fold's optimiser and schedule (4 updates per epoch)."""
+    from docclassify.engine.optim import build_optimizer, build_scheduler
+
+    epochs = int(cfg.trainer.epochs)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg.trainer.optimizer, float(cfg.trainer.lr), 0.0)
+    scheduler = build_scheduler(optimizer, cfg.schedule, epochs, updates_per_epoch=4)
+    out = [optimizer.param_groups[0]["lr"]]
+    for update in range(1, 4 * epochs + 1):
+        scheduler.step_update(num_updates=update)
+        out.append(optimizer.param_groups[0]["lr"])
+    return {"lr": np.asarray(out)}
+
+
+class _Steps(Callback):
+    """Records the loss and lr of every step."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, fold, step, metrics):
+        self.steps.append((metrics["train/loss"], metrics["train/lr"]))
+
+
+def training(cfg, data, run_dir: Path) -> dict:
+    """Fold 0 through the real engine (prepare_fold + fit_fold): step losses and lrs, validation
+    logits, the evaluated weights, the files written."""
+    from docclassify.engine.fold import fit_fold, prepare_fold
+    from docclassify.engine.kfold import RunContext, RunData
+    from docclassify.engine.parts import eval_model
+    from docclassify.engine.plan import FoldPlan
+    from docclassify.engine.setup import amp_settings
+    from docclassify.engine.signals import StopFlag
+
+    steps = _Steps()
+    run = RunContext(cfg, run_dir, int(cfg.seed), CPU, amp_settings(cfg.trainer.amp, CPU), StopFlag(), steps)
+    source = SimpleNamespace(train=data.train, classes=data.classes, num_classes=len(data.classes))
+    plan = FoldPlan(0, cfg.model, TRAIN_SIZE)
+    job = prepare_fold(plan, run, RunData(source, [plan], {TRAIN_SIZE: data.images}, data.folds, data.keep, []))
+    outcome = fit_fold(job, run)
+    weights = torch.cat([v.float().reshape(-1) for v in eval_model(job.parts).state_dict().values()])
+    return {"steps": np.asarray(steps.steps), "val_logits": outcome["val_logits"], "weights": weights.numpy(),
+            "files": sorted(p.name for p in run_dir.rglob("*") if p.is_file())}
+
+
+def trackers(cfg, data, run_dir: Path) -> dict:
+    from docclassify.tracking import build_trackers
+
+    return {"trackers": [type(t).__name__ for t in build_trackers(cfg, run_dir)]}
+
+
+PROBE_FUNCTIONS = {"pixels": pixels, "lr": lr, "training": training, "trackers": trackers}
+
+
+_RESULTS: dict[tuple[str, str], dict] = {}
+# What a probe reads of the config (its memo key); the training probe reads all of it.
+MEMO_SCOPE = {"pixels": lambda cfg: cfg.augment, "lr": lambda cfg: {"trainer": cfg.trainer, "schedule": cfg.schedule}}
+
+
+def run_probe(kind: str, cfg, data, run_dir: Path, reuse: bool = True) -> dict:
+    """The probe's outputs; a config probed before (e.g. an option's defaults, the first value of
+    many keys) reuses its outputs unless ``reuse`` is false."""
+    memo = (kind, OmegaConf.to_yaml(MEMO_SCOPE.get(kind, lambda c: c)(cfg), resolve=False))
+    if reuse and memo in _RESULTS:
+        return _RESULTS[memo]
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _RESULTS[memo] = PROBE_FUNCTIONS[kind](cfg, data, run_dir)
+    return _RESULTS[memo]
+
+
+def same(a: dict, b: dict) -> bool:
+    """Exactly equal outputs (CPU, one thread, seeded: a probe repeats bit for bit)."""
+    def eq(x, y):
+        if isinstance(x, list):
+            return x == y
+        return np.shape(x) == np.shape(y) and np.array_equal(x, y)
+
+    return a.keys() == b.keys() and all(eq(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("group,option,key", PROBED)
+def test_two_values_change_the_outputs(group, option, key, base_configs, probe_data, tmp_path):
+    probe = PROBES[key]
+    base = base_configs(group, option)
+    name = key.split(".", 1)[1]
+    outputs = [run_probe(probe.kind, with_values(base, group, {**probe.enable, name: value}), probe_data,
+                         tmp_path / f"v{i}") for i, value in enumerate(probe.values)]
+    assert not same(*outputs), (f"{key} under {group}={option}: {probe.values[0]!r} and {probe.values[1]!r} give "
+                                f"identical {probe.kind} outputs: the key is read but changes nothing")
+
+
+@pytest.mark.parametrize("kind,group,option", [("pixels", "augment", "advanced"), ("training", "augment", "highperf"),
+                                               ("lr", "schedule", "warmup_cosine")])
+def test_a_probe_repeats_exactly(kind, group, option, base_configs, probe_data, tmp_path):
+    """The null check behind every comparison above: the same config gives the same outputs."""
+    cfg = with_values(base_configs(group, option), group, {})
+    first, again = (run_probe(kind, cfg, probe_data, tmp_path / d, reuse=False) for d in "ab")
+    assert same(first, again)
+
+
+def test_schedule_options_give_different_lr(base_configs, probe_data, tmp_path):
+    out = {o: run_probe("lr", base_configs("schedule", o), probe_data, tmp_path / o)["lr"]
+           for o in ("constant", "cosine", "warmup_cosine")}
+    assert not np.array_equal(out["constant"], out["cosine"])
+    assert not np.array_equal(out["cosine"], out["warmup_cosine"])
+    assert np.ptp(out["constant"][1:]) == 0 and out["cosine"][-1] < out["cosine"][1]
+
+
+def test_old_key_names_set_the_new_ones(base_configs):
+    cfg = with_values(base_configs("augment", "basic"), "augment", {"hard_p_start": 0.25, "hard_p_end": 0.75})
+    assert (cfg.augment.advanced_p_start, cfg.augment.advanced_p_end) == (0.25, 0.75)
+    assert cfg.augment.hard_p_start is None

@@ -50,7 +50,7 @@ def test_atomic_writes_get_the_umask_mode(tmp_path, umask):
     io.atomic_write_text(tmp_path / "a.txt", "x")
     io.atomic_write_json(tmp_path / "results.json", {"a": 1})
     io.atomic_write_csv(pd.DataFrame({"ID": ["a"], "target": [1]}), tmp_path / "oof.csv")
-    io.atomic_save_torch({"w": torch.zeros(2)}, tmp_path / "checkpoints" / "fold0_best.pt")
+    io.atomic_save_torch({"w": torch.zeros(2)}, tmp_path / "checkpoints" / "fold0_last.pt")
     with io.atomic_write(tmp_path / "logits.npy", "wb") as fh:
         np.save(fh, np.zeros(3))
     assert assert_modes(tmp_path, umask) == 5
@@ -91,7 +91,7 @@ def test_run_dir_cache_and_submission_respect_the_umask(tiny_data, tmp_path, uma
                                   "folds.run=[0]", f"hydra.run.dir={run_dir}", "submit=true",
                                   f"infer.output={tmp_path / 'copy.csv'}"], env=env)
     infer_dir = run_dir / "infer"
-    for name in ("results.json", "oof.csv", "checkpoints/fold0_best.pt", "checkpoints/fold0_last.pt",
+    for name in ("results.json", "oof.csv", "checkpoints/fold0_best.safetensors", "checkpoints/fold0_last.pt",
                  "folds/fold0.json", "report.md", "confusion_matrix.png"):
         assert (run_dir / name).is_file(), name
     assert (infer_dir / "submission.csv").is_file() and (tmp_path / "copy.csv").is_file()

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import TINY, run_cli
 from sklearn.metrics import f1_score
+
+from docclassify.models.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow  # the real training command
 
@@ -28,7 +29,7 @@ def test_two_fold_run_writes_consistent_outputs(tiny_data, tmp_path):
     for f in results["folds"]:
         assert f["model"] == "test_resnet"
         assert 0.0 <= f["best_macro_f1"] <= 1.0 and 0 <= f["best_epoch"] < 2
-        ckpt = torch.load(run_dir / f["checkpoint"], map_location="cpu", weights_only=False)
+        ckpt = read_checkpoint(run_dir / f["checkpoint"])
         assert ckpt["meta"]["timm_name"] == "test_resnet" and len(ckpt["meta"]["classes"]) == 17
 
     oof = pd.read_csv(run_dir / "oof.csv")

@@ -1,6 +1,12 @@
 """Augmentation (albumentations): the basic and advanced transform sets and the schedule that
 mixes them.
 
+Keys of the ``augment`` group: the unprefixed strengths (``rotate_limit``, ``shift_limit``,
+``scale_limit``, ``crop_*``, ``color_jitter``) are read by the basic set only, the
+``advanced_*`` strengths by the advanced set only, and ``hflip`` / ``vflip`` (whether the data's
+orientation allows mirror images) by both. ``advanced_p_start`` / ``advanced_p_end`` decide
+which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py.
+
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
 whatever the number of DataLoader workers, and a resumed run draws what an uninterrupted
@@ -41,36 +47,51 @@ def build_basic(cfg, size: int, pad_value: int = 0) -> A.Compose:
     ])
 
 
+def _pair(values) -> tuple:
+    """A [low, high] config list as the tuple albumentations expects."""
+    low, high = values
+    return low, high
+
+
 def build_advanced(cfg, size: int, pad_value: int = 0) -> A.Compose:
     """Aggressive transforms shaped like the competition's test set: exact 90-degree turns,
-    flips, perspective, paper warp, blur, noise, JPEG artefacts, lighting, shadows, dropout."""
+    flips, perspective, paper warp, blur, noise, JPEG artefacts, lighting, shadows, dropout.
+
+    Every strength and probability is an ``augment.advanced_*`` key (the flips are shared with
+    the basic set). Each transform keeps its place even at p=0: ``seed_transforms`` seeds by
+    position, so switching one off leaves the other transforms' draws unchanged."""
+    fill = dict(border_mode=cv2.BORDER_CONSTANT, fill=pad_value)
+    rotate, scale, shift = cfg.advanced_rotate_limit, cfg.advanced_scale_limit, cfg.advanced_shift_limit
     return A.Compose([
-        A.RandomRotate90(p=0.5),
+        A.RandomRotate90(p=cfg.advanced_rot90_p),
         *_flips(cfg),
         A.OneOf([
-            A.Perspective(scale=(0.03, 0.08), fill=pad_value, p=1.0),
-            A.Affine(rotate=(-max(cfg.rotate_limit, 15), max(cfg.rotate_limit, 15)),
-                     scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
-                     border_mode=cv2.BORDER_CONSTANT, fill=pad_value, p=1.0),
-            A.ElasticTransform(alpha=20, sigma=6, border_mode=cv2.BORDER_CONSTANT, fill=pad_value, p=1.0),
-            A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_CONSTANT, fill=pad_value, p=1.0),
-        ], p=0.7),
-        A.RandomResizedCrop(size=(size, size), scale=(cfg.crop_scale, 1.0), ratio=(0.75, 1.33), p=cfg.crop_p),
+            A.Perspective(scale=_pair(cfg.advanced_perspective_scale), fill=pad_value, p=1.0),
+            # translate_percent=None and (0, 0) draw differently: None keeps the shipped outputs.
+            A.Affine(rotate=(-rotate, rotate), scale=(1 - scale, 1 + scale),
+                     translate_percent=(-shift, shift) if shift > 0 else None, **fill, p=1.0),
+            A.ElasticTransform(alpha=cfg.advanced_elastic_alpha, sigma=cfg.advanced_elastic_sigma, **fill, p=1.0),
+            A.GridDistortion(num_steps=cfg.advanced_grid_steps, distort_limit=cfg.advanced_grid_distort, **fill,
+                             p=1.0),
+        ], p=cfg.advanced_warp_p),
+        A.RandomResizedCrop(size=(size, size), scale=(cfg.advanced_crop_scale, 1.0), ratio=(0.75, 1.33),
+                            p=cfg.advanced_crop_p),
         A.OneOf([
-            A.GaussianBlur(blur_limit=(3, 7), p=1.0),
-            A.MotionBlur(blur_limit=(3, 7), p=1.0),
-            A.Downscale(scale_range=(0.4, 0.8), p=1.0),
-        ], p=0.4),
-        A.GaussNoise(std_range=(0.02, 0.12), p=0.4),
-        A.ImageCompression(quality_range=(30, 90), p=0.4),
+            A.GaussianBlur(blur_limit=(3, cfg.advanced_blur_limit), p=1.0),
+            A.MotionBlur(blur_limit=(3, cfg.advanced_blur_limit), p=1.0),
+            A.Downscale(scale_range=_pair(cfg.advanced_downscale), p=1.0),
+        ], p=cfg.advanced_blur_p),
+        A.GaussNoise(std_range=_pair(cfg.advanced_noise_std), p=cfg.advanced_noise_p),
+        A.ImageCompression(quality_range=_pair(cfg.advanced_jpeg_quality), p=cfg.advanced_jpeg_p),
         A.OneOf([
-            A.RandomBrightnessContrast(brightness_limit=max(cfg.color_jitter, 0.3),
-                                       contrast_limit=max(cfg.color_jitter, 0.3), p=1.0),
-            A.RandomGamma(gamma_limit=(60, 160), p=1.0),
-            A.RandomShadow(p=1.0),
-        ], p=0.6),
-        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
-                        hole_width_range=(0.05, 0.15), fill=pad_value, p=0.3),
+            A.RandomBrightnessContrast(brightness_limit=cfg.advanced_color_jitter,
+                                       contrast_limit=cfg.advanced_color_jitter, p=1.0),
+            A.RandomGamma(gamma_limit=_pair(cfg.advanced_gamma), p=1.0),
+            A.RandomShadow(shadow_intensity_range=_pair(cfg.advanced_shadow_intensity), p=1.0),
+        ], p=cfg.advanced_light_p),
+        A.CoarseDropout(num_holes_range=_pair(cfg.advanced_dropout_holes),
+                        hole_height_range=_pair(cfg.advanced_dropout_size),
+                        hole_width_range=_pair(cfg.advanced_dropout_size), fill=pad_value, p=cfg.advanced_dropout_p),
     ])
 
 

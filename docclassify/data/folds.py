@@ -1,15 +1,27 @@
-"""Stratified fold assignment (sklearn), checked before any training starts."""
+"""Stratified fold assignment (sklearn), checked before any training starts.
+
+With ``folds.group_duplicates=true`` near-duplicate images (data/duplicates.py) form groups that
+StratifiedGroupKFold keeps in one fold: a copy in another fold than its original would be
+validated on an image the model trained on, inflating cv.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from docclassify.data.sources import DataError
 
+log = logging.getLogger(__name__)
 
-def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Return the validation fold of every row (0..n_folds-1): StratifiedKFold(shuffle, seed).
+
+def assign_folds(targets: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Return the validation fold of every row (0..n_folds-1): StratifiedKFold(shuffle, seed), or
+    StratifiedGroupKFold with ``groups`` (rows of one group share a fold).
 
     A single hold-out split is one fold of K (``folds.run=[0]``: 1/K of the rows validate)."""
     targets = np.asarray(targets)
@@ -27,10 +39,44 @@ def assign_folds(targets: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
             f"splitting; too few in {listing}. Lower folds.n or add data."
         )
     folds = np.full(len(targets), -1, dtype=np.int64)
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(targets)), targets)):
+    if groups is None:
+        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(targets)),
+                                                                                         targets)
+    else:
+        _check_groups(targets, np.asarray(groups), n_folds)
+        splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
+            np.zeros(len(targets)), targets, groups)
+    for k, (_, val_idx) in enumerate(splits):
         folds[val_idx] = k
     return folds
+
+
+def _check_groups(targets: np.ndarray, groups: np.ndarray, n_folds: int) -> None:
+    """Every class must reach every fold: its images must lie in at least n_folds groups."""
+    spread = {int(c): len(np.unique(groups[targets == c])) for c in np.unique(targets)}
+    few = [f"class {c}: {n} group(s)" for c, n in spread.items() if n < n_folds]
+    if few:
+        raise DataError(f"folds.group_duplicates=true, folds.n={n_folds}: near-duplicate groups leave too few "
+                        f"separate images to put every class in every fold ({', '.join(few)}). Lower folds.n, "
+                        "lower folds.duplicate_distance / raise folds.duplicate_similarity, or set "
+                        "folds.group_duplicates=false")
+
+
+def duplicate_groups_for(folds_cfg, paths: Sequence[Path], cache_dir) -> tuple[np.ndarray | None, dict | None]:
+    """(group of each row, summary for results.json) when ``folds.group_duplicates``, else (None, None)."""
+    if not folds_cfg.get("group_duplicates"):
+        return None, None
+    from docclassify.data.duplicates import duplicate_groups, find_duplicates, fingerprints
+
+    distance, similarity = int(folds_cfg.duplicate_distance), float(folds_cfg.duplicate_similarity)
+    pairs = find_duplicates(fingerprints(paths, cache_dir), None, distance, similarity, cache_dir)
+    groups = duplicate_groups(len(paths), pairs)
+    sizes = np.bincount(groups)
+    summary = {"duplicate_distance": distance, "duplicate_similarity": similarity, "pairs": len(pairs),
+               "groups": int((sizes > 1).sum()), "images_in_groups": int(sizes[sizes > 1].sum())}
+    log.info("folds.group_duplicates: %d near-duplicate pair(s) -> %d group(s) of %d images kept in one fold",
+             summary["pairs"], summary["groups"], summary["images_in_groups"])
+    return groups, summary
 
 
 def folds_to_run(run, n_folds: int) -> list[int]:

@@ -7,8 +7,10 @@ each error names the file, column or key at fault.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +34,8 @@ class DataSource:
     test: pd.DataFrame | None     # columns: ID, path (sample_submission order when known)
     sample_submission: pd.DataFrame | None
     test_labels: pd.DataFrame | None  # columns: ID, target
+    # data.relabel / data.exclude as applied (apply_decisions): file, sha256, counts, IDs.
+    decisions: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +72,8 @@ def read_csv_checked(path: Path, required: tuple[str, ...], what: str) -> pd.Dat
                         "(row numbers count the header as line 1)")
     dups = df["ID"][df["ID"].duplicated(keep=False)].unique() if "ID" in required else []
     if len(dups):
-        raise DataError(f"{what} {path}: duplicate IDs: {_listing(dups)}")
+        lines = [f"{d} (lines {', '.join(str(i + 2) for i in df.index[df['ID'] == d])})" for d in dups]
+        raise DataError(f"{what} {path}: duplicate IDs: {_listing(lines)}")
     return df.reset_index(drop=True)
 
 
@@ -180,7 +185,8 @@ def load_competition(
     if sample_submission and (root / sample_submission).is_file():
         sample = read_csv_checked(root / sample_submission, ("ID", "target"), "sample_submission.csv")
         test = sample[["ID"]].copy()
-        test["path"] = resolve_image_paths(test["ID"], root / test_dir, f"sample_submission.csv ({root / sample_submission})")
+        test["path"] = resolve_image_paths(test["ID"], root / test_dir,
+                                           f"sample_submission.csv ({root / sample_submission})")
     if test_labels:
         labels_path = Path(test_labels) if Path(test_labels).is_absolute() else root / test_labels
         labels = read_csv_checked(labels_path, ("ID", "target"), "test labels")
@@ -250,3 +256,74 @@ def load_source(data_cfg, cache_dir: str | Path) -> DataSource:
     if name == "imagefolder":
         return load_imagefolder(root, data_cfg.train_dir, data_cfg.test_dir, data_cfg.get("test_labels"))
     raise DataError(f"data.name={name!r}: unknown source (competition, imagefolder, synthetic)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions of a label audit (docs/data-audit.md): data.relabel=FILE (ID,target), data.exclude=FILE (ID)
+# ---------------------------------------------------------------------------------------------
+
+def _decision_file(value, key: str) -> Path:
+    """The file a ``data.relabel`` / ``data.exclude`` value names (relative: to the working directory)."""
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_file():
+        raise DataError(f"data.{key}={value}: file not found ({path}); give the path of the decisions CSV "
+                        f"(relative paths are read from the directory the command runs in), or data.{key}=null")
+    return path.resolve()
+
+
+def _line_listing(df: pd.DataFrame, mask, column: str) -> str:
+    """``line 3: 'x', line 7: 'y'`` for the rows of ``df`` where ``mask`` holds (header = line 1)."""
+    return _listing([f"line {i + 2}: {df.at[i, column]!r}" for i in df.index[mask]])
+
+
+def read_decisions(value, key: str, train: pd.DataFrame, num_classes: int) -> tuple[pd.DataFrame, dict]:
+    """Read and check a decisions file against the training rows: every ID known, listed once,
+    and (relabel) every target a class index. Returns the rows and {file, sha256}."""
+    path = _decision_file(value, key)
+    columns = ("ID", "target") if key == "relabel" else ("ID",)
+    what = f"data.{key}"
+    df = read_csv_checked(path, columns, what)
+    unknown = ~df["ID"].isin(set(train["ID"]))
+    if unknown.any():
+        example = ", ".join(repr(i) for i in train["ID"].head(2))
+        raise DataError(f"{what} {path}: {int(unknown.sum())} ID(s) not in the training set: "
+                        f"{_line_listing(df, unknown, 'ID')}; write IDs as the training table does (e.g. {example})")
+    if key == "relabel":
+        valid = df["target"].str.fullmatch(r"\d+") & (pd.to_numeric(df["target"], errors="coerce") < num_classes)
+        if not valid.all():
+            raise DataError(f"{what} {path}: column 'target' must hold class indices 0..{num_classes - 1} "
+                            f"(meta.csv order); bad values: {_line_listing(df, ~valid, 'target')}")
+        df["target"] = df["target"].astype(int)
+    return df, {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def apply_decisions(source: DataSource, relabel=None, exclude=None) -> DataSource:
+    """``data.relabel`` (ID,target: new label) and ``data.exclude`` (ID: row left out of training,
+    folds and OOF) applied to the training rows; ``source.decisions`` records what was applied."""
+    if not relabel and not exclude:
+        return source
+    train, decisions, relabelled = source.train.copy(), {}, set()
+    if relabel:
+        df, info = read_decisions(relabel, "relabel", train, source.num_classes)
+        relabelled = set(df["ID"])
+        new = train["ID"].map(dict(zip(df["ID"], df["target"])))
+        changed = new.notna() & (new != train["target"])
+        decisions["relabel"] = {**info, "n_rows": len(df), "n_changed": int(changed.sum()),
+                                "changed": [{"ID": i, "from": int(a), "to": int(b)} for i, a, b in
+                                            zip(train["ID"][changed], train["target"][changed], new[changed])]}
+        train.loc[changed, "target"] = new[changed].astype(int)
+        train["target"] = train["target"].astype(int)
+    if exclude:
+        df, info = read_decisions(exclude, "exclude", train, source.num_classes)
+        both = sorted(set(df["ID"]) & relabelled)
+        if both:
+            raise DataError(f"data.exclude {info['file']} and data.relabel {decisions['relabel']['file']} both "
+                            f"list {_listing(both)}: decide once (relabel or exclude) per ID")
+        decisions["exclude"] = {**info, "n_rows": len(df), "ids": sorted(df["ID"])}
+        train = train[~train["ID"].isin(set(df["ID"]))].reset_index(drop=True)
+    for key, info in decisions.items():
+        count = info.get("n_changed", info["n_rows"])
+        log.info("data.%s: %d row(s) %s (%s, sha256 %s)", key, count,
+                 "relabelled" if key == "relabel" else "excluded", info["file"], info["sha256"][:12])
+    return dataclasses.replace(source, train=train, decisions=decisions)

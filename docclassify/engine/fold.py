@@ -6,7 +6,7 @@
 
 The fold's resumable state is a :class:`FoldState`, saved after every epoch (and at a stop
 request part-way through one) in ``checkpoints/fold{k}_last.pt``; the best weights go to
-``checkpoints/fold{k}_best.pt``.
+``checkpoints/fold{k}_best.safetensors`` (models.checkpoint: safetensors, meta in the header).
 """
 
 from __future__ import annotations
@@ -25,15 +25,22 @@ from docclassify.data.augment import TrainTransform
 from docclassify.engine import distributed
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
 from docclassify.engine.evaluate import classification_metrics, predict_logits
-from docclassify.engine.loaders import build_loaders
+from docclassify.engine.loaders import build_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
+from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import rng_state, set_rng_state
 from docclassify.engine.setup import seed_everything
-from docclassify.models.checkpoint import model_meta, save_best
+from docclassify.models.checkpoint import (
+    best_checkpoint_name,
+    load_resume_state,
+    model_meta,
+    save_best,
+    save_resume_state,
+)
 from docclassify.models.factory import normalization_of
-from docclassify.utils.io import atomic_save_torch, atomic_write, atomic_write_json
+from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
     from docclassify.engine.kfold import RunContext, RunData
@@ -91,7 +98,7 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     t0 = time.time()
     outcome = fit_fold(job, run)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
-                   checkpoint=f"checkpoints/fold{job.fold}_best.pt")
+                   checkpoint=f"checkpoints/{job.best_path.name}")
     finish_fold(job, outcome, run, data)
     return outcome
 
@@ -116,10 +123,11 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
     cfg, k, mc = run.cfg, plan.fold, plan.model_cfg
     val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
+    train_idx, val_idx = debug_rows(train_idx, val_idx, cfg.trainer, run.seed + k)  # overfit/limit_val_batches
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
     # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
     seed_everything(run.seed + 1009 * k)
-    model = build_model(mc, data.num_classes, cfg.regularization)
+    model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
     mean, std = normalization_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
                       int(cfg.data.pad_value), mean, std, data.classes)
@@ -135,7 +143,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
              len(train_idx), len(val_idx))
     return FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
-                   data.targets[val_idx], info, run.ckpt_dir / f"fold{k}_best.pt", run.ckpt_dir / f"fold{k}_last.pt")
+                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
+                   run.ckpt_dir / f"fold{k}_last.pt")
 
 
 def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
@@ -157,7 +166,8 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
     job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
     for epoch in range(state.epoch, epochs):
         begin_epoch(job, run, epoch)
-        stats = train_epoch_resumably(job, state, epoch)
+        with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
+            stats = train_epoch_resumably(job, state, epoch)
         logits, metrics = validate(job)
         keep_best(job, state, epoch, logits, metrics)
         record = epoch_record(job, state, epoch, stats, metrics)
@@ -258,13 +268,13 @@ def save_state(job: FoldJob, state: FoldState) -> None:
     if not distributed.is_main():  # DDP ranks hold the same state: rank 0 writes it
         return
     p = job.parts
-    atomic_save_torch({
+    save_resume_state(job.last_path, {
         "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
         "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
         "ema": p.ema.state_dict() if p.ema is not None else None,
         "scaler": p.scaler.state_dict() if p.scaler is not None else None,
         "rng": rng_state(), "state": dict(vars(state)), "saved_at": time.time(),
-    }, job.last_path)
+    })
 
 
 def restore_state(job: FoldJob) -> FoldState:
@@ -276,7 +286,7 @@ def restore_state(job: FoldJob) -> FoldState:
     if not job.last_path.is_file():
         return FoldState()
     p = job.parts
-    ckpt = torch.load(job.last_path, map_location="cpu", weights_only=False)
+    ckpt = load_resume_state(job.last_path)
     p.model.load_state_dict(ckpt["model"])
     p.optimizer.load_state_dict(ckpt["optimizer"])
     if p.ema is not None and ckpt.get("ema"):

@@ -23,8 +23,9 @@ from omegaconf import DictConfig
 
 from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
-from docclassify.data.folds import assign_folds, folds_to_run
-from docclassify.data.sources import DataSource, load_source
+from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
+from docclassify.data.shift import run_shift_check
+from docclassify.data.sources import DataSource, apply_decisions, load_source
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.epoch import StopRequested
@@ -70,6 +71,9 @@ class RunData:
     folds: np.ndarray          # validation fold of every row (-1: always trains)
     keep: np.ndarray           # False for rows skipped as undecodable (data.on_bad_image=skip)
     skipped_ids: list[str]
+    # validation.distort=auto: the profile fitted from the train-vs-test shift (data/shift.py), else None
+    fitted_profile: dict | None = None
+    duplicate_groups: dict | None = None  # folds.group_duplicates: what was grouped (results.json)
 
     @property
     def targets(self) -> np.ndarray:
@@ -143,11 +147,15 @@ def load_run_data(run: RunContext) -> RunData:
     cfg = run.cfg
     with distributed.main_first():  # rank 0 builds generated data / caches, the other ranks reuse them
         source = load_source(cfg.data, cfg.paths.cache_dir)
+    source = apply_decisions(source, cfg.data.get("relabel"), cfg.data.get("exclude"))
     n_folds = int(cfg.folds.n)
     plans = plan_folds(cfg, folds_to_run(cfg.folds.run, n_folds))
     if distributed.is_main():
         check_resume_compatible(run.run_dir, cfg)
         save_overrides(run.run_dir)
+    # Train-vs-test shift: a few log lines, shift.png / shift.json; fits validation.distort=auto.
+    with distributed.main_first():  # rank 0 measures (and caches), the other ranks read the cache
+        fitted_profile = run_shift_check(source, cfg, run.run_dir, write=distributed.is_main())
     paths = list(source.train["path"])
     images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
@@ -160,11 +168,13 @@ def load_run_data(run: RunContext) -> RunData:
     targets = source.train["target"].to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
-    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed)
+    with distributed.main_first():
+        groups, grouped = duplicate_groups_for(cfg.folds, [paths[i] for i in row_ids], cfg.paths.cache_dir)
+    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, groups)
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")
-    return RunData(source, plans, images_by_size, folds, keep, skipped)
+    return RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile, grouped)
 
 
 def run_info(run: RunContext, data: RunData) -> dict:
@@ -183,7 +193,8 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         **pooled,
         "n_folds": int(cfg.folds.n),
         "data": data_info,
-        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "augment": cfg.augment.name,
+        "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),
+        "augment": cfg.augment.name, "ensemble": cfg.ensemble.name,
         "skipped_images": list(skipped_ids),
         "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
     }
@@ -193,8 +204,9 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
     """Pool the OOF rows (oof.csv), then write results.json (rank 0)."""
     main = distributed.is_main()
     pooled = pool_oof(run.run_dir, data.source.train, data.classes, outcomes, write=main)
-    results = run_results(pooled, run.cfg, {"name": data.source.name, "root": str(data.source.root)},
-                          data.skipped_ids, outcomes)
+    data_info = {"name": data.source.name, "root": str(data.source.root), **data.source.decisions,
+                 **({"duplicate_groups": data.duplicate_groups} if data.duplicate_groups else {})}
+    results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes)
     results["seconds"] = round(seconds, 2)
     results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
     if main:

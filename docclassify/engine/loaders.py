@@ -1,5 +1,6 @@
-"""The DataLoaders of one fold: worker counts, seeded resumable shuffling, DDP sharding, and
-handing freed memory back to the OS before any worker of the fold is forked."""
+"""The DataLoaders of one fold: worker counts, seeded resumable shuffling, DDP sharding, the
+debug limits (trainer.limit_train_batches / limit_val_batches / overfit_batches), and handing
+freed memory back to the OS before any worker of the fold is forked."""
 
 from __future__ import annotations
 
@@ -35,28 +36,54 @@ def release_freed_memory() -> None:
         pass
 
 
+def eval_batch_size(trainer_cfg) -> int:
+    return int(trainer_cfg.eval_batch_size or 2 * int(trainer_cfg.batch_size))
+
+
+def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fold's (training rows, validation rows) under the debug keys.
+
+    ``overfit_batches`` = n: n batches of training rows (a seeded draw) are both the training and
+    the validation rows. ``limit_val_batches`` = n: a seeded draw of n evaluation batches of the
+    validation rows. Rows, not loader batches, are cut so that the fold's validation targets,
+    logits and OOF rows stay aligned."""
+    rng = np.random.default_rng(seed)
+    overfit = int(trainer_cfg.overfit_batches)
+    if overfit > 0:
+        rows = np.sort(rng.permutation(train_idx)[:overfit * int(trainer_cfg.batch_size)])
+        return rows, rows
+    limit = trainer_cfg.limit_val_batches
+    if limit is not None:
+        val_idx = np.sort(rng.permutation(val_idx)[:int(limit) * eval_batch_size(trainer_cfg)])
+    return train_idx, val_idx
+
+
 def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, num_workers, seed: int,
                   device: torch.device):
     """(train loader, validation loader, train sampler) of one fold.
 
     ``images``: the decoded rows (cache array or LazyImages); ``num_workers``: data.num_workers
-    (None = one per core but one, at most 4)."""
+    (None = one per core but one, at most 4). trainer.limit_train_batches cuts every epoch's
+    order; trainer.overfit_batches trains on the same rows in the same order, not augmented."""
     release_freed_memory()  # before any worker of this fold is forked
     workers = default_num_workers(num_workers)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-    train_ds = ImageDataset(images, train_idx, targets, transform)
+    batch = int(trainer_cfg.batch_size)
+    overfit = int(trainer_cfg.overfit_batches) > 0
+    train_ds = ImageDataset(images, train_idx, targets, None if overfit else transform)
     # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready); resumable
     # part-way through an epoch.
     world, rank = distributed.world_size(), distributed.rank()
-    sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-    batch = int(trainer_cfg.batch_size)
+    limit = trainer_cfg.limit_train_batches
+    sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=not overfit, seed=seed,
+                               drop_last=False, limit=None if limit is None else int(limit) * batch)
     # Own generators for the workers' base seed: drawn from the global RNG it would shift the
     # dropout/mixup draws of the first epoch of every process (persistent workers draw it only
     # once per process), so a resumed run would differ from an uninterrupted one.
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
                               generator=torch.Generator().manual_seed(seed), **common)
-    eval_bs = int(trainer_cfg.eval_batch_size or 2 * batch)
+    eval_bs = eval_batch_size(trainer_cfg)
     # Validation from the decode cache on CPU: nothing to decode or augment and the model uses the
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
     val_common = common

@@ -19,11 +19,12 @@ from docclassify.engine.optim import build_optimizer, build_scheduler
 from docclassify.models.factory import create_model
 
 
-def build_model(model_cfg, num_classes: int, reg_cfg) -> torch.nn.Module:
-    """The fold's timm model (pretrained or local weights as the model option says)."""
+def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = None) -> torch.nn.Module:
+    """The fold's timm model (pretrained or local weights as the model option says), built for
+    ``img_size`` when the architecture has a fixed input size (Swin, ViT, BEiT)."""
     return create_model(model_cfg.timm_name, num_classes, pretrained=bool(model_cfg.pretrained),
                         weights=model_cfg.get("weights"), drop_rate=float(reg_cfg.drop_rate),
-                        drop_path_rate=float(reg_cfg.drop_path_rate))
+                        drop_path_rate=float(reg_cfg.drop_path_rate), img_size=img_size)
 
 
 def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes: int,

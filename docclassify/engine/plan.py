@@ -1,7 +1,9 @@
 """Plan the folds of a run: which model option and image size each selected fold trains.
 
 ``ensemble.fold_models`` (or the ensemble option's ``preset``) overrides ``model`` per fold;
-``data.use_pretrained=false`` forces every fold's model to train from scratch.
+``data.use_pretrained=false`` forces every fold's model to train from scratch. Every (model,
+size) pair is checked to run before any fold starts (fixed-size architectures refuse sizes they
+cannot take, naming the ones they accept).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from docclassify.config import load_option
 from docclassify.data.sources import DataError
+from docclassify.models.factory import check_input_size
 
 
 @dataclass
@@ -40,18 +43,22 @@ def fold_model_overrides(ensemble_cfg, n_folds: int) -> dict[int, object]:
 def plan_folds(cfg: DictConfig, folds: list[int]) -> list[FoldPlan]:
     """Model and image size of every fold to run (ensemble.fold_models overrides `model`)."""
     overrides = fold_model_overrides(cfg.ensemble, int(cfg.folds.n))
-    plans = []
+    plans, chosen_by = [], {}
     for k in folds:
         model_cfg, size = cfg.model, None
+        chosen_by[k] = f"model={cfg.model.name}"
         if k in overrides:
             spec = overrides[k]
             name = spec["model"] if isinstance(spec, dict) else str(spec)
             size = spec.get("img_size") if isinstance(spec, dict) else None
             model_cfg = load_option("model", name)
+            chosen_by[k] = f"ensemble.fold_models fold {k} ({name})"
             if "pretrained" in cfg.model:  # model.pretrained=false on the command line applies to all folds
                 model_cfg.pretrained = bool(cfg.model.pretrained) and bool(model_cfg.pretrained)
         if not cfg.data.get("use_pretrained", True):
             model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False})
         size = size or cfg.data.img_size or model_cfg.img_size
         plans.append(FoldPlan(k, model_cfg, int(size)))
+    for plan in plans:  # before any fold trains: a size the architecture cannot run at is refused
+        check_input_size(plan.model_cfg.timm_name, plan.img_size, chosen_by[plan.fold])
     return plans

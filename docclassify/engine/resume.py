@@ -31,20 +31,27 @@ COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed")
 class ResumableSampler(DistributedSampler):
     """DistributedSampler (shuffle seeded by seed + epoch; DDP-ready) whose next epochs can skip
     their first ``n`` indices. A DataLoader batches consecutive indices, so skipping
-    ``k * batch_size`` yields exactly batches k+1.. of the same epoch order."""
+    ``k * batch_size`` yields exactly batches k+1.. of the same epoch order.
 
-    def __init__(self, *args, **kwargs) -> None:
+    ``limit``: each epoch keeps only the first ``limit`` indices of its order (of this rank;
+    trainer.limit_train_batches), so skipping and resuming work within the shorter epoch."""
+
+    def __init__(self, *args, limit: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.start = 0
+        self.limit = None if limit is None else int(limit)
 
     def skip(self, n: int) -> None:
         self.start = int(n)
 
+    def _epoch_length(self) -> int:
+        return self.num_samples if self.limit is None else min(self.num_samples, self.limit)
+
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        return iter(list(super().__iter__())[:self._epoch_length()][self.start:])
 
     def __len__(self) -> int:
-        return max(0, self.num_samples - self.start)
+        return max(0, self._epoch_length() - self.start)
 
 
 def rng_state() -> dict:

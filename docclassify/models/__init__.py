@@ -1,1 +1,1 @@
-"""Models: timm factory and self-describing checkpoints."""
+"""Models: timm factory (any image size), DiT weights, safetensors checkpoints."""

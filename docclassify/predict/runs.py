@@ -25,7 +25,8 @@ from docclassify.data.sources import DataError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
-# The resolved config the run trained with (engine.resume.check_resume_compatible writes it); Hydra's copy is the fallback.
+# The resolved config the run trained with (engine.resume.check_resume_compatible writes it);
+# Hydra's copy is the fallback.
 CONFIG_FILES = ("run_config.yaml", ".hydra/config.yaml")
 
 
@@ -62,18 +63,14 @@ class Run:
 
 
 def read_checkpoint_meta(path: Path) -> dict:
-    """The ``meta`` of a best checkpoint, without reading its weights (memory-mapped load)."""
-    import torch
-
-    from docclassify.models.checkpoint import CHECKPOINT_FORMAT
+    """The ``meta`` of a best checkpoint, from its safetensors header (no weights are read).
+    A pickle checkpoint of an older version is refused with the command that converts it."""
+    from docclassify.models.checkpoint import CheckpointError, read_checkpoint
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:
-        raise RunError(f"{path}: cannot read checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "meta" not in ckpt:
-        raise RunError(f"{path}: not a docclassify best checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return dict(ckpt["meta"])
+        return dict(read_checkpoint(path)["meta"])
+    except (CheckpointError, OSError) as exc:
+        raise RunError(str(exc)) from exc
 
 
 def _read_config(run_dir: Path) -> dict:
@@ -101,10 +98,12 @@ def load_run(run_dir: str | Path) -> Run:
     folds = results.get("folds") if isinstance(results, dict) else None
     if not folds or not results.get("classes"):
         raise RunError(f"{results_path}: no 'folds' or 'classes' (the run trained no fold)")
+    from docclassify.models.checkpoint import best_checkpoint_name
+
     run = Run(run_dir, results, _read_config(run_dir))
     problems = []
     for f in folds:
-        ckpt = run_dir / str(f.get("checkpoint") or f"checkpoints/fold{f.get('fold')}_best.pt")
+        ckpt = run_dir / str(f.get("checkpoint") or f"checkpoints/{best_checkpoint_name(f.get('fold'))}")
         if not ckpt.is_file():
             problems.append(f"fold {f.get('fold')}: checkpoint not found: {ckpt}")
             continue

@@ -2,8 +2,8 @@
 
 - ``progress.Progress``: tqdm bars on a terminal, one line per epoch in logs.
 - ``reports.LocalReports``: confusion_matrix.png, curves.png, per_class.csv, report.md in the run
-  dir (always, with or without W&B); ``reports.write_classification_report`` for any labelled
-  predictions (inference).
+  dir (with or without W&B; off with trainer.enable_reports=false, as debug=fast does);
+  ``reports.write_classification_report`` for any labelled predictions (inference).
 - ``csv_logger.CsvLogger`` (``logger=csv``): csv/fold<k>/metrics.csv, one row per epoch.
 - ``wandb_tracker.WandbTracker`` (``logger=wandb``): one W&B run per fold + a cv summary run with
   the run's artefacts; ``wandb_tracker.InferenceTracker``: an infer run in the training's group.
@@ -35,8 +35,9 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> list:
     if not is_main_process():
         return []
     trainer = cfg.trainer
-    trackers = [Progress(trainer.epochs, trainer.log_every_n_steps, trainer.batch_size, trainer.accum_steps),
-                LocalReports(run_dir)]
+    trackers = [Progress(trainer.epochs, trainer.log_every_n_steps, trainer.batch_size, trainer.accum_steps)]
+    if trainer.enable_reports:
+        trackers.append(LocalReports(run_dir))
     if name == "csv":
         from docclassify.tracking.csv_logger import CsvLogger
 

@@ -324,7 +324,7 @@ class WandbTracker(Callback):
 
     def _log_weights(self, fold: int, outcome: dict) -> None:
         """The fold's best weights (and any description file beside them) as a "model" artefact."""
-        best = Path(outcome.get("checkpoint") or f"checkpoints/fold{fold}_best.pt")
+        best = Path(outcome.get("checkpoint") or f"checkpoints/fold{fold}_best.safetensors")
         meta = {k: outcome.get(k) for k in ("fold", "model", "model_option", "img_size", "best_macro_f1",
                                             "best_epoch", "weights")}
         files = log_files(self.run, self.run_dir, artifact_name(self.identity["group"], f"fold{fold}-model"), "model",

@@ -71,7 +71,7 @@ def test_jobs_merge_into_one_k_fold_run(fold_sweep, tmp_path):
     proc = run_cli("docclassify.aggregate", [str(fold_sweep), "--out", str(out)])
     assert json.loads(proc.stdout.strip().splitlines()[-1])["cv_macro_f1"] == merged["cv_macro_f1"]
     assert (out / "oof.csv").read_text() == (fold_sweep / "oof.csv").read_text()
-    assert load_checkpoint(out / "checkpoints" / "fold1_best.pt")[1]["fold"] == 1
+    assert load_checkpoint(out / "checkpoints" / "fold1_best.safetensors")[1]["fold"] == 1
 
 
 def _copy_job(src: Path, dst: Path) -> Path:

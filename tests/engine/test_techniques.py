@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from docclassify.config import CONF_DIR
 from docclassify.data.augment import (
     TrainTransform,
-    build_basic,
-    build_advanced,
     advanced_probability,
+    build_advanced,
+    build_basic,
     seed_transforms,
 )
 from docclassify.engine import epoch as epoch_mod
@@ -38,6 +38,7 @@ from docclassify.engine.evaluate import predict_logits
 from docclassify.engine.mixup import build_mixup, build_train_loss, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler, effective_warmup
 from docclassify.engine.setup import amp_settings
+from docclassify.models.checkpoint import load_checkpoint
 from docclassify.models.factory import create_model
 
 CPU = torch.device("cpu")
@@ -372,7 +373,8 @@ def test_fp16_steps_through_the_grad_scaler():
 
 # ----------------------------------------------------------------------------- augmentation
 class _Probe(Dataset):
-    """What a DataLoader worker sees: its epoch, the scheduled p_advanced, and whether it drew the advanced transforms."""
+    """What a DataLoader worker sees: its epoch, the scheduled p_advanced, and whether it drew the
+    advanced transforms."""
 
     def __init__(self, transform: TrainTransform, n: int):
         self.transform, self.n = transform, n
@@ -529,7 +531,7 @@ def test_ema_weights_are_evaluated_and_saved(highperf_run):
         for k, v in save["passed"].items():
             assert torch.equal(v, save["ema"][k]), k
         assert any(not torch.equal(v, save["live"][k]) for k, v in save["passed"].items() if v.is_floating_point())
-    best = torch.load(obs["run_dir"] / fold["checkpoint"], map_location="cpu", weights_only=False)
+    _, best = load_checkpoint(obs["run_dir"] / fold["checkpoint"])
     assert best["weights"] == "ema" and best["epoch"] == fold["best_epoch"] == obs["saved"][-1]["epoch"]
     for k, v in best["state_dict"].items():
         assert torch.equal(v, obs["saved"][-1]["ema"][k]), k

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY, run_cli
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import f1_score
 
@@ -228,9 +230,10 @@ def _copy_run(run, dst, drop=()):
 
 
 def _rewrite_classes(ckpt_path, classes):
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    ckpt["meta"]["classes"] = classes
-    torch.save(ckpt, ckpt_path)
+    with safe_open(str(ckpt_path), framework="pt") as fh:
+        header = fh.metadata()
+    header["meta"] = json.dumps({**json.loads(header["meta"]), "classes": classes})
+    save_file(load_file(ckpt_path), ckpt_path, metadata=header)
 
 
 def test_bad_runs_are_refused(multi_run, partial_run, tmp_path):
@@ -240,14 +243,14 @@ def test_bad_runs_are_refused(multi_run, partial_run, tmp_path):
     no_results = _copy_run(multi_run, tmp_path / "no_results", drop=("results.json",))
     with pytest.raises(RunError, match="results.json"):
         infer([no_results], out)
-    no_ckpt = _copy_run(multi_run, tmp_path / "no_ckpt", drop=("fold1_best.pt",))
-    with pytest.raises(RunError, match="fold1_best.pt"):
+    no_ckpt = _copy_run(multi_run, tmp_path / "no_ckpt", drop=("fold1_best.safetensors",))
+    with pytest.raises(RunError, match="fold1_best.safetensors"):
         infer([no_ckpt], out)
 
     classes = json.loads((multi_run / "results.json").read_text())["classes"]
     renamed = [*classes[:-1], "something_else"]
     foreign_ckpt = _copy_run(multi_run, tmp_path / "foreign_ckpt")
-    _rewrite_classes(foreign_ckpt / "checkpoints" / "fold0_best.pt", renamed)
+    _rewrite_classes(foreign_ckpt / "checkpoints" / "fold0_best.safetensors", renamed)
     with pytest.raises(RunError, match="class list differs"):
         infer([foreign_ckpt], out)
 
@@ -255,7 +258,7 @@ def test_bad_runs_are_refused(multi_run, partial_run, tmp_path):
     results = json.loads((other_classes / "results.json").read_text())
     results["classes"] = renamed
     (other_classes / "results.json").write_text(json.dumps(results))
-    for ckpt in (other_classes / "checkpoints").glob("fold*_best.pt"):
+    for ckpt in (other_classes / "checkpoints").glob("fold*_best.safetensors"):
         _rewrite_classes(ckpt, renamed)
     with pytest.raises(RunError, match="different class lists"):
         infer([multi_run, other_classes], out)

@@ -10,13 +10,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import TINY, compose_train
 
 import docclassify.engine.parts as parts_mod
 from docclassify.data.sources import DataError
 from docclassify.engine.epoch import NonFiniteLossError
 from docclassify.engine.kfold import run_kfold
+from docclassify.models.checkpoint import read_checkpoint
 
 
 def _overrides(root, *extra) -> list[str]:
@@ -105,5 +105,5 @@ def test_bad_images_skipped_listed_and_warned_once(data, tmp_path, caplog):
     assert (folds.set_index("ID").loc[bad, "fold"] == -1).all()
     assert not set(bad) & set(pd.read_csv(tmp_path / "oof.csv")["ID"])
     assert {f["img_size"] for f in results["folds"]} == {32, 40}
-    ckpt = torch.load(tmp_path / "checkpoints" / "fold1_best.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "fold1_best.safetensors")
     assert ckpt["meta"]["img_size"] == 40

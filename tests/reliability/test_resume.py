@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY, compose_train, run_cli
+from safetensors.torch import load_file
 
 from docclassify.engine.callbacks import Callback
 from docclassify.engine.epoch import StopRequested
@@ -84,8 +85,7 @@ def assert_same_run(ref: Path, other: Path) -> None:
     a, b = (strip_timing(json.loads((d / "results.json").read_text())) for d in (ref, other))
     assert a == b
     for k in (0, 1):
-        wa, wb = (torch.load(d / f"checkpoints/fold{k}_best.pt", weights_only=False)["state_dict"]
-                  for d in (ref, other))
+        wa, wb = (load_file(d / f"checkpoints/fold{k}_best.safetensors") for d in (ref, other))
         assert wa.keys() == wb.keys() and all(torch.equal(wa[n], wb[n]) for n in wa)
 
 

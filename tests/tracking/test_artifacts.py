@@ -64,8 +64,8 @@ def test_wandb_artifacts_and_the_labelled_infer_run_of_submit(tiny_data, tmp_pat
     assert results["metadata"]["cv_macro_f1"] == pytest.approx(json.loads((run_dir / "results.json").read_text())
                                                                ["cv_macro_f1"])
     model = artifacts_of(runs["fold0"]["folder"])["model"]
-    assert set(model["files"]) == {"checkpoints/fold0_best.pt"}
-    assert model["files"]["checkpoints/fold0_best.pt"] == md5(run_dir / "checkpoints" / "fold0_best.pt")
+    best = "checkpoints/fold0_best.safetensors"
+    assert set(model["files"]) == {best} and model["files"][best] == md5(run_dir / best)
 
     # The infer dir: submission + the training-style report of the labelled test set.
     infer_dir = run_dir / "infer"
@@ -104,7 +104,7 @@ def test_weights_are_logged_only_with_log_checkpoints(tiny_data, tmp_path, monke
     rng = np.random.default_rng(0)
     outcome = {"val_logits": rng.normal(size=(20, 17)), "val_targets": rng.integers(0, 17, 20), "images": None,
                "best_macro_f1": 0.5, "best_epoch": 0, "epochs_run": 1, "seconds": 1.0, "fold": 1,
-               "checkpoint": "checkpoints/fold1_best.pt"}
+               "checkpoint": "checkpoints/fold1_best.safetensors"}
     for flag in (False, True):
         cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY_NO_LOGGER, "logger=wandb",
                              "logger.mode=offline", f"logger.log_checkpoints={flag}"], tmp_path)
@@ -113,7 +113,7 @@ def test_weights_are_logged_only_with_log_checkpoints(tiny_data, tmp_path, monke
         tracker.on_fold_end(1, outcome)
     (call,) = calls  # only the log_checkpoints=true tracker logged weights
     assert call[0] == "model" and call[1].endswith("fold1-model")
-    assert call[2] == ["checkpoints/fold1_best.pt", "checkpoints/fold1_best.*"]
+    assert call[2] == ["checkpoints/fold1_best.safetensors", "checkpoints/fold1_best.*"]
 
 
 def test_infer_joins_the_training_group_unless_logger_group_is_set(tmp_path):

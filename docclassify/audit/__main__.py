@@ -1,0 +1,5 @@
+import sys
+
+from docclassify.audit.cli import main
+
+sys.exit(main())
