@@ -461,6 +461,9 @@ def relation_errors(cfg: DictConfig) -> list[str]:
         if validation.name == "clean" and cfg.trainer.monitor in ("robust", "mean"):
             errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=clean has no robust view; "
                           "use validation=both (or robust), or trainer.monitor=clean")
+        if validation.name == "robust" and cfg.trainer.monitor in ("clean", "mean"):
+            errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=robust validates only the distorted "
+                          "copies every epoch; use validation=both, or trainer.monitor=robust (or auto)")
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "

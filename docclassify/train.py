@@ -1,4 +1,5 @@
-"""`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1.
+"""`python -m docclassify.train`: compose the config, train every selected fold, return the objective
+(results.json's ``objective``: the pooled macro F1 that ``trainer.monitor`` picks; robust by default).
 
 The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
 only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
@@ -43,7 +44,7 @@ def train(cfg: DictConfig) -> float:
         log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
                   exc, resolve_run_dir(cfg))
         sys.exit(143)
-    return float(results["cv_macro_f1"])
+    return float(results["objective"])
 
 
 def _share_run_dir() -> None:
