@@ -295,7 +295,8 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive")
+# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py).
+TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto")
 
 
 @dataclass
@@ -350,6 +351,8 @@ class InferConfig:
     task_name: str = "infer"
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
+    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/runs.py FIT_ON).
+    fit_on: str = key("auto", choices=("auto", "robust", "clean"))
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     calibrate: bool = True
     oof_tta: bool = True
