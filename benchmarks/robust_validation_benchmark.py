@@ -108,7 +108,7 @@ def main() -> None:
           f"{args.seed}, test tta={args.tta}; overrides {args.train_override or 'none'}; load avg now "
           f"{machine_line().split('load avg ')[1].split(' |')[0]}")
     rank_clean, rank_robust, rank_test = (ranks([r[k] for r in rows]) for k in ("cv_clean", "cv_robust", "test"))
-    print(f"| recipe | clean cv | robust cv | test | robust - test | clean - test | rank clean / robust / test |")
+    print("| recipe | clean cv | robust cv | test | robust - test | clean - test | rank clean / robust / test |")
     print("|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
         print(f"| {r['recipe']} | {r['cv_clean']:.3f} | {r['cv_robust']:.3f} | {r['test']:.3f} | "

@@ -1,6 +1,6 @@
 """Every key of the technique config groups is read by the code (no dead keys).
 
-The leaf keys of every YAML file in conf/{augment,regularization,schedule,pipeline,experiment}
+The leaf keys of every YAML file in conf/{augment,regularization,schedule,pipeline,experiment,validation}
 are collected (pipeline/ and experiment/ files are `@package _global_`: their keys are full
 paths such as `trainer.grad_clip`, plus the preset's own name `pipeline` / `experiment`).
 A tiny highperf training run then goes through the real engine with every DictConfig read
@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from docclassify.config import CONF_DIR
 
-GROUPS = ("augment", "regularization", "schedule", "pipeline", "experiment")
+GROUPS = ("augment", "regularization", "schedule", "pipeline", "experiment", "validation")
 
 # The runs whose reads together must cover every key. highperf switches on every technique
 # whose keys are read only when it is on (mixup, EMA, clipping, hard augmentation).
@@ -73,6 +73,7 @@ def test_yaml_files_have_the_expected_keys():
     assert keys["pipeline/highperf.yaml"] == {"pipeline"}  # a preset selects options, it sets no values
     assert {"augment.advanced_p_end", "augment.mixup_alpha"} <= keys["augment/highperf.yaml"]
     assert "experiment" in keys["experiment/convnext_base_384_best.yaml"]
+    assert {"validation.copies", "validation.distort.jpeg_quality"} <= keys["validation/both.yaml"]
     assert not any("defaults" in k for ks in keys.values() for k in ks)
 
 
