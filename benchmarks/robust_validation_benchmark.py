@@ -31,11 +31,13 @@ from _common import DEFAULT_WORK, REPO, machine_line
 # name -> docclassify.train overrides. basic: light augmentation, no turns or flips; advanced: the
 # hard augmentation set (quarter turns, flips, blur, noise, JPEG ...) on every sample; highperf:
 # the highperf preset (mixup/cutmix, label smoothing, EMA, advanced share ramping to 0.5) with
-# its warmup and lr scaled to a CPU budget of a few epochs from scratch.
+# its warmup and lr scaled to a CPU budget of a few epochs from scratch; flips: basic with both
+# mirrors (together a half turn) and +-20 degree skew, cheap orientation cover.
 RECIPES = {
     "basic": ["pipeline=basic"],
     "advanced": ["pipeline=basic", "augment=advanced"],
     "highperf": ["pipeline=highperf", "schedule.warmup_epochs=1", "trainer.lr=1e-3", "trainer.batch_size=48"],
+    "flips": ["pipeline=basic", "augment.hflip=true", "augment.vflip=true", "augment.rotate_limit=20"],
 }
 
 

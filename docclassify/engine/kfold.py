@@ -209,6 +209,9 @@ def add_robust_copies(run: RunContext, data: RunData) -> None:
         with distributed.main_first():
             data.copies_by_size[size] = robust_copies(list(train["path"]), list(train["ID"]), data.robust, size,
                                                       cfg.data.resize, int(cfg.data.pad_value), cache_dir)
+    log.info("validation=%s: %d distorted copies of every validation image (seed %d); trainer.monitor=%s picks "
+             "the best epoch", validation.name, data.robust.copies, data.robust.seed,
+             resolve_monitor(validation, str(cfg.trainer.monitor)))
 
 
 def run_info(run: RunContext, data: RunData) -> dict:
