@@ -11,6 +11,7 @@ processes all share it through the OS page cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -61,7 +62,7 @@ def content_key(paths: Sequence[Path], size: int, policy: str, pad_value: int) -
         digests.append(known[1] if known is not None and known[0] == _signature(p) else None)
     missing = [i for i, d in enumerate(digests) if d is None]
     if missing:  # hashlib releases the GIL: threads overlap reading and hashing
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
             for i, d in zip(missing, pool.map(lambda i: _file_digest(paths[i]), missing)):
                 digests[i] = d
     h = hashlib.blake2b(digest_size=16)
@@ -90,68 +91,143 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def decode_all(paths: Sequence[Path], size: int, policy: str, pad_value: int, out: np.ndarray,
-               progress: bool = True) -> list[int]:
-    """Decode ``paths`` into ``out`` (threads: PIL releases the GIL). Returns indices of bad images."""
+def decode_all(paths: Sequence[Path], size: int, policy: str, pad_value: int, out: np.ndarray | None,
+               progress: bool = True, what: str = "decode cache") -> list[int]:
+    """Decode and resize every one of ``paths`` in threads (PIL releases the GIL); into ``out[i]``
+    (a bad image's row gets ``pad_value``), or, with ``out=None``, only to prove each one decodes
+    (nothing kept). Returns the indices of the undecodable images."""
     bad: list[int] = []
     n = len(paths)
 
     def work(i: int) -> None:
         try:
-            out[i] = load_image(paths[i], size, policy, pad_value)
+            image = load_image(paths[i], size, policy, pad_value)
         except BadImageError as exc:
             log.debug("%s", exc)
             bad.append(i)
-            out[i] = pad_value
+            image = pad_value
+        if out is not None:
+            out[i] = image
 
     t0, last = time.time(), 0.0
-    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=decode_threads()) as pool:
         for done, _ in enumerate(pool.map(work, range(n)), 1):
             now = time.time()
             if progress and (now - last > 5 or done == n):
                 last = now
                 rate = done / max(now - t0, 1e-9)
-                log.info("decode cache: %d/%d images (%.0f img/s)", done, n, rate)
+                log.info("%s: %d/%d images (%.0f img/s)", what, done, n, rate)
     return sorted(bad)
+
+
+def decode_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# Cache folders found unwritable in this process (warned about once each).
+_UNWRITABLE: set[str] = set()
+# What an unwritable or full cache folder raises: the cache is then skipped, not the run.
+CACHE_WRITE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def cache_write_failed(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in CACHE_WRITE_ERRNOS
+
+
+def warn_unwritable(where: Path, exc: OSError, what: str) -> None:
+    """One warning per cache folder and process: the run goes on without the cache."""
+    root = str(where.parent)
+    if root in _UNWRITABLE:
+        return
+    _UNWRITABLE.add(root)
+    log.warning("%s: cannot write to the cache folder %s (%s): decoding in memory instead, every run again. "
+                "Point paths.cache_dir (DOCCLASSIFY_CACHE) at a writable folder with free space to keep the "
+                "cache.", what, where, exc.strerror or exc)
+
+
+def _open_existing(data_path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:
+    """A complete cache file already there (also in a read-only folder), else None."""
+    if not (data_path.exists() and meta_path.exists() and _valid_file(data_path, shape)):
+        return None
+    try:
+        return np.load(data_path, mmap_mode="r"), json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _in_memory(shape: tuple[int, ...], build) -> tuple[np.ndarray, dict]:
+    arr = np.empty(shape, dtype=np.uint8)
+    meta = build(arr)
+    arr.setflags(write=False)  # read-only like the memory-mapped cache
+    return arr, meta
 
 
 def cached_array(key: str, shape: tuple[int, ...], build, cache_dir: str | Path, folder: str = "decoded",
                  what: str = "decode cache") -> tuple[np.ndarray, dict]:
     """The read-only uint8 array ``key`` of ``shape`` and its meta dict, built once for every process.
 
-    ``build(out)`` fills the writable memmap ``out`` and returns the meta (JSON) stored beside it.
+    ``build(out)`` fills the writable array ``out`` and returns the meta (JSON) stored beside it.
     The file is built in a temp file and renamed into place under an exclusive lock; a truncated
-    or corrupt file is rebuilt; arrays opened in this process are reused by key."""
+    or corrupt file is rebuilt; arrays opened in this process are reused by key. A cache folder
+    that cannot be written (read-only, no permission, disk full) is not an error: a complete
+    file already there is used, else the array is built in memory (one warning)."""
     if key in _OPEN:
         return _OPEN[key]
     where = Path(cache_dir).expanduser() / folder
-    where.mkdir(parents=True, exist_ok=True)
     data_path, meta_path = where / f"{key}.npy", where / f"{key}.json"
-    with _file_lock(where / f"{key}.lock"):
-        if data_path.exists() and meta_path.exists() and _valid_file(data_path, shape):
-            meta = json.loads(meta_path.read_text())
-        else:
-            if data_path.exists():
-                log.warning("%s %s is incomplete or corrupt: rebuilding", what, data_path)
-            t0 = time.time()
-            log.info("%s: building %s %s", what, data_path.name, tuple(shape))
-            fd, tmp = mkstemp_shared(where, f".{key}.", ".npy.tmp")  # readable by whom the umask allows
-            os.close(fd)
-            try:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
-                meta = build(arr)
-                arr.flush()
-                del arr
-                os.replace(tmp, data_path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            atomic_write_json(meta_path, meta)
-            log.info("%s: built in %.1fs", what, time.time() - t0)
-    arr = np.load(data_path, mmap_mode="r")
-    _OPEN[key] = (arr, meta)
-    return arr, meta
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with _file_lock(where / f"{key}.lock"):
+            opened = _open_existing(data_path, meta_path, shape) or _build_file(where, key, shape, build, what)
+    except OSError as exc:
+        if not cache_write_failed(exc):
+            raise
+        opened = _open_existing(data_path, meta_path, shape)
+        if opened is None:
+            warn_unwritable(where, exc, what)
+            return _in_memory(shape, build)
+    _OPEN[key] = opened
+    return opened
+
+
+def _build_file(where: Path, key: str, shape: tuple[int, ...], build, what: str) -> tuple[np.ndarray, dict]:
+    """Build the cache file of ``key`` (under the caller's lock): temp file, fill, rename into place."""
+    data_path, meta_path = where / f"{key}.npy", where / f"{key}.json"
+    if data_path.exists():
+        log.warning("%s %s is incomplete or corrupt: rebuilding", what, data_path)
+    t0 = time.time()
+    log.info("%s: building %s %s", what, data_path.name, tuple(shape))
+    fd, tmp = mkstemp_shared(where, f".{key}.", ".npy.tmp")  # readable by whom the umask allows
+    os.close(fd)
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
+        _reserve(tmp)  # a full disk fails here (ENOSPC), not as a SIGBUS while the map is filled
+        meta = build(arr)
+        arr.flush()
+        del arr
+        os.replace(tmp, data_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    atomic_write_json(meta_path, meta)
+    log.info("%s: built in %.1fs", what, time.time() - t0)
+    return np.load(data_path, mmap_mode="r"), meta
+
+
+def _reserve(path: str) -> None:
+    """Allocate the blocks of the (sparse) memmap file now."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
+            return
+        raise
+    finally:
+        os.close(fd)
 
 
 def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
@@ -186,28 +262,18 @@ class LazyImages:
         return load_image(self.paths[i], self.size, self.policy, self.pad_value)
 
 
-def find_bad_images(paths: Sequence[Path]) -> list[int]:
-    """Cheap pre-flight check for the uncached path: indices of files PIL cannot identify/verify."""
-    from PIL import Image
-
-    bad = []
-    for i, p in enumerate(paths):
-        try:
-            if Path(p).stat().st_size == 0:
-                raise OSError("empty file")
-            with Image.open(p) as img:
-                img.verify()
-        except Exception:
-            bad.append(i)
-    return bad
-
-
-def load_images(paths: Sequence[Path], size: int, data_cfg, cache_dir) -> tuple[object, list[int]]:
-    """The decoded training rows at ``size`` (``data.cache``: the memory-mapped cache, else decoded on
-    access) and the indices of undecodable files."""
+def load_images(paths: Sequence[Path], size: int, data_cfg, cache_dir, check: bool = True) -> tuple[object, list[int]]:
+    """The decoded training rows at ``size`` and the indices of undecodable files, found before the
+    first epoch whatever ``data.cache`` says: with the cache every image is decoded into it (or it is
+    already there); without (``data.cache=false``: decoded again on every access) every image is
+    decoded once up front, in threads, and dropped, so a file that only fails part-way through
+    (a JPEG cut short) is found here and not by a DataLoader worker in fold 0. ``check=False``
+    skips that pass (DDP ranks other than 0 take rank 0's list)."""
+    policy, pad_value = data_cfg.resize, int(data_cfg.pad_value)
     if data_cfg.cache:
-        return cached_images(paths, size, data_cfg.resize, int(data_cfg.pad_value), cache_dir)
-    return LazyImages(paths, size, data_cfg.resize, int(data_cfg.pad_value)), find_bad_images(paths)
+        return cached_images(paths, size, policy, pad_value, cache_dir)
+    bad = decode_all(paths, size, policy, pad_value, None, what="checking every image decodes") if check else []
+    return LazyImages(paths, size, policy, pad_value), bad
 
 
 def handle_bad_images(ids: Sequence[str], bad: Sequence[int], policy: str) -> list[str]:

@@ -169,9 +169,14 @@ def load_run_data(run: RunContext) -> RunData:
     paths = list(source.train["path"])
     images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
+        # Every image is decoded before the first epoch (into the cache, or once up front with
+        # data.cache=false: then only rank 0 checks and the other ranks take its list).
         with distributed.main_first():
-            images_by_size[size], bad = load_images(paths, size, cfg.data, cfg.paths.cache_dir)
-        bad_rows.update(bad)
+            images_by_size[size], bad = load_images(paths, size, cfg.data, cfg.paths.cache_dir,
+                                                    check=distributed.is_main())
+        bad_rows.update(distributed.broadcast_object(bad))
+    if cfg.get("submit"):  # submit=true predicts the test set after training: its images are checked now
+        check_test_images(source, sorted({p.img_size for p in plans}), cfg)
     # One decision (and one warning) for the bad images of every image size.
     skipped = sorted(handle_bad_images(source.train["ID"].tolist(), sorted(bad_rows), cfg.data.on_bad_image))
     keep = ~source.train["ID"].isin(skipped).to_numpy()
@@ -185,6 +190,26 @@ def load_run_data(run: RunContext) -> RunData:
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")
     return RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile, grouped)
+
+
+def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> None:
+    """Every test image decoded (into the decode cache inference reuses, or once up front with
+    data.cache=false) at every size the folds train at; an undecodable one stops the run before
+    the first epoch (inference would refuse it after training; test rows cannot be skipped)."""
+    from docclassify.data.sources import DataError
+    from docclassify.predict.submission import format_ids
+
+    if source.test is None or source.test.empty:
+        return
+    paths, bad = list(source.test["path"]), set()
+    for size in sizes:
+        with distributed.main_first():
+            _, found = load_images(paths, size, cfg.data, cfg.paths.cache_dir, check=distributed.is_main())
+        bad.update(distributed.broadcast_object(found))
+    if bad:
+        ids = source.test["ID"].iloc[sorted(bad)].tolist()
+        raise DataError(f"submit=true: {len(ids)} test image(s) cannot be decoded: {format_ids(ids, limit=50)}. "
+                        "Fix or replace them (every test row needs a prediction), or train with submit=false")
 
 
 def resolve_distort_profile(run: RunContext, data: RunData) -> dict:
