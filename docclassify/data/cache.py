@@ -140,9 +140,23 @@ def warn_unwritable(where: Path, exc: OSError, what: str) -> None:
     if root in _UNWRITABLE:
         return
     _UNWRITABLE.add(root)
-    log.warning("%s: cannot write to the cache folder %s (%s): decoding in memory instead, every run again. "
+    log.warning("%s: cannot write to the cache folder %s (%s): computing in memory instead, every run again. "
                 "Point paths.cache_dir (DOCCLASSIFY_CACHE) at a writable folder with free space to keep the "
                 "cache.", what, where, exc.strerror or exc)
+
+
+def write_cache_file(path: Path, write, what: str) -> bool:
+    """``write(path)`` for a file of a cache (shift statistics, fingerprints); a folder that cannot
+    be written is not an error (one warning; the value is recomputed next time). True if written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+        return True
+    except OSError as exc:
+        if not cache_write_failed(exc):
+            raise
+        warn_unwritable(path.parent, exc, what)
+        return False
 
 
 def _open_existing(data_path: Path, meta_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from docclassify.data.cache import content_key
+from docclassify.data.cache import content_key, write_cache_file
 from docclassify.data.images import BadImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,11 @@ def fingerprints(paths: Sequence[Path], cache_dir: str | Path) -> Fingerprints:
             log.warning("fingerprint cache %s is unreadable: rebuilding", path)
     log.info("fingerprints: hashing %d images", len(paths))
     fp = compute_fingerprints(paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as fh:
-        np.savez(fh, hashes=fp.hashes, thumbs=fp.thumbs, shapes=fp.shapes, bad=fp.bad)
+    def save(target: Path) -> None:
+        with atomic_write(target, "wb") as fh:
+            np.savez(fh, hashes=fp.hashes, thumbs=fp.thumbs, shapes=fp.shapes, bad=fp.bad)
+
+    write_cache_file(path, save, "fingerprint cache")
     fp.key = key
     return fp
 
@@ -224,7 +226,7 @@ def scored_candidates(a: Fingerprints, b: Fingerprints | None, max_distance: int
             for i, j, v in zip(pairs["a"], pairs["b"], pairs["view"])]
     pairs["similarity"] = np.round(np.asarray(sims, dtype=np.float64), 4)
     if path is not None:
-        atomic_write_csv(pairs, path)
+        write_cache_file(path, lambda target: atomic_write_csv(pairs, target), "fingerprint cache")
     return pairs
 
 

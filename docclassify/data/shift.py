@@ -281,7 +281,7 @@ def measure_split(frame: pd.DataFrame, work_size: int, max_images: int | None, c
     """Statistics of the rows (``ID``, ``path``) of one split, at most ``max_images`` of them (a seeded
     sample). Cached in ``cache_dir/shift/`` by the images' bytes and the settings: a sweep, a resumed
     run or a second command on the same data reads them back instead of decoding again."""
-    from docclassify.data.cache import content_key
+    from docclassify.data.cache import content_key, write_cache_file
     from docclassify.utils.io import atomic_write_json
 
     rows = sample_rows(len(frame), max_images)
@@ -298,7 +298,7 @@ def measure_split(frame: pd.DataFrame, work_size: int, max_images: int | None, c
             log.warning("shift statistics cache %s is unreadable: measuring again", path)
     stats = _from_rows(ids, _measure_all(paths, work_size, calibrate), len(frame))
     if path is not None:
-        atomic_write_json(path, stats.to_json())
+        write_cache_file(path, lambda target: atomic_write_json(target, stats.to_json()), "shift statistics cache")
     return stats
 
 

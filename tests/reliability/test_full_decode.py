@@ -110,7 +110,7 @@ def test_unwritable_cache_folder_decodes_in_memory_with_one_warning(tiny_data, t
         np.testing.assert_array_equal(first[i], load_image(p, 32))
     assert second.shape == (5, 40, 40, 3)
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "decoding in memory" in warnings[0] and "paths.cache_dir" in warnings[0]
+    assert len(warnings) == 1 and "computing in memory" in warnings[0] and "paths.cache_dir" in warnings[0]
 
 
 def test_complete_cache_in_a_read_only_folder_is_still_used(tiny_data, tmp_path, monkeypatch, caplog):
@@ -140,13 +140,28 @@ def test_full_disk_while_building_the_cache_falls_back_and_leaves_no_temp_file(t
 
 
 @pytest.mark.slow
-def test_training_with_an_unwritable_cache_equals_training_with_it(tiny_data, tmp_path, monkeypatch):
+def test_training_with_a_read_only_cache_equals_training_with_it(tiny_data, tmp_path, monkeypatch, caplog):
+    """Decode cache, robust copies and shift statistics all fall back; one warning; same results."""
+    import docclassify.utils.io as io_mod
+
     args = _overrides(tiny_data, "trainer.deterministic=true")
-    run_kfold(compose_train(args, tmp_path / "cached"))
+    run_kfold(compose_train([*args, f"paths.cache_dir={tmp_path / 'rw'}"], tmp_path / "cached"))
     cache._OPEN.clear()
+    read_only = tmp_path / "ro"
+    real_mkstemp = io_mod.mkstemp_shared
+
+    def mkstemp(folder, *a, **k):
+        if str(folder).startswith(str(read_only)):
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        return real_mkstemp(folder, *a, **k)
+
+    monkeypatch.setattr(io_mod, "mkstemp_shared", mkstemp)
     monkeypatch.setattr(cache, "_file_lock", lambda path: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
-    run_kfold(compose_train(args, tmp_path / "memory"))
-    for name in ("oof.csv",):
-        assert (tmp_path / "cached" / name).read_text() == (tmp_path / "memory" / name).read_text()
+    caplog.set_level(logging.WARNING)
+    run_kfold(compose_train([*args, f"paths.cache_dir={read_only}"], tmp_path / "memory"))
+    warnings = [r.getMessage() for r in caplog.records if "cache folder" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert not [p for p in read_only.rglob("*") if p.is_file()]
+    assert (tmp_path / "cached" / "oof.csv").read_text() == (tmp_path / "memory" / "oof.csv").read_text()
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cached", "memory"))
     assert a["cv_macro_f1"] == b["cv_macro_f1"] and a["cv_macro_f1_robust"] == b["cv_macro_f1_robust"]
