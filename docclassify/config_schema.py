@@ -34,6 +34,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 SCHEMA_GROUP = "schema"
+# Seeds are offset per fold, epoch and rank; numpy and scikit-learn take seeds below 2**32.
+SEED_MAX = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -97,7 +99,7 @@ class DataCommon:
     resize: str = key("pad", choices=("pad", "stretch"))
     pad_value: int = key(0, ge=0, le=255)
     cache: bool = True
-    num_workers: int | None = key(None, ge=0)
+    num_workers: int | None = key(None, ge=0, le=256)
     on_bad_image: str = key("error", choices=("error", "skip"))
     relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
     exclude: str | None = None   # CSV ID: training rows left out
@@ -132,7 +134,7 @@ class SyntheticData(DataCommon):
     n_train_per_class: int = key(30, ge=2)
     n_test_per_class: int = key(20, ge=0)
     long_side: int = key(256, ge=32, le=4096)
-    generator_seed: int = 0
+    generator_seed: int = key(0, ge=0)
     # Not a key of the synthetic data: declared so that `data.root=DIR` without `data=...` gets
     # an error naming data=competition / data=imagefolder instead of Hydra's "use +data.root".
     root: str | None = None
@@ -259,12 +261,12 @@ class DistortProfile:
     blur_p: float = key(0.5, ge=0.0, le=1.0)           # Gaussian blur ...
     blur_sigma: float = key(0.004, ge=0.0, le=0.1)     # ... sigma up to this share of the long side
     color_p: float = key(0.8, ge=0.0, le=1.0)          # brightness / contrast change
-    brightness: list[float] = key(factory=lambda: [-0.1, 0.25])  # additive, share of full scale
-    contrast: list[float] = key(factory=lambda: [0.7, 1.3])      # multiplicative
+    brightness: list[float] = _range(-0.1, 0.25, ge=-1.0, le=1.0)  # additive, share of full scale
+    contrast: list[float] = _range(0.7, 1.3, gt=0.0, le=10.0)      # multiplicative
     noise_p: float = key(0.5, ge=0.0, le=1.0)          # Gaussian sensor noise ...
     noise_std: float = key(0.08, ge=0.0, le=1.0)       # ... std up to this share of full scale
     jpeg_p: float = key(0.5, ge=0.0, le=1.0)           # re-encoding ...
-    jpeg_quality: list[int] = key(factory=lambda: [30, 90])      # ... quality in [low, high]
+    jpeg_quality: list[int] = _range(30, 90, ge=1, le=100)       # ... quality in [low, high]
     occlusion_p: float = key(0.2, ge=0.0, le=1.0)      # an occluding blob ...
     occlusion_size: float = key(0.15, ge=0.0, le=0.5)  # ... up to this share of the long side
 
@@ -280,7 +282,7 @@ class RobustValidation:
     # Distorted copies of every validation image (each a pure function of seed, image ID, copy).
     copies: int = key(2, ge=1, le=16)
     # Seed of the copies; not the run's seed, so every run and trial scores the same pixels.
-    seed: int = 0
+    seed: int = key(0, ge=0, le=SEED_MAX)
     # A DistortProfile (its keys, e.g. validation.distort.angle=10) or "auto": fitted from the
     # measured train-vs-test shift of the data's test images (docclassify.shift).
     distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
@@ -363,7 +365,7 @@ class PathsConfig:
 @dataclass
 class TrialRef:
     study: str | None = None
-    number: int | None = None
+    number: int | None = key(None, ge=0)
     storage: str | None = None
 
 
@@ -421,7 +423,8 @@ class TrainConfig:
     """Top level of ``conf/train.yaml``: every group plus the run's own keys."""
 
     task_name: str = "train"
-    seed: int = 42
+    # Every random draw derives from it (numpy and scikit-learn take seeds below 2**32).
+    seed: int = key(42, ge=0, le=SEED_MAX)
     resume: str | None = None
     pipeline: str | None = None
     experiment: str | None = None
@@ -533,12 +536,19 @@ def schema_errors(node: DictConfig, path: str) -> list[str]:
         value = node[name]
         if isinstance(value, DictConfig):
             errors += schema_errors(value, f"{path}.{name}")
-        elif value is not None and f.metadata and not _allowed(value, f.metadata):
-            hint = f" ({f.metadata['hint']})" if "hint" in f.metadata else ""
-            what = _describe(f.metadata)
-            what = f"[low, high] with low <= high, each {what}" if isinstance(value, ListConfig) else what
-            errors.append(f"{path}.{name}={value!r}: expected {what}{hint}")
+        else:
+            errors += value_errors(f"{path}.{name}", value, f)
     return errors
+
+
+def value_errors(name: str, value: Any, f: dataclasses.Field) -> list[str]:
+    """``name=value`` against its field's choices or range (none: every value of its type is allowed)."""
+    if value is None or not f.metadata or _allowed(value, f.metadata):
+        return []
+    hint = f" ({f.metadata['hint']})" if "hint" in f.metadata else ""
+    what = _describe(f.metadata)
+    what = f"[low, high] with low <= high, each {what}" if isinstance(value, ListConfig) else what
+    return [f"{name}={value!r}: expected {what}{hint}"]
 
 
 def distort_errors(validation: DictConfig) -> list[str]:
@@ -552,17 +562,42 @@ def distort_errors(validation: DictConfig) -> list[str]:
         profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), distort)
     except Exception as exc:  # noqa: BLE001 - OmegaConf's key/type errors, reported with the key
         return [f"validation.distort: {str(exc).splitlines()[0]} (keys: {', '.join(DistortProfile.__annotations__)})"]
-    errors = schema_errors(profile, "validation.distort")
-    for name, lo, hi in (("brightness", -1.0, 1.0), ("contrast", 0.0, 10.0), ("jpeg_quality", 1, 100)):
-        pair = list(profile[name])
-        if len(pair) != 2 or not lo <= pair[0] <= pair[1] <= hi:
-            errors.append(f"validation.distort.{name}={pair}: expected [low, high] with {lo} <= low <= high <= {hi}")
+    return schema_errors(profile, "validation.distort")
+
+
+def fold_models_errors(ensemble: DictConfig, n_folds: int | None) -> list[str]:
+    """``ensemble.fold_models`` (an Any field): fold -> model option, or {model: NAME, img_size: S}
+    with S in data.img_size's range, for folds 0..folds.n-1."""
+    raw = ensemble.get("fold_models")
+    if raw is None:
+        return []
+    if not isinstance(raw, DictConfig):
+        return [f"ensemble.fold_models={raw!r}: expected a mapping fold -> model option, e.g. {{0:tiny,1:resnet18}}"]
+    size_meta = next(f.metadata for f in dataclasses.fields(DataCommon) if f.name == "img_size")
+    errors = []
+    for fold, spec in raw.items():
+        where = f"ensemble.fold_models.{fold}"
+        if not isinstance(fold, int) or fold < 0 or (n_folds is not None and fold >= n_folds):
+            errors.append(f"{where}: expected a fold index 0..{(n_folds or 1) - 1} (folds.n={n_folds})")
+        if isinstance(spec, DictConfig):
+            extra = sorted(set(spec) - {"model", "img_size"})
+            if extra or "model" not in spec:
+                errors.append(f"{where}={OmegaConf.to_container(spec)}: expected {{model: NAME}} or "
+                              "{model: NAME, img_size: S}")
+            size = spec.get("img_size")
+            if size is not None and not (isinstance(size, int) and _allowed(size, size_meta)):
+                errors.append(f"{where}.img_size={size!r}: expected {_describe(size_meta)}")
+        elif not isinstance(spec, str):
+            errors.append(f"{where}={spec!r}: expected a model option name or {{model: NAME, img_size: S}}")
     return errors
 
 
 def relation_errors(cfg: DictConfig) -> list[str]:
     """Checks that involve more than one key."""
     errors = []
+    if isinstance(cfg.get("ensemble"), DictConfig):
+        folds = cfg.get("folds")
+        errors += fold_models_errors(cfg.ensemble, int(folds.n) if isinstance(folds, DictConfig) else None)
     validation = cfg.get("validation")
     if validation is not None:
         errors += distort_errors(validation)
@@ -603,17 +638,23 @@ def check_config(cfg: DictConfig) -> None:
     errors += schema_errors_top(cfg)
     errors += relation_errors(cfg)
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("; ".join(dict.fromkeys(errors)))  # validation.distort is seen twice
 
 
 def schema_errors_top(cfg: DictConfig) -> list[str]:
-    """Top-level keys the primary schema does not declare (``+foo=1``)."""
+    """Top-level keys the primary schema does not declare (``+foo=1``) and top-level values outside
+    their range (``seed``, infer's ``top_k`` and ``batch_size``)."""
     schema = OmegaConf.get_type(cfg)
     if not dataclasses.is_dataclass(schema):
         return []
-    names = {f.name for f in dataclasses.fields(schema)} | {"hydra"}
-    return [f"{k}: not a key of the {schema.__name__}; nothing reads it. Check the spelling."
-            for k in cfg if k not in names]
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    errors = [f"{k}: not a key of the {schema.__name__}; nothing reads it. Check the spelling."
+              for k in cfg if k not in fields and k != "hydra"]
+    for name, f in fields.items():
+        if name in cfg and not OmegaConf.is_missing(cfg, name) and not OmegaConf.is_interpolation(cfg, name) \
+                and not isinstance(cfg[name], DictConfig):
+            errors += value_errors(name, cfg[name], f)
+    return errors
 
 
 register()
