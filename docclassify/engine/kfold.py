@@ -39,7 +39,7 @@ from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
 from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
 from docclassify.engine.signals import StopFlag
-from docclassify.utils.io import atomic_write_csv, atomic_write_json
+from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +281,16 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
 
 
 def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: float) -> dict:
-    """Pool the OOF rows (oof.csv), then write results.json (rank 0)."""
+    """Pool the OOF rows (oof.csv, oof_robust.csv, their logits), then write results.json (rank 0):
+    the files appear together, so a failed write or an interrupt keeps the previous set whole."""
     main = distributed.is_main()
-    pooled = pool_oof(run.run_dir, data.source.train, data.classes, outcomes, write=main)
-    data_info = {"name": data.source.name, "root": str(data.source.root), **data.source.decisions,
-                 **({"duplicate_groups": data.duplicate_groups} if data.duplicate_groups else {})}
-    results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
-    results["seconds"] = round(seconds, 2)
-    results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
-    if main:
-        atomic_write_json(run.run_dir / RESULTS_FILE, results)
+    with atomic_group():
+        pooled = pool_oof(run.run_dir, data.source.train, data.classes, outcomes, write=main)
+        data_info = {"name": data.source.name, "root": str(data.source.root), **data.source.decisions,
+                     **({"duplicate_groups": data.duplicate_groups} if data.duplicate_groups else {})}
+        results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
+        results["seconds"] = round(seconds, 2)
+        results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
+        if main:
+            atomic_write_json(run.run_dir / RESULTS_FILE, results)
     return results

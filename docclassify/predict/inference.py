@@ -68,7 +68,7 @@ from docclassify.predict.submission import (
 )
 from docclassify.predict.tta import VIEW_SETS, View, predict_tta_batches, resolve_tta
 from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, set_logits
-from docclassify.utils.io import atomic_write_json
+from docclassify.utils.io import atomic_group, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -630,13 +630,15 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
 
 def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> None:
     """submission.csv, test_probs.csv and summary.json into ``out_dir``; the submission also to
-    ``output`` when given. Logs the test score (when known) and where the submission went."""
-    write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
-                     outputs.num_classes)
-    write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
-    atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
-    if output is not None:
-        write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
+    ``output`` when given. Logs the test score (when known) and where the submission went. The
+    files appear together (atomic_group): an interrupt or a failed write leaves none of them new."""
+    with atomic_group():
+        write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
+                         outputs.num_classes)
+        write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
+        atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
+        if output is not None:
+            write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
     n_test, metrics = outputs.summary["n_test"], outputs.summary["test_metrics"]
     if metrics is not None:
         log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", metrics["macro_f1"],
