@@ -32,22 +32,20 @@ def build_callbacks(cfg: DictConfig) -> list:
 
 
 def train(cfg: DictConfig) -> float:
-    from docclassify.engine.epoch import StopRequested
     from docclassify.engine.kfold import run_kfold
     from docclassify.engine.resume import resolve_run_dir, resume_config
+    from docclassify.engine.signals import interrupts_raise
+    from docclassify.engine.stops import reported_stops
     from docclassify.submit import prepare_submission
 
     _share_run_dir()
     cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
     submission = prepare_submission(cfg)  # submit=true: checked before training
-    try:
+    # A stop (signal, prune, another torchrun rank's failure) ends every rank with one message.
+    with interrupts_raise(), reported_stops(resolve_run_dir(cfg)):
         results = run_kfold(cfg, build_callbacks(cfg))
-    except StopRequested as exc:
-        log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
-                  exc, resolve_run_dir(cfg))
-        sys.exit(143)
-    if submission is not None:
-        submission.run(resolve_run_dir(cfg))
+        if submission is not None:
+            submission.run(resolve_run_dir(cfg))
     return float(results["objective"])
 
 

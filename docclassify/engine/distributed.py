@@ -252,3 +252,149 @@ def share_run_dir(run_dir: str) -> None:
     if _owes_run_dir:
         _owes_run_dir = False
         broadcast_object(str(run_dir))
+
+
+# ------------------------------------------------------------------------------------------ stopping together
+# The first failing rank leaves its message here (the process group's store: torchrun's agent
+# keeps it alive after that rank exits), for the ranks that stop because of it.
+STOP_KEY = "docclassify/stopped"
+
+
+class PeerStopped(RuntimeError):
+    """This rank stops because another rank failed or was killed; the message says which and why
+    (``announced``: that rank left its error in the store; False: it vanished, e.g. killed)."""
+
+    def __init__(self, message: str, announced: bool) -> None:
+        super().__init__(message)
+        self.announced = announced
+
+
+class MainStopped(Exception):
+    """Rank 0 stopped the run at a point every rank reaches (a callback raised, e.g. a sweep pruned
+    the trial): the other ranks stop with it, quietly (rank 0 reports)."""
+
+    def __init__(self, message: str, pruned: bool) -> None:
+        super().__init__(message)
+        self.pruned = pruned
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def is_prune(exc: BaseException) -> bool:
+    """optuna.TrialPruned (by name: optuna is imported only by sweeps)."""
+    return any(c.__name__ == "TrialPruned" and c.__module__.startswith("optuna") for c in type(exc).__mro__)
+
+
+def on_main_then_shared(fn) -> None:
+    """Run ``fn`` on rank 0 (callbacks live there: trackers, sweep pruning) and share its outcome: when
+    it raises, rank 0 raises that exception and every other rank :class:`MainStopped`, at the same
+    point, instead of waiting in the next collective for a rank that is gone."""
+    error = None
+    if is_main():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then re-raised
+            error = exc
+    if is_distributed():
+        verdict = broadcast_object(None if error is None else (_first_line(error), is_prune(error)))
+        if error is None and verdict is not None:
+            raise MainStopped(f"rank 0 stopped: {verdict[0]}", pruned=verdict[1])
+    if error is not None:
+        raise error
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no group, or a torch without it: no shared message
+        return None
+
+
+def _is_comm_failure(exc: BaseException) -> bool:
+    """A collective that failed because a peer process went away (gloo / NCCL / the store)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in ("Connection closed by peer", "Connection reset",
+                                                                     "gloo", "NCCL", "Broken pipe"))
+
+
+def announce_stop(exc: BaseException) -> None:
+    """Leave this rank's failure in the store (the first failing rank's message is kept)."""
+    store = _store()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.compare_set(STOP_KEY, "", f"rank {rank()} failed with {_first_line(exc)}")
+
+
+def announced_stop(wait_s: float = 0.0) -> str | None:
+    """The first failing rank's announcement, waiting up to ``wait_s`` for it; None if there is none."""
+    import time
+
+    store, deadline = _store(), time.monotonic() + wait_s
+    while store is not None:
+        with contextlib.suppress(Exception):
+            if store.check([STOP_KEY]):
+                return store.get(STOP_KEY).decode()
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    return None
+
+
+def peer_stopped(exc: BaseException, wait_s: float = 2.0) -> PeerStopped:
+    """Why this rank stops: another rank's announcement, or that one vanished without one (a signal, OOM)."""
+    announced = announced_stop(wait_s)
+    reason = announced or ("another rank exited without a message (killed by a signal, or out of memory?): "
+                           f"{_first_line(exc)}")
+    return PeerStopped(f"rank {rank()} stopping: {reason}", announced is not None)
+
+
+# Exceptions every rank raises at the same point (a collective decision): rank 0 reports them.
+def _collective(exc: BaseException) -> bool:
+    from docclassify.engine.epoch import NonFiniteLossError, StopRequested
+
+    return isinstance(exc, (StopRequested, NonFiniteLossError, MainStopped, PeerStopped))
+
+
+@contextlib.contextmanager
+def stops_together() -> Iterator[None]:
+    """Around one rank's run under torchrun: any rank's stop ends every rank promptly, with one message.
+
+    - a stop every rank takes together (SIGTERM, non-finite loss, a prune: collective decisions)
+      passes through (the entrypoint reports it on rank 0 only);
+    - this rank's own failure is announced in the store, then raised (its exit makes the collectives
+      of the other ranks fail at once; torchrun also stops them);
+    - a collective that fails because a peer went away becomes :class:`PeerStopped` naming that
+      rank and its error.
+    Outside torchrun it does nothing."""
+    from docclassify.engine.signals import Interrupted, hold_interrupts
+
+    try:
+        yield
+    except BaseException as exc:
+        if not is_distributed() or isinstance(exc, SystemExit):
+            raise
+        hold_interrupts()  # torchrun's SIGTERM to the group must not cut this rank's report short
+        if _collective(exc):
+            raise
+        if _is_comm_failure(exc) or (isinstance(exc, Interrupted) and announced_stop() is not None):
+            stopped = peer_stopped(exc)  # (Interrupted: torchrun stopping the group after a failure)
+            _leave_group()
+            raise stopped from exc
+        announce_stop(exc)
+        _leave_group()  # closes this rank's connections: the others' collectives fail now, not at exit
+        raise
+
+
+def _leave_group() -> None:
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+def launch_rank() -> int:
+    """This process's rank as torchrun started it (also after it has left the process group)."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0

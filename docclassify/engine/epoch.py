@@ -8,6 +8,7 @@ run stopped part-way through an epoch resumes at the next batch.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -180,7 +181,10 @@ def _skip_nonfinite(parts: FoldParts, ctx: StepContext, loss: torch.Tensor, wher
     """A NaN/inf loss: stop with advice, or (trainer.skip_nonfinite) drop the step's gradients."""
     lr = parts.optimizer.param_groups[0]["lr"]
     if not ctx.skip_nonfinite:
-        raise NonFiniteLossError(f"non-finite loss ({loss.item()}) {where}, lr {lr:.3g}. Lower trainer.lr, "
+        value = loss.item()
+        what = f"non-finite loss ({value})" if not math.isfinite(value) else \
+            f"non-finite loss on another DDP rank (this rank's: {value:.4g})"
+        raise NonFiniteLossError(f"{what} {where}, lr {lr:.3g}. Lower trainer.lr, "
                                  "enable trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps.")
     parts.optimizer.zero_grad(set_to_none=True)
 

@@ -38,7 +38,7 @@ from docclassify.engine.mixup import mixup_active
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
-from docclassify.engine.resume import rng_state, set_rng_state
+from docclassify.engine.resume import restore_rng_states, rng_state, rng_states
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
@@ -208,7 +208,9 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         state.history.append(record)
         state.epoch = epoch + 1
         save_state(job, state)
-        run.callback.on_epoch_end(job.fold, epoch, {**record, **per_class(scores.metrics)})
+        # Callbacks run on rank 0; a prune there stops every rank here, together.
+        distributed.on_main_then_shared(
+            lambda: run.callback.on_epoch_end(job.fold, epoch, {**record, **per_class(scores.metrics)}))
         if patience is not None and state.stale >= int(patience):
             log.info("fold %d: early stopping at epoch %d (no %s val macro F1 gain for %d epochs)",
                      job.fold, epoch, job.monitor, state.stale)
@@ -247,16 +249,16 @@ def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
 def train_epoch_resumably(job: FoldJob, state: FoldState, epoch: int) -> dict:
     """train_one_epoch, continuing a part-done epoch; a stop request saves a mid-epoch state."""
     partial = state.partial
-    if partial:  # continue this epoch where the stopped process left it, with its RNG state
+    if partial:  # continue this epoch where the stopped process left it, with every rank's RNG state
         job.sampler.skip(partial["step"] * job.train_loader.batch_size)
-        set_rng_state(partial["rng"])
+        restore_rng_states(partial)
     try:
         stats = train_one_epoch(job.parts, job.train_loader, job.ctx, epoch=epoch,
                                 start=EpochProgress.from_dict(partial, updates=state.updates))
     except StopRequested as stop:
         if stop.progress is None:
             raise
-        state.updates, state.partial = stop.progress["updates"], {**stop.progress, "rng": rng_state()}
+        state.updates, state.partial = stop.progress["updates"], {**stop.progress, **rng_states()}
         save_state(job, state)
         log.warning("fold %d: state saved at epoch %d, step %d -> %s", job.fold, epoch,
                     stop.progress["step"], job.last_path)

@@ -2,7 +2,8 @@
 
 - ``ResumableSampler``: the seeded per-epoch shuffle of DistributedSampler that can start an
   epoch part-way, so a run stopped (SIGTERM/SIGINT) after k batches continues with batch k+1.
-- ``rng_state`` / ``set_rng_state``: the global torch/numpy/python generators at a stop point.
+- ``rng_states`` / ``restore_rng_states``: the global torch/numpy/python generators of every DDP
+  rank at a stop point.
 - ``resume_config``: ``resume=RUN_DIR`` alone re-composes the run's own command line.
 - ``resolve_run_dir`` / ``check_resume_compatible``: which dir a run writes to, and a refusal to
   mix another experiment's state into it.
@@ -62,6 +63,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def rng_states() -> dict:
+    """The generators of every DDP rank at a stop point (a collective: every rank calls it):
+    ``rng`` this rank's (rank 0 saves the state), ``rng_by_rank`` all of them, in rank order."""
+    from docclassify.engine import distributed
+
+    return {"rng": rng_state(), "rng_by_rank": distributed.all_gather_objects(rng_state())}
+
+
+def restore_rng_states(saved: dict) -> None:
+    """This rank's generators from :func:`rng_states` (the same number of processes resumes exactly;
+    another number, or a state saved before per-rank states, gives every rank rank 0's)."""
+    from docclassify.engine import distributed
+
+    by_rank = saved.get("rng_by_rank") or []
+    if len(by_rank) == distributed.world_size():
+        set_rng_state(by_rank[distributed.rank()])
+        return
+    if distributed.is_main():
+        log.warning("resuming a part-done epoch with %d process(es), stopped with %d: every rank continues with "
+                    "rank 0's random state, so the rest of this epoch draws differently than an uninterrupted "
+                    "run would", distributed.world_size(), len(by_rank) or 1)
+    set_rng_state(saved["rng"])
 
 
 def save_overrides(run_dir: Path) -> None:

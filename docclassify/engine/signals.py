@@ -1,12 +1,14 @@
-"""SIGTERM/SIGINT: finish the current step, keep the last-state checkpoint, exit non-zero.
-
-A second Ctrl-C exits at once (KeyboardInterrupt)."""
+"""SIGTERM/SIGINT: inside the training loop (StopFlag) finish the current step, keep the last-state
+checkpoint, exit non-zero (a second Ctrl-C exits at once); outside it (interrupts_raise) stop at
+once with an :class:`Interrupted` exception, so temp files are removed and the entrypoint says so."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +36,46 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT outside the training loop (data loading, inference, writing results): stop
+    at once. A KeyboardInterrupt, so ``except Exception`` blocks let it through while cleanup code
+    (temp files of atomic writes) still runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what the shell reports for a process the signal ended
+
+
+@contextlib.contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """SIGTERM (and SIGINT) raise :class:`Interrupted` in the main thread instead of ending the process
+    on the spot, so files being written are cleaned up and the entrypoint reports one line. The
+    training loop installs its graceful StopFlag on top of this and restores it afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # held (hold_interrupts): stay held until exit
+                signal.signal(sig, old)
+
+
+def hold_interrupts() -> None:
+    """From here on SIGTERM/SIGINT are ignored: the process is already stopping (e.g. reporting why,
+    while torchrun sends SIGTERM to every rank of a group that has a failed rank)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)

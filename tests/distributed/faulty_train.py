@@ -1,0 +1,45 @@
+"""``python -m faulty_train ARGS``: ``python -m docclassify.train ARGS`` with a fault injected on one
+rank, for the DDP tests (tests/distributed/test_ddp_stops.py). DOCCLASSIFY_TEST_FAULT=KIND:RANK:STEP,
+KIND one of raise (an exception), sigterm (the signal to this rank only), kill (SIGKILL), nan (a
+non-finite loss) at the STEP-th training step of that rank (1-based), or setup (an exception while
+the data is loaded, before any training)."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+
+
+def _inject(kind: str, step: int) -> None:
+    import docclassify.engine.epoch as epoch_mod
+
+    if kind == "setup":
+        import docclassify.engine.kfold as kfold_mod
+
+        def failing_copies(run, data):
+            raise RuntimeError("injected failure while loading the data")
+
+        kfold_mod.add_robust_copies = failing_copies
+        return
+    real, calls = epoch_mod.forward_loss, {"n": 0}
+
+    def forward_loss(parts, images, targets, ctx):
+        calls["n"] += 1
+        if calls["n"] == step:
+            if kind == "raise":
+                raise RuntimeError("injected failure on this rank")
+            if kind in ("sigterm", "kill"):
+                os.kill(os.getpid(), signal.SIGTERM if kind == "sigterm" else signal.SIGKILL)
+        loss = real(parts, images, targets, ctx)
+        return loss * float("nan") if kind == "nan" and calls["n"] == step else loss
+
+    epoch_mod.forward_loss = forward_loss
+
+
+fault = os.environ.get("DOCCLASSIFY_TEST_FAULT")
+if fault:
+    kind, rank, step = fault.split(":")
+    if int(os.environ.get("RANK", "0")) == int(rank):
+        _inject(kind, int(step))
+runpy.run_module("docclassify.train", run_name="__main__", alter_sys=True)
