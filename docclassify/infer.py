@@ -23,10 +23,17 @@ def infer(cfg: DictConfig, out_dir: Path) -> dict:
     return summary
 
 
+INTERRUPTED = ("no submission.csv, test_probs.csv or summary.json was written (they appear together); "
+               "run the same command again")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="infer")
 def main(cfg: DictConfig) -> float | None:
     """Returns the test macro F1 when test labels are known (a sweep can optimise it), else None."""
-    metrics = infer(cfg, Path(cfg.paths.output_dir))["test_metrics"]
+    from docclassify.engine.signals import interrupts_reported
+
+    with interrupts_reported("docclassify.infer", INTERRUPTED):  # SIGTERM / Ctrl-C: one line, exit 143 / 130
+        metrics = infer(cfg, Path(cfg.paths.output_dir))["test_metrics"]
     return None if metrics is None else float(metrics["macro_f1"])
 
 

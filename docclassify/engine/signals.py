@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -79,3 +80,17 @@ def hold_interrupts() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def interrupts_reported(prog: str, consequence: str) -> Iterator[None]:
+    """:func:`interrupts_raise` for a whole command: an interrupt ends it with one line on stderr
+    (``prog: interrupted by SIGTERM: <consequence>``) and exit code 128 + the signal (143, 130)."""
+    with interrupts_raise():
+        try:
+            yield
+        except Interrupted as exc:
+            message = f"{prog}: interrupted by {exc}: {consequence}"
+            log.error("%s", message)  # the run's log file says why it ends here
+            print(message, file=sys.stderr, flush=True)
+            raise SystemExit(exc.exit_code) from None
