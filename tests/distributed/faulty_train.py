@@ -1,8 +1,8 @@
 """``python -m faulty_train ARGS``: ``python -m docclassify.train ARGS`` with a fault injected on one
 rank, for the DDP tests (tests/distributed/test_ddp_stops.py). DOCCLASSIFY_TEST_FAULT=KIND:RANK:STEP,
 KIND one of raise (an exception), sigterm (the signal to this rank only), kill (SIGKILL), nan (a
-non-finite loss) at the STEP-th training step of that rank (1-based), or setup (an exception while
-the data is loaded, before any training)."""
+non-finite loss) at the STEP-th training step of that rank (1-based), or setup / setup_sigterm (an
+exception / SIGTERM while the data is loaded, before any training)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import signal
 def _inject(kind: str, step: int) -> None:
     import docclassify.engine.epoch as epoch_mod
 
-    if kind == "setup":
+    if kind in ("setup", "setup_sigterm"):
         import docclassify.engine.kfold as kfold_mod
 
         def failing_copies(run, data):
+            if kind == "setup_sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
             raise RuntimeError("injected failure while loading the data")
 
         kfold_mod.add_robust_copies = failing_copies
