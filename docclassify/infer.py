@@ -13,9 +13,11 @@ from docclassify.config import CONF_DIR
 def infer(cfg: DictConfig, out_dir: Path) -> dict:
     """Predict, write the outputs into ``out_dir``, track the run (logger=wandb). Returns summary.json's
     content. Also what ``docclassify.train ... submit=true`` runs after training."""
+    from docclassify.config_schema import check_config
     from docclassify.predict.inference import run_inference
     from docclassify.tracking.wandb_tracker import build_inference_tracker
 
+    check_config(cfg)  # every choice and range (top_k, batch_size, ...) before any work
     tracker = build_inference_tracker(cfg, out_dir)  # logger=...: checked before any work
     summary = run_inference(cfg, out_dir)
     if tracker is not None:
