@@ -322,12 +322,18 @@ def _is_comm_failure(exc: BaseException) -> bool:
                                                                      "gloo", "NCCL", "Broken pipe"))
 
 
+FAILED = "failed with"
+
+
 def announce_stop(exc: BaseException) -> None:
-    """Leave this rank's failure in the store (the first failing rank's message is kept)."""
+    """Leave this rank's failure (or interrupt) in the store (the first rank's message is kept)."""
+    from docclassify.engine.signals import Interrupted
+
+    what = f"was interrupted by {exc}" if isinstance(exc, Interrupted) else f"{FAILED} {_first_line(exc)}"
     store = _store()
     if store is not None:
         with contextlib.suppress(Exception):
-            store.compare_set(STOP_KEY, "", f"rank {rank()} failed with {_first_line(exc)}")
+            store.compare_set(STOP_KEY, "", f"rank {rank()} {what}")
 
 
 def announced_stop(wait_s: float = 0.0) -> str | None:
@@ -381,7 +387,7 @@ def stops_together() -> Iterator[None]:
         hold_interrupts()  # torchrun's SIGTERM to the group must not cut this rank's report short
         if _collective(exc):
             raise
-        if _is_comm_failure(exc) or (isinstance(exc, Interrupted) and announced_stop() is not None):
+        if _is_comm_failure(exc) or (isinstance(exc, Interrupted) and FAILED in (announced_stop() or "")):
             stopped = peer_stopped(exc)  # (Interrupted: torchrun stopping the group after a failure)
             _leave_group()
             raise stopped from exc
