@@ -170,9 +170,11 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
 
 def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int) -> None:
     """The loader of the validation rows' distorted copies (when the run has a robust view)."""
-    copies = data.copies_by_size.get(img_size)
-    if copies is None:
+    if "robust" not in job.views:
         return
+    copies = data.copies_by_size.get(img_size)
+    if copies is None:  # engine.kfold.add_robust_copies builds them for every planned size
+        raise RuntimeError(f"internal error: validation has a robust view but no copies at {img_size} px")
     n = job.copies = data.robust.copies
     rows = copy_rows(job.val_idx, n)
     job.robust_targets = np.repeat(job.val_targets, n)
