@@ -55,9 +55,10 @@ import numpy as np
 from docclassify.predict.tta import View, apply_view_numpy
 
 Params = dict[str, Any]  # step name -> drawn value; a step absent from the dict is not applied
-# JPEG at a working size below the image's own size: encoded at most this many times larger
-# (a 64 px page of a 600 px scan is encoded at 256 px: blocks of 2 px instead of 0.85 px).
-JPEG_MAX_UPSAMPLE = 4.0
+# JPEG at a working size below the image's own size: encoded larger, at most this many times and
+# at most JPEG_MAX_SIDE px on the long side (cost), e.g. a 64 px page of a 600 px scan at 256 px:
+# blocks of 2 px instead of the 0.85 px they have on the shrunk copy (and 8 px without this).
+JPEG_MAX_UPSAMPLE, JPEG_MAX_SIDE = 4.0, 512
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -268,12 +269,13 @@ def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
 def jpeg(image: np.ndarray, quality: int, rng: np.random.Generator | None = None, *, scale: float = 1.0) -> np.ndarray:
     """Encode as JPEG at ``quality`` (1-100) and decode again (block and ringing artefacts).
 
-    ``scale`` < 1: encoded at 1/``scale`` the size (at most JPEG_MAX_UPSAMPLE) and shrunk back,
-    so the 8 px blocks have the size they have on the image at its own resolution."""
-    up = min(1.0 / max(scale, 1e-6), JPEG_MAX_UPSAMPLE)
+    ``scale`` < 1: encoded at 1/``scale`` the size (bounded by JPEG_MAX_UPSAMPLE and JPEG_MAX_SIDE)
+    and shrunk back, so the 8 px blocks come closer to the size they have on the image at its own
+    resolution."""
+    h, w = image.shape[:2]
+    up = min(1.0 / max(scale, 1e-6), JPEG_MAX_UPSAMPLE, JPEG_MAX_SIDE / max(h, w))
     if up <= 1.0:
         return _jpeg_roundtrip(image, quality)
-    h, w = image.shape[:2]
     big = cv2.resize(image, (int(round(w * up)), int(round(h * up))), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(_jpeg_roundtrip(big, quality), (w, h), interpolation=cv2.INTER_AREA)
 
@@ -434,19 +436,26 @@ STEPS: tuple[Step, ...] = (
 STEP_NAMES = tuple(s.name for s in STEPS)
 
 
-def _step_generators(rng: np.random.Generator) -> list[np.random.Generator]:
-    """One generator per step, derived from a single draw of ``rng`` and the step's stream."""
-    seed = int(rng.integers(2**63))
-    return [np.random.default_rng([seed, step.stream]) for step in STEPS]
+def _step_seed(rng: np.random.Generator) -> int:
+    """The one draw of ``rng`` that every step's generator derives from."""
+    return int(rng.integers(2**63))
+
+
+def _step_rng(seed: int, step: Step) -> np.random.Generator:
+    return np.random.default_rng([seed, step.stream])
 
 
 def sample_params(profile: Mapping, rng: np.random.Generator) -> Params:
     """The drawn values of one distorted copy (only the steps that fire); JSON-serialisable.
 
-    Takes exactly one draw from ``rng``."""
+    Takes exactly one draw from ``rng``. A step whose probability is 0 draws nothing (its generator
+    is not even made: they cost more than most steps at a training image's size)."""
+    seed = _step_seed(rng)
     params: Params = {}
-    for step, draw in zip(STEPS, _step_generators(rng)):
-        value = step.sample(profile, draw)
+    for step in STEPS:
+        if float(profile.get(f"{step.name}_p", 1.0)) <= 0.0:
+            continue
+        value = step.sample(profile, _step_rng(seed, step))
         if value is not None:
             params[step.name] = value
     return params
@@ -469,10 +478,11 @@ def apply_params(image: np.ndarray, params: Mapping[str, Any], rng: np.random.Ge
     if unknown:
         raise ValueError(f"unknown distortion step(s) {unknown}; known: {', '.join(STEP_NAMES)}")
     ctx = context(params, scale)
+    seed = _step_seed(rng)
     out = np.ascontiguousarray(image)
-    for step, pixels in zip(STEPS, _step_generators(rng)):
+    for step in STEPS:
         if step.apply is not None and step.name in params:
-            out = step.apply(out, params[step.name], pixels, **{k: ctx[k] for k in step.uses})
+            out = step.apply(out, params[step.name], _step_rng(seed, step), **{k: ctx[k] for k in step.uses})
     return out if out is not image else image.copy()
 
 
