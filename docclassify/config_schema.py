@@ -172,6 +172,11 @@ class AugmentConfig:
     vflip: bool = False
     advanced_p_start: float = key(0.0, ge=0.0, le=1.0)
     advanced_p_end: float = key(0.0, ge=0.0, le=1.0)
+    # Training samples distorted by the robust copies' profile (data/match.py), with a share ramping
+    # from match_p_start (first epoch) to match_p_end (last epoch).
+    match_validation: bool = False
+    match_p_start: float = key(0.5, ge=0.0, le=1.0)
+    match_p_end: float = key(0.5, ge=0.0, le=1.0)
     # Old names of advanced_p_start / advanced_p_end (still accepted; they win when given).
     hard_p_start: float | None = key(None, ge=0.0, le=1.0)
     hard_p_end: float | None = key(None, ge=0.0, le=1.0)
@@ -267,8 +272,22 @@ class DistortProfile:
     noise_std: float = key(0.08, ge=0.0, le=1.0)       # ... std up to this share of full scale
     jpeg_p: float = key(0.5, ge=0.0, le=1.0)           # re-encoding ...
     jpeg_quality: list[int] = _range(30, 90, ge=1, le=100)       # ... quality in [low, high]
-    occlusion_p: float = key(0.2, ge=0.0, le=1.0)      # an occluding blob ...
-    occlusion_size: float = key(0.15, ge=0.0, le=0.5)  # ... up to this share of the long side
+    occlusion_p: float = key(0.2, ge=0.0, le=1.0)      # occluding blobs ...
+    occlusion_size: float = key(0.15, ge=0.0, le=0.5)  # ... each up to this share of the long side ...
+    occlusion_count: int = key(1, ge=1, le=16)         # ... 1 to this many of them
+    # Photographed pages (small defaults: "some test images are photographed"; docs/validation.md).
+    background_p: float = key(0.2, ge=0.0, le=1.0)     # rotation/perspective corners: a drawn background
+    background_texture: float = key(0.5, ge=0.0, le=1.0)  # share of drawn backgrounds (and desks) textured
+    desk_p: float = key(0.1, ge=0.0, le=1.0)           # the page photographed on a desk ...
+    desk_scale: list[float] = _range(0.6, 0.9, gt=0.0, le=1.0)  # ... covering this share of the frame
+    desk_tilt: float = key(0.05, ge=0.0, lt=0.5)       # ... corners moved up to this share of the page
+    shadow_p: float = key(0.1, ge=0.0, le=1.0)         # a shadow band ...
+    shadow_strength: float = key(0.5, ge=0.0, le=1.0)  # ... darkening by up to this share
+    glare_p: float = key(0.1, ge=0.0, le=1.0)          # a glare spot ...
+    glare_strength: float = key(0.6, ge=0.0, le=1.0)   # ... brightening towards white by up to this share
+    glare_size: float = key(0.25, ge=0.0, le=1.0)      # ... radius up to this share of the long side
+    channel_p: float = key(0.1, ge=0.0, le=1.0)        # per-channel contrast ...
+    channel_contrast: list[float] = _range(0.8, 1.25, ge=0.0, le=10.0)  # ... each channel's factor
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Every config key changes behaviour (issue 13: config that means what it says).
 
-For every leaf key of every option of the augment, regularization and schedule groups, and for
-every key of the trainer group, two values must give different outputs of the real code:
+For every leaf key of every option of the augment, regularization, schedule and validation groups
+(the profile under ``validation.distort`` key by key), and for every key of the trainer group, two
+values must give different outputs of the real code:
 
 - ``pixels``: augmented pixels of real (synthetic) document images, a few seeds and epochs,
   through ``TrainTransform`` (augment keys that act per sample);
@@ -10,7 +11,10 @@ every key of the trainer group, two values must give different outputs of the re
 - ``training``: a real fold, two short epochs of a tiny model: ``engine.fold.prepare_fold`` +
   ``fit_fold`` (losses and lr of every step, validation logits, the evaluated weights, the files
   written): mixup, regularization and trainer keys;
-- ``trackers``: the callbacks ``tracking.build_trackers`` wires.
+- ``trackers``: the callbacks ``tracking.build_trackers`` wires;
+- ``copies``: the robust validation copies of real images (``validation.copies``, ``seed`` and every
+  ``validation.distort.*`` key), built from the config like a run builds them
+  (``engine.kfold.resolve_distort_profile`` + ``data.validation.robust_copies``).
 
 A key may need others switched on to act (``ema_decay`` needs ``ema: true``, a basic-set
 strength needs samples that take the basic set): each probe names those ``enable`` overrides.
@@ -36,7 +40,7 @@ from conftest import REPO, TINY, compose_train
 from omegaconf import OmegaConf, open_dict
 
 from docclassify.config import CONF_DIR
-from docclassify.config_schema import SCHEMAS, TrainerConfig, apply_aliases, schema_errors
+from docclassify.config_schema import SCHEMAS, DistortProfile, TrainerConfig, apply_aliases, schema_errors
 from docclassify.engine.callbacks import Callback
 
 CPU = torch.device("cpu")
@@ -46,7 +50,7 @@ PIXEL_SIZE, TRAIN_SIZE = 48, 32
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str                  # pixels | lr | training | trackers
+    kind: str                  # pixels | lr | training | trackers | copies
     values: tuple              # two values that must give different outputs
     enable: dict = field(default_factory=dict)  # other keys (same group unless dotted) that let it act
 
@@ -62,6 +66,15 @@ def _adv(values, step: str | None = None) -> Probe:
 
 def _mix(values, **enable) -> Probe:
     return Probe("training", values, enable)
+
+
+MATCH = {"match_validation": True, **BASIC}  # every sample may take the match step, then the basic set
+
+
+def _copies(values, step: str | None = None, **enable) -> Probe:
+    """A validation key, probed on the robust copies; ``step``: the distortion step switched always on."""
+    on = {f"validation.distort.{step}_p": 1.0} if step else {}
+    return Probe("copies", values, {**on, **{f"validation.distort.{k}": v for k, v in enable.items()}})
 
 
 PROBES: dict[str, Probe] = {
@@ -80,6 +93,10 @@ PROBES: dict[str, Probe] = {
     "augment.advanced_p_end": Probe("pixels", (0.0, 1.0)),
     "augment.hard_p_start": Probe("pixels", (None, 1.0), BASIC),
     "augment.hard_p_end": Probe("pixels", (None, 1.0), BASIC),
+    # -- augment: training for the robust copies' distortions (data/match.py)
+    "augment.match_validation": Probe("pixels", (False, True), BASIC),
+    "augment.match_p_start": Probe("pixels", (0.2, 0.9), MATCH),
+    "augment.match_p_end": Probe("pixels", (0.2, 0.9), MATCH),
     # -- augment: the advanced set
     "augment.advanced_rot90_p": _adv((0.0, 1.0)),
     "augment.advanced_warp_p": _adv((0.0, 1.0)),
@@ -140,6 +157,42 @@ PROBES: dict[str, Probe] = {
     "trainer.overfit_batches": Probe("training", (0, 1)),
     "trainer.profiler": Probe("training", (None, "pytorch")),
     "trainer.enable_reports": Probe("trackers", (True, False)),
+    # -- validation: the robust copies (their number, seed and distortion profile)
+    "validation.copies": _copies((1, 3)),
+    "validation.seed": _copies((0, 1)),
+    "validation.distort.rot90_p": _copies((0.0, 1.0)),
+    "validation.distort.flip_p": _copies((0.0, 1.0)),
+    "validation.distort.angle_p": _copies((0.0, 1.0)),
+    "validation.distort.angle": _copies((5.0, 60.0), "angle"),
+    "validation.distort.crop_p": _copies((0.0, 1.0)),
+    "validation.distort.crop": _copies((0.05, 0.3), "crop"),
+    "validation.distort.perspective_p": _copies((0.0, 1.0)),
+    "validation.distort.perspective": _copies((0.02, 0.3), "perspective"),
+    "validation.distort.blur_p": _copies((0.0, 1.0), blur_sigma=0.03),  # visible at these 64 px images
+    "validation.distort.blur_sigma": _copies((0.01, 0.05), "blur"),
+    "validation.distort.color_p": _copies((0.0, 1.0)),
+    "validation.distort.brightness": _copies(([-0.1, 0.25], [0.3, 0.4]), "color"),
+    "validation.distort.contrast": _copies(([0.7, 1.3], [0.2, 0.3]), "color"),
+    "validation.distort.noise_p": _copies((0.0, 1.0)),
+    "validation.distort.noise_std": _copies((0.05, 0.3), "noise"),
+    "validation.distort.jpeg_p": _copies((0.0, 1.0)),
+    "validation.distort.jpeg_quality": _copies(([30, 90], [5, 8]), "jpeg"),
+    "validation.distort.occlusion_p": _copies((0.0, 1.0)),
+    "validation.distort.occlusion_size": _copies((0.1, 0.4), "occlusion"),
+    "validation.distort.occlusion_count": _copies((1, 8), "occlusion"),
+    # background: the corners of a rotation (no desk, whose surface takes precedence)
+    "validation.distort.background_p": _copies((0.0, 1.0), "angle", desk_p=0.0),
+    "validation.distort.background_texture": _copies((0.0, 1.0), "desk"),
+    "validation.distort.desk_p": _copies((0.0, 1.0)),
+    "validation.distort.desk_scale": _copies(([0.6, 0.9], [0.3, 0.4]), "desk"),
+    "validation.distort.desk_tilt": _copies((0.0, 0.3), "desk"),
+    "validation.distort.shadow_p": _copies((0.0, 1.0)),
+    "validation.distort.shadow_strength": _copies((0.3, 0.9), "shadow"),
+    "validation.distort.glare_p": _copies((0.0, 1.0)),
+    "validation.distort.glare_strength": _copies((0.3, 0.9), "glare"),
+    "validation.distort.glare_size": _copies((0.1, 0.6), "glare"),
+    "validation.distort.channel_p": _copies((0.0, 1.0)),
+    "validation.distort.channel_contrast": _copies(([0.8, 1.25], [2.0, 3.0]), "channel"),
 }
 
 # key -> (why nothing here compares numbers, the test that shows its effect or None)
@@ -167,8 +220,12 @@ EXEMPT: dict[str, tuple[str, str | None]] = {
                                "tests/reliability/test_nonfinite_and_bad_images.py::test_nonfinite_steps_skipped_and_counted"),
     "trainer.early_stopping_patience": ("acts only when validation F1 stalls for that many epochs",
                                         "tests/engine/test_techniques.py::test_early_stopping_stops_and_fp16_uses_the_scaler"),
-    # Read by the robust-validation engine (merging in parallel); its test should replace this entry.
-    "trainer.monitor": ("which validation view picks the best epoch: needs validation=robust|both's engine", None),
+    "trainer.monitor": ("which validation view picks the best epoch (a fold's outcome when the clean and robust "
+                        "curves disagree)", "tests/engine/test_robust_validation.py::"
+                        "test_monitor_decides_best_epoch_checkpoint_and_early_stopping"),
+    "validation.name": ("the option's identity (clean, robust, both: which views are validated)",
+                        "tests/engine/test_robust_validation.py::"
+                        "test_validation_robust_predicts_the_clean_rows_once_with_the_best_weights"),
 }
 
 
@@ -187,12 +244,18 @@ def group_keys() -> list[tuple[str, str, str]]:
         for path in sorted((CONF_DIR / group).glob("*.yaml")):
             out += [(group, path.stem, f"{group}.{f.name}") for f in dataclasses.fields(_schema_of(group, path.stem))]
     out += [("trainer", "default", f"trainer.{f.name}") for f in dataclasses.fields(TrainerConfig)]
+    profile = [f"distort.{d.name}" for d in dataclasses.fields(DistortProfile)]  # validation.distort, key by key
+    for path in sorted((CONF_DIR / "validation").glob("*.yaml")):
+        for f in dataclasses.fields(_schema_of("validation", path.stem)):
+            out += [("validation", path.stem, f"validation.{name}") for name in
+                    (profile if f.name == "distort" else [f.name])]
     return out
 
 
 ALL_KEYS = group_keys()
 # The inner loop (-m "not slow") probes one option per group; the other options are marked slow.
-FAST_OPTIONS = {"augment": "advanced", "regularization": "strong", "schedule": "warmup_cosine", "trainer": "default"}
+FAST_OPTIONS = {"augment": "advanced", "regularization": "strong", "schedule": "warmup_cosine", "trainer": "default",
+                "validation": "both"}
 PROBED = [pytest.param(g, o, k, id=f"{g}/{o}:{k.split('.', 1)[1]}",
                        marks=() if FAST_OPTIONS[g] == o else pytest.mark.slow)
           for g, o, k in ALL_KEYS if k in PROBES]
@@ -245,7 +308,8 @@ def probe_data(tiny_data, tmp_path_factory):
     return SimpleNamespace(
         train=train, keep=keep, folds=folds, classes=[str(c) for c in range(17)],
         pixels=np.asarray(load_images(paths, PIXEL_SIZE, data_cfg, cache)[0])[rows[:4]],
-        images=load_images(paths, TRAIN_SIZE, data_cfg, cache)[0])
+        images=load_images(paths, TRAIN_SIZE, data_cfg, cache)[0],
+        copy_rows=([paths[r] for r in rows[:6]], [train["ID"][r] for r in rows[:6]]))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -264,6 +328,8 @@ def base_configs(tiny_data, tmp_path_factory):
 
     def get(group: str, option: str):
         if (group, option) not in cache:
+            # validation=clean: the training probe builds the fold's rows by hand, without robust copies (the
+            # robust view changes no training step; the validation group's own probes select theirs).
             over = [*TINY, "data=competition", f"data.root={tiny_data}", f"data.img_size={TRAIN_SIZE}", "folds.n=2",
                     "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", "validation=clean",
                     f"{group}={option}"]
@@ -289,10 +355,14 @@ def with_values(cfg, group: str, values: dict):
 
 
 def pixels(cfg, data, run_dir: Path) -> dict:
-    """Augmented pixels: 4 images x 4 draws x 3 epochs through TrainTransform."""
+    """Augmented pixels: 4 images x 4 draws x 3 epochs through TrainTransform (with the match step
+    of augment.match_validation, drawing from the default profile)."""
     from docclassify.data.augment import TrainTransform
+    from docclassify.data.match import build_match
+    from docclassify.data.validation import normalise_profile
 
-    transform = TrainTransform(cfg.augment, PIXEL_SIZE, epochs=3, seed=0, pad_value=0)
+    match = build_match(cfg.augment, normalise_profile({}), PIXEL_SIZE, epochs=3, seed=0)
+    transform = TrainTransform(cfg.augment, PIXEL_SIZE, epochs=3, seed=0, pad_value=0, match=match)
     out = []
     for epoch in range(3):
         transform.set_epoch(epoch)
@@ -351,12 +421,24 @@ def trackers(cfg, data, run_dir: Path) -> dict:
     return {"trackers": [type(t).__name__ for t in build_trackers(cfg, run_dir)]}
 
 
-PROBE_FUNCTIONS = {"pixels": pixels, "lr": lr, "training": training, "trackers": trackers}
+def copies(cfg, data, run_dir: Path) -> dict:
+    """The robust copies of 6 real images, built from the config as a run builds them."""
+    from docclassify.data.validation import RobustSpec, robust_copies
+    from docclassify.engine.kfold import resolve_distort_profile
+
+    profile = resolve_distort_profile(SimpleNamespace(cfg=cfg), SimpleNamespace(fitted_profile=None))
+    spec = RobustSpec(profile, int(cfg.validation.copies), int(cfg.validation.seed))
+    paths, ids = data.copy_rows
+    return {"copies": np.asarray(robust_copies(paths, ids, spec, PIXEL_SIZE, "pad", 0, None))}
+
+
+PROBE_FUNCTIONS = {"pixels": pixels, "lr": lr, "training": training, "trackers": trackers, "copies": copies}
 
 
 _RESULTS: dict[tuple[str, str], dict] = {}
 # What a probe reads of the config (its memo key); the training probe reads all of it.
-MEMO_SCOPE = {"pixels": lambda cfg: cfg.augment, "lr": lambda cfg: {"trainer": cfg.trainer, "schedule": cfg.schedule}}
+MEMO_SCOPE = {"pixels": lambda cfg: cfg.augment, "lr": lambda cfg: {"trainer": cfg.trainer, "schedule": cfg.schedule},
+              "copies": lambda cfg: cfg.validation}
 
 
 def run_probe(kind: str, cfg, data, run_dir: Path, reuse: bool = True) -> dict:
@@ -384,8 +466,7 @@ def same(a: dict, b: dict) -> bool:
 def test_two_values_change_the_outputs(group, option, key, base_configs, probe_data, tmp_path):
     probe = PROBES[key]
     base = base_configs(group, option)
-    name = key.split(".", 1)[1]
-    outputs = [run_probe(probe.kind, with_values(base, group, {**probe.enable, name: value}), probe_data,
+    outputs = [run_probe(probe.kind, with_values(base, group, {**probe.enable, key: value}), probe_data,
                          tmp_path / f"v{i}") for i, value in enumerate(probe.values)]
     assert not same(*outputs), (f"{key} under {group}={option}: {probe.values[0]!r} and {probe.values[1]!r} give "
                                 f"identical {probe.kind} outputs: the key is read but changes nothing")

@@ -5,7 +5,8 @@ Keys of the ``augment`` group: the unprefixed strengths (``rotate_limit``, ``shi
 ``scale_limit``, ``crop_*``, ``color_jitter``) are read by the basic set only, the
 ``advanced_*`` strengths by the advanced set only, and ``hflip`` / ``vflip`` (whether the data's
 orientation allows mirror images) by both. ``advanced_p_start`` / ``advanced_p_end`` decide
-which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py.
+which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py;
+``match_validation`` / ``match_p_*`` by data/match.py (a step before the set, given to TrainTransform).
 
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
@@ -123,9 +124,11 @@ def advanced_probability(epoch: int, epochs: int, p_start: float, p_end: float) 
 
 
 class TrainTransform:
-    """Picks the advanced transforms with the scheduled probability, else the basic ones."""
+    """Picks the advanced transforms with the scheduled probability, else the basic ones; ``match``
+    (augment.match_validation, data/match.py) distorts the sample like a robust copy first."""
 
-    def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0):
+    def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
+        self.match = match
         self.basic = build_basic(cfg, size, pad_value)
         self.advanced = build_advanced(cfg, size, pad_value)
         self.p_start, self.p_end = float(cfg.advanced_p_start), float(cfg.advanced_p_end)
@@ -148,4 +151,6 @@ class TrainTransform:
         use_advanced = bool(rng.random() < self.p_advanced(epoch))
         transforms = self.advanced if use_advanced else self.basic
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
+        if self.match is not None:  # its own generator: the set's draws stay as they were
+            image, _ = self.match.draw(image, index, epoch)
         return transforms(image=np.ascontiguousarray(image))["image"], use_advanced

@@ -65,6 +65,20 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
         raise BadImageError(f"{path}: cannot decode image ({exc})") from exc
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) of the image as :func:`decode_image` returns it (EXIF orientation applied),
+    read from the header only; None when the file cannot be read as an image."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            # EXIF orientations 5-8 turn the image by a quarter turn: decode_image swaps the sides.
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            return int(h), int(w)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
 def resize_image(img: np.ndarray, size: int, policy: str = "pad", pad_value: int = 0) -> np.ndarray:
     """Resize an RGB uint8 array to ``size`` x ``size``.
 

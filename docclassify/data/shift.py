@@ -614,6 +614,8 @@ def _rounded(profile: dict[str, Any]) -> dict[str, Any]:
     for k, v in profile.items():
         if k == "jpeg_quality":
             out[k] = [int(x) for x in v]
+        elif isinstance(v, int) and not isinstance(v, bool):  # counts (occlusion_count) stay integers
+            out[k] = v
         elif isinstance(v, list):
             out[k] = [round(float(x), _DECIMALS.get(k, 3)) for x in v]
         else:

@@ -57,7 +57,14 @@ class RobustSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> RobustSpec:
-        return cls(normalise_profile(d["profile"]), int(d["copies"]), int(d["seed"]))
+        """A stored spec (results.json): keys its profile lacks were steps that did not exist yet, off."""
+        return cls(normalise_profile({**ADDED_LATER_OFF, **d["profile"]}), int(d["copies"]), int(d["seed"]))
+
+
+# Profile keys added after runs were first recorded, at the values that switch their steps off: a run
+# recorded before them is rebuilt (inference, aggregate) with the copies it was validated on.
+ADDED_LATER_OFF = {"occlusion_count": 1, "background_p": 0.0, "desk_p": 0.0, "shadow_p": 0.0, "glare_p": 0.0,
+                   "channel_p": 0.0}
 
 
 def normalise_profile(profile: Any) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from docclassify.data.augment import TrainTransform
+from docclassify.data.match import build_match
 from docclassify.data.validation import copy_rows
 from docclassify.engine import distributed
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
@@ -150,7 +151,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
                       int(cfg.data.pad_value), mean, std, data.classes)
     transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
-                               int(cfg.data.pad_value))
+                               int(cfg.data.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
     images = data.images_by_size[plan.img_size]
     train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
                                                       cfg.trainer, cfg.data.num_workers, run.seed + k, run.device)
@@ -166,6 +167,15 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                   resolve_monitor(cfg.get("validation"), cfg.trainer.monitor))
     add_robust_view(job, run, data, plan.img_size)
     return job
+
+
+def match_step(run: RunContext, data: RunData, img_size: int, seed: int):
+    """augment.match_validation: the robust copies' profile as the first training step (None: off)."""
+    cfg = run.cfg
+    if not cfg.augment.match_validation:
+        return None
+    return build_match(cfg.augment, data.match_profile(), img_size, int(cfg.trainer.epochs), seed, cfg.data.resize,
+                       int(cfg.data.pad_value), data.image_sizes())
 
 
 def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int) -> None:

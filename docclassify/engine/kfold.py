@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
+from docclassify.data.images import image_size
 from docclassify.data.shift import run_shift_check
 from docclassify.data.sources import DataSource, apply_decisions, load_source
 from docclassify.data.validation import RobustSpec, normalise_profile, robust_copies
@@ -80,6 +81,7 @@ class RunData:
     duplicate_groups: dict | None = None  # folds.group_duplicates: what was grouped (results.json)
     robust: RobustSpec | None = None  # the robust view's profile, copies and seed (None: validation=clean)
     copies_by_size: dict[int, object] = field(default_factory=dict)  # every row's copies per size
+    own_sizes: list | None = None  # (height, width) of every row's image file (augment.match_validation)
 
     @property
     def targets(self) -> np.ndarray:
@@ -97,6 +99,17 @@ class RunData:
     def num_classes(self) -> int:
         return self.source.num_classes
 
+    def match_profile(self) -> dict:
+        """The profile augment.match_validation trains with: the robust copies' (validation.distort,
+        or the fitted one for auto), under validation=clean the default profile."""
+        return dict(self.robust.profile) if self.robust is not None else normalise_profile({})
+
+    def image_sizes(self) -> list:
+        """Every row's (height, width) as decoded, from the file headers (read once; None: unreadable)."""
+        if self.own_sizes is None:
+            self.own_sizes = [image_size(p) for p in self.source.train["path"]]
+        return self.own_sizes
+
     def validation_rows(self, k: int) -> np.ndarray:
         return np.flatnonzero((self.folds == k) & self.keep)
 
@@ -110,6 +123,7 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     run = start_run(cfg, CallbackList(callbacks))
     data = load_run_data(run)
     add_robust_copies(run, data)
+    log_match(run, data)
     run.stop.install()  # SIGTERM/SIGINT from here on: finish the step, save the state, exit
     run.callback.on_run_start(run_info(run, data))
     outcomes = []
@@ -243,6 +257,20 @@ def add_robust_copies(run: RunContext, data: RunData) -> None:
     log.info("validation=%s: %d distorted copies of every validation image (seed %d); trainer.monitor=%s picks "
              "the best epoch", validation.name, data.robust.copies, data.robust.seed,
              resolve_monitor(validation, str(cfg.trainer.monitor)))
+
+
+def log_match(run: RunContext, data: RunData) -> None:
+    """augment.match_validation: say which profile the training samples are distorted with."""
+    augment = run.cfg.augment
+    if not augment.match_validation:
+        return
+    validation = run.cfg.get("validation")
+    origin = ("the default profile" if data.robust is None else
+              "the fitted profile of validation.distort=auto" if data.fitted_profile is not None else
+              "validation.distort")
+    log.info("augment.match_validation: %.0f%% -> %.0f%% of the training samples distorted like the robust "
+             "copies (%s; validation=%s), drawn fresh per sample and epoch", 100 * augment.match_p_start,
+             100 * augment.match_p_end, origin, validation.name if validation is not None else "clean")
 
 
 def run_info(run: RunContext, data: RunData) -> dict:

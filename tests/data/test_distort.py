@@ -1,7 +1,11 @@
 """data/distort.py: every distortion step does what its profile key says, the draws are
-reproducible and independent per step, and every profile key changes the copies."""
+reproducible and independent per step, every profile key changes the copies, and the steps added
+later (background, desk, shadow, glare, channel, several blobs) leave the copies of a profile
+without them byte for byte as they were."""
 
 from __future__ import annotations
+
+import hashlib
 
 import cv2
 import numpy as np
@@ -20,9 +24,11 @@ def default_profile(**over) -> dict:
 
 def only(step: str, **over) -> dict:
     """A profile that applies ``step`` always and nothing else."""
-    profile = default_profile(**{f"{k}_p": 0.0 for k in ("rot90", "flip", "angle", "crop", "perspective", "blur",
-                                                        "color", "noise", "jpeg", "occlusion")})
+    profile = default_profile(**{f"{k}_p": 0.0 for k in PROBABILITIES})
     return {**profile, f"{step}_p": 1.0, **over}
+
+
+SOLID = {"rgb": [0, 255, 0], "texture": None}  # a pure green surround: no page pixel has this colour
 
 
 @pytest.fixture(scope="module")
@@ -162,19 +168,36 @@ def test_drawn_values_stay_in_the_profile_ranges():
         assert profile["brightness"][0] <= b <= profile["brightness"][1]
         assert profile["contrast"][0] <= c <= profile["contrast"][1]
         assert profile["jpeg_quality"][0] <= p["jpeg"] <= profile["jpeg_quality"][1]
-        assert p["occlusion"]["ax"] <= profile["occlusion_size"] / 2
+        assert len(p["occlusion"]) == 1 and p["occlusion"][0]["ax"] <= profile["occlusion_size"] / 2
+        lo, hi = profile["desk_scale"]
+        assert lo <= p["desk"]["scale"] <= hi and all(abs(v) <= profile["desk_tilt"] for v in p["desk"]["corners"])
+        assert 0 < p["shadow"]["strength"] <= profile["shadow_strength"]
+        assert 0 < p["glare"]["strength"] <= profile["glare_strength"] and p["glare"]["radius"] <= profile["glare_size"]
+        assert all(profile["channel_contrast"][0] <= f <= profile["channel_contrast"][1] for f in p["channel"])
+        assert set(p["background"]) == {"rgb", "texture"}
 
 
-@pytest.mark.parametrize("key,value", [
-    ("rot90_p", 0.0), ("flip_p", 0.0), ("angle_p", 0.0), ("angle", 5.0), ("crop_p", 0.0), ("crop", 0.3),
-    ("perspective_p", 0.0), ("perspective", 0.2), ("blur_p", 0.0), ("blur_sigma", 0.02), ("color_p", 0.0),
-    ("brightness", [0.3, 0.4]), ("contrast", [0.3, 0.4]), ("noise_p", 0.0), ("noise_std", 0.3), ("jpeg_p", 0.0),
-    ("jpeg_quality", [5, 6]), ("occlusion_p", 0.0), ("occlusion_size", 0.45),
-])
-def test_every_profile_key_changes_the_copies(page, key, value):
-    assert set(DistortProfile.__annotations__) >= {key}
+KEY_CHANGES = [  # (key, a value other than the default, other keys it needs to show)
+    ("rot90_p", 0.0, {}), ("flip_p", 0.0, {}), ("angle_p", 0.0, {}), ("angle", 5.0, {}), ("crop_p", 0.0, {}),
+    ("crop", 0.3, {}), ("perspective_p", 0.0, {}), ("perspective", 0.2, {}), ("blur_p", 0.0, {}),
+    ("blur_sigma", 0.02, {}), ("color_p", 0.0, {}), ("brightness", [0.3, 0.4], {}), ("contrast", [0.3, 0.4], {}),
+    ("noise_p", 0.0, {}), ("noise_std", 0.3, {}), ("jpeg_p", 0.0, {}), ("jpeg_quality", [5, 6], {}),
+    ("occlusion_p", 0.0, {}), ("occlusion_size", 0.45, {}), ("occlusion_count", 6, {}),
+    ("background_p", 0.0, {"desk_p": 0.0}),  # on a desk the desk is the surround
+    ("background_texture", 1.0, {}), ("desk_p", 0.0, {}), ("desk_scale", [0.3, 0.4], {}), ("desk_tilt", 0.3, {}),
+    ("shadow_p", 0.0, {}), ("shadow_strength", 1.0, {}), ("glare_p", 0.0, {}), ("glare_strength", 1.0, {}),
+    ("glare_size", 0.8, {}), ("channel_p", 0.0, {}), ("channel_contrast", [2.0, 3.0], {}),
+]
+
+
+def test_every_profile_key_is_checked_below():
+    assert [k for k, _, _ in KEY_CHANGES] == list(DistortProfile.__annotations__)
+
+
+@pytest.mark.parametrize("key,value,needs", KEY_CHANGES, ids=[k for k, _, _ in KEY_CHANGES])
+def test_every_profile_key_changes_the_copies(page, key, value, needs):
     # Every step on; a blur strong enough to show at this page's 120 px (the default's is ~0.5 px here).
-    profile = default_profile(**{f"{k}_p": 1.0 for k in PROBABILITIES}, blur_sigma=0.01)
+    profile = default_profile(**{**{f"{k}_p": 1.0 for k in PROBABILITIES}, "blur_sigma": 0.01, **needs})
     changed = {**profile, key: value}
     seeds = [np.random.default_rng([3, s]) for s in range(4)]
     differ = [not np.array_equal(D.distort(page, profile, np.random.default_rng([3, s]))[0],
@@ -187,3 +210,146 @@ def test_bad_input_is_refused(page):
         D.distort(page.astype(np.float32), default_profile(), np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown distortion step"):
         D.apply_params(page, {"warp": 1}, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------- the steps added later
+def test_a_profile_without_the_later_steps_gives_the_copies_it_always_gave():
+    """Digest of copies made by the code before background/desk/shadow/glare/channel existed
+    (commit a547288, data/distort.py): the later steps have their own generator streams, so a
+    profile with them off draws and paints every copy as before (no JPEG here: its bytes may
+    depend on the libjpeg build)."""
+    legacy = default_profile(jpeg_p=0.0, **{f"{k}_p": 0.0 for k in ("background", "desk", "shadow", "glare",
+                                                                     "channel")})
+    every = {**legacy, **{f"{k}_p": 1.0 for k in ("rot90", "flip", "angle", "crop", "perspective", "blur", "color",
+                                                   "noise", "occlusion")}}
+    image = np.random.default_rng(0).integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    h = hashlib.blake2b(digest_size=16)
+    for profile in (legacy, every):
+        for s in range(20):
+            out, _ = D.distort(image, profile, np.random.default_rng([5, s]))
+            h.update(out.tobytes())
+            h.update(str(out.shape).encode())
+    assert h.hexdigest() == "5453f369056a76a71bf22ee35d627744"
+
+
+def _green(img: np.ndarray) -> np.ndarray:
+    return (img[..., 0] < 60) & (img[..., 1] > 200) & (img[..., 2] < 60)
+
+
+def test_free_rotation_expands_the_canvas_around_the_whole_page_on_a_background():
+    page = np.full((80, 50, 3), (200, 30, 30), np.uint8)  # a red page: every pixel of it is red
+    for angle in (17.0, -45.0, 90.0, 135.0, 180.0):
+        out = D.rotate(page, angle, surround=SOLID)
+        t = np.deg2rad(angle)
+        assert out.shape[:2] == (int(np.ceil(80 * abs(np.cos(t)) + 50 * abs(np.sin(t)))),
+                                 int(np.ceil(80 * abs(np.sin(t)) + 50 * abs(np.cos(t)))))
+        red = (out[..., 0] > 100) & (out[..., 1] < 150)
+        # The page's whole area is on the canvas (edge pixels are blends: count them half).
+        edge = ~red & ~_green(out)
+        assert red.sum() + 0.5 * edge.sum() == pytest.approx(80 * 50, rel=0.03), angle
+        if angle % 90:
+            for corner in (out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]):  # uncovered corners: the background
+                assert corner.tolist() == [0, 255, 0]
+
+
+def test_a_textured_background_varies_and_repeats_with_its_seed():
+    spec = {"rgb": [120, 90, 60], "texture": {"seed": 4, "cells": 4, "amplitude": 0.3, "streaks": 1.0}}
+    a = D.surface(spec, 60, 80)
+    assert a.shape == (60, 80, 3) and a.std() > 10
+    np.testing.assert_array_equal(a, D.surface(spec, 60, 80))
+    other = D.surface({**spec, "texture": {**spec["texture"], "seed": 5}}, 60, 80)
+    assert not np.array_equal(a, other)
+    solid = D.surface({"rgb": [120, 90, 60], "texture": None}, 60, 80)
+    assert (solid == [120, 90, 60]).all()
+
+
+def test_perspective_fills_with_the_drawn_background():
+    page = np.full((80, 60, 3), (200, 30, 30), np.uint8)
+    out = D.perspective(page, [0.15] * 8, surround=SOLID)
+    assert out.shape == page.shape and out[0, 0].tolist() == [0, 255, 0]
+    assert out[40, 30].tolist() == [200, 30, 30]
+
+
+def test_desk_photo_puts_the_whole_page_smaller_than_the_frame_on_the_desk():
+    page = np.full((80, 60, 3), (200, 30, 30), np.uint8)
+    photo = {"scale": 0.5, "x": 0.3, "y": 0.8, "corners": [0.0] * 8, "surface": SOLID}
+    out = D.desk(page, photo)
+    assert out.shape[:2] == (160, 120)  # the frame: the page's size / scale
+    red = (out[..., 0] > 100) & (out[..., 1] < 150)
+    ys, xs = np.nonzero(red)
+    assert red.sum() == pytest.approx(80 * 60, rel=0.03)  # all of the page, nothing cut
+    assert xs.min() == pytest.approx(0.3 * 60, abs=1) and ys.min() == pytest.approx(0.8 * 80, abs=1)
+    assert _green(out[0]).all() and _green(out[:, -1]).all()  # the desk around it
+    tilted = D.desk(page, {**photo, "corners": [0.1, -0.1, -0.1, 0.1, 0.1, 0.1, 0.05, -0.05]})
+    red = (tilted[..., 0] > 100) & (tilted[..., 1] < 150)
+    assert not np.array_equal(tilted, out) and red.sum() > 0.6 * 80 * 60
+    assert not red[0].any() and not red[-1].any() and not red[:, 0].any() and not red[:, -1].any()
+
+
+def test_a_rotation_on_a_desk_shows_the_desk_in_its_corners(page):
+    params = {"angle": 30.0, "desk": {"scale": 0.7, "x": 0.5, "y": 0.5, "corners": [0.0] * 8, "surface": SOLID}}
+    out = D.apply_params(page, params, np.random.default_rng(0))
+    assert _green(out[0]).all()  # the frame's edge: desk
+    rotated_only = D.apply_params(page, {"angle": 30.0}, np.random.default_rng(0))
+    assert not _green(rotated_only).any()  # no desk: the corners take the paper colour
+
+
+def test_a_shadow_darkens_a_band_and_nothing_else():
+    grey = np.full((100, 120, 3), 200, np.uint8)
+    band = {"cx": 0.5, "cy": 0.5, "theta": 0.0, "width": 0.2, "soft": 0.5, "strength": 0.6}
+    out = D.shadow(grey, band).astype(int)
+    rows = out[..., 0].mean(axis=1)
+    centre = round(0.5 * 99)
+    half = 0.5 * 0.2 * 120  # 12 px each side of the centre line
+    assert rows[centre] == 80  # 200 x (1 - 0.6)
+    assert (rows[int(centre - half + 1):int(centre + half)] == 80).all()
+    assert (out[: int(centre - 1.5 * half - 1)] == 200).all() and (out[int(centre + 1.5 * half + 2):] == 200).all()
+    assert np.all(np.diff(rows[:centre]) <= 0)  # darker towards the band, softly
+    turned = D.shadow(grey, {**band, "theta": 90.0}).astype(int)
+    assert (turned[:, 59, 0] == 80).all() and (turned[:, 0] == 200).all()  # a vertical band
+
+
+def test_glare_brightens_a_spot_towards_white_and_nothing_else():
+    grey = np.full((100, 100, 3), 100, np.uint8)
+    spot = {"cx": 0.5, "cy": 0.5, "radius": 0.2, "strength": 0.8}
+    out = D.glare(grey, spot).astype(int)
+    c = round(0.5 * 99)
+    assert out[c, c, 0] == 100 + round(155 * 0.8)
+    assert (out >= 100).all()
+    d = np.hypot(*np.meshgrid(np.arange(100) - 49.5, np.arange(100) - 49.5))
+    assert (out[d > 21][:, 0] == 100).all()  # beyond the radius (20 px) untouched
+    assert out[c, c + 5, 0] > out[c, c + 15, 0] > 100  # fading out from the centre
+
+
+def test_channel_contrast_scales_each_channel_around_its_own_mean():
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 200, (50, 50, 3), dtype=np.uint8)
+    out = D.channel_contrast(img, [0.5, 1.0, 1.8]).astype(float)
+    stds = out.reshape(-1, 3).std(axis=0) / img.reshape(-1, 3).astype(float).std(axis=0)
+    assert stds == pytest.approx([0.5, 1.0, 1.8], abs=0.03)
+    assert out.reshape(-1, 3).mean(axis=0) == pytest.approx(img.reshape(-1, 3).mean(axis=0), abs=1.0)
+
+
+def test_occlusion_count_paints_up_to_that_many_blobs(page):
+    profile = only("occlusion", occlusion_count=4)
+    counts = [len(D.sample_params(profile, np.random.default_rng(s))["occlusion"]) for s in range(100)]
+    assert set(counts) == {1, 2, 3, 4}
+    blobs = [{"cx": x, "cy": 0.5, "ax": 0.05, "ay": 0.05, "theta": 0.0, "rgb": [0, 255, 0]} for x in (0.2, 0.8)]
+    out = D.occlude(page, blobs)
+    green = _green(out)
+    assert green[60, 18] and green[60, 71] and not green[60, 45]
+
+
+def test_noise_and_jpeg_at_a_working_size_act_as_at_the_own_size():
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    quarter = D.noise(grey, 0.08, np.random.default_rng(1), scale=0.25)
+    assert (quarter.astype(float) - 128).std() == pytest.approx(0.25 * 0.08 * 255, rel=0.1)
+    page = cv2.resize(np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8), (64, 64),
+                      interpolation=cv2.INTER_LINEAR)
+
+    def err(out):
+        return np.abs(out.astype(int) - page.astype(int)).mean()
+
+    # Blocks of 8 px at 4x the size are 2 px here: less of the page is lost than with 8 px blocks.
+    assert err(D.jpeg(page, 20, scale=0.25)) < err(D.jpeg(page, 20))
+    np.testing.assert_array_equal(D.jpeg(page, 20, scale=1.0), D.jpeg(page, 20))

@@ -185,6 +185,20 @@ def test_darker_test_set(reports):
     assert r.profile["blur_p"] == r.profile["noise_p"] == r.profile["rot90_p"] == r.profile["jpeg_p"] == 0
 
 
+def test_the_fitted_profile_is_a_whole_valid_profile(reports):
+    """Every DistortProfile key, typed as the schema types it (counts stay integers), so that
+    validation.distort=auto (and augment.match_validation with it) can use it as is; keys that no
+    statistic measures keep the defaults."""
+    from docclassify.data.validation import normalise_profile
+
+    profile = reports("darker").profile
+    assert list(profile) == list(DistortProfile.__annotations__)
+    assert normalise_profile(profile) == profile and isinstance(profile["occlusion_count"], int)
+    defaults = normalise_profile({})
+    for key in ("desk_p", "shadow_p", "glare_p", "background_p", "channel_contrast", "occlusion_count"):
+        assert profile[key] == defaults[key] and reports("darker").basis[key].startswith("default")
+
+
 def test_blurred_test_set(reports):
     r = reports("blurred")
     assert _shift(r, "laplacian_var") < 0 and _shift(r, "sharpness") < 0

@@ -126,3 +126,20 @@ def test_an_undecodable_image_is_reported_and_padded(rows, tmp_path):
     out = np.empty((3 * 2, SIZE, SIZE, 3), np.uint8)
     assert V.build_copies([paths[0], bad, paths[1]], ids[:3], spec(), SIZE, "pad", 7, out) == [1]
     assert (out[2:4] == 7).all() and not (out[0] == 7).all()
+
+
+def test_a_spec_recorded_before_the_photo_steps_existed_rebuilds_its_copies(rows):
+    """results.json of a run made before background/desk/shadow/glare/channel/occlusion_count:
+    its profile lacks those keys, so their steps stay off (not today's defaults)."""
+    paths, ids = rows
+    old_keys = ("rot90_p", "flip_p", "angle_p", "angle", "crop_p", "crop", "perspective_p", "perspective", "blur_p",
+                "blur_sigma", "color_p", "brightness", "contrast", "noise_p", "noise_std", "jpeg_p", "jpeg_quality",
+                "occlusion_p", "occlusion_size")
+    today = spec().profile
+    recorded = V.RobustSpec.from_dict({"copies": 2, "seed": 0, "profile": {k: today[k] for k in old_keys}})
+    assert all(recorded.profile[k] == 0.0 for k in ("background_p", "desk_p", "shadow_p", "glare_p", "channel_p"))
+    assert recorded.profile["occlusion_count"] == 1
+    explicit_off = spec(profile={**today, **V.ADDED_LATER_OFF})
+    np.testing.assert_array_equal(build(paths, ids, recorded), build(paths, ids, explicit_off))
+    assert not np.array_equal(build(paths, ids, recorded), build(paths, ids, spec()))  # today's defaults differ
+    assert V.RobustSpec.from_dict(spec().as_dict()) == spec()  # a spec recorded now round-trips
