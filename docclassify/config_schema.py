@@ -31,6 +31,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from docclassify.data.orientation import HEADS, ORIENTATION_GROUPS
+
 log = logging.getLogger(__name__)
 
 SCHEMA_GROUP = "schema"
@@ -146,6 +148,9 @@ class ModelConfig:
     img_size: int = key(224, ge=16, le=4096)
     pretrained: bool = True
     weights: str | None = None
+    # A small head on the pooled features that predicts which turn (rot4) or turn/mirror (dihedral8)
+    # the training augmentation applied (models/heads.py).
+    orientation_head: str = key("none", choices=tuple(HEADS))
 
 
 # ------------------------------------------------------------------------------------------ augment
@@ -168,6 +173,10 @@ class AugmentConfig:
     color_jitter: float = key(0.15, ge=0.0, le=1.0)
     hflip: bool = False
     vflip: bool = False
+    # Exact turns / mirror images after either set (data/orientation.py): the group, and the share of
+    # samples that take one of its elements other than the identity.
+    orientation: str = key("none", choices=ORIENTATION_GROUPS)
+    orientation_p: float = key(0.5, ge=0.0, le=1.0)
     advanced_p_start: float = key(0.0, ge=0.0, le=1.0)
     advanced_p_end: float = key(0.0, ge=0.0, le=1.0)
     # Old names of advanced_p_start / advanced_p_end (still accepted; they win when given).
@@ -222,6 +231,8 @@ class RegularizationConfig:
     ema_decay: float = key(0.9998, gt=0.0, lt=1.0)
     ema_warmup: bool = True
     layer_decay: float | None = key(None, gt=0.0, le=1.0)
+    # Weight of the orientation head's loss (model.orientation_head) next to the classification loss.
+    orientation_loss_weight: float = key(0.5, ge=0.0)
 
 
 # ------------------------------------------------------------------------------------------ schedule

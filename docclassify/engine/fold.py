@@ -27,6 +27,12 @@ from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, Stop
 from docclassify.engine.evaluate import classification_metrics, predict_logits
 from docclassify.engine.loaders import build_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
+from docclassify.engine.orientation import (
+    OrientationCheck,
+    best_epoch_orientation,
+    orientation_check,
+    validate_orientation,
+)
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
@@ -38,8 +44,10 @@ from docclassify.models.checkpoint import (
     model_meta,
     save_best,
     save_resume_state,
+    trained_orientations,
 )
 from docclassify.models.factory import normalization_of
+from docclassify.models.heads import orientation_head_of
 from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
@@ -86,6 +94,7 @@ class FoldJob:
     info: dict                 # model, model_option, img_size, n_train, n_val
     best_path: Path
     last_path: Path
+    orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation.py)
 
 
 def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
@@ -129,13 +138,15 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     seed_everything(run.seed + 1009 * k)
     model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
     mean, std = normalization_of(model)
+    head = orientation_head_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
-                      int(cfg.data.pad_value), mean, std, data.classes)
+                      int(cfg.data.pad_value), mean, std, data.classes, head, trained_orientations(cfg.augment))
     transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
                                int(cfg.data.pad_value))
     images = data.images_by_size[plan.img_size]
     train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
-                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device)
+                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device,
+                                                      orientation_labels=head != "none")
     ctx = step_context(cfg.trainer, run, mean, std)
     parts = build_fold_parts(model, cfg, ctx, data.num_classes, len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
@@ -144,7 +155,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
              len(train_idx), len(val_idx))
     return FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
                    data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
-                   run.ckpt_dir / f"fold{k}_last.pt")
+                   run.ckpt_dir / f"fold{k}_last.pt", orientation_check(cfg.augment, head, len(val_idx)))
 
 
 def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
@@ -171,6 +182,7 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         logits, metrics = validate(job)
         keep_best(job, state, epoch, logits, metrics)
         record = epoch_record(job, state, epoch, stats, metrics)
+        record.update(orientation_record(job, stats))
         state.history.append(record)
         state.epoch = epoch + 1
         save_state(job, state)
@@ -189,7 +201,18 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         "epochs_run": int(state.epoch), "history": state.history, "val_logits": state.best_logits,
         "weights": weights_kind(job.parts), "skipped_steps": int(state.skipped),
         "early_stopped": bool(state.early_stopped),
+        "orientation": best_epoch_orientation(state.history, state.best_epoch, job.orientation),
     }
+
+
+def orientation_record(job: FoldJob, stats: dict) -> dict:
+    """The orientation part of an epoch's record: the head's training loss, its accuracy and the
+    classifier's accuracy by orientation on the turned validation copies (engine/orientation.py)."""
+    if job.orientation is None:
+        return {}
+    model = eval_model(job.parts)
+    metrics = validate_orientation(model, job.val_loader, job.ctx, job.orientation, job.val_targets)
+    return {"train_orientation_loss": stats.get("train_orientation_loss"), **metrics}
 
 
 def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:

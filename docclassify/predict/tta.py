@@ -13,8 +13,14 @@ same predictions. A :class:`View` is applied in this order:
 Turns with odd ``k`` swap height and width of non-square inputs; inference inputs are
 usually square, and convolutional models with global pooling accept either.
 
+The flips/turns part of a view is an :class:`~docclassify.data.orientation.Element` (the one
+home of the dihedral group, shared with training augmentation and the orientation head):
+``View.element``; ``apply_view`` / ``apply_view_numpy`` apply it with that module's functions.
+
 Orientation TTA suits data whose label does not depend on orientation (a rotated passport
-is still a passport). Where orientation carries meaning, choose the ``none`` set.
+is still a passport). Where orientation carries meaning, choose the ``none`` set. ``tta=orient``
+and ``tta=orient_soft`` (predict/orientation.py) estimate each image's orientation instead of
+averaging every view blindly.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from docclassify.data import orientation
+from docclassify.data.orientation import Element
 
 __all__ = [
     "AVERAGES",
@@ -67,17 +76,24 @@ class View:
         return self.angle == 0.0 and self.zoom == 1.0
 
     @property
+    def element(self) -> Element:
+        """The flips/turns part of the view (a dihedral group element)."""
+        return Element(self.k, self.hflip)
+
+    @classmethod
+    def of(cls, g: Element) -> "View":
+        """The exact view of a group element, named like the element (``identity``, ``rot90``, ``hflip_rot270``...)."""
+        return cls(g.name, k=g.k, hflip=g.mirror)
+
+    @property
     def key(self) -> tuple[int, bool, float, float]:
         """The transform without its name (two views with equal keys are duplicates)."""
         return (self.k, bool(self.hflip), float(self.angle), float(self.zoom))
 
 
 def _dihedral() -> list[View]:
-    views = [View("identity")]
-    views += [View(f"rot{90 * k}", k=k) for k in (1, 2, 3)]
-    views += [View("hflip", hflip=True)]
-    views += [View(f"hflip_rot{90 * k}", k=k, hflip=True) for k in (1, 2, 3)]
-    return views
+    """The 8 group elements as views, in element-index order (identity, the 3 turns, mirror, ...)."""
+    return [View.of(g) for g in orientation.DIHEDRAL]
 
 
 VIEW_SETS: dict[str, tuple[View, ...]] = {
@@ -86,7 +102,7 @@ VIEW_SETS: dict[str, tuple[View, ...]] = {
     # 2 views: identity + mirror.
     "flip": (View("identity"), View("hflip", hflip=True)),
     # 4 views: the four exact turns.
-    "rot90": tuple([View("identity")] + [View(f"rot{90 * k}", k=k) for k in (1, 2, 3)]),
+    "rot90": tuple(View.of(g) for g in orientation.GROUPS["rot90"]),
     # 8 views: the dihedral group (4 turns x mirror).
     "dihedral": tuple(_dihedral()),
     # 5 views: identity, the 3 turns, mirror.
@@ -150,19 +166,14 @@ def apply_view_numpy(img: np.ndarray, view: View) -> np.ndarray:
             f"apply_view_numpy handles flips/turns only; view {view.name!r} has "
             f"angle={view.angle}, zoom={view.zoom}"
         )
-    out = np.fliplr(img) if view.hflip else img
-    return np.ascontiguousarray(np.rot90(out, k=view.k, axes=(0, 1)))
+    return orientation.apply_numpy(img, view.element)
 
 
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """Apply ``view`` to a ``(..., C, H, W)`` tensor (typically ``(N, C, H, W)``)."""
     if x.ndim < 3:
         raise ValueError(f"apply_view expects (..., C, H, W), got shape {tuple(x.shape)}")
-    out = x
-    if view.hflip:
-        out = torch.flip(out, dims=[-1])
-    if view.k:
-        out = torch.rot90(out, k=view.k, dims=(-2, -1))
+    out = orientation.apply_torch(x, view.element)
     if view.angle != 0.0 or view.zoom != 1.0:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
