@@ -379,13 +379,17 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive")
+TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "orient", "orient_soft")
 
 
 @dataclass
 class TTAConfig:
     name: str = key(MISSING, choices=TTA_SETS)
     average: str = key("prob", choices=("prob", "logit"))
+    # Test images deskewed (small-angle rotation estimated and undone) before resizing (data/deskew.py).
+    deskew: bool = False
+    # tta=orient: average the upright view with its mirror (null: when training showed mirror images).
+    upright_flip: bool | None = None
 
 
 @dataclass

@@ -43,12 +43,19 @@ __all__ = [
     "apply_view",
     "apply_view_numpy",
     "get_views",
+    "normalised_batches",
     "predict_tta",
     "predict_tta_batches",
     "resolve_tta",
 ]
 
 AVERAGES = ("prob", "logit")
+# Not view sets: each image's orientation is estimated and undone (predict/orientation.py); their
+# candidate views are the 8 dihedral ones.
+ORIENT_MODES = ("orient", "orient_soft")
+# Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.inference (the test images are
+# deskewed when decoded), upright_flip by predict.orientation.
+TTA_KEYS = ("name", "average", "deskew", "upright_flip")
 
 
 @dataclass(frozen=True)
@@ -143,14 +150,16 @@ def resolve_tta(tta_cfg: Any) -> tuple[list[View], str]:
     if hasattr(tta_cfg, "keys"):
         data = {str(k): tta_cfg[k] for k in tta_cfg}
     else:
-        data = {k: getattr(tta_cfg, k) for k in ("name", "average") if hasattr(tta_cfg, k)}
-    unknown = sorted(set(data) - {"name", "average"})
+        data = {k: getattr(tta_cfg, k) for k in TTA_KEYS if hasattr(tta_cfg, k)}
+    unknown = sorted(set(data) - set(TTA_KEYS))
     if unknown:
-        raise ValueError(f"Unknown key(s) in tta config: {unknown}; allowed: name, average")
+        raise ValueError(f"Unknown key(s) in tta config: {unknown}; allowed: {', '.join(TTA_KEYS)}")
     if "name" not in data:
-        raise ValueError("tta config needs a 'name' (one of: " + ", ".join(VIEW_SETS) + ")")
+        raise ValueError("tta config needs a 'name' (one of: " + ", ".join((*VIEW_SETS, *ORIENT_MODES)) + ")")
     average = data.get("average", "prob")
     _check_average(average)
+    if data["name"] in ORIENT_MODES:
+        return _dihedral(), average
     return get_views(data["name"]), average
 
 
@@ -192,6 +201,18 @@ def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
                 out, [h, w], interpolation=InterpolationMode.BILINEAR, antialias=True
             )
     return out.contiguous()
+
+
+def normalised_batches(images: np.ndarray, rows: np.ndarray, meta: dict, batch_size: int,
+                       device: torch.device):
+    """Batches of ``images[rows]`` (uint8 NHWC) as float NCHW on ``device``, normalised like training
+    (``x / 255``, then the checkpoint meta's mean/std)."""
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    for start in range(0, len(rows), batch_size):
+        chunk = np.ascontiguousarray(images[rows[start:start + batch_size]])
+        x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device, non_blocking=True)
+        yield x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def _as_views(views: Sequence[View] | str) -> list[View]:

@@ -1,0 +1,96 @@
+"""Deskewing (``tta.deskew``): a page's residual small-angle rotation estimated from its text lines
+and undone before the image is resized to the model's input.
+
+The skew is the one ``data/shift.py`` measures for the train-vs-test shift report: the projection
+profile of the page's ink (OpenCV + numpy; docs/shift.md explains the method, its accuracy on the
+synthetic test split and why not the ``deskew`` / ``jdeskew`` packages), so the report and the
+correction agree. The estimate is the text lines' distance to the nearest axis, within +-45
+degrees: quarter turns are left to the orientation estimate (``tta=orient``). Pages whose lines
+are not readable (confidence under ``shift.LINES_CONFIDENT``: photos, blank or dense pages) and
+skews under ``MIN_SKEW`` degrees are left as they are.
+
+Rotation keeps the whole page: the canvas grows to hold it and the uncovered corners take the
+border colour (the median of the image's outermost pixels), as a scanner bed or desk would.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from docclassify.data.images import decode_image, resize_image
+from docclassify.data.shift import LINES_CONFIDENT, at_work_size, grey, line_direction, skew_of
+
+MIN_SKEW = 0.5     # degrees: smaller estimates are within the estimate's noise, not corrected
+WORK_SIZE = 256    # long side (px) at which the text lines are measured (as the shift report does)
+
+
+def estimate_skew(rgb: np.ndarray, work_size: int = WORK_SIZE) -> float:
+    """The page's skew in degrees, counter-clockwise positive, in [-45, 45); NaN when its text lines
+    are not readable."""
+    direction, confidence = line_direction(at_work_size(grey(rgb), work_size))
+    if math.isnan(direction) or confidence < LINES_CONFIDENT:
+        return math.nan
+    return float(skew_of(direction))
+
+
+def border_colour(image: np.ndarray) -> tuple[int, int, int]:
+    """Median colour of the image's outermost pixels: what surrounds the content (paper or desk)."""
+    frame = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+    return tuple(int(v) for v in np.median(frame, axis=0))
+
+
+def rotate_expanded(image: np.ndarray, angle: float) -> np.ndarray:
+    """``image`` rotated by ``angle`` degrees counter-clockwise on a canvas that holds all of it, the
+    corners filled with the border colour."""
+    h, w = image.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(np.ceil(h * sin + w * cos)), int(np.ceil(h * cos + w * sin))
+    m[0, 2] += nw / 2.0 - w / 2.0
+    m[1, 2] += nh / 2.0 - h / 2.0
+    return cv2.warpAffine(image, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=border_colour(image))
+
+
+def deskew(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    """(the page with its skew undone, the skew estimated; NaN when unreadable, the page unchanged)."""
+    skew = estimate_skew(rgb)
+    if math.isnan(skew) or abs(skew) < MIN_SKEW:
+        return rgb, skew
+    return rotate_expanded(rgb, -skew), skew
+
+
+def load_deskewed(path: str | Path, size: int, policy: str = "pad", pad_value: int = 0) -> tuple[np.ndarray, float]:
+    """Decode at full resolution, deskew, resize like data.images.load_image: (array, estimated skew)."""
+    page, skew = deskew(decode_image(path))
+    return resize_image(page, size, policy, pad_value), skew
+
+
+def deskew_all(paths, size: int, policy: str, pad_value: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(images ``(N, size, size, 3)``, skews in degrees (NaN: unreadable), rows that failed to decode)."""
+    from docclassify.data.images import BadImageError
+
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    skews = np.full(len(paths), np.nan)
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            out[i], skews[i] = load_deskewed(path, size, policy, pad_value)
+        except BadImageError:
+            bad.append(i)
+    return out, skews, bad
+
+
+def skew_summary(skews: np.ndarray) -> dict:
+    """summary.json's deskew entry: how many pages were readable / corrected, the corrections' size."""
+    skews = np.asarray(skews, dtype=np.float64)
+    readable = ~np.isnan(skews)
+    corrected = readable & (np.abs(np.nan_to_num(skews)) >= MIN_SKEW)
+    size = np.abs(skews[corrected])
+    return {"n": int(len(skews)), "readable": int(readable.sum()), "corrected": int(corrected.sum()),
+            "median_abs_deg": float(np.median(size)) if len(size) else None,
+            "max_abs_deg": float(size.max()) if len(size) else None}
