@@ -10,7 +10,7 @@
 ``tta=orient_soft``
     The 8 dihedral views, each weighted by the probability that it is the upright one: the head's
     probability of the identity on that view (rot4 heads: of no quarter turn); without a head,
-    the classifier's confidence (its top probability) on the view.
+    by the classifier's confidence on the view, as odds (:func:`confidence_odds`).
 
 Either way the estimate of each image (the element it is turned back from) is kept, for
 summary.json's share of images turned back per element and the accuracy by orientation when
@@ -73,6 +73,14 @@ def upright_probability(head_logits: torch.Tensor, head: str) -> torch.Tensor:
     return torch.softmax(head_logits, dim=-1)[:, 0]
 
 
+def confidence_odds(logits: torch.Tensor) -> torch.Tensor:
+    """Without a head: the classifier's top probability p on a view as odds p / (1 - p). Plain p would
+    let seven half-sure wrong views outvote one sure upright view; odds grow without bound as the
+    classifier becomes sure."""
+    top = torch.softmax(logits, dim=-1).amax(-1)
+    return top / (1.0 - top).clamp_min(1e-6)
+
+
 @torch.inference_mode()
 def estimate_with_head(model, x: torch.Tensor, head: str) -> list[Element]:
     """The element each image was turned by, as the head names it (one forward of the images)."""
@@ -111,7 +119,7 @@ def orient_soft_batch(model, x: torch.Tensor, head: str, average: str) -> tuple[
         view_logits, head_logits = _forward(model, orientation.apply_torch(x, g), head)
         logits.append(view_logits)
         scores.append(upright_probability(head_logits, head) if head_logits is not None
-                      else torch.softmax(view_logits, dim=-1).amax(-1))
+                      else confidence_odds(view_logits))
     stacked, score = torch.stack(logits), torch.stack(scores)  # (V, N, K), (V, N)
     weights = score / score.sum(0, keepdim=True).clamp_min(1e-12)
     probs, out_logits = _mean(stacked, weights, average)

@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from docclassify.engine.callbacks import Callback
 
 log = logging.getLogger("docclassify.progress")
@@ -33,7 +35,17 @@ def interactive_stderr() -> bool:
 def epoch_line(fold: int, epoch: int, epochs: int, m: dict) -> str:
     return (f"fold {fold} epoch {epoch + 1}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
             f"val_f1 {m['val_macro_f1']:.4f}  acc {m['val_accuracy']:.4f}  lr {m['lr']:.3g}  "
-            f"{m['img_per_s']:.0f} img/s  {m['epoch_s']:.1f}s  best {m['best_macro_f1']:.4f}")
+            f"{m['img_per_s']:.0f} img/s  {m['epoch_s']:.1f}s  best {m['best_macro_f1']:.4f}{orientation_part(m)}")
+
+
+def orientation_part(m: dict) -> str:
+    """The turned validation copies (engine/orientation.py): the head's accuracy, accuracy when turned."""
+    if m.get("val_orientation_counts") is None:
+        return ""
+    head = m.get("val_orientation_accuracy")
+    turned = [m.get(f"val_accuracy_{c}") for c in ("turned", "mirrored") if m.get(f"val_accuracy_{c}") is not None]
+    return ((f"  orient_head {head:.3f}" if head is not None else "")
+            + (f"  acc_turned {np.mean(turned):.4f}" if turned else ""))
 
 
 class Progress(Callback):

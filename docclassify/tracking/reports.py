@@ -213,7 +213,9 @@ def figure_to_pil(fig: Figure, dpi: int = DPI):
 # ---------------------------------------------------------------------------------------------
 
 def _fmt(x) -> str:
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else (f"{x:.4f}" if isinstance(x, float) else str(x))
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -253,7 +255,8 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
     save_figure(plot_confusion_matrix(y_true, y_pred, classes, f"{title}: macro F1 {macro:.4f}"),
                 paths["confusion_matrix"])
     md = [f"# {title}", "", f"- samples: {len(y_true)}", f"- macro F1: {macro:.4f}", f"- accuracy: {acc:.4f}", "",
-          f"![confusion matrix]({CONFUSION_PNG})", "", f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})",
+          f"![confusion matrix]({CONFUSION_PNG})", "",
+          f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})",
           "", *_class_sections(y_true, y_pred, classes, table)]
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
@@ -341,6 +344,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     } for fr in folds])
     if len(fold_rows):
         md += ["## Folds", "", _md_table(fold_rows), ""]
+    md += orientation_section(results)
     md += ["## Charts", "", f"![training curves]({CURVES_PNG})", "",
            ("Loss per epoch (train solid, validation dashed) and validation macro F1 (star: the best epoch, "
             "whose weights are the fold's checkpoint)."), "",
@@ -352,6 +356,24 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     md += _class_sections(y_true, y_pred, classes, per_class_table(y_true, y_pred, classes))
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
+
+
+def orientation_section(results: dict | None) -> list[str]:
+    """report.md's accuracy by orientation: each validation image also seen turned by a known element
+    (engine/orientation.py), pooled over the folds' best epochs; and the orientation head's accuracy."""
+    orientation = (results or {}).get("orientation")
+    if not orientation:
+        return []
+    rows = pd.DataFrame([{"orientation": c, "accuracy": orientation["accuracy_by_orientation"][c],
+                          "images": n} for c, (_, n) in orientation["counts"].items()])
+    md = ["## Accuracy by orientation", "",
+          ("Each validation image also seen turned by a known element of the orientation group (the same "
+           "copies every epoch), at each fold's best epoch, pooled:"), "", _md_table(rows), ""]
+    if orientation.get("head_accuracy") is not None:
+        md += [f"The orientation head ({orientation['head']}) names the element of "
+               f"{orientation['head_accuracy']:.1%} of the turned copies (chance {orientation['head_chance']:.1%}).",
+               ""]
+    return md
 
 
 class LocalReports(Callback):

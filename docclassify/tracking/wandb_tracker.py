@@ -110,7 +110,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         except HydraException:  # not a key=value override: keep it visible in hydra_overrides only
             continue
         value = o.value()
-        out[o.key_or_group] = value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
+        plain = isinstance(value, (str, int, float, bool, list, dict, type(None)))
+        out[o.key_or_group] = value if plain else str(value)
     return out
 
 
@@ -226,9 +227,11 @@ class WandbTracker(Callback):
         data = {"epoch": epoch + 1, "epoch/train_loss": m["train_loss"], "epoch/lr": m["lr"],
                 "val/loss": m["val_loss"], "val/macro_f1": m["val_macro_f1"], "val/accuracy": m["val_accuracy"],
                 "val/best_macro_f1": m["best_macro_f1"], "perf/epoch_s": m["epoch_s"],
-                "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"), "epoch/mixup": m.get("mixup")}
+                "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"),
+                "epoch/mixup": m.get("mixup")}
         if m.get("max_grad_norm") is not None:
             data["epoch/max_grad_norm"] = m["max_grad_norm"]
+        data.update(orientation_epoch_metrics(m))
         for name, f1 in zip(self.classes, m.get("val_per_class_f1") or []):
             data[f"val_per_class_f1/{_safe(name)}"] = f1
         self.run.log({k: v for k, v in data.items() if v is not None})
@@ -281,6 +284,7 @@ class WandbTracker(Callback):
                    "cv/mean_fold_macro_f1": results["mean_fold_macro_f1"], "cv/n_oof_rows": results["n_oof_rows"],
                    # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
                    "objective": results["cv_macro_f1"]}
+        summary.update(orientation_run_metrics(results.get("orientation")))
         run.summary.update(summary)
         self._finish(0)
 
@@ -290,3 +294,21 @@ class WandbTracker(Callback):
             self._finish(1)
         except Exception:  # closing must never mask the original error
             log.exception("W&B: finishing the run failed")
+
+
+def orientation_epoch_metrics(m: dict) -> dict:
+    """An epoch's orientation numbers (engine/orientation.py): the head's loss and accuracy on the turned
+    validation copies, the classifier's accuracy by orientation."""
+    out = {"epoch/train_orientation_loss": m.get("train_orientation_loss"),
+           "val/orientation_accuracy": m.get("val_orientation_accuracy")}
+    out.update({f"val/accuracy_{c}": m.get(f"val_accuracy_{c}") for c in ("upright", "turned", "mirrored")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def orientation_run_metrics(orientation: dict | None) -> dict:
+    """results.json's ``orientation`` as summary values of the cv run."""
+    if not orientation:
+        return {}
+    out = {"cv/orientation_head_accuracy": orientation.get("head_accuracy")}
+    out.update({f"cv/accuracy_{c}": a for c, a in (orientation.get("accuracy_by_orientation") or {}).items()})
+    return {k: v for k, v in out.items() if v is not None}
