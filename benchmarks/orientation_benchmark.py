@@ -28,13 +28,15 @@ from _common import DEFAULT_WORK, REPO, machine_line
 
 TRAIN_DEFAULTS = ["logger=none", "trainer.deterministic=true", "model=resnet18", "model.pretrained=false",
                   "validation=clean"]
+HIGHPERF = ["pipeline=highperf", "trainer.lr=2e-3", "schedule.warmup_epochs=1", "trainer.amp=none"]
 RECIPES = {
     "upright": [],  # augment=basic: no turns or mirror images
     "dihedral": ["augment.orientation=dihedral"],
     "dihedral_head": ["augment.orientation=dihedral", "model.orientation_head=dihedral8"],
-    "rot90_flip_head": ["augment.orientation=rot90", "augment.hflip=true", "model.orientation_head=rot4"],
-    "highperf_dihedral_head": ["pipeline=highperf", "augment.orientation=dihedral", "model.orientation_head=dihedral8",
-                               "trainer.lr=2e-3", "schedule.warmup_epochs=1", "trainer.amp=none"],
+    # pipeline=highperf (advanced set ramping to 0.5, mixup/cutmix, EMA, label smoothing), its lr and warmup
+    # shortened for a short run from scratch
+    "highperf_dihedral_head": [*HIGHPERF, "augment.orientation=dihedral", "model.orientation_head=dihedral8"],
+    "highperf_rot90_head": [*HIGHPERF, "augment.orientation=rot90", "model.orientation_head=rot4"],
 }
 # (label, infer overrides)
 TTA = {"none": ["tta=none"], "dihedral": ["tta=dihedral"], "orient": ["tta=orient"],
@@ -94,7 +96,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="folds to train (of folds.n)")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-override", nargs="*", default=[], help="extra docclassify.train overrides")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
