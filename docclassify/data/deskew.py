@@ -9,8 +9,10 @@ degrees: quarter turns are left to the orientation estimate (``tta=orient``). Pa
 are not readable (confidence under ``shift.LINES_CONFIDENT``: photos, blank or dense pages) and
 skews under ``MIN_SKEW`` degrees are left as they are.
 
-Rotation keeps the whole page: the canvas grows to hold it and the uncovered corners take the
-border colour (the median of the image's outermost pixels), as a scanner bed or desk would.
+The page is rotated back on a canvas that holds all of it (uncovered corners in the border colour:
+the median of the image's outermost pixels), then the centred box of the upright page is kept: a
+skewed scan or photo is a page turned on a larger canvas, and cutting both rotations' corners away
+gives back the page's own frame, as the upright training scans have it.
 """
 
 from __future__ import annotations
@@ -56,12 +58,38 @@ def rotate_expanded(image: np.ndarray, angle: float) -> np.ndarray:
                           borderValue=border_colour(image))
 
 
+def unrotated_size(width: int, height: int, angle: float) -> tuple[int, int] | None:
+    """(w, h) of the upright page whose rotation by ``angle`` degrees, on an expanded canvas, is
+    ``width`` x ``height``: W = w cos + h sin, H = w sin + h cos solved for w, h (None near 45
+    degrees, where it has no stable solution, or when no positive size fits)."""
+    c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    det = c * c - s * s
+    if det < 0.2:
+        return None
+    w, h = (width * c - height * s) / det, (height * c - width * s) / det
+    return (int(round(w)), int(round(h))) if w >= 1 and h >= 1 else None
+
+
+def rotate_back(image: np.ndarray, skew: float) -> np.ndarray:
+    """Undo a skew of ``skew`` degrees: rotate by -skew on an expanded canvas, then keep the centred
+    box of the upright page (the corners a skewed scan or photo added around the page, and those this
+    rotation adds, are cut away), so the page fills the frame as an upright scan would."""
+    h, w = image.shape[:2]
+    out = rotate_expanded(image, -skew)
+    size = unrotated_size(w, h, skew)
+    if size is None:
+        return out
+    pw, ph = min(size[0], out.shape[1]), min(size[1], out.shape[0])
+    top, left = (out.shape[0] - ph) // 2, (out.shape[1] - pw) // 2
+    return np.ascontiguousarray(out[top:top + ph, left:left + pw])
+
+
 def deskew(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     """(the page with its skew undone, the skew estimated; NaN when unreadable, the page unchanged)."""
     skew = estimate_skew(rgb)
     if math.isnan(skew) or abs(skew) < MIN_SKEW:
         return rgb, skew
-    return rotate_expanded(rgb, -skew), skew
+    return rotate_back(rgb, skew), skew
 
 
 def load_deskewed(path: str | Path, size: int, policy: str = "pad", pad_value: int = 0) -> tuple[np.ndarray, float]:

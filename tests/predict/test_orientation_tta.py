@@ -164,5 +164,9 @@ def test_deskew_undoes_a_known_skew(angle):
     straight, found = deskew(skewed)
     assert found == pytest.approx(angle, abs=1.0)
     assert abs(estimate_skew(straight)) < 1.0
+    # The page's own frame again: both rotations' corners cut away.
+    assert abs(straight.shape[0] - page.shape[0]) <= 4 and abs(straight.shape[1] - page.shape[1]) <= 4
+    inner = (slice(20, page.shape[0] - 20), slice(20, page.shape[1] - 20))
+    assert (straight[inner] < 128).mean() == pytest.approx((page[inner] < 128).mean(), abs=0.03)
     blank = np.full((100, 80, 3), 250, dtype=np.uint8)
     assert math.isnan(estimate_skew(blank)) and deskew(blank)[0] is blank  # nothing to read: left alone
