@@ -70,6 +70,9 @@ class FoldState:
     skipped: int = 0               # non-finite steps skipped
     partial: dict | None = None    # an epoch stopped part-way: EpochProgress fields + "rng"
     early_stopped: bool = False
+    # The orientation head's accuracy on the turned validation copies at the best epoch: an epoch that
+    # ties the best macro F1 (a saturated F1) and has a better head becomes the best.
+    best_tiebreak: float = -1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "FoldState":
@@ -180,9 +183,10 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
             stats = train_epoch_resumably(job, state, epoch)
         logits, metrics = validate(job)
-        keep_best(job, state, epoch, logits, metrics)
+        orientation = orientation_record(job, stats)
+        keep_best(job, state, epoch, logits, {**metrics, **orientation})
         record = epoch_record(job, state, epoch, stats, metrics)
-        record.update(orientation_record(job, stats))
+        record.update(orientation)
         state.history.append(record)
         state.epoch = epoch + 1
         save_state(job, state)
@@ -261,11 +265,15 @@ def validate(job: FoldJob) -> tuple[np.ndarray, dict]:
 
 
 def keep_best(job: FoldJob, state: FoldState, epoch: int, logits: np.ndarray, metrics: dict) -> None:
-    """A better validation macro F1 becomes the fold's best: its logits and its checkpoint."""
-    if not metrics["val_macro_f1"] > state.best_f1:
+    """A better validation macro F1 becomes the fold's best: its logits and its checkpoint (a tie with a
+    better orientation head too: FoldState.best_tiebreak)."""
+    tiebreak = metrics.get("val_orientation_accuracy")
+    tied_better = tiebreak is not None and metrics["val_macro_f1"] == state.best_f1 and tiebreak > state.best_tiebreak
+    if not (metrics["val_macro_f1"] > state.best_f1 or tied_better):
         state.stale += 1
         return
     state.best_f1, state.best_epoch, state.best_logits, state.stale = metrics["val_macro_f1"], epoch, logits, 0
+    state.best_tiebreak = -1.0 if tiebreak is None else float(tiebreak)
     # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
     weights = (job.parts.model if job.parts.ema is None else job.parts.ema.module).state_dict()
     if distributed.is_main():

@@ -112,3 +112,25 @@ def test_a_run_without_orientation_is_untouched(tiny_data, tmp_path):
     assert not [k for k in results["folds"][0]["history"][0] if "orientation" in k]
     meta = read_checkpoint(tmp_path / "checkpoints" / "fold0_best.safetensors")["meta"]
     assert meta["orientation_head"] == "none" and meta["trained_orientations"]["group"] == "none"
+
+
+def test_a_tied_macro_f1_with_a_better_head_becomes_the_best(tmp_path):
+    """A saturated validation macro F1 (1.0 for many epochs) must not freeze the checkpoint at the first
+    such epoch while the orientation head keeps learning; without a head, ties keep the earlier epoch."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from docclassify.engine.fold import FoldState, keep_best
+
+    job = SimpleNamespace(parts=SimpleNamespace(model=torch.nn.Linear(2, 2), ema=None),
+                          meta={"orientation_head": "none"}, best_path=tmp_path / "best.safetensors", fold=0)
+    state = FoldState()
+    logits = np.zeros((2, 2))
+    for epoch, (f1, head) in enumerate([(0.9, 0.2), (1.0, 0.3), (1.0, 0.5), (1.0, 0.4), (0.95, 0.9)]):
+        keep_best(job, state, epoch, logits, {"val_macro_f1": f1, "val_orientation_accuracy": head})
+    assert (state.best_epoch, state.best_f1, state.best_tiebreak, state.stale) == (2, 1.0, 0.5, 2)
+    plain = FoldState()
+    for epoch, f1 in enumerate([0.9, 1.0, 1.0]):
+        keep_best(job, plain, epoch, logits, {"val_macro_f1": f1})
+    assert (plain.best_epoch, plain.stale) == (1, 1)
