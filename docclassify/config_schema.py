@@ -232,7 +232,7 @@ class RegularizationConfig:
     ema_warmup: bool = True
     layer_decay: float | None = key(None, gt=0.0, le=1.0)
     # Weight of the orientation head's loss (model.orientation_head) next to the classification loss.
-    orientation_loss_weight: float = key(0.5, ge=0.0)
+    orientation_loss_weight: float = key(1.0, ge=0.0)
 
 
 # ------------------------------------------------------------------------------------------ schedule
