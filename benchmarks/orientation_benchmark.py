@@ -4,7 +4,8 @@ Trains one run per recipe with `python -m docclassify.train` on the default synt
 upright training images; the labelled test split is turned by 90/180/270 degrees, mirrored,
 tilted, cropped, blurred...): with and without orientation augmentation (augment.orientation), with
 and without the orientation head (model.orientation_head). Then predicts the test split with each
-TTA mode (none, dihedral, orient, orient_soft, and orient with tta.deskew=true) and prints macro F1,
+TTA mode (none, dihedral, orient, orient_soft, and orient with tta.deskew=true; --tta adds
+none+deskew and orient_noflip: tta.upright_flip=false) and prints macro F1,
 accuracy, accuracy by the test image's orientation (upright / turned / mirrored, from
 test_distortions.csv) and how often the orientation estimate matched the known one.
 
@@ -40,7 +41,9 @@ RECIPES = {
 }
 # (label, infer overrides)
 TTA = {"none": ["tta=none"], "dihedral": ["tta=dihedral"], "orient": ["tta=orient"],
-       "orient_soft": ["tta=orient_soft"], "orient+deskew": ["tta=orient", "tta.deskew=true"]}
+       "orient_soft": ["tta=orient_soft"], "orient+deskew": ["tta=orient", "tta.deskew=true"],
+       "none+deskew": ["tta=none", "tta.deskew=true"], "orient_noflip": ["tta=orient", "tta.upright_flip=false"]}
+DEFAULT_TTA = ["none", "dihedral", "orient", "orient_soft", "orient+deskew"]
 
 
 def train(run_dir: Path, folds: list[int], overrides: list[str]) -> Path:
@@ -94,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "orientation", help="runs and outputs")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--tta", nargs="+", default=list(TTA), choices=list(TTA))
+    parser.add_argument("--tta", nargs="+", default=DEFAULT_TTA, choices=list(TTA))
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1], help="folds to train (of folds.n)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--train-override", nargs="*", default=[], help="extra docclassify.train overrides")
@@ -116,7 +119,7 @@ def main() -> None:
                    **infer(run_dir, label, TTA[label], args.work / f"{recipe}-infer-{label}")}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    (args.work / "results.json").write_text(json.dumps(rows, indent=1))
+    (args.work / f"results-{'-'.join(args.tta)}.json").write_text(json.dumps(rows, indent=1))
     print(f"\nfolds {args.folds} of 5, {args.epochs} epochs; test: the synthetic distorted split\n")
     print(table(rows))
 
