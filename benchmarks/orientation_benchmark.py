@@ -4,8 +4,8 @@ Trains one run per recipe with `python -m docclassify.train` on the default synt
 upright training images; the labelled test split is turned by 90/180/270 degrees, mirrored,
 tilted, cropped, blurred...): with and without orientation augmentation (augment.orientation), with
 and without the orientation head (model.orientation_head). Then predicts the test split with each
-TTA mode (none, dihedral, orient, orient_soft, and orient with tta.deskew=true; --tta adds
-none+deskew and orient_noflip: tta.upright_flip=false) and prints macro F1,
+TTA mode (none, dihedral, orient, orient_soft, none and orient with tta.deskew=true, orient with
+tta.upright_flip=true) and prints macro F1,
 accuracy, accuracy by the test image's orientation (upright / turned / mirrored, from
 test_distortions.csv) and how often the orientation estimate matched the known one.
 
@@ -29,7 +29,8 @@ from _common import DEFAULT_WORK, REPO, machine_line
 
 TRAIN_DEFAULTS = ["logger=none", "trainer.deterministic=true", "model=resnet18", "model.pretrained=false",
                   "validation=clean"]
-HIGHPERF = ["pipeline=highperf", "trainer.lr=2e-3", "schedule.warmup_epochs=1", "trainer.amp=none"]
+HIGHPERF = ["pipeline=highperf", "data.img_size=64", "trainer.lr=2e-3", "schedule.warmup_epochs=1",
+            "trainer.amp=none"]
 RECIPES = {
     "upright": [],  # augment=basic: no turns or mirror images
     "dihedral": ["augment.orientation=dihedral"],
@@ -42,8 +43,8 @@ RECIPES = {
 # (label, infer overrides)
 TTA = {"none": ["tta=none"], "dihedral": ["tta=dihedral"], "orient": ["tta=orient"],
        "orient_soft": ["tta=orient_soft"], "orient+deskew": ["tta=orient", "tta.deskew=true"],
-       "none+deskew": ["tta=none", "tta.deskew=true"], "orient_noflip": ["tta=orient", "tta.upright_flip=false"]}
-DEFAULT_TTA = ["none", "dihedral", "orient", "orient_soft", "orient+deskew"]
+       "none+deskew": ["tta=none", "tta.deskew=true"], "orient_flip": ["tta=orient", "tta.upright_flip=true"]}
+DEFAULT_TTA = ["none", "dihedral", "orient", "orient_soft", "none+deskew", "orient+deskew", "orient_flip"]
 
 
 def train(run_dir: Path, folds: list[int], overrides: list[str]) -> Path:

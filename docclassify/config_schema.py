@@ -323,7 +323,7 @@ class ShiftConfig:
     shift: ShiftSettings = field(default_factory=ShiftSettings)
 
 
-# ------------------------------------------------------------------------------------------ folds, logger, ensemble, paths
+# ---------------------------------------------------------------------------------- folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
     n: int = key(5, ge=2, hint="for one hold-out split train one fold of K, e.g. folds.n=5 folds.run=[0]")
@@ -341,6 +341,11 @@ class NoLogger:
 
 
 @dataclass
+class CsvLogger:
+    name: str = "csv"
+
+
+@dataclass
 class WandbLogger:
     name: str = "wandb"
     project: str = "docclassify"
@@ -348,6 +353,7 @@ class WandbLogger:
     mode: str | None = key(None, choices=("online", "offline", "disabled"))
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = False
 
 
 @dataclass
@@ -379,7 +385,9 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "orient", "orient_soft")
+# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py); orient /
+# orient_soft: each image's orientation estimated and undone (predict/orientation.py).
+TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto", "orient", "orient_soft")
 
 
 @dataclass
@@ -389,7 +397,7 @@ class TTAConfig:
     # Test images deskewed (small-angle rotation estimated and undone) before resizing (data/deskew.py).
     deskew: bool = False
     # tta=orient: average the upright view with its mirror (null: when training showed mirror images).
-    upright_flip: bool | None = None
+    upright_flip: bool | None = False
 
 
 @dataclass
@@ -405,6 +413,22 @@ class InferData:
     test_dir: str | None = None
     test_labels: str | None = None
     cache: bool | None = None
+
+
+@dataclass
+class SubmitInfer:
+    """``infer`` of train.yaml: the docclassify.infer options that ``submit=true`` runs with."""
+
+    tta: str = key("none", choices=TTA_SETS)
+    tta_average: str | None = key(None, choices=("prob", "logit"))
+    average: str = key("prob", choices=("prob", "logit"))
+    calibrate: bool = True
+    oof_tta: bool = True
+    output: str | None = None
+    batch_size: int = key(64, ge=1)
+    device: str = "auto"
+    data: InferData = field(default_factory=InferData)
+    overrides: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ primary configs
@@ -431,6 +455,8 @@ class TrainConfig:
     validation: Any = MISSING
     hparams_search: Any = None
     shift: ShiftCheck = field(default_factory=ShiftCheck)
+    submit: bool = False
+    infer: SubmitInfer = field(default_factory=SubmitInfer)
 
 
 @dataclass
@@ -440,6 +466,8 @@ class InferConfig:
     task_name: str = "infer"
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
+    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/runs.py FIT_ON).
+    fit_on: str = key("auto", choices=("auto", "robust", "clean"))
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     calibrate: bool = True
     oof_tta: bool = True
@@ -449,6 +477,7 @@ class InferConfig:
     data: InferData = field(default_factory=InferData)
     paths: Any = MISSING
     tta: Any = MISSING
+    logger: Any = MISSING
 
 
 # (group, option) -> schema; a group whose options differ in keys maps each option.
@@ -465,6 +494,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("folds", "kfold"): FoldsConfig,
     ("logger", "none"): NoLogger,
     ("logger", "wandb"): WandbLogger,
+    ("logger", "csv"): CsvLogger,
     ("ensemble", "default"): EnsembleConfig,
     ("paths", "default"): PathsConfig,
     ("hparams_search", "default"): HparamsSearchConfig,
@@ -555,6 +585,9 @@ def relation_errors(cfg: DictConfig) -> list[str]:
         if validation.name == "clean" and cfg.trainer.monitor in ("robust", "mean"):
             errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=clean has no robust view; "
                           "use validation=both (or robust), or trainer.monitor=clean")
+        if validation.name == "robust" and cfg.trainer.monitor in ("clean", "mean"):
+            errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=robust validates only the distorted "
+                          "copies every epoch; use validation=both, or trainer.monitor=robust (or auto)")
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "

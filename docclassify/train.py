@@ -1,4 +1,5 @@
-"""`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1.
+"""`python -m docclassify.train`: compose the config, train every selected fold, return the objective
+(results.json's ``objective``: the pooled macro F1 that ``trainer.monitor`` picks; robust by default).
 
 The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
 only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
@@ -34,16 +35,20 @@ def train(cfg: DictConfig) -> float:
     from docclassify.engine.epoch import StopRequested
     from docclassify.engine.kfold import run_kfold
     from docclassify.engine.resume import resolve_run_dir, resume_config
+    from docclassify.submit import prepare_submission
 
     _share_run_dir()
     cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
+    submission = prepare_submission(cfg)  # submit=true: checked before training
     try:
         results = run_kfold(cfg, build_callbacks(cfg))
     except StopRequested as exc:
         log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
                   exc, resolve_run_dir(cfg))
         sys.exit(143)
-    return float(results["cv_macro_f1"])
+    if submission is not None:
+        submission.run(resolve_run_dir(cfg))
+    return float(results["objective"])
 
 
 def _share_run_dir() -> None:
@@ -61,7 +66,8 @@ def main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m docclassify.train` and the `docclassify-train` console script."""
     from docclassify.engine import distributed
 
     sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
@@ -69,3 +75,7 @@ if __name__ == "__main__":
         main()
     finally:
         distributed.cleanup()
+
+
+if __name__ == "__main__":
+    cli()

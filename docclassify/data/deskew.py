@@ -9,10 +9,11 @@ degrees: quarter turns are left to the orientation estimate (``tta=orient``). Pa
 are not readable (confidence under ``shift.LINES_CONFIDENT``: photos, blank or dense pages) and
 skews under ``MIN_SKEW`` degrees are left as they are.
 
-The page is rotated back on a canvas that holds all of it (uncovered corners in the border colour:
-the median of the image's outermost pixels), then the centred box of the upright page is kept: a
-skewed scan or photo is a page turned on a larger canvas, and cutting both rotations' corners away
-gives back the page's own frame, as the upright training scans have it.
+The page is rotated back with data/distort.py's ``rotate`` (the one the robust validation copies
+are skewed with: a canvas that holds all of it, uncovered corners in the border colour), then the
+centred box of the upright page is kept: a skewed scan or photo is a page turned on a larger
+canvas, and cutting both rotations' corners away gives back the page's own frame, as the upright
+training scans have it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from docclassify.data.distort import rotate
 from docclassify.data.images import decode_image, resize_image
 from docclassify.data.shift import LINES_CONFIDENT, at_work_size, grey, line_direction, skew_of
 
@@ -37,25 +38,6 @@ def estimate_skew(rgb: np.ndarray, work_size: int = WORK_SIZE) -> float:
     if math.isnan(direction) or confidence < LINES_CONFIDENT:
         return math.nan
     return float(skew_of(direction))
-
-
-def border_colour(image: np.ndarray) -> tuple[int, int, int]:
-    """Median colour of the image's outermost pixels: what surrounds the content (paper or desk)."""
-    frame = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    return tuple(int(v) for v in np.median(frame, axis=0))
-
-
-def rotate_expanded(image: np.ndarray, angle: float) -> np.ndarray:
-    """``image`` rotated by ``angle`` degrees counter-clockwise on a canvas that holds all of it, the
-    corners filled with the border colour."""
-    h, w = image.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), float(angle), 1.0)
-    cos, sin = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(np.ceil(h * sin + w * cos)), int(np.ceil(h * cos + w * sin))
-    m[0, 2] += nw / 2.0 - w / 2.0
-    m[1, 2] += nh / 2.0 - h / 2.0
-    return cv2.warpAffine(image, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=border_colour(image))
 
 
 def unrotated_size(width: int, height: int, angle: float) -> tuple[int, int] | None:
@@ -75,7 +57,7 @@ def rotate_back(image: np.ndarray, skew: float) -> np.ndarray:
     box of the upright page (the corners a skewed scan or photo added around the page, and those this
     rotation adds, are cut away), so the page fills the frame as an upright scan would."""
     h, w = image.shape[:2]
-    out = rotate_expanded(image, -skew)
+    out = rotate(image, -skew)
     size = unrotated_size(w, h, skew)
     if size is None:
         return out

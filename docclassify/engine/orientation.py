@@ -128,15 +128,35 @@ def orientation_metrics(logits: np.ndarray, head_logits: np.ndarray | None, targ
 
 @dataclass(frozen=True)
 class OrientationCheck:
-    """A fold's turned validation copies: each validation row's element index, and the head (or none)."""
+    """A fold's turned validation copies: each validation row's element index, and the head (or none);
+    with robust validation, the element each robust copy was turned by (data/distort.py's draws)."""
 
     elements: np.ndarray
     head: str
+    robust_elements: np.ndarray | None = None
 
 
-def orientation_check(augment_cfg, head: str, n_val: int) -> OrientationCheck | None:
+def orientation_check(augment_cfg, head: str, n_val: int, robust_copies_of=None) -> OrientationCheck | None:
+    """``robust_copies_of``: (the validation rows' IDs, the run's RobustSpec) when the robust view exists."""
     group = check_group(augment_cfg, head)
-    return OrientationCheck(orientation.validation_elements(n_val, group), head) if group else None
+    if not group:
+        return None
+    robust = copy_elements(*robust_copies_of) if robust_copies_of is not None else None
+    return OrientationCheck(orientation.validation_elements(n_val, group), head, robust)
+
+
+def copy_elements(ids, spec) -> np.ndarray:
+    """Element index of each robust copy of ``ids`` (each ID's copies together, as data.validation.copy_rows
+    orders them): the flip and quarter turn data/distort.py drew for it (a mirror, then k turns)."""
+    from docclassify.data.distort import sample_params
+    from docclassify.data.validation import copy_rng
+
+    out = []
+    for image_id in ids:
+        for copy in range(int(spec.copies)):
+            params = sample_params(spec.profile, copy_rng(spec.seed, str(image_id), copy))
+            out.append(orientation.Element(int(params.get("rot90", 0)), bool(params.get("flip", False))).index)
+    return np.asarray(out, dtype=np.int64)
 
 
 def validate_orientation(model, val_loader, ctx, check: OrientationCheck | None, targets: np.ndarray) -> dict:
@@ -153,13 +173,30 @@ def validate_orientation(model, val_loader, ctx, check: OrientationCheck | None,
     return orientation_metrics(logits, head_logits, targets, check.elements, check.head)
 
 
+def validate_robust_orientation(model, robust_loader, ctx, check: OrientationCheck, targets: np.ndarray,
+                                robust_logits: np.ndarray) -> dict:
+    """On the robust copies (turned and mirrored as the distortion profile drew them, besides skew, blur,
+    noise...): the classifier's accuracy by orientation from its robust logits, and with a head, the
+    head's accuracy (one more pass over the copies). Keys suffixed ``_robust``."""
+    from docclassify.engine import distributed
+
+    head_logits = None
+    if check.head != "none":
+        shard = distributed.shard(np.zeros(len(check.robust_elements), dtype=np.int64))
+        _, head_logits = predict_turned(model, robust_loader, ctx, shard, check.head)
+        head_logits = distributed.gather_rows(head_logits)
+    metrics = orientation_metrics(robust_logits, head_logits, targets, check.robust_elements, check.head)
+    return {f"{k}_robust": v for k, v in metrics.items()}
+
+
 def best_epoch_orientation(history: list[dict], best_epoch: int, check: OrientationCheck | None) -> dict | None:
     """The orientation metrics of the fold's best epoch (results.json), None without them."""
     record = next((r for r in history if r.get("epoch") == best_epoch), None)
     if check is None or record is None or "val_orientation_counts" not in record:
         return None
     keys = ("val_orientation_accuracy", "val_orientation_head", "val_orientation_counts")
-    return {"head": check.head, **{k: record.get(k) for k in keys}}
+    keys += tuple(f"{k}_robust" for k in keys)
+    return {"head": check.head, **{k: record.get(k) for k in keys if k in record}}
 
 
 def pooled_orientation(outcomes: list[dict]) -> dict | None:
@@ -168,9 +205,18 @@ def pooled_orientation(outcomes: list[dict]) -> dict | None:
     parts = [o.get("orientation") for o in outcomes if o.get("orientation")]
     if not parts:
         return None
-    counts = orientation.pool_counts([p["val_orientation_counts"] for p in parts])
-    heads = [p["val_orientation_head"] for p in parts if p.get("val_orientation_head")]
+    head = parts[0]["head"]
+    out = {"head": head, **pooled_view(parts, "")}
+    if any(p.get("val_orientation_counts_robust") for p in parts):
+        out["robust"] = pooled_view(parts, "_robust")
+    return out
+
+
+def pooled_view(parts: list[dict], suffix: str) -> dict:
+    """The pooled figures of one view (``""``: the turned copies, ``_robust``: the robust copies)."""
+    counts = orientation.pool_counts([p.get(f"val_orientation_counts{suffix}") for p in parts])
+    heads = [p[f"val_orientation_head{suffix}"] for p in parts if p.get(f"val_orientation_head{suffix}")]
     ok, n = (sum(h[0] for h in heads), sum(h[1] for h in heads)) if heads else (0, 0)
     head = parts[0]["head"]
-    return {"head": head, "head_accuracy": ok / n if n else None, "head_chance": 1.0 / head_size(head) if n else None,
+    return {"head_accuracy": ok / n if n else None, "head_chance": 1.0 / head_size(head) if n else None,
             "accuracy_by_orientation": orientation.accuracy_of_counts(counts), "counts": counts}

@@ -128,14 +128,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return {k: (v if k == "format" else json.loads(v)) for k, v in header.items()}
 
 
+def load_best_weights(path: str | Path, file_layout: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of a best checkpoint (checked to be one), keyed like the module that trained it
+    (an orientation head's wrapper: ``backbone.*``); ``file_layout``: the file's own keys (timm's)."""
+    import safetensors.torch
+
+    meta = read_checkpoint(path)["meta"]
+    state_dict = safetensors.torch.load_file(str(path))
+    if file_layout or (meta.get("orientation_head") or "none") == "none":
+        return state_dict
+    return from_file_layout(state_dict)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a best checkpoint describes (at its image size, with its orientation head);
     returns (model in eval mode, the header with ``state_dict`` added: the file's keys)."""
-    import safetensors.torch
-
     info = read_checkpoint(path)
     meta = info["meta"]
-    state_dict = safetensors.torch.load_file(str(path))
+    state_dict = load_best_weights(path, file_layout=True)
     model = create_model(meta["timm_name"], meta["num_classes"], pretrained=False, img_size=meta["img_size"])
     head = meta.get("orientation_head") or "none"  # checkpoints before the head have no such key
     model = with_orientation_head(model, head)

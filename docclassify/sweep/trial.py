@@ -4,8 +4,9 @@ stop when the pruner says so, and time what is not training.
 The docclassify sweeper passes each job ``hparams_search.trial.{study,number,storage}``.
 With an RDB storage the job opens the study with the configured pruner
 (``hparams_search.pruner``) and reports, after every epoch, the running mean of the
-validation macro F1 over the folds so far (finished folds count with their best value, the
-current one with this epoch's) at step ``folds_done * epochs + epoch``. When the pruner says
+monitored validation value (``trainer.monitor``: robust, clean or their mean macro F1) over the
+folds so far (finished folds count with their best value, the current one with this epoch's) at
+step ``folds_done * epochs + epoch``. The trial's value is the run's ``objective``. When the pruner says
 stop it raises ``optuna.TrialPruned``; the sweeper records the trial as PRUNED.
 """
 
@@ -23,6 +24,7 @@ from docclassify.engine.callbacks import Callback
 from docclassify.sweep.export import experiment_yaml
 from docclassify.sweep.study import EXPERIMENT_FILE, TRIAL_FILE
 from docclassify.utils.io import atomic_write_json, atomic_write_text
+from docclassify.utils.redact import is_redacted, redact
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,34 @@ def trial_info(cfg: DictConfig) -> TrialInfo | None:
     if trial is None or trial.get("number") is None:
         return None
     storage = trial.get("storage")
-    return TrialInfo(str(trial.study), int(trial.number), str(storage) if storage is not None else None)
+    return TrialInfo(str(trial.study), int(trial.number), trial_storage(storage) if storage is not None else None)
+
+
+def sweeper_storage() -> str | None:
+    """``hydra.sweeper.storage`` of this job (as the sweeper uses it), when Hydra runs a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from docclassify.sweep.study import prepare_storage
+
+    if not HydraConfig.initialized():
+        return None
+    storage = OmegaConf.select(HydraConfig.get(), "sweeper.storage", default=None)
+    return prepare_storage(storage) if isinstance(storage, str) else None
+
+
+def trial_storage(storage: str) -> str | None:
+    """The storage URL the trial connects to. The sweeper passes it with the password masked
+    (it is saved in the job's configs); the real URL is the job's own ``hydra.sweeper.storage``.
+    None (no reports, no pruning) when that is not available, e.g. a trial's run resumed alone."""
+    storage = str(storage)
+    if not is_redacted(storage):
+        return storage
+    real = sweeper_storage()
+    if real is not None and redact(real) == storage:
+        return real
+    log.warning("hparams_search.trial.storage=%s: its password is masked and this job's hydra.sweeper.storage "
+                "does not hold it, so this run cannot report to its trial (no pruning)", storage)
+    return None
 
 
 def build_pruner(spec: Any):
@@ -88,22 +117,22 @@ class OptunaTrialCallback(Callback):
             return
         import optuna
 
-        scores = [*self.done_f1, float(metrics["val_macro_f1"])]
+        scores = [*self.done_f1, float(metrics["val_monitored"])]
         value, step = sum(scores) / len(scores), len(self.done_f1) * self.epochs + epoch
         self.trial.report(value, step)
         if self.trial.should_prune():
             self.train_s += time.time() - (self.fold_start or self.t_start)
             self._write("pruned", value, step=step)
-            raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch + 1}/{self.epochs} "
-                                     f"(running val macro F1 {value:.4f}, step {step})")
+            raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch + 1}/{self.epochs} (running "
+                                     f"{metrics.get('monitor', 'val')} macro F1 {value:.4f}, step {step})")
 
     def on_fold_end(self, fold: int, outcome: dict[str, Any]) -> None:
         self.train_s += float(outcome.get("seconds", time.time() - (self.fold_start or self.t_start)))
         self.fold_start = None
-        self.done_f1.append(float(outcome["best_macro_f1"]))
+        self.done_f1.append(float(outcome["best_monitored"]))
 
     def on_run_end(self, results: dict[str, Any]) -> None:
-        self._write("complete", float(results["cv_macro_f1"]))
+        self._write("complete", float(results["objective"]))
 
     def _write(self, state: str, value: float, **extra: Any) -> None:
         job_s = time.time() - self.t_start
@@ -123,7 +152,8 @@ def build_trial_callback(cfg: DictConfig, info: TrialInfo, run_dir: Path) -> Opt
     if HydraConfig.initialized():
         choices = dict(HydraConfig.get().runtime.choices)
         note = (f"Trial {info.number} of Optuna study {info.study}, written by the trial job.\n"
-                f"Reproduce: python -m docclassify.train experiment=<this file's name> (searchpath or conf/experiment/)")
+                "Reproduce: python -m docclassify.train experiment=<this file's name> "
+                "(searchpath or conf/experiment/)")
         name = f"{info.study}_trial{info.number}"
         atomic_write_text(Path(run_dir) / EXPERIMENT_FILE, experiment_yaml(cfg, choices, name, note))
     trial = None

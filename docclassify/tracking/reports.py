@@ -37,6 +37,7 @@ from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_te
 log = logging.getLogger(__name__)
 
 CONFUSION_PNG, CURVES_PNG, PER_CLASS_CSV, REPORT_MD = "confusion_matrix.png", "curves.png", "per_class.csv", "report.md"
+MISCLASSIFIED_PNG = "misclassified.png"  # of labelled predictions (a training run has one per fold)
 MACRO_ROW = "macro avg"
 GRID_SIZE = 16  # images in a misclassified grid (4 x 4)
 DPI = 90
@@ -126,8 +127,16 @@ def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes:
     return fig
 
 
+def _series(hist: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of ``key`` where it was measured (a view not validated is None)."""
+    pairs = [(h["epoch"] + 1, h[key]) for h in hist if h.get(key) is not None]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def plot_curves(histories: dict[int, list[dict]], title: str = "Training curves") -> Figure:
-    """Left: train loss (solid) and val loss (dashed); right: val macro F1 (best epoch marked)."""
+    """Left: train loss (solid), val loss on the clean rows (dashed) and on their robust copies
+    (dotted); right: val macro F1, clean (circles) and robust (squares, dotted), the best epoch
+    (on the monitored value) starred."""
     fig = Figure(figsize=(12, 4.5))
     ax_loss, ax_f1 = fig.subplots(1, 2)
     colors = [f"C{i}" for i in range(10)]
@@ -135,17 +144,23 @@ def plot_curves(histories: dict[int, list[dict]], title: str = "Training curves"
         if not hist:
             continue
         c = colors[i % len(colors)]
-        ep = [h["epoch"] + 1 for h in hist]
-        ax_loss.plot(ep, [h["train_loss"] for h in hist], "-", color=c, label=f"fold {fold} train")
-        ax_loss.plot(ep, [h["val_loss"] for h in hist], "--", color=c, label=f"fold {fold} val")
-        f1 = [h["val_macro_f1"] for h in hist]
-        ax_f1.plot(ep, f1, "-o", color=c, markersize=3, label=f"fold {fold}")
-        best = int(np.argmax(f1))
-        ax_f1.plot([ep[best]], [f1[best]], "*", color=c, markersize=12)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed)")
+        ax_loss.plot(*_series(hist, "train_loss"), "-", color=c, label=f"fold {fold} train")
+        for key, style, name in (("val_loss", "--", "val"), ("val_loss_robust", ":", "val robust")):
+            if _series(hist, key)[0]:
+                ax_loss.plot(*_series(hist, key), style, color=c, label=f"fold {fold} {name}")
+        for key, style, name in (("val_macro_f1", "-o", ""), ("val_macro_f1_robust", ":s", " robust")):
+            if _series(hist, key)[0]:
+                ax_f1.plot(*_series(hist, key), style, color=c, markersize=3, label=f"fold {fold}{name}")
+        ep, monitored = _series(hist, "val_monitored" if "val_monitored" in hist[0] else "val_macro_f1")
+        if monitored:
+            best = int(np.argmax(monitored))
+            ax_f1.plot([ep[best]], [monitored[best]], "*", color=c, markersize=12)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed, val robust dotted)")
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_f1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_f1.set(xlabel="epoch", ylabel="macro F1", title="val macro F1 (star = best epoch)", ylim=(0, 1.02))
+    monitor = next((h.get("monitor") for hist in histories.values() for h in hist), None) or "clean"
+    ax_f1.set(xlabel="epoch", ylabel="macro F1", ylim=(0, 1.02),
+              title=f"val macro F1, clean and robust (star = best epoch on {monitor})")
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -235,9 +250,23 @@ def _class_sections(y_true, y_pred, classes, table: pd.DataFrame) -> list[str]:
     return out + [""]
 
 
+@dataclass
+class Misclassified:
+    """What a misclassified-image grid of labelled predictions needs: probabilities (N, C), the
+    decoded images (``images[i]`` is sample i, HWC uint8) and the sample IDs."""
+
+    probs: np.ndarray
+    images: Any
+    ids: Sequence[str]
+
+
 def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pred: Sequence[int],
-                                classes: Sequence[str], title: str = "Classification report") -> dict[str, Path]:
-    """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir.
+                                classes: Sequence[str], title: str = "Classification report",
+                                grid: Misclassified | None = None,
+                                sections: list[str] | None = None) -> dict[str, Path]:
+    """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir,
+    and misclassified.png (the most confidently wrong images) when ``grid`` is given; ``sections``:
+    more markdown lines for report.md (e.g. accuracy by orientation).
 
     y_true / y_pred: class indices into ``classes``. Returns the written paths by kind. The F1 in
     report.md and the mean of per_class.csv's ``f1`` column equal sklearn's macro F1
@@ -256,8 +285,13 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
                 paths["confusion_matrix"])
     md = [f"# {title}", "", f"- samples: {len(y_true)}", f"- macro F1: {macro:.4f}", f"- accuracy: {acc:.4f}", "",
           f"![confusion matrix]({CONFUSION_PNG})", "",
-          f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})",
-          "", *_class_sections(y_true, y_pred, classes, table)]
+          f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})", ""]
+    if grid is not None:
+        paths["misclassified"] = save_figure(
+            misclassified_grid(grid.images, np.arange(len(y_true)), grid.ids, grid.probs, y_true, classes,
+                               f"{title}: most confidently wrong"), out_dir / MISCLASSIFIED_PNG)
+        md += ["## Most confidently wrong", "", f"![misclassified]({MISCLASSIFIED_PNG})", ""]
+    md += list(sections or []) + _class_sections(y_true, y_pred, classes, table)
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
 
@@ -328,7 +362,12 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     state = "finished" if results is not None else "in progress"
     md = [f"# Training report: {run_dir.name} ({state})", ""]
     if results is not None:
-        md += [f"- cv macro F1 (pooled OOF rows): {results['cv_macro_f1']:.4f}",
+        md += [f"- cv macro F1 (pooled OOF rows): {results['cv_macro_f1']:.4f}"]
+        if results.get("cv_macro_f1_robust") is not None:
+            md += [f"- robust cv macro F1 (pooled over {results['n_oof_robust_rows']} distorted copies of the OOF "
+                   f"rows): {results['cv_macro_f1_robust']:.4f}"]
+        md += [f"- objective ({results.get('monitor', 'clean')}, what picked the best epochs): "
+               f"{results.get('objective', results['cv_macro_f1']):.4f}",
                f"- cv accuracy: {results['cv_accuracy']:.4f}",
                f"- mean of fold macro F1: {results['mean_fold_macro_f1']:.4f}",
                f"- OOF rows: {results['n_oof_rows']}, folds run: {results['folds_run']} of {results['n_folds']}",
@@ -346,7 +385,8 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
         md += ["## Folds", "", _md_table(fold_rows), ""]
     md += orientation_section(results)
     md += ["## Charts", "", f"![training curves]({CURVES_PNG})", "",
-           ("Loss per epoch (train solid, validation dashed) and validation macro F1 (star: the best epoch, "
+           ("Loss per epoch (train solid, validation dashed, its distorted copies dotted) and validation macro "
+            "F1 on the clean rows and on their robust copies (star: the best epoch on the monitored value, "
             "whose weights are the fold's checkpoint)."), "",
            f"![confusion matrix]({CONFUSION_PNG})", "",
            ("Pooled out-of-fold predictions: rows are true classes, columns predicted classes; the colour is "
@@ -360,19 +400,41 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
 
 def orientation_section(results: dict | None) -> list[str]:
     """report.md's accuracy by orientation: each validation image also seen turned by a known element
-    (engine/orientation.py), pooled over the folds' best epochs; and the orientation head's accuracy."""
+    (engine/orientation.py), and the robust copies by the turn/mirror they were drawn with, pooled over
+    the folds' best epochs; and the orientation head's accuracy on them."""
     orientation = (results or {}).get("orientation")
     if not orientation:
         return []
-    rows = pd.DataFrame([{"orientation": c, "accuracy": orientation["accuracy_by_orientation"][c],
-                          "images": n} for c, (_, n) in orientation["counts"].items()])
+    views = {"turned copies": orientation, "robust copies": orientation.get("robust")}
+    views = {name: v for name, v in views.items() if v}
+    rows = pd.DataFrame([{"orientation": c, **{f"accuracy, {name}": v["accuracy_by_orientation"].get(c)
+                                               for name, v in views.items()},
+                          **{f"images, {name}": v["counts"].get(c, [0, 0])[1] for name, v in views.items()}}
+                         for c in ("upright", "turned", "mirrored")
+                         if any(c in v["counts"] for v in views.values())])
     md = ["## Accuracy by orientation", "",
           ("Each validation image also seen turned by a known element of the orientation group (the same "
-           "copies every epoch), at each fold's best epoch, pooled:"), "", _md_table(rows), ""]
-    if orientation.get("head_accuracy") is not None:
-        md += [f"The orientation head ({orientation['head']}) names the element of "
-               f"{orientation['head_accuracy']:.1%} of the turned copies (chance {orientation['head_chance']:.1%}).",
-               ""]
+           "copies every epoch; `turned`: a quarter turn, `mirrored`: any mirror image) and, with robust "
+           "validation, its distorted copies by the turn/mirror they were drawn with; at each fold's best "
+           "epoch, pooled:"), "", _md_table(rows), ""]
+    for name, v in views.items():
+        if v.get("head_accuracy") is not None:
+            md += [f"The orientation head ({orientation['head']}) names the element of {v['head_accuracy']:.1%} "
+                   f"of the {name} (chance {v['head_chance']:.1%}).", ""]
+    return md
+
+
+def infer_orientation_section(orientation: dict | None) -> list[str]:
+    """The infer test report's accuracy by orientation (predict/orientation.py's summary)."""
+    if not orientation or not orientation.get("accuracy"):
+        return []
+    rows = pd.DataFrame([{"orientation": c, "accuracy": v["accuracy"], "images": v["n"]}
+                         for c, v in orientation["accuracy"].items()])
+    md = ["## Accuracy by orientation", "", f"By the test images' orientation ({orientation['by']}):", "",
+          _md_table(rows), ""]
+    if orientation.get("turned_back"):
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in orientation["turned_back"].items() if v)
+        md += [f"Turned back ({orientation.get('estimator')} estimate): {shares}.", ""]
     return md
 
 

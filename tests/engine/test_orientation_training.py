@@ -89,14 +89,24 @@ def test_highperf_dihedral_head_then_tta_orient_end_to_end(tiny_data, tmp_path, 
     run_dir = tmp_path / "run"
     run_cli("docclassify.train", [*TINY, "pipeline=highperf", "augment.orientation=dihedral",
                                   "model.orientation_head=dihedral8", "data=competition", f"data.root={tiny_data}",
-                                  "folds.n=2", "trainer.epochs=2", "trainer.amp=none", "validation=clean",
-                                  f"hydra.run.dir={run_dir}"], env=isolated_env)
+                                  "folds.n=2", "trainer.epochs=2", "trainer.amp=none", f"hydra.run.dir={run_dir}"],
+            env=isolated_env)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["orientation"]["head"] == "dihedral8"
     assert all(f["history"][-1]["train_orientation_loss"] > 0 for f in results["folds"])
-    summary = _infer(run_dir, tmp_path / "infer", isolated_env, "tta=orient", "calibrate=true")
+    # Robust validation (the default validation=both): the head and accuracy by orientation on the
+    # distorted copies too, by the turn/mirror each copy was drawn with.
+    robust = results["orientation"]["robust"]
+    assert robust["head_accuracy"] is not None
+    assert sum(n for _, n in robust["counts"].values()) == 2 * results["n_oof_rows"]  # 2 copies per row
+    assert "val_orientation_accuracy_robust" in results["folds"][0]["history"][-1]
+    assert "robust copies" in (run_dir / "report.md").read_text()
+    summary = _infer(run_dir, tmp_path / "infer", isolated_env, "tta=orient", "calibrate=true",
+                     "data.test_labels=test_labels.csv")
     assert summary["orientation"]["estimator"] == "head" and summary["oof"]["predictions"] == "tta"
     assert len(pd.read_csv(tmp_path / "infer" / "submission.csv")) == summary["n_test"]
+    report = (tmp_path / "infer" / "report.md").read_text()  # the test report: by test_distortions.csv
+    assert "## Accuracy by orientation" in report and "Turned back (head estimate)" in report
 
 
 @pytest.mark.slow
@@ -121,16 +131,21 @@ def test_a_tied_macro_f1_with_a_better_head_becomes_the_best(tmp_path):
 
     import torch
 
-    from docclassify.engine.fold import FoldState, keep_best
+    from docclassify.engine.fold import EpochScores, FoldState, keep_best
 
     job = SimpleNamespace(parts=SimpleNamespace(model=torch.nn.Linear(2, 2), ema=None),
-                          meta={"orientation_head": "none"}, best_path=tmp_path / "best.safetensors", fold=0)
+                          meta={"orientation_head": "none"}, best_path=tmp_path / "best.safetensors", fold=0,
+                          monitor="clean")
+
+    def scores(f1):
+        return EpochScores(np.zeros((2, 2)), None, {"val_monitored": f1, "val_macro_f1": f1,
+                                                   "val_macro_f1_robust": None})
+
     state = FoldState()
-    logits = np.zeros((2, 2))
     for epoch, (f1, head) in enumerate([(0.9, 0.2), (1.0, 0.3), (1.0, 0.5), (1.0, 0.4), (0.95, 0.9)]):
-        keep_best(job, state, epoch, logits, {"val_macro_f1": f1, "val_orientation_accuracy": head})
+        keep_best(job, state, epoch, scores(f1), head)
     assert (state.best_epoch, state.best_f1, state.best_tiebreak, state.stale) == (2, 1.0, 0.5, 2)
     plain = FoldState()
     for epoch, f1 in enumerate([0.9, 1.0, 1.0]):
-        keep_best(job, plain, epoch, logits, {"val_macro_f1": f1})
+        keep_best(job, plain, epoch, scores(f1))
     assert (plain.best_epoch, plain.stale) == (1, 1)

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from docclassify.data import orientation
-from docclassify.data.deskew import deskew, estimate_skew, rotate_expanded
+from docclassify.data.deskew import deskew, estimate_skew
+from docclassify.data.distort import rotate
 from docclassify.data.orientation import DIHEDRAL, Element, apply_numpy, apply_torch
 from docclassify.models.heads import OrientationModel
 from docclassify.predict.orientation import OrientPredictor, orientation_summary, upright_flip_for
@@ -159,7 +160,7 @@ def _ruled_page(h=300, w=220) -> np.ndarray:
 def test_deskew_undoes_a_known_skew(angle):
     page = _ruled_page()
     assert abs(estimate_skew(page)) < 0.5
-    skewed = rotate_expanded(page, angle)
+    skewed = rotate(page, angle)
     assert estimate_skew(skewed) == pytest.approx(angle, abs=1.0)
     straight, found = deskew(skewed)
     assert found == pytest.approx(angle, abs=1.0)
