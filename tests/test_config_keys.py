@@ -270,7 +270,8 @@ def base_configs(tiny_data, tmp_path_factory):
     def get(group: str, option: str):
         if (group, option) not in cache:
             over = [*TINY, "data=competition", f"data.root={tiny_data}", f"data.img_size={TRAIN_SIZE}", "folds.n=2",
-                    "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", f"{group}={option}"]
+                    "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", f"{group}={option}",
+                    "validation=clean"]  # the probes build no robust copies (validation keys: tests/engine)
             cfg = compose_train(over, tmp_path_factory.mktemp("run"))
             with open_dict(cfg):  # Hydra's own node: large to copy, read by no probe
                 del cfg["hydra"]
