@@ -588,11 +588,27 @@ def relation_errors(cfg: DictConfig) -> list[str]:
         if validation.name == "robust" and cfg.trainer.monitor in ("clean", "mean"):
             errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=robust validates only the distorted "
                           "copies every epoch; use validation=both, or trainer.monitor=robust (or auto)")
+    errors += orientation_errors(cfg)
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "
                       "data=imagefolder (train/<class>/*.jpg) to train on your own data")
     return errors
+
+
+def orientation_errors(cfg: DictConfig) -> list[str]:
+    """An orientation head learns the turns/mirrors the augmentation applies: with none applied, every
+    label is the identity and it learns nothing."""
+    model, aug = cfg.get("model"), cfg.get("augment")
+    head = model.get("orientation_head", "none") if model is not None else "none"
+    if head == "none" or aug is None or aug.get("orientation", "none") != "none":
+        return []
+    advanced = max(aug.get("advanced_p_start", 0.0), aug.get("advanced_p_end", 0.0)) > 0
+    if aug.get("hflip") or aug.get("vflip") or (advanced and aug.get("advanced_rot90_p", 0.0) > 0):
+        return []
+    return [f"model.orientation_head={head}: the head learns which turn/mirror the augmentation applied, "
+            f"but augment={aug.get('name')} applies none (augment.orientation=none, no flips or quarter turns); "
+            "set augment.orientation=rot90 or dihedral (or model.orientation_head=none)"]
 
 
 def apply_aliases(cfg: DictConfig) -> None:

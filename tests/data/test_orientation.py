@@ -173,3 +173,15 @@ def test_validation_elements_cover_the_group_evenly():
     assert counts == {"upright": [1, 1], "turned": [0, 1], "mirrored": [2, 2]}
     assert orientation.pool_counts([counts, {"turned": [1, 1]}]) == {"upright": [1, 1], "turned": [1, 2],
                                                                       "mirrored": [2, 2]}
+
+
+def test_a_head_without_turns_to_learn_is_refused(tmp_path):
+    from conftest import compose_train
+
+    from docclassify.config_schema import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match="augment.orientation=rot90 or dihedral"):
+        check_config(compose_train(["model.orientation_head=rot4"], tmp_path))  # quick: basic, no turns
+    check_config(compose_train(["model.orientation_head=rot4", "augment.orientation=rot90"], tmp_path))
+    check_config(compose_train(["model.orientation_head=dihedral8", "augment=advanced"], tmp_path))  # its own turns
+    check_config(compose_train(["pipeline=highperf", "model.orientation_head=dihedral8"], tmp_path))
