@@ -31,6 +31,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from docclassify.data.orientation import HEADS, ORIENTATION_GROUPS
+
 log = logging.getLogger(__name__)
 
 SCHEMA_GROUP = "schema"
@@ -148,6 +150,9 @@ class ModelConfig:
     img_size: int = key(224, ge=16, le=4096)
     pretrained: bool = True
     weights: str | None = None
+    # A small head on the pooled features that predicts which turn (rot4) or turn/mirror (dihedral8)
+    # the training augmentation applied (models/heads.py).
+    orientation_head: str = key("none", choices=tuple(HEADS))
 
 
 # ------------------------------------------------------------------------------------------ augment
@@ -170,6 +175,10 @@ class AugmentConfig:
     color_jitter: float = key(0.15, ge=0.0, le=1.0)
     hflip: bool = False
     vflip: bool = False
+    # Exact turns / mirror images after either set (data/orientation.py): the group, and the share of
+    # samples that take one of its elements other than the identity.
+    orientation: str = key("none", choices=ORIENTATION_GROUPS)
+    orientation_p: float = key(0.5, ge=0.0, le=1.0)
     advanced_p_start: float = key(0.0, ge=0.0, le=1.0)
     advanced_p_end: float = key(0.0, ge=0.0, le=1.0)
     # Training samples distorted by the robust copies' profile (data/match.py), with a share ramping
@@ -229,6 +238,8 @@ class RegularizationConfig:
     ema_decay: float = key(0.9998, gt=0.0, lt=1.0)
     ema_warmup: bool = True
     layer_decay: float | None = key(None, gt=0.0, le=1.0)
+    # Weight of the orientation head's loss (model.orientation_head) next to the classification loss.
+    orientation_loss_weight: float = key(1.0, ge=0.0)
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -395,14 +406,19 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py).
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto")
+# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py); orient /
+# orient_soft: each image's orientation estimated and undone (predict/orientation.py).
+TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto", "orient", "orient_soft")
 
 
 @dataclass
 class TTAConfig:
     name: str = key(MISSING, choices=TTA_SETS)
     average: str = key("prob", choices=("prob", "logit"))
+    # Test images deskewed (small-angle rotation estimated and undone) before resizing (data/deskew.py).
+    deskew: bool = False
+    # tta=orient: average the upright view with its mirror (null: when training showed mirror images).
+    upright_flip: bool | None = False
 
 
 @dataclass
@@ -626,11 +642,27 @@ def relation_errors(cfg: DictConfig) -> list[str]:
         if validation.name == "robust" and cfg.trainer.monitor in ("clean", "mean"):
             errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=robust validates only the distorted "
                           "copies every epoch; use validation=both, or trainer.monitor=robust (or auto)")
+    errors += orientation_errors(cfg)
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "
                       "data=imagefolder (train/<class>/*.jpg) to train on your own data")
     return errors
+
+
+def orientation_errors(cfg: DictConfig) -> list[str]:
+    """An orientation head learns the turns/mirrors the augmentation applies: with none applied, every
+    label is the identity and it learns nothing."""
+    model, aug = cfg.get("model"), cfg.get("augment")
+    head = model.get("orientation_head", "none") if model is not None else "none"
+    if head == "none" or aug is None or aug.get("orientation", "none") != "none":
+        return []
+    advanced = max(aug.get("advanced_p_start", 0.0), aug.get("advanced_p_end", 0.0)) > 0
+    if aug.get("hflip") or aug.get("vflip") or (advanced and aug.get("advanced_rot90_p", 0.0) > 0):
+        return []
+    return [f"model.orientation_head={head}: the head learns which turn/mirror the augmentation applied, "
+            f"but augment={aug.get('name')} applies none (augment.orientation=none, no flips or quarter turns); "
+            "set augment.orientation=rot90 or dihedral (or model.orientation_head=none)"]
 
 
 def apply_aliases(cfg: DictConfig) -> None:

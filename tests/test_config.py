@@ -72,6 +72,10 @@ def test_multi_model_plan(tmp_path):
     plans = plan_folds(cfg, [0, 1, 2])
     assert [p.model_cfg.timm_name.split(".")[0] for p in plans] == ["resnet18", "convnext_atto", "resnet18"]
     assert all(not p.model_cfg.pretrained for p in plans)
+    assert all(p.model_cfg.orientation_head == "none" for p in plans)
+    cfg = compose_train(["pipeline=basic", "ensemble=multi_model", "ensemble.fold_models={1:convnext_atto}",
+                         "model.orientation_head=dihedral8", "folds.n=2"], tmp_path)
+    assert [p.model_cfg.orientation_head for p in plan_folds(cfg, [0, 1])] == ["dihedral8", "dihedral8"]
 
 
 def test_conf_dir_is_the_repo_conf():

@@ -88,6 +88,9 @@ PROBES: dict[str, Probe] = {
     # -- augment: both sets
     "augment.hflip": Probe("pixels", (False, True)),
     "augment.vflip": Probe("pixels", (False, True)),
+    # -- augment: orientation (after either set, every option)
+    "augment.orientation": Probe("pixels", ("none", "dihedral")),
+    "augment.orientation_p": Probe("pixels", (0.2, 0.9), {"orientation": "rot90"}),
     # -- augment: which set (and the old names, through config_schema.apply_aliases)
     "augment.advanced_p_start": Probe("pixels", (0.0, 1.0)),
     "augment.advanced_p_end": Probe("pixels", (0.0, 1.0)),
@@ -140,6 +143,8 @@ PROBES: dict[str, Probe] = {
     "regularization.ema_decay": Probe("training", (0.5, 0.9), {"ema": True}),
     "regularization.ema_warmup": Probe("training", (True, False), {"ema": True, "ema_decay": 0.9}),
     "regularization.layer_decay": Probe("training", (None, 0.5)),
+    "regularization.orientation_loss_weight": Probe(
+        "training", (0.5, 2.0), {"model.orientation_head": "rot4", "augment.orientation": "rot90"}),
     # -- schedule (the lr of every update)
     "schedule.warmup_epochs": Probe("lr", (0, 1)),
     "schedule.warmup_lr": Probe("lr", (1e-6, 1e-4), {"warmup_epochs": 1}),
@@ -487,6 +492,16 @@ def test_schedule_options_give_different_lr(base_configs, probe_data, tmp_path):
     assert not np.array_equal(out["constant"], out["cosine"])
     assert not np.array_equal(out["cosine"], out["warmup_cosine"])
     assert np.ptp(out["constant"][1:]) == 0 and out["cosine"][-1] < out["cosine"][1]
+
+
+def test_model_orientation_head_changes_training(base_configs, probe_data, tmp_path):
+    """model.orientation_head (the model group is not probed above): a head adds its loss to every
+    step and its weights to the model."""
+    base = with_values(base_configs("augment", "basic"), "augment", {"orientation": "rot90"})
+    outputs = [run_probe("training", with_values(base, "model", {"orientation_head": head}), probe_data,
+                         tmp_path / head) for head in ("none", "rot4", "dihedral8")]
+    assert not same(outputs[0], outputs[1]) and not same(outputs[1], outputs[2])
+    assert len(outputs[1]["weights"]) > len(outputs[0]["weights"])  # the head's parameters
 
 
 def test_old_key_names_set_the_new_ones(base_configs):

@@ -8,6 +8,13 @@ orientation allows mirror images) by both. ``advanced_p_start`` / ``advanced_p_e
 which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py;
 ``match_validation`` / ``match_p_*`` by data/match.py (a step before the set, given to TrainTransform).
 
+``orientation`` / ``orientation_p`` act after either set, in every option: with that probability
+an exact element of the group (``rot90``: quarter turns, ``dihedral``: turns and mirror images;
+data/orientation.py) other than the identity. The small-angle rotations stay the sets' own keys
+(``rotate_limit``, ``advanced_rotate_limit``). Each sample also reports the dihedral element its
+pixels went through in all (the sets' own flips and quarter turns composed with the orientation
+step): the orientation head's label.
+
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
 whatever the number of DataLoader workers, and a resumed run draws what an uninterrupted
@@ -19,10 +26,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
 import numpy as np
+
+from docclassify.data import orientation
+from docclassify.data.orientation import Element, OrientationAugment
 
 
 def _flips(cfg) -> list:
@@ -123,14 +134,28 @@ def advanced_probability(epoch: int, epochs: int, p_start: float, p_end: float) 
     return float(p_start + (p_end - p_start) * t)
 
 
+@dataclass(frozen=True)
+class Augmented:
+    """One augmented sample: its pixels, whether it took the advanced set, and the dihedral element
+    its pixels went through (the sets' flips/turns and the orientation step composed)."""
+
+    image: np.ndarray
+    advanced: bool
+    element: Element
+
+
 class TrainTransform:
-    """Picks the advanced transforms with the scheduled probability, else the basic ones; ``match``
-    (augment.match_validation, data/match.py) distorts the sample like a robust copy first."""
+    """Picks the advanced transforms with the scheduled probability, else the basic ones, then the
+    orientation step (augment.orientation); ``match`` (augment.match_validation, data/match.py)
+    distorts the sample like a robust copy first."""
 
     def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
         self.match = match
         self.basic = build_basic(cfg, size, pad_value)
         self.advanced = build_advanced(cfg, size, pad_value)
+        for transforms in (self.basic, self.advanced):  # which flips/turns fired: the head's labels
+            transforms.save_applied_params = True
+        self.orientation = OrientationAugment(str(cfg.orientation), float(cfg.orientation_p))
         self.p_start, self.p_end = float(cfg.advanced_p_start), float(cfg.advanced_p_end)
         self.epochs, self.seed = int(epochs), int(seed)
         self._epoch = mp.Value("i", 0, lock=False)  # shared with DataLoader workers
@@ -146,6 +171,12 @@ class TrainTransform:
         return advanced_probability(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
 
     def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
+        """(augmented pixels, whether the advanced set was taken)."""
+        out = self.augment(image, index)
+        return out.image, out.advanced
+
+    def augment(self, image: np.ndarray, index: int) -> Augmented:
+        """Sample ``index`` at the current epoch: a pure function of (seed, epoch, index)."""
         epoch = self.epoch
         rng = np.random.default_rng((self.seed, epoch, int(index)))
         use_advanced = bool(rng.random() < self.p_advanced(epoch))
@@ -153,4 +184,9 @@ class TrainTransform:
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
         if self.match is not None:  # its own generator: the set's draws stay as they were
             image, _ = self.match.draw(image, index, epoch)
-        return transforms(image=np.ascontiguousarray(image))["image"], use_advanced
+        result = transforms(image=np.ascontiguousarray(image))
+        # Drawn after the sets' draws: orientation=none leaves every earlier draw (and pixel) unchanged.
+        turn = self.orientation.draw(rng)
+        pixels = orientation.apply_numpy(result["image"], turn) if turn != orientation.IDENTITY else result["image"]
+        done = orientation.compose(turn, orientation.from_albumentations(result["applied_transforms"]))
+        return Augmented(pixels, use_advanced, done)

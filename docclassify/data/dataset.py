@@ -9,13 +9,18 @@ from torch.utils.data import Dataset
 
 class ImageDataset(Dataset):
     """Returns (uint8 CHW tensor, target) — normalisation happens on the device, in the
-    engine, so host->device copies stay 4x smaller than float32."""
+    engine, so host->device copies stay 4x smaller than float32.
 
-    def __init__(self, images, indices: np.ndarray, targets: np.ndarray | None, transform=None):
+    ``orientation_labels``: (tensor, target, element index), the dihedral element the augmentation
+    turned the image by (data/orientation.py; 0, the identity, without a transform)."""
+
+    def __init__(self, images, indices: np.ndarray, targets: np.ndarray | None, transform=None,
+                 orientation_labels: bool = False):
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.transform = transform
+        self.orientation_labels = bool(orientation_labels)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -23,8 +28,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         row = int(self.indices[i])
         img = np.asarray(self.images[row])
+        element = 0
         if self.transform is not None:
-            img, _ = self.transform(img, row)
+            out = self.transform.augment(img, row)
+            img, element = out.image, out.element.index
         tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         target = -1 if self.targets is None else int(self.targets[row])
-        return tensor, target
+        return (tensor, target, element) if self.orientation_labels else (tensor, target)

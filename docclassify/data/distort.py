@@ -52,7 +52,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from docclassify.predict.tta import View, apply_view_numpy
+from docclassify.data.orientation import Element, apply_numpy
 
 Params = dict[str, Any]  # step name -> drawn value; a step absent from the dict is not applied
 # JPEG at a working size below the image's own size: encoded larger, at most this many times and
@@ -127,13 +127,14 @@ def occlude(image: np.ndarray, blobs: Mapping[str, Any] | list, rng: np.random.G
 
 
 def mirror(image: np.ndarray, on: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Left-right mirror (the same transform as the hflip TTA view)."""
-    return apply_view_numpy(image, View("mirror", hflip=True)) if on else image.copy()
+    """Left-right mirror: the group element the hflip TTA view and orientation augmentation apply
+    (data/orientation.py). A flip then ``k`` turns is the element ``Element(k, mirror=True)``."""
+    return apply_numpy(image, Element(0, True)) if on else image.copy()
 
 
 def rotate90(image: np.ndarray, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """``k`` exact counter-clockwise quarter turns (the same transform as the rot TTA views)."""
-    return apply_view_numpy(image, View(f"rot{90 * k}", k=int(k)))
+    """``k`` exact counter-clockwise quarter turns (the group element the rot TTA views apply)."""
+    return apply_numpy(image, Element(int(k)))
 
 
 def rotate(image: np.ndarray, angle: float, rng: np.random.Generator | None = None, *,

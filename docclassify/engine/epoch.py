@@ -18,6 +18,12 @@ import torch
 from timm.utils import unwrap_model
 
 from docclassify.engine.distributed import all_ranks_true
+from docclassify.engine.orientation import (
+    OrientationTraining,
+    element_labels,
+    mix_with_orientation,
+    orientation_loss,
+)
 from docclassify.engine.setup import AmpSettings
 
 
@@ -48,6 +54,7 @@ class FoldParts:
     mixup: Any = None                 # timm.data.Mixup, or None
     ema: Any = None                   # timm.utils.ModelEmaV3, or None
     scaler: Any = None                # torch.amp.GradScaler (fp16), or None
+    orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation.py)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class EpochProgress:
     skipped: int = 0
     grad_norms: list[float] = field(default_factory=list)
     elapsed: float = 0.0
+    orientation_loss_sum: float = 0.0  # the orientation head's loss (unweighted), summed like loss_sum
 
     @classmethod
     def from_dict(cls, d: dict | None, updates: int = 0) -> "EpochProgress":
@@ -114,8 +122,9 @@ def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
     accum = max(1, int(ctx.accum_steps))
     t0 = time.perf_counter() - p.elapsed
     parts.optimizer.zero_grad(set_to_none=True)
-    for i, (images, targets) in enumerate(loader, start=p.step):
-        loss = forward_loss(parts, images, targets, ctx)
+    for i, (images, targets, *labels) in enumerate(loader, start=p.step):
+        # labels: the element each image was turned by, when the model has an orientation head
+        loss, head_loss = forward_losses(parts, images, targets, ctx, labels[0] if labels else None)
         # Under DDP all ranks skip (or stop) together: a lone skipping rank would deadlock the others.
         if not all_ranks_true(torch.isfinite(loss)):
             _skip_nonfinite(parts, ctx, loss, f"at epoch {epoch}, step {i} of {n_batches} (update {p.updates})")
@@ -126,6 +135,8 @@ def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
         if last_of_group:
             optimizer_step(parts, ctx, p)
         p.loss_sum += float(loss.detach()) * len(images)
+        if head_loss is not None:
+            p.orientation_loss_sum += float(head_loss.detach()) * len(images)
         p.seen += len(images)
         if ctx.on_step is not None:
             ctx.on_step(i, {"train/loss": float(loss.detach()), "train/lr": parts.optimizer.param_groups[0]["lr"],
@@ -138,22 +149,38 @@ def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
     elapsed = time.perf_counter() - t0
     return {"train_loss": p.loss_sum / max(p.seen, 1), "img_per_s": p.seen / max(elapsed, 1e-9),
             "epoch_s": elapsed, "updates": p.updates, "skipped": p.skipped,
-            "max_grad_norm": max(p.grad_norms) if p.grad_norms else None}
+            "max_grad_norm": max(p.grad_norms) if p.grad_norms else None,
+            "train_orientation_loss": p.orientation_loss_sum / max(p.seen, 1) if parts.orientation else None}
 
 
 def forward_loss(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    """Normalise, mix (mixup/cutmix soft targets), forward under autocast, loss in float32."""
+    """The training loss of a batch without orientation labels (see :func:`forward_losses`)."""
+    return forward_losses(parts, images, targets, ctx)[0]
+
+
+def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext,
+                   elements: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalise, mix (mixup/cutmix soft targets), forward under autocast, losses in float32.
+
+    Returns (the loss to minimise, the orientation head's own loss or None). With an orientation
+    head and the batch's ``elements``, the head's loss (weighted) is added; its targets are mixed
+    like the class targets (engine/orientation.py)."""
     x = to_model_input(images, ctx)
     y = targets.to(ctx.device, non_blocking=True)
+    head = parts.orientation if elements is not None else None
+    o = None if head is None else element_labels(elements.to(ctx.device, non_blocking=True), head.head)
     mixup = parts.mixup
     if mixup is not None and len(x) % 2 == 0:
-        x, y = mixup(x, y)  # soft targets
+        x, y, o = mix_with_orientation(mixup, x, y, o, head.n) if head is not None else (*mixup(x, y), None)
     elif mixup is not None:
         # timm's batch mixup needs an even batch: fall back to smoothed one-hot targets.
         y = smooth_one_hot(y, mixup.num_classes, mixup.label_smoothing)
     with autocast(ctx):
-        logits = parts.train_model(x)
-        return parts.loss_fn(logits.float(), y)
+        if head is None:
+            return parts.loss_fn(parts.train_model(x).float(), y), None
+        logits, head_logits = parts.train_model(x, orientation=True)
+        head_loss = orientation_loss(head_logits.float(), o)
+        return parts.loss_fn(logits.float(), y) + head.weight * head_loss, head_loss
 
 
 def optimizer_step(parts: FoldParts, ctx: StepContext, p: EpochProgress) -> None:

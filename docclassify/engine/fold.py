@@ -36,6 +36,13 @@ from docclassify.engine.evaluate import (
 )
 from docclassify.engine.loaders import build_eval_loader, build_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
+from docclassify.engine.orientation import (
+    OrientationCheck,
+    best_epoch_orientation,
+    orientation_check,
+    validate_orientation,
+    validate_robust_orientation,
+)
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
@@ -48,8 +55,10 @@ from docclassify.models.checkpoint import (
     model_meta,
     save_best,
     save_resume_state,
+    trained_orientations,
 )
 from docclassify.models.factory import normalization_of
+from docclassify.models.heads import orientation_head_of
 from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
@@ -74,6 +83,9 @@ class FoldState:
     skipped: int = 0               # non-finite steps skipped
     partial: dict | None = None    # an epoch stopped part-way: EpochProgress fields + "rng"
     early_stopped: bool = False
+    # The orientation head's accuracy on the turned validation copies at the best epoch: an epoch that
+    # ties the best macro F1 (a saturated F1) and has a better head becomes the best.
+    best_tiebreak: float = -1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "FoldState":
@@ -103,6 +115,7 @@ class FoldJob:
     copies: int = 0            # robust copies per validation image (0: no robust view)
     robust_loader: Any = None  # ... and their loader
     robust_targets: np.ndarray | None = None
+    orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation.py)
 
 
 def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
@@ -148,13 +161,15 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     seed_everything(run.seed + 1009 * k)
     model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
     mean, std = normalization_of(model)
+    head = orientation_head_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
-                      int(cfg.data.pad_value), mean, std, data.classes)
+                      int(cfg.data.pad_value), mean, std, data.classes, head, trained_orientations(cfg.augment))
     transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
                                int(cfg.data.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
     images = data.images_by_size[plan.img_size]
     train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
-                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device)
+                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device,
+                                                      orientation_labels=head != "none")
     ctx = step_context(cfg.trainer, run, mean, std)
     parts = build_fold_parts(model, cfg, ctx, data.num_classes, len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
@@ -166,6 +181,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                   run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
                   resolve_monitor(cfg.get("validation"), cfg.trainer.monitor))
     add_robust_view(job, run, data, plan.img_size)
+    job.orientation = orientation_check(cfg.augment, head, len(val_idx),
+                                        robust_copies_of=(data.ids[val_idx], data.robust) if job.copies else None)
     return job
 
 
@@ -215,8 +232,10 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
             stats = train_epoch_resumably(job, state, epoch)
         scores = validate(job)
-        keep_best(job, state, epoch, scores)
+        orientation = orientation_record(job, stats, scores.robust_logits)
+        keep_best(job, state, epoch, scores, orientation.get("val_orientation_accuracy"))
         record = epoch_record(job, state, epoch, stats, scores.metrics)
+        record.update(orientation)
         state.history.append(record)
         state.epoch = epoch + 1
         save_state(job, state)
@@ -243,7 +262,23 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         "robust_copies": job.copies or None,
         "weights": weights_kind(job.parts), "skipped_steps": int(state.skipped),
         "early_stopped": bool(state.early_stopped),
+        "orientation": best_epoch_orientation(state.history, state.best_epoch, job.orientation),
     }
+
+
+def orientation_record(job: FoldJob, stats: dict, robust_logits: np.ndarray | None = None) -> dict:
+    """The orientation part of an epoch's record: the head's training loss, its accuracy and the
+    classifier's accuracy by orientation on the turned validation copies, and on the robust copies
+    (their quarter turns and mirrors as drawn; ``robust_logits``: the classifier's, already predicted)
+    when the robust view was validated (engine/orientation.py)."""
+    if job.orientation is None:
+        return {}
+    model = eval_model(job.parts)
+    metrics = validate_orientation(model, job.val_loader, job.ctx, job.orientation, job.val_targets)
+    if robust_logits is not None and job.orientation.robust_elements is not None:
+        metrics.update(validate_robust_orientation(model, job.robust_loader, job.ctx, job.orientation,
+                                                   job.robust_targets, robust_logits))
+    return {"train_orientation_loss": stats.get("train_orientation_loss"), **metrics}
 
 
 def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
@@ -328,14 +363,18 @@ def predict_clean_with_best(job: FoldJob, state: FoldState) -> None:
              state.best_epoch + 1, state.best_scores["val_macro_f1_robust"])
 
 
-def keep_best(job: FoldJob, state: FoldState, epoch: int, scores: EpochScores) -> None:
+def keep_best(job: FoldJob, state: FoldState, epoch: int, scores: EpochScores, tiebreak: float | None = None) -> None:
     """A better monitored value (trainer.monitor) makes the epoch the fold's best: its logits, its
-    scores and its checkpoint."""
+    scores and its checkpoint. ``tiebreak``: the orientation head's accuracy on the turned validation
+    copies; an epoch that ties the best monitored value with a better head is better too (an F1
+    saturated early would keep a head that had barely started learning)."""
     metrics = scores.metrics
-    if not metrics["val_monitored"] > state.best_f1:
+    tied_better = tiebreak is not None and metrics["val_monitored"] == state.best_f1 and tiebreak > state.best_tiebreak
+    if not (metrics["val_monitored"] > state.best_f1 or tied_better):
         state.stale += 1
         return
     state.best_f1, state.best_epoch, state.stale = metrics["val_monitored"], epoch, 0
+    state.best_tiebreak = -1.0 if tiebreak is None else float(tiebreak)
     state.best_logits, state.best_robust_logits = scores.logits, scores.robust_logits
     state.best_scores = {k: metrics[k] for k in ("val_macro_f1", "val_macro_f1_robust")}
     # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).

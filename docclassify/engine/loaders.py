@@ -59,8 +59,11 @@ def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: in
 
 
 def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, num_workers, seed: int,
-                  device: torch.device):
+                  device: torch.device, orientation_labels: bool = False):
     """(train loader, validation loader, train sampler) of one fold.
+
+    ``orientation_labels``: training batches also carry each image's dihedral element (the
+    orientation head's labels, data/augment.py).
 
     ``images``: the decoded rows (cache array or LazyImages); ``num_workers``: data.num_workers
     (None = one per core but one, at most 4). trainer.limit_train_batches cuts every epoch's
@@ -71,7 +74,8 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
                   persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     batch = int(trainer_cfg.batch_size)
     overfit = int(trainer_cfg.overfit_batches) > 0
-    train_ds = ImageDataset(images, train_idx, targets, None if overfit else transform)
+    train_ds = ImageDataset(images, train_idx, targets, None if overfit else transform,
+                            orientation_labels=orientation_labels)
     # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready); resumable
     # part-way through an epoch.
     world, rank = distributed.world_size(), distributed.rank()

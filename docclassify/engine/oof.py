@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from docclassify import metrics
+from docclassify.engine.orientation import pooled_orientation
 from docclassify.utils.io import atomic_write, atomic_write_csv
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
@@ -22,8 +23,8 @@ OOF_ROBUST_FILE, OOF_ROBUST_LOGITS_FILE = "oof_robust.csv", "oof_robust_logits.n
 # What results.json keeps of each fold's outcome (engine.fold), in this order.
 FOLD_KEYS = ("fold", "model", "model_option", "img_size", "best_macro_f1", "best_macro_f1_robust", "monitor",
              "best_monitored", "best_epoch", "epochs_run", "checkpoint", "weights", "n_train", "n_val",
-             "robust_copies", "seconds", "skipped_steps", "early_stopped", "history")
-FOLD_DEFAULTS = {"skipped_steps": 0, "early_stopped": False, "monitor": "clean"}
+             "robust_copies", "seconds", "skipped_steps", "early_stopped", "history", "orientation")
+FOLD_DEFAULTS = {"skipped_steps": 0, "early_stopped": False, "monitor": "clean", "orientation": None}
 
 
 def pooled_rows(outcomes: list[dict], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,4 +118,7 @@ def pool_oof(run_dir: Path, train: pd.DataFrame, classes: list[str], outcomes: l
         "classes": list(classes),
         "oof": OOF_FILE, "oof_logits": OOF_LOGITS_FILE,
         "folds": [{k: o.get(k, FOLD_DEFAULTS.get(k)) for k in FOLD_KEYS} for o in outcomes],
+        # The orientation head's accuracy and accuracy by orientation on turned validation copies
+        # (engine/orientation.py); None when the run neither turns images nor has a head.
+        "orientation": pooled_orientation(outcomes),
     }

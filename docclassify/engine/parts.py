@@ -16,15 +16,19 @@ from docclassify.engine import distributed
 from docclassify.engine.epoch import FoldParts, StepContext
 from docclassify.engine.mixup import build_mixup, build_train_loss
 from docclassify.engine.optim import build_optimizer, build_scheduler
+from docclassify.engine.orientation import build_orientation_training
 from docclassify.models.factory import create_model
+from docclassify.models.heads import orientation_head_of, with_orientation_head
 
 
 def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = None) -> torch.nn.Module:
     """The fold's timm model (pretrained or local weights as the model option says), built for
-    ``img_size`` when the architecture has a fixed input size (Swin, ViT, BEiT)."""
-    return create_model(model_cfg.timm_name, num_classes, pretrained=bool(model_cfg.pretrained),
-                        weights=model_cfg.get("weights"), drop_rate=float(reg_cfg.drop_rate),
-                        drop_path_rate=float(reg_cfg.drop_path_rate), img_size=img_size)
+    ``img_size`` when the architecture has a fixed input size (Swin, ViT, BEiT), wrapped with its
+    orientation head when ``model.orientation_head`` asks for one (models/heads.py)."""
+    model = create_model(model_cfg.timm_name, num_classes, pretrained=bool(model_cfg.pretrained),
+                         weights=model_cfg.get("weights"), drop_rate=float(reg_cfg.drop_rate),
+                         drop_path_rate=float(reg_cfg.drop_path_rate), img_size=img_size)
+    return with_orientation_head(model, str(model_cfg.get("orientation_head") or "none"))
 
 
 def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes: int,
@@ -49,7 +53,8 @@ def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes:
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
     ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module
     train_model = torch.compile(ddp_model) if trainer.compile else ddp_model
-    return FoldParts(model, train_model, optimizer, scheduler, loss_fn, mixup, ema, scaler)
+    return FoldParts(model, train_model, optimizer, scheduler, loss_fn, mixup, ema, scaler,
+                     build_orientation_training(orientation_head_of(model), reg))
 
 
 def eval_model(parts: FoldParts) -> torch.nn.Module:

@@ -55,6 +55,8 @@ def plan_folds(cfg: DictConfig, folds: list[int]) -> list[FoldPlan]:
             chosen_by[k] = f"ensemble.fold_models fold {k} ({name})"
             if "pretrained" in cfg.model:  # model.pretrained=false on the command line applies to all folds
                 model_cfg.pretrained = bool(cfg.model.pretrained) and bool(model_cfg.pretrained)
+            # The orientation head learns from the run's augmentation, not from an architecture: every fold gets it.
+            model_cfg.orientation_head = cfg.model.get("orientation_head", "none")
         if not cfg.data.get("use_pretrained", True):
             model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False})
         size = size or cfg.data.img_size or model_cfg.img_size

@@ -3,7 +3,9 @@
 - Best checkpoints (``checkpoints/fold{k}_best.safetensors``): the weights in safetensors (timm
   loads them directly, nothing in them can run code) and, in the safetensors header, the meta
   that rebuilds the model without the config (architecture, image size, resize, normalisation,
-  classes, classifier) plus the fold, epoch, macro F1 and which weights they are (EMA or live).
+  classes, classifier, orientation head and the orientations training saw) plus the fold, epoch,
+  macro F1 and which weights they are (EMA or live). A model with an orientation head
+  (models/heads.py) is stored under the timm model's own key names plus ``orientation_head.*``.
   :func:`read_checkpoint` reads the header alone; :func:`load_checkpoint` rebuilds the model.
 - Resume state (``checkpoints/fold{k}_last.pt``): a torch file loaded with ``weights_only=True``;
   numpy values (validation logits, numpy's RNG state) are stored as tensors and given back as
@@ -24,6 +26,7 @@ import timm
 import torch
 
 from docclassify.models.factory import create_model, is_fixed_size
+from docclassify.models.heads import from_file_layout, to_file_layout, with_orientation_head
 from docclassify.utils.io import atomic_save_torch, atomic_write
 
 CHECKPOINT_FORMAT = "docclassify.checkpoint/2"
@@ -43,7 +46,10 @@ def best_checkpoint_name(fold: int) -> str:
 
 
 def model_meta(timm_name: str, model_option: str, num_classes: int, img_size: int, resize: str,
-               pad_value: int, mean, std, classes: list[str]) -> dict[str, Any]:
+               pad_value: int, mean, std, classes: list[str], orientation_head: str = "none",
+               trained_orientations: dict | None = None) -> dict[str, Any]:
+    """``trained_orientations``: what the training augmentation turned and mirrored
+    (:func:`trained_orientations`), read by test-time orientation."""
     cfg = timm.models.get_pretrained_cfg(timm_name)
     return {
         "timm_name": timm_name, "model_option": model_option, "num_classes": num_classes,
@@ -51,7 +57,16 @@ def model_meta(timm_name: str, model_option: str, num_classes: int, img_size: in
         "img_size": int(img_size), "fixed_input_size": is_fixed_size(timm_name), "resize": resize,
         "pad_value": int(pad_value), "mean": [float(m) for m in mean], "std": [float(s) for s in std],
         "classes": list(classes), "classifier": cfg.classifier if cfg is not None else None,
+        "orientation_head": str(orientation_head), "trained_orientations": trained_orientations,
     }
+
+
+def trained_orientations(augment_cfg) -> dict[str, Any]:
+    """The orientations a run's augmentation showed the model: the orientation group and share, and
+    whether it saw mirror images (hflip / vflip, or orientation=dihedral)."""
+    group = str(augment_cfg.get("orientation", "none"))
+    mirrors = bool(augment_cfg.get("hflip")) or bool(augment_cfg.get("vflip")) or group == "dihedral"
+    return {"group": group, "p": float(augment_cfg.get("orientation_p", 0.0)), "mirrors": mirrors}
 
 
 def unshared_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
@@ -73,6 +88,8 @@ def save_best(path: str | Path, state_dict: dict, meta: dict, **extra: Any) -> N
 
     header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(meta)}
     header.update({k: json.dumps(v) for k, v in extra.items()})
+    if meta.get("orientation_head", "none") != "none":
+        state_dict = to_file_layout(state_dict)
     data = safetensors.torch.save(unshared_tensors(state_dict), metadata=header)
     with atomic_write(path, "wb") as fh:
         fh.write(data)
@@ -111,22 +128,28 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return {k: (v if k == "format" else json.loads(v)) for k, v in header.items()}
 
 
-def load_best_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a best checkpoint (checked to be one)."""
+def load_best_weights(path: str | Path, file_layout: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of a best checkpoint (checked to be one), keyed like the module that trained it
+    (an orientation head's wrapper: ``backbone.*``); ``file_layout``: the file's own keys (timm's)."""
     import safetensors.torch
 
-    read_checkpoint(path)
-    return safetensors.torch.load_file(str(path))
+    meta = read_checkpoint(path)["meta"]
+    state_dict = safetensors.torch.load_file(str(path))
+    if file_layout or (meta.get("orientation_head") or "none") == "none":
+        return state_dict
+    return from_file_layout(state_dict)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model a best checkpoint describes (at its image size); returns (model in eval
-    mode, the header with ``state_dict`` added)."""
+    """Rebuild the model a best checkpoint describes (at its image size, with its orientation head);
+    returns (model in eval mode, the header with ``state_dict`` added: the file's keys)."""
     info = read_checkpoint(path)
     meta = info["meta"]
-    state_dict = load_best_weights(path)
+    state_dict = load_best_weights(path, file_layout=True)
     model = create_model(meta["timm_name"], meta["num_classes"], pretrained=False, img_size=meta["img_size"])
-    model.load_state_dict(state_dict)
+    head = meta.get("orientation_head") or "none"  # checkpoints before the head have no such key
+    model = with_orientation_head(model, head)
+    model.load_state_dict(from_file_layout(state_dict) if head != "none" else state_dict)
     return model.to(device).eval(), {**info, "state_dict": state_dict}
 
 

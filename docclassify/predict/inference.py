@@ -42,6 +42,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from docclassify.config_schema import CompetitionData
 from docclassify.data.cache import cached_images, decode_all
+from docclassify.data.deskew import deskew_all, skew_summary
 from docclassify.data.sources import DataError, DataSource, load_source
 from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
 from docclassify.engine.setup import resolve_device
@@ -49,6 +50,7 @@ from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.predict.calibration import apply_temperature, calibration_report
 from docclassify.predict.ensemble import combine, fit_oof_weights
+from docclassify.predict.orientation import ORIENT_MODES, OrientPredictor, orientation_summary
 from docclassify.predict.runs import (
     Run,
     RunError,
@@ -66,7 +68,7 @@ from docclassify.predict.submission import (
     write_probability_frame,
     write_submission,
 )
-from docclassify.predict.tta import VIEW_SETS, View, predict_tta_batches, resolve_tta
+from docclassify.predict.tta import VIEW_SETS, View, normalised_batches, predict_tta_batches, resolve_tta
 from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, set_logits
 from docclassify.utils.io import atomic_group, atomic_write_json
 
@@ -184,8 +186,10 @@ def load_test_labels(source: DataSource) -> np.ndarray | None:
 class ImageStore:
     """Decoded images, loaded once per (data, split, img_size, resize, pad), shared by all folds."""
 
-    def __init__(self, cache_dir: str):
+    def __init__(self, cache_dir: str, deskew: bool = False):
         self.cache_dir = cache_dir
+        self.deskew = deskew  # tta.deskew: test images deskewed at full resolution (data/deskew.py)
+        self.skews: np.ndarray | None = None
         self._arrays: dict[tuple, np.ndarray] = {}
         self.loaded: list[dict] = []
 
@@ -197,7 +201,9 @@ class ImageStore:
         frame = ds.source.test if split == "test" else ds.source.train
         paths = list(frame["path"])
         t0 = time.time()
-        if ds.cache:
+        if self.deskew and split == "test":
+            images, self.skews, bad = deskew_all(paths, size, resize, pad)
+        elif ds.cache:
             images, bad = cached_images(paths, size, resize, pad, self.cache_dir)
         else:
             images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
@@ -236,10 +242,11 @@ class ImageStore:
         return self.get_robust(ds, meta, RobustSpec.from_dict(run.results["validation"]))
 
 
-def decode_test_images(runs: list[Run], datasets: list[DataSet], cache_dir: str) -> ImageStore:
-    """Every test image set the checkpoints need, decoded up front: a bad image stops the run
-    before any model runs."""
-    store = ImageStore(cache_dir)
+def decode_test_images(runs: list[Run], datasets: list[DataSet], cache_dir: str,
+                       deskew: bool = False) -> ImageStore:
+    """Every test image set the checkpoints need, decoded up front (``deskew``: deskewed): a bad image
+    stops the run before any model runs."""
+    store = ImageStore(cache_dir, deskew)
     for run, ds in zip(runs, datasets):
         for fm in run.folds:
             store.get(ds, "test", fm.meta)
@@ -265,16 +272,8 @@ def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, m
                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """TTA predictions of ``images[rows]`` normalised like training: one forward per view per
     batch."""
-    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-
-    def batches():
-        for start in range(0, len(rows), batch_size):
-            chunk = np.ascontiguousarray(images[rows[start:start + batch_size]])
-            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device, non_blocking=True)
-            yield x.float().div_(255.0).sub_(mean).div_(std)
-
-    return predict_tta_batches(model, batches(), views, average, device)
+    batches = normalised_batches(images, rows, meta, batch_size, device)
+    return predict_tta_batches(model, batches, views, average, device)
 
 
 @dataclass
@@ -285,6 +284,7 @@ class TtaPredictor:
     average: str
     batch_size: int
     device: torch.device
+    last_estimates = None  # no orientation estimates (predict.orientation.OrientPredictor has them)
 
     def predict(self, model: torch.nn.Module, images: np.ndarray, rows: np.ndarray,
                 meta: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -354,11 +354,13 @@ class Member:
     test_logits: np.ndarray
     oof_logits: np.ndarray | None = None
     folds: list[dict] = field(default_factory=list)
+    orientations: list[np.ndarray] = field(default_factory=list)  # per fold: tta=orient*'s test estimates
 
 
 def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
                       predictor: TtaPredictor, label: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """(probabilities, logits, test images per second) of one fold model on the whole test set."""
+    """(probabilities, logits, test images per second) of one fold model on the whole test set
+    (tta=orient*: ``predictor.last_estimates`` holds each image's estimated orientation)."""
     n_test = len(ds.source.test)
     images = store.get(ds, "test", meta)
     t0 = time.time()
@@ -385,7 +387,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                 average: str, oof: tuple[np.ndarray, np.ndarray] | None, view: str = "clean") -> Member:
     """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows of
     ``view`` when ``oof=(image rows, folds)``, see :func:`plan_view_oof`)."""
-    fold_preds, fold_info = [], []
+    fold_preds, fold_info, orientations = [], [], []
     oof_logits = None
     if oof is not None:
         oof_logits = np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
@@ -394,6 +396,8 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
         meta = ckpt["meta"]
         fold_label = f"{label} fold {fm.fold}"
         probs, logits, img_per_s = predict_fold_test(model, meta, ds, store, predictor, fold_label)
+        if predictor.last_estimates is not None:
+            orientations.append(predictor.last_estimates)
         fold_preds.append(probs if average == "prob" else logits)
         fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
                           "model_option": meta.get("model_option"),
@@ -407,7 +411,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                                                   predictor, train_rows[mask], fold_label)
         del model, ckpt
     test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
-    return Member(run, safe_log(test_probs), oof_logits, fold_info)
+    return Member(run, safe_log(test_probs), oof_logits, fold_info, orientations)
 
 
 def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
@@ -418,6 +422,13 @@ def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
     return [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, predictor,
                         average, plan, view)
             for i, (run, ds, plan) in enumerate(zip(runs, datasets, plans))]
+
+
+def make_predictor(tta_cfg, views: list[View], average: str, batch_size: int, device: torch.device):
+    """TtaPredictor for view sets; OrientPredictor for tta=orient / orient_soft (predict/orientation.py)."""
+    if str(tta_cfg.name) in ORIENT_MODES:
+        return OrientPredictor(str(tta_cfg.name), average, batch_size, device, tta_cfg.get("upright_flip"))
+    return TtaPredictor(views, average, batch_size, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,14 +659,17 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
 
 
 def write_test_report(out_dir: Path, y_test: np.ndarray, probs: np.ndarray, pred: np.ndarray,
-                      classes: list[str], ids: list[str], images: np.ndarray, title: str) -> None:
+                      classes: list[str], ids: list[str], images: np.ndarray, title: str,
+                      orientation: dict | None = None) -> None:
     """Labelled test data: the report a training run gets (report.md, confusion_matrix.png,
-    per_class.csv, misclassified.png) in the infer dir. A failure is logged, not raised: the
-    submission and summary.json are written already."""
-    from docclassify.tracking.reports import Misclassified, write_classification_report
+    per_class.csv, misclassified.png) in the infer dir, with accuracy by orientation (summary.json's
+    ``orientation``). A failure is logged, not raised: the submission and summary.json are written
+    already."""
+    from docclassify.tracking.reports import Misclassified, infer_orientation_section, write_classification_report
 
     try:
-        paths = write_classification_report(out_dir, y_test, pred, classes, title, Misclassified(probs, images, ids))
+        paths = write_classification_report(out_dir, y_test, pred, classes, title, Misclassified(probs, images, ids),
+                                            infer_orientation_section(orientation))
         log.info("test report: %s", paths["report"])
     except Exception:  # noqa: BLE001 - a report must never cost the outputs
         log.exception("writing the test report failed (submission.csv and summary.json are complete)")
@@ -685,14 +699,14 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%s average), decisions fitted on the %s "
              "OOF rows, device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
              cfg.tta.name, tta_average, settings.fit_on, device)
-    store = decode_test_images(runs, datasets, cache_dir)
+    store = decode_test_images(runs, datasets, cache_dir, bool(cfg.tta.get("deskew", False)))
     choice = None
     if auto_tta:
         choice = choose_tta(runs, datasets, store, settings, tta_average, device)
         views = choice.views
     oof = prepare_oof(runs, datasets, settings, views, settings.fit_on, predicted=choice is not None)
 
-    predictor = TtaPredictor(views, tta_average, settings.batch_size, device)
+    predictor = make_predictor(cfg.tta, views, tta_average, settings.batch_size, device)
     members = predict_members(runs, datasets, store, predictor, settings.average, oof)
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
@@ -704,13 +718,16 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     classes = runs[0].classes
     outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
     tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average,
+                "deskew": skew_summary(store.skews) if store.skews is not None else None,
                 **(choice.summary() if choice is not None else {})}
     outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
                                     store.loaded, device)
+    outputs.summary["orientation"] = orientation_summary(source, [m.orientations for m in members], pred, y_test,
+                                                         getattr(predictor, "estimator", None))
     outputs.summary["seconds"] = round(time.time() - t_start, 2)
     write_output_files(outputs, Path(out_dir), settings.output)
     if y_test is not None:
         write_test_report(Path(out_dir), y_test, probs, pred, classes, source.test["ID"].tolist(),
                           store.get(datasets[0], "test", runs[0].folds[0].meta),
-                          f"Test set: {len(runs)} run(s), TTA {cfg.tta.name}")
+                          f"Test set: {len(runs)} run(s), TTA {cfg.tta.name}", outputs.summary["orientation"])
     return outputs.summary

@@ -13,8 +13,14 @@ same predictions. A :class:`View` is applied in this order:
 Turns with odd ``k`` swap height and width of non-square inputs; inference inputs are
 usually square, and convolutional models with global pooling accept either.
 
+The flips/turns part of a view is an :class:`~docclassify.data.orientation.Element` (the one
+home of the dihedral group, shared with training augmentation and the orientation head):
+``View.element``; ``apply_view`` / ``apply_view_numpy`` apply it with that module's functions.
+
 Orientation TTA suits data whose label does not depend on orientation (a rotated passport
-is still a passport). Where orientation carries meaning, choose the ``none`` set.
+is still a passport). Where orientation carries meaning, choose the ``none`` set. ``tta=orient``
+and ``tta=orient_soft`` (predict/orientation.py) estimate each image's orientation instead of
+averaging every view blindly.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from docclassify.data import orientation
+from docclassify.data.orientation import Element
+
 __all__ = [
     "AVERAGES",
     "VIEW_SETS",
@@ -35,12 +44,19 @@ __all__ = [
     "apply_view_numpy",
     "combine_views",
     "get_views",
+    "normalised_batches",
     "predict_tta",
     "predict_tta_batches",
     "resolve_tta",
 ]
 
 AVERAGES = ("prob", "logit")
+# Not view sets: each image's orientation is estimated and undone (predict/orientation.py); their
+# candidate views are the 8 dihedral ones.
+ORIENT_MODES = ("orient", "orient_soft")
+# Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.inference (the test images are
+# deskewed when decoded), upright_flip by predict.orientation.
+TTA_KEYS = ("name", "average", "deskew", "upright_flip")
 
 
 @dataclass(frozen=True)
@@ -68,17 +84,24 @@ class View:
         return self.angle == 0.0 and self.zoom == 1.0
 
     @property
+    def element(self) -> Element:
+        """The flips/turns part of the view (a dihedral group element)."""
+        return Element(self.k, self.hflip)
+
+    @classmethod
+    def of(cls, g: Element) -> "View":
+        """The exact view of a group element, named like the element (``identity``, ``rot90``, ``hflip_rot270``...)."""
+        return cls(g.name, k=g.k, hflip=g.mirror)
+
+    @property
     def key(self) -> tuple[int, bool, float, float]:
         """The transform without its name (two views with equal keys are duplicates)."""
         return (self.k, bool(self.hflip), float(self.angle), float(self.zoom))
 
 
 def _dihedral() -> list[View]:
-    views = [View("identity")]
-    views += [View(f"rot{90 * k}", k=k) for k in (1, 2, 3)]
-    views += [View("hflip", hflip=True)]
-    views += [View(f"hflip_rot{90 * k}", k=k, hflip=True) for k in (1, 2, 3)]
-    return views
+    """The 8 group elements as views, in element-index order (identity, the 3 turns, mirror, ...)."""
+    return [View.of(g) for g in orientation.DIHEDRAL]
 
 
 VIEW_SETS: dict[str, tuple[View, ...]] = {
@@ -87,7 +110,7 @@ VIEW_SETS: dict[str, tuple[View, ...]] = {
     # 2 views: identity + mirror.
     "flip": (View("identity"), View("hflip", hflip=True)),
     # 4 views: the four exact turns.
-    "rot90": tuple([View("identity")] + [View(f"rot{90 * k}", k=k) for k in (1, 2, 3)]),
+    "rot90": tuple(View.of(g) for g in orientation.GROUPS["rot90"]),
     # 8 views: the dihedral group (4 turns x mirror).
     "dihedral": tuple(_dihedral()),
     # 5 views: identity, the 3 turns, mirror.
@@ -128,14 +151,16 @@ def resolve_tta(tta_cfg: Any) -> tuple[list[View], str]:
     if hasattr(tta_cfg, "keys"):
         data = {str(k): tta_cfg[k] for k in tta_cfg}
     else:
-        data = {k: getattr(tta_cfg, k) for k in ("name", "average") if hasattr(tta_cfg, k)}
-    unknown = sorted(set(data) - {"name", "average"})
+        data = {k: getattr(tta_cfg, k) for k in TTA_KEYS if hasattr(tta_cfg, k)}
+    unknown = sorted(set(data) - set(TTA_KEYS))
     if unknown:
-        raise ValueError(f"Unknown key(s) in tta config: {unknown}; allowed: name, average")
+        raise ValueError(f"Unknown key(s) in tta config: {unknown}; allowed: {', '.join(TTA_KEYS)}")
     if "name" not in data:
-        raise ValueError("tta config needs a 'name' (one of: " + ", ".join(VIEW_SETS) + ")")
+        raise ValueError("tta config needs a 'name' (one of: " + ", ".join((*VIEW_SETS, *ORIENT_MODES)) + ")")
     average = data.get("average", "prob")
     _check_average(average)
+    if data["name"] in ORIENT_MODES:
+        return _dihedral(), average
     return get_views(data["name"]), average
 
 
@@ -151,19 +176,14 @@ def apply_view_numpy(img: np.ndarray, view: View) -> np.ndarray:
             f"apply_view_numpy handles flips/turns only; view {view.name!r} has "
             f"angle={view.angle}, zoom={view.zoom}"
         )
-    out = np.fliplr(img) if view.hflip else img
-    return np.ascontiguousarray(np.rot90(out, k=view.k, axes=(0, 1)))
+    return orientation.apply_numpy(img, view.element)
 
 
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """Apply ``view`` to a ``(..., C, H, W)`` tensor (typically ``(N, C, H, W)``)."""
     if x.ndim < 3:
         raise ValueError(f"apply_view expects (..., C, H, W), got shape {tuple(x.shape)}")
-    out = x
-    if view.hflip:
-        out = torch.flip(out, dims=[-1])
-    if view.k:
-        out = torch.rot90(out, k=view.k, dims=(-2, -1))
+    out = orientation.apply_torch(x, view.element)
     if view.angle != 0.0 or view.zoom != 1.0:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF
@@ -182,6 +202,18 @@ def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
                 out, [h, w], interpolation=InterpolationMode.BILINEAR, antialias=True
             )
     return out.contiguous()
+
+
+def normalised_batches(images: np.ndarray, rows: np.ndarray, meta: dict, batch_size: int,
+                       device: torch.device):
+    """Batches of ``images[rows]`` (uint8 NHWC) as float NCHW on ``device``, normalised like training
+    (``x / 255``, then the checkpoint meta's mean/std)."""
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    for start in range(0, len(rows), batch_size):
+        chunk = np.ascontiguousarray(images[rows[start:start + batch_size]])
+        x = torch.from_numpy(chunk).permute(0, 3, 1, 2).to(device, non_blocking=True)
+        yield x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def _as_views(views: Sequence[View] | str) -> list[View]:

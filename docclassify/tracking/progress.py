@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from docclassify.engine.callbacks import Callback
 
 log = logging.getLogger("docclassify.progress")
@@ -40,7 +42,17 @@ def epoch_line(fold: int, epoch: int, epochs: int, m: dict) -> str:
     best = m.get("best_monitored", m.get("best_macro_f1"))
     return (f"fold {fold} epoch {epoch + 1}/{epochs}  train_loss {m['train_loss']:.4f}  {'  '.join(views)}  "
             f"lr {m['lr']:.3g}  {m['img_per_s']:.0f} img/s  {m['epoch_s']:.1f}s  "
-            f"best {m.get('monitor', 'clean')} {best:.4f}")
+            f"best {m.get('monitor', 'clean')} {best:.4f}{orientation_part(m)}")
+
+
+def orientation_part(m: dict) -> str:
+    """The turned validation copies (engine/orientation.py): the head's accuracy, accuracy when turned."""
+    if m.get("val_orientation_counts") is None:
+        return ""
+    head = m.get("val_orientation_accuracy")
+    turned = [m.get(f"val_accuracy_{c}") for c in ("turned", "mirrored") if m.get(f"val_accuracy_{c}") is not None]
+    return ((f"  orient_head {head:.3f}" if head is not None else "")
+            + (f"  acc_turned {np.mean(turned):.4f}" if turned else ""))
 
 
 class Progress(Callback):

@@ -262,9 +262,11 @@ class Misclassified:
 
 def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pred: Sequence[int],
                                 classes: Sequence[str], title: str = "Classification report",
-                                grid: Misclassified | None = None) -> dict[str, Path]:
+                                grid: Misclassified | None = None,
+                                sections: list[str] | None = None) -> dict[str, Path]:
     """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir,
-    and misclassified.png (the most confidently wrong images) when ``grid`` is given.
+    and misclassified.png (the most confidently wrong images) when ``grid`` is given; ``sections``:
+    more markdown lines for report.md (e.g. accuracy by orientation).
 
     y_true / y_pred: class indices into ``classes``. Returns the written paths by kind. The F1 in
     report.md and the mean of per_class.csv's ``f1`` column equal sklearn's macro F1
@@ -289,7 +291,7 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
             misclassified_grid(grid.images, np.arange(len(y_true)), grid.ids, grid.probs, y_true, classes,
                                f"{title}: most confidently wrong"), out_dir / MISCLASSIFIED_PNG)
         md += ["## Most confidently wrong", "", f"![misclassified]({MISCLASSIFIED_PNG})", ""]
-    md += _class_sections(y_true, y_pred, classes, table)
+    md += list(sections or []) + _class_sections(y_true, y_pred, classes, table)
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
 
@@ -381,6 +383,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     } for fr in folds])
     if len(fold_rows):
         md += ["## Folds", "", _md_table(fold_rows), ""]
+    md += orientation_section(results)
     md += ["## Charts", "", f"![training curves]({CURVES_PNG})", "",
            ("Loss per epoch (train solid, validation dashed, its distorted copies dotted) and validation macro "
             "F1 on the clean rows and on their robust copies (star: the best epoch on the monitored value, "
@@ -393,6 +396,46 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     md += _class_sections(y_true, y_pred, classes, per_class_table(y_true, y_pred, classes))
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
+
+
+def orientation_section(results: dict | None) -> list[str]:
+    """report.md's accuracy by orientation: each validation image also seen turned by a known element
+    (engine/orientation.py), and the robust copies by the turn/mirror they were drawn with, pooled over
+    the folds' best epochs; and the orientation head's accuracy on them."""
+    orientation = (results or {}).get("orientation")
+    if not orientation:
+        return []
+    views = {"turned copies": orientation, "robust copies": orientation.get("robust")}
+    views = {name: v for name, v in views.items() if v}
+    rows = pd.DataFrame([{"orientation": c, **{f"accuracy, {name}": v["accuracy_by_orientation"].get(c)
+                                               for name, v in views.items()},
+                          **{f"images, {name}": v["counts"].get(c, [0, 0])[1] for name, v in views.items()}}
+                         for c in ("upright", "turned", "mirrored")
+                         if any(c in v["counts"] for v in views.values())])
+    md = ["## Accuracy by orientation", "",
+          ("Each validation image also seen turned by a known element of the orientation group (the same "
+           "copies every epoch; `turned`: a quarter turn, `mirrored`: any mirror image) and, with robust "
+           "validation, its distorted copies by the turn/mirror they were drawn with; at each fold's best "
+           "epoch, pooled:"), "", _md_table(rows), ""]
+    for name, v in views.items():
+        if v.get("head_accuracy") is not None:
+            md += [f"The orientation head ({orientation['head']}) names the element of {v['head_accuracy']:.1%} "
+                   f"of the {name} (chance {v['head_chance']:.1%}).", ""]
+    return md
+
+
+def infer_orientation_section(orientation: dict | None) -> list[str]:
+    """The infer test report's accuracy by orientation (predict/orientation.py's summary)."""
+    if not orientation or not orientation.get("accuracy"):
+        return []
+    rows = pd.DataFrame([{"orientation": c, "accuracy": v["accuracy"], "images": v["n"]}
+                         for c, v in orientation["accuracy"].items()])
+    md = ["## Accuracy by orientation", "", f"By the test images' orientation ({orientation['by']}):", "",
+          _md_table(rows), ""]
+    if orientation.get("turned_back"):
+        shares = ", ".join(f"{k} {v:.1%}" for k, v in orientation["turned_back"].items() if v)
+        md += [f"Turned back ({orientation.get('estimator')} estimate): {shares}.", ""]
+    return md
 
 
 class LocalReports(Callback):

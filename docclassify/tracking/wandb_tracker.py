@@ -302,6 +302,7 @@ class WandbTracker(Callback):
                 "epoch/mixup": m.get("mixup")}
         if m.get("max_grad_norm") is not None:
             data["epoch/max_grad_norm"] = m["max_grad_norm"]
+        data.update(orientation_epoch_metrics(m))
         for name, f1 in zip(self.classes, m.get("val_per_class_f1") or []):
             data[f"val_per_class_f1/{_safe(name)}"] = f1
         self.run.log({k: v for k, v in data.items() if v is not None})
@@ -369,6 +370,7 @@ class WandbTracker(Callback):
                    "cv/macro_f1_robust": results.get("cv_macro_f1_robust"), "monitor": results.get("monitor"),
                    # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
                    "objective": results.get("objective", results["cv_macro_f1"])}
+        summary.update(orientation_run_metrics(results.get("orientation")))
         run.summary.update(summary)
         files = log_files(run, self.run_dir, artifact_name(self.identity["group"], "results"), "results",
                           RESULT_FILES, {"cv_macro_f1": results["cv_macro_f1"], "folds_run": results["folds_run"]})
@@ -381,6 +383,36 @@ class WandbTracker(Callback):
             self._finish(1)
         except Exception:  # closing must never mask the original error
             log.exception("W&B: finishing the run failed")
+
+
+def orientation_epoch_metrics(m: dict) -> dict:
+    """An epoch's orientation numbers (engine/orientation.py): the head's loss and accuracy on the turned
+    validation copies, the classifier's accuracy by orientation."""
+    out = {"epoch/train_orientation_loss": m.get("train_orientation_loss"),
+           "val/orientation_accuracy": m.get("val_orientation_accuracy")}
+    out.update({f"val/accuracy_{c}": m.get(f"val_accuracy_{c}") for c in ("upright", "turned", "mirrored")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def orientation_run_metrics(orientation: dict | None) -> dict:
+    """results.json's ``orientation`` as summary values of the cv run."""
+    if not orientation:
+        return {}
+    out = {"cv/orientation_head_accuracy": orientation.get("head_accuracy")}
+    out.update({f"cv/accuracy_{c}": a for c, a in (orientation.get("accuracy_by_orientation") or {}).items()})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def orientation_test_metrics(orientation: dict | None) -> dict:
+    """summary.json's ``orientation`` (predict/orientation.py): test accuracy by orientation (with test
+    labels) and the share of test images turned back (tta=orient*)."""
+    if not orientation:
+        return {}
+    out = {f"test/accuracy_{c}": v["accuracy"] for c, v in (orientation.get("accuracy") or {}).items()}
+    out.update({f"test/turned_back_{k}": v for k, v in (orientation.get("turned_back") or {}).items()})
+    if orientation.get("estimate_matches_known") is not None:
+        out["test/orientation_estimate_matches_known"] = orientation["estimate_matches_known"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +473,8 @@ class InferenceTracker:
             scores = summary.get("test_metrics") or {}
             run.summary.update({"n_test": summary["n_test"], "temperature": summary["temperature"],
                                 **({"oof/macro_f1": summary["oof"]["macro_f1"]} if summary.get("oof") else {}),
-                                **{f"test/{k}": scores[k] for k in ("macro_f1", "accuracy") if k in scores}})
+                                **{f"test/{k}": scores[k] for k in ("macro_f1", "accuracy") if k in scores},
+                                **orientation_test_metrics(summary.get("orientation"))})
             images = {f"test/{Path(n).stem}": wandb.Image(str(self.out_dir / n))
                       for n in (reports.CONFUSION_PNG, reports.MISCLASSIFIED_PNG) if (self.out_dir / n).is_file()}
             if images:

@@ -192,14 +192,25 @@ def test_predict_tta_restores_training_mode_and_batches_concat():
     np.testing.assert_allclose(l_b, l_all.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+# The orientation modes are not view sets: their candidates are the 8 dihedral views. auto is chosen
+# by predict.tta_auto from the view sets (it resolves as none until then).
+YAML_VIEW_COUNTS = {**EXPECTED_COUNTS, "orient": 8, "orient_soft": 8, "auto": 1}
+
+
+def test_every_tta_yaml_is_tested():
+    assert {p.stem for p in CONF_TTA.glob("*.yaml")} == set(YAML_VIEW_COUNTS)
+
+
+@pytest.mark.parametrize("name", sorted(YAML_VIEW_COUNTS))
 def test_conf_tta_yaml_resolves(name):
     cfg = OmegaConf.load(CONF_TTA / f"{name}.yaml")
     cfg.pop("defaults")  # the schema (config_schema.TTAConfig)
-    assert set(cfg.keys()) == {"name", "average"}
-    views, average = resolve_tta(cfg)
+    assert set(cfg.keys()) == {"name", "average", "deskew", "upright_flip"}
     assert cfg.name == name
-    assert len(views) == EXPECTED_COUNTS[name]
+    if name == "auto":
+        cfg.name = "none"  # as run_inference resolves it before choosing
+    views, average = resolve_tta(cfg)
+    assert len(views) == YAML_VIEW_COUNTS[name]
     assert average == cfg.average
 
 

@@ -150,6 +150,30 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_wandb_and_report_show_accuracy_by_orientation(tiny_data, tmp_path):
+    """With orientation augmentation and a head: the per-epoch head accuracy and accuracy by orientation
+    in W&B, the pooled figures in the cv summary run and in report.md."""
+    run_dir, wandb_dir = tmp_path / "run", tmp_path / "wandb_home"
+    run_cli("docclassify.train", [
+        "data=competition", f"data.root={tiny_data}", *TINY_NO_LOGGER, "logger=wandb", "trainer.epochs=2",
+        "folds.n=3", "folds.run=[0]", "augment.orientation=dihedral", "model.orientation_head=dihedral8",
+        f"hydra.run.dir={run_dir}"], env={"WANDB_MODE": "offline", "WANDB_DIR": str(wandb_dir), "WANDB_API_KEY": ""})
+    results = json.loads((run_dir / "results.json").read_text())
+    runs = {r["job_type"]: r for r in (read_offline_run(p) for p in (wandb_dir / "wandb").glob("offline-run-*"))}
+    epochs = [h for h in runs["fold0"]["history"] if "val/orientation_accuracy" in h]
+    assert [h["epoch"] for h in epochs] == [1, 2]
+    assert [h["val/orientation_accuracy"] for h in epochs] == pytest.approx(
+        [h["val_orientation_accuracy"] for h in results["folds"][0]["history"]])
+    assert all("val/accuracy_turned" in h and "epoch/train_orientation_loss" in h for h in epochs)
+    summary = runs["summary"]["summary"]
+    assert summary["cv/orientation_head_accuracy"] == pytest.approx(results["orientation"]["head_accuracy"])
+    by_orientation = results["orientation"]["accuracy_by_orientation"]
+    assert summary["cv/accuracy_mirrored"] == pytest.approx(by_orientation["mirrored"])
+    md = (run_dir / "report.md").read_text()
+    assert "## Accuracy by orientation" in md and "| mirrored |" in md and "orientation head (dihedral8)" in md
+
+
+@pytest.mark.slow
 def test_logger_none_writes_reports_but_no_wandb_folder(tiny_data, tmp_path, monkeypatch):
     from docclassify.engine.kfold import run_kfold
     from docclassify.train import build_callbacks
