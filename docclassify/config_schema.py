@@ -99,6 +99,8 @@ class DataCommon:
     cache: bool = True
     num_workers: int | None = key(None, ge=0)
     on_bad_image: str = key("error", choices=("error", "skip"))
+    # How often each class is drawn for training (engine/sampling.py).
+    sampler: str = key("natural", choices=("natural", "balanced", "sqrt"))
     relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
     exclude: str | None = None   # CSV ID: training rows left out
 
@@ -224,6 +226,32 @@ class RegularizationConfig:
     layer_decay: float | None = key(None, gt=0.0, le=1.0)
 
 
+# ------------------------------------------------------------------------------------------ loss
+# Each option's _target_ is a class of docclassify/engine/losses.py (or a user's own: see the
+# protocol there); its other keys are the constructor's arguments.
+@dataclass
+class CrossEntropyLossConfig:
+    _target_: str = "docclassify.engine.losses.CrossEntropy"
+
+
+@dataclass
+class FocalLossConfig:
+    _target_: str = "docclassify.engine.losses.FocalLoss"
+    gamma: float = key(2.0, ge=0.0, le=10.0)
+
+
+@dataclass
+class LogitAdjustedLossConfig:
+    _target_: str = "docclassify.engine.losses.LogitAdjustedLoss"
+    tau: float = key(1.0, ge=0.0, le=10.0)
+
+
+@dataclass
+class ClassBalancedLossConfig:
+    _target_: str = "docclassify.engine.losses.ClassBalancedLoss"
+    beta: float = key(0.999, ge=0.0, lt=1.0)
+
+
 # ------------------------------------------------------------------------------------------ schedule
 @dataclass
 class ConstantSchedule:
@@ -312,7 +340,7 @@ class ShiftConfig:
     shift: ShiftSettings = field(default_factory=ShiftSettings)
 
 
-# ------------------------------------------------------------------------------------------ folds, logger, ensemble, paths
+# -------------------------------------------------------------------------------- folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
     n: int = key(5, ge=2, hint="for one hold-out split train one fold of K, e.g. folds.n=5 folds.run=[0]")
@@ -408,6 +436,7 @@ class TrainConfig:
     model: Any = MISSING
     augment: Any = MISSING
     regularization: Any = MISSING
+    loss: Any = MISSING
     schedule: Any = MISSING
     trainer: Any = MISSING
     folds: Any = MISSING
@@ -445,6 +474,10 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("model", "default"): ModelConfig,
     ("augment", "default"): AugmentConfig,
     ("regularization", "default"): RegularizationConfig,
+    ("loss", "ce"): CrossEntropyLossConfig,
+    ("loss", "focal"): FocalLossConfig,
+    ("loss", "logit_adjusted"): LogitAdjustedLossConfig,
+    ("loss", "class_balanced"): ClassBalancedLossConfig,
     ("schedule", "cosine"): CosineSchedule,
     ("schedule", "constant"): ConstantSchedule,
     ("folds", "kfold"): FoldsConfig,
