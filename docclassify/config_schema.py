@@ -407,7 +407,7 @@ class TTAConfig:
 
 @dataclass
 class InferEnsemble:
-    weights: str = key("equal", choices=("equal", "oof"))
+    weights: str = key("equal", choices=("equal", "oof", "greedy", "stack"))
     average: str = key("prob", choices=("prob", "logit"))
 
 
@@ -455,6 +455,8 @@ class InferConfig:
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
+    # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
+    decision: str = key("argmax", choices=("argmax", "macro_f1"))
     calibrate: bool = True
     oof_tta: bool = True
     output: str | None = None

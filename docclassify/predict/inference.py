@@ -2,8 +2,10 @@
 
 runs -> validated checkpoints -> test data (the runs' own data config, plus overrides) ->
 decoded test images, once per (img_size, resize, pad) -> per fold: batched exact TTA ->
-per run: fold average -> ensemble of runs (equal or OOF-fitted weights) -> temperature
-fitted on out-of-fold predictions -> submission.csv, test_probs.csv, summary.json.
+per run: fold average -> ensemble of runs (equal weights, OOF-fitted weights, greedy selection
+or a stacked logistic regression) -> temperature fitted on out-of-fold predictions -> decision
+rule (argmax, or per-class biases fitted for macro F1) -> submission.csv, test_probs.csv,
+summary.json (and stacker.npz with ensemble.weights=stack).
 
 Everything that can be wrong with the input (runs, checkpoints, classes, test images,
 sample submission, test labels, settings) is checked before the first prediction, and
@@ -42,7 +44,15 @@ from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.predict.calibration import apply_temperature, calibration_report
-from docclassify.predict.ensemble import combine, fit_oof_weights
+from docclassify.predict.decision import DECISIONS, DecisionFit, fit_decision
+from docclassify.predict.ensemble import (
+    STACKER_FILE,
+    Stacker,
+    combine,
+    fit_greedy_weights,
+    fit_oof_weights,
+    fit_stacker,
+)
 from docclassify.predict.runs import Run, RunError, discover_runs, fold_of_ids, load_oof
 from docclassify.predict.submission import (
     build_probability_frame,
@@ -57,7 +67,9 @@ from docclassify.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 SUBMISSION_FILE, PROBS_FILE, SUMMARY_FILE = "submission.csv", "test_probs.csv", "summary.json"
-WEIGHT_MODES = ("equal", "oof")
+WEIGHT_MODES = ("equal", "oof", "greedy", "stack")
+# Weight modes that need every run's OOF rows to be the same rows (they learn from them jointly).
+SELECTION_MODES = ("greedy", "stack")
 AVERAGES = ("prob", "logit")
 # data.* keys infer may override; null keeps the training run's value.
 DATA_OVERRIDES = ("root", "sample_submission", "test_dir", "test_labels", "cache")
@@ -71,6 +83,7 @@ class Settings:
     oof_tta: bool
     batch_size: int
     output: Path | None
+    decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -80,13 +93,16 @@ def read_settings(cfg: DictConfig) -> Settings:
         raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     if average not in AVERAGES:
         raise DataError(f"ensemble.average={average!r}: expected one of {', '.join(AVERAGES)}")
+    decision = str(cfg.get("decision", "argmax"))
+    if decision not in DECISIONS:
+        raise DataError(f"decision={decision!r}: expected one of {', '.join(DECISIONS)}")
     batch_size = cfg.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size={batch_size!r}: expected a positive integer")
     output = Path(str(cfg.output)).expanduser() if cfg.output else None
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
-    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output)
+    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output, decision=decision)
 
 
 def _plain(value):
@@ -270,6 +286,13 @@ def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np
     return row_of.loc[list(oof_ids)].to_numpy(), folds
 
 
+def needs_oof(settings: Settings, n_runs: int) -> bool:
+    """Whether anything is fitted on OOF rows: weights other than equal (2+ runs), the temperature
+    (calibrate) or the decision rule (decision=macro_f1)."""
+    return (settings.calibrate or settings.decision != "argmax"
+            or (settings.weights != "equal" and n_runs > 1))
+
+
 @dataclass
 class OofInputs:
     """The runs' saved out-of-fold predictions, and whether they are re-predicted with TTA."""
@@ -285,7 +308,7 @@ def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
     """The OOF rows that weights (ensemble.weights=oof, 2+ runs) and the temperature (calibrate)
     are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the
     identity."""
-    if not (settings.calibrate or (settings.weights == "oof" and len(runs) > 1)):
+    if not needs_oof(settings, len(runs)):
         return None
     saved = [load_oof(run) for run in runs]
     repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
@@ -371,6 +394,22 @@ def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
 # Out-of-fold predictions: ensemble weights and the temperature
 # ---------------------------------------------------------------------------------------------
 
+def check_same_oof_rows(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path],
+                        mode: str) -> None:
+    """ensemble.weights=greedy|stack learn from every run's prediction of the same rows: runs whose
+    OOF rows differ are refused (naming them), not silently cut to the rows they share."""
+    first = set(per_run[0][0].tolist())
+    for (ids, _, _), path in zip(per_run[1:], paths[1:]):
+        other = set(ids.tolist())
+        if other != first:
+            diff = sorted(first ^ other)
+            raise RunError(f"ensemble.weights={mode}: the runs' out-of-fold rows differ: {paths[0]} has {len(first)}, "
+                           f"{path} has {len(other)} ({len(diff)} rows not in both, e.g. {format_ids(diff)}). "
+                           "Selection and stacking need every run to predict the same rows: ensemble runs "
+                           "trained on the same data with every fold run (folds.run=null), or use "
+                           "ensemble.weights=oof|equal (fitted on the rows the runs share)")
+
+
 def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path]):
     """Rows present in every run's OOF, in the first run's order: (ids, y, [logits per run])."""
     id_sets = [set(ids.tolist()) for ids, _, _ in per_run]
@@ -398,13 +437,22 @@ def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: l
     return common, y, aligned
 
 
-def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int):
+def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
+                groups: np.ndarray | None = None):
     """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
-    OOF F1 >= equal."""
+    OOF F1 >= equal; ``greedy``: forward selection with a held-out check (predict.ensemble)."""
     if mode == "equal" or n_runs == 1:
-        if mode == "oof":
-            log.info("ensemble.weights=oof with one run: its weight is 1")
+        if mode != "equal":
+            log.info("ensemble.weights=%s with one run: its weight is 1", mode)
         return [1.0 / n_runs] * n_runs, None
+    if mode == "greedy":
+        fit = fit_greedy_weights(oof_members, y, average, groups)
+        held = fit["held_out"]
+        log.info("greedy selection on %d OOF rows: picks %s (OOF macro F1 %.4f; equal weights %.4f, best single run "
+                 "%.4f); held-out check (selected on half the rows, scored on the other): %.4f vs equal %.4f%s",
+                 len(y), fit["counts"], fit["f1_fitted"], fit["f1_equal"], fit["f1_best_single"], held["greedy"],
+                 held["equal"], "" if fit["accepted"] else " -> equal weights kept")
+        return fit["weights"], fit
     fit = fit_oof_weights(oof_members, y, average)
     log.info("ensemble weights fitted on %d OOF rows: %s "
              "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
@@ -431,33 +479,81 @@ class OofFit:
     summary: dict | None = None  # summary.json's "oof": rows, predictions (tta/saved), macro F1
     calibration: dict | None = None  # calibration_report (calibrate=true)
     temperature: float = 1.0
+    stacker: Stacker | None = None  # ensemble.weights=stack (when it beat equal weights on the OOF rows)
+    decision: DecisionFit | None = None  # decision=macro_f1: the biases and their cross-fitted gain
+
+
+def fit_stack(oof_logits: list[np.ndarray], y: np.ndarray,
+              groups: np.ndarray) -> tuple[Stacker | None, dict, np.ndarray]:
+    """ensemble.weights=stack: (stacker or None, report, OOF probabilities of what is used). The
+    stacker is used when its cross-fitted OOF macro F1 is >= equal weights'; its cross-fitted OOF
+    probabilities (each row predicted by a stacker not fitted on it) then stand for the ensemble."""
+    probs = [softmax(z) for z in oof_logits]
+    stacker, report = fit_stacker(probs, y, groups)
+    crossed = report.pop("oof_probs")
+    log.info("stacking on %d OOF rows: C=%.3g chosen by %d-fold cross-validation; cross-fitted OOF macro F1 %.4f vs "
+             "equal weights %.4f%s", len(y), report["C"], report["folds"], report["f1_cross_fitted"],
+             report["f1_equal"], "" if report["accepted"] else " -> equal weights kept")
+    if not report["accepted"]:
+        return None, report, combine(probs, None, "prob")
+    return stacker, {**report, "file": STACKER_FILE}, crossed
+
+
+def fit_decision_on_oof(oof_probs: np.ndarray, y: np.ndarray, rule: str, groups: np.ndarray) -> DecisionFit:
+    """The decision rule fitted on the ensemble's final OOF probabilities (after the temperature,
+    as it is applied to the test's)."""
+    fit = fit_decision(safe_log(oof_probs), y, rule, groups)
+    if rule != "argmax":
+        log.info("decision=%s on %d OOF rows: %s (in-sample %.4f, %d-fold cross-fitted gain %+.4f)", rule, len(y),
+                 fit.message, fit.oof_macro_f1_in_sample, fit.folds, fit.cross_fitted_gain)
+    return fit
 
 
 def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
-               calibrate: bool) -> OofFit:
-    """Ensemble weights and temperature from the members' OOF predictions (without: equal
-    weights, T=1)."""
+               calibrate: bool, decision: str = "argmax") -> OofFit:
+    """Ensemble weights (or a stacker), temperature and decision rule from the members' OOF
+    predictions (without OOF rows: equal weights, T=1, argmax)."""
     if oof is None:
         return OofFit([1.0 / len(members)] * len(members))
     per_run = [(ids, y, m.oof_logits if oof.repredict else z)
                for (ids, y, z), m in zip(oof.saved, members)]
-    oof_ids, y_oof, oof_logits = align_oof(per_run, [m.run.path for m in members])
-    oof_members = members_of(oof_logits, average)
-    weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members))
-    oof_probs = combine(oof_members, weights, average)
+    paths = [m.run.path for m in members]
+    if weights_mode in SELECTION_MODES and len(members) > 1:
+        check_same_oof_rows(per_run, paths, weights_mode)
+    oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
+    groups = image_groups(oof_ids)
+    stacker = None
+    if weights_mode == "stack" and len(members) > 1:
+        weights = [1.0 / len(members)] * len(members)
+        stacker, fit, oof_probs = fit_stack(oof_logits, y_oof, groups)
+    else:
+        oof_members = members_of(oof_logits, average)
+        weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members), groups)
+        oof_probs = combine(oof_members, weights, average)
     summary = {"rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
                "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
-    if not calibrate:
-        return OofFit(weights, fit, summary)
-    calib = fit_temperature_on_oof(oof_probs, y_oof)
-    return OofFit(weights, fit, summary, calib, calib["temperature"])
+    calib, temperature = None, 1.0
+    if calibrate:
+        calib = fit_temperature_on_oof(oof_probs, y_oof)
+        temperature = calib["temperature"]
+    decided = fit_decision_on_oof(apply_temperature(safe_log(oof_probs), temperature), y_oof, decision, groups)
+    return OofFit(weights, fit, summary, calib, temperature, stacker, decided)
+
+
+def image_groups(oof_keys: np.ndarray) -> np.ndarray:
+    """The image of each OOF row: rows of one image stay on one side of a split (decision rule,
+    greedy selection, stacking)."""
+    return np.asarray(oof_keys, dtype=str)
 
 
 def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str,
                         calibrate: bool) -> np.ndarray:
-    """The members' test predictions combined with the fitted weights, then the temperature
-    applied."""
-    probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
+    """The members' test predictions combined with the fitted weights (or the stacker), then the
+    temperature applied."""
+    if oof_fit.stacker is not None:
+        probs = oof_fit.stacker.predict_proba([softmax(m.test_logits) for m in members])
+    else:
+        probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
     if calibrate:
         probs = apply_temperature(safe_log(probs), oof_fit.temperature)
     return probs
@@ -494,6 +590,7 @@ class Outputs:
     probabilities: pd.DataFrame
     num_classes: int
     summary: dict = field(default_factory=dict)
+    stacker: Stacker | None = None  # ensemble.weights=stack: saved as stacker.npz
 
 
 def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray,
@@ -519,7 +616,9 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
         "tta": tta,
         "ensemble": {"average": settings.average, "weights_mode": settings.weights,
                      "weights": [float(w) for w in oof_fit.weights],
+                     "stacked": oof_fit.stacker is not None,
                      "oof_fit": oof_fit.weights_fit},
+        "decision": oof_fit.decision.as_dict() if oof_fit.decision is not None else {"rule": "argmax"},
         "oof": oof_fit.summary,
         "calibration": oof_fit.calibration,
         "temperature": float(oof_fit.temperature),
@@ -539,6 +638,8 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
     write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
                      outputs.num_classes)
     write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
+    if outputs.stacker is not None:
+        outputs.stacker.save(out_dir / STACKER_FILE)
     atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
     if output is not None:
         write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
@@ -576,12 +677,14 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     predictor = TtaPredictor(views, tta_average, settings.batch_size, device)
     members = predict_members(runs, datasets, store, predictor, settings.average, oof)
-    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate)
+    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
-    pred = probs.argmax(axis=1)
+    # test_probs.csv keeps the probabilities; the decision rule (biases) only moves the submission's argmax
+    pred = oof_fit.decision.predict(safe_log(probs)) if oof_fit.decision is not None else probs.argmax(axis=1)
 
     classes = runs[0].classes
     outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
+    outputs.stacker = oof_fit.stacker
     tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
     outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
                                     store.loaded, device)
