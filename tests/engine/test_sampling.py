@@ -121,3 +121,25 @@ def test_loaders_use_the_sampler_and_keep_the_debug_limits():
     assert len(train) == 3 and sum(len(y) for _, y in train) == 24
     train, _, sampler = loaders("balanced", overfit_batches=2)  # a fixed order of the same rows, no draw
     assert sampler.weights is None and not sampler.shuffle
+
+
+def test_loaders_under_ddp_split_one_draw_between_the_ranks(monkeypatch):
+    """build_loaders as each of 2 DDP ranks builds it (world size and rank from engine.distributed):
+    the ranks' training rows of an epoch are the two halves of the one-process draw."""
+    from docclassify.engine import distributed
+
+    images = np.zeros((len(LABELS), 4, 4, 3), dtype=np.uint8)
+    idx = np.arange(len(LABELS))
+
+    def epoch_rows(world: int, rank: int) -> list[int]:
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        _, _, sampler = build_loaders(images, idx, idx[:2], LABELS, None, _trainer(), 0, 5, torch.device("cpu"),
+                                      sampler_mode="sqrt")
+        sampler.set_epoch(1)
+        return [int(idx[i]) for i in sampler]
+
+    one = _sampler("sqrt", seed=5)
+    one.set_epoch(1)
+    r0, r1 = epoch_rows(2, 0), epoch_rows(2, 1)
+    assert sorted(r0 + r1) == sorted(one) and r0 == list(one)[0::2] and r1 == list(one)[1::2]
