@@ -26,6 +26,9 @@ def load_option(group: str, name: str) -> DictConfig:
 
 
 def plain_config(cfg: DictConfig) -> dict:
-    """The resolved config as plain containers, without Hydra's own node."""
-    return {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
-            for k in cfg if k != "hydra"}
+    """The resolved config as plain containers, without Hydra's own node, URL passwords masked
+    (what run_config.yaml and W&B get)."""
+    from docclassify.utils.redact import redact_config
+
+    return redact_config({k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                              else cfg[k]) for k in cfg if k != "hydra"})

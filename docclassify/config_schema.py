@@ -340,7 +340,7 @@ class ShiftConfig:
     shift: ShiftSettings = field(default_factory=ShiftSettings)
 
 
-# -------------------------------------------------------------------------------- folds, logger, ensemble, paths
+# ---------------------------------------------------------------------------------- folds, logger, ensemble, paths
 @dataclass
 class FoldsConfig:
     n: int = key(5, ge=2, hint="for one hold-out split train one fold of K, e.g. folds.n=5 folds.run=[0]")
@@ -358,6 +358,11 @@ class NoLogger:
 
 
 @dataclass
+class CsvLogger:
+    name: str = "csv"
+
+
+@dataclass
 class WandbLogger:
     name: str = "wandb"
     project: str = "docclassify"
@@ -365,6 +370,7 @@ class WandbLogger:
     mode: str | None = key(None, choices=("online", "offline", "disabled"))
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_checkpoints: bool = False
 
 
 @dataclass
@@ -420,6 +426,22 @@ class InferData:
     cache: bool | None = None
 
 
+@dataclass
+class SubmitInfer:
+    """``infer`` of train.yaml: the docclassify.infer options that ``submit=true`` runs with."""
+
+    tta: str = key("none", choices=TTA_SETS)
+    tta_average: str | None = key(None, choices=("prob", "logit"))
+    average: str = key("prob", choices=("prob", "logit"))
+    calibrate: bool = True
+    oof_tta: bool = True
+    output: str | None = None
+    batch_size: int = key(64, ge=1)
+    device: str = "auto"
+    data: InferData = field(default_factory=InferData)
+    overrides: list[str] = field(default_factory=list)
+
+
 # ------------------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
@@ -445,6 +467,8 @@ class TrainConfig:
     validation: Any = MISSING
     hparams_search: Any = None
     shift: ShiftCheck = field(default_factory=ShiftCheck)
+    submit: bool = False
+    infer: SubmitInfer = field(default_factory=SubmitInfer)
 
 
 @dataclass
@@ -465,6 +489,7 @@ class InferConfig:
     data: InferData = field(default_factory=InferData)
     paths: Any = MISSING
     tta: Any = MISSING
+    logger: Any = MISSING
 
 
 # (group, option) -> schema; a group whose options differ in keys maps each option.
@@ -485,6 +510,7 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("folds", "kfold"): FoldsConfig,
     ("logger", "none"): NoLogger,
     ("logger", "wandb"): WandbLogger,
+    ("logger", "csv"): CsvLogger,
     ("ensemble", "default"): EnsembleConfig,
     ("paths", "default"): PathsConfig,
     ("hparams_search", "default"): HparamsSearchConfig,

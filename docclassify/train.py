@@ -34,15 +34,19 @@ def train(cfg: DictConfig) -> float:
     from docclassify.engine.epoch import StopRequested
     from docclassify.engine.kfold import run_kfold
     from docclassify.engine.resume import resolve_run_dir, resume_config
+    from docclassify.submit import prepare_submission
 
     _share_run_dir()
     cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
+    submission = prepare_submission(cfg)  # submit=true: checked before training
     try:
         results = run_kfold(cfg, build_callbacks(cfg))
     except StopRequested as exc:
         log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
                   exc, resolve_run_dir(cfg))
         sys.exit(143)
+    if submission is not None:
+        submission.run(resolve_run_dir(cfg))
     return float(results["cv_macro_f1"])
 
 
@@ -61,7 +65,8 @@ def main(cfg: DictConfig) -> float:
     return train(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m docclassify.train` and the `docclassify-train` console script."""
     from docclassify.engine import distributed
 
     sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
@@ -69,3 +74,7 @@ if __name__ == "__main__":
         main()
     finally:
         distributed.cleanup()
+
+
+if __name__ == "__main__":
+    cli()

@@ -43,8 +43,9 @@ def isolated_env(cache_dir) -> dict[str, str]:
     """The environment every test runs in: the session's cache dir, W&B never online, no
     downloads. Module- and session-scoped fixtures run before the autouse fixture below sets
     it, so those that start processes pass it to run_cli(env=...) themselves."""
+    # WANDB_DATA_DIR: offline runs stage their artefacts there (default ~/.local/share/wandb).
     return {"DOCCLASSIFY_CACHE": str(cache_dir), "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"),
-            "HF_HUB_OFFLINE": "1"}
+            "WANDB_DATA_DIR": str(cache_dir / "wandb_data"), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from docclassify.data.images import BadImageError, load_image
+from docclassify.utils.io import atomic_write_json, mkstemp_shared
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
                 log.warning("decode cache %s is incomplete or corrupt: rebuilding", data_path)
             t0 = time.time()
             log.info("decode cache: building %s (%d images at %d px, %s)", data_path.name, len(paths), size, policy)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=folder)
+            fd, tmp = mkstemp_shared(folder, f".{key}.", ".npy.tmp")  # readable by whom the umask allows
             os.close(fd)
             try:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
@@ -153,8 +153,6 @@ def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
-            from docclassify.utils.io import atomic_write_json
-
             atomic_write_json(meta_path, {"format": CACHE_FORMAT, "n": len(paths), "size": size,
                                           "policy": policy, "pad_value": pad_value, "bad": bad})
             log.info("decode cache: built in %.1fs", time.time() - t0)

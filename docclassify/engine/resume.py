@@ -92,7 +92,9 @@ def save_overrides(run_dir: Path) -> None:
     path = run_dir / OVERRIDES_FILE
     if path.is_file() or not HydraConfig.initialized():
         return
-    task = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    from docclassify.utils.redact import redact_config
+
+    task = redact_config([o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")])
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(task)))
 
 

@@ -651,6 +651,20 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
              f" and {output}" if output else "")
 
 
+def write_test_report(out_dir: Path, y_test: np.ndarray, probs: np.ndarray, pred: np.ndarray,
+                      classes: list[str], ids: list[str], images: np.ndarray, title: str) -> None:
+    """Labelled test data: the report a training run gets (report.md, confusion_matrix.png,
+    per_class.csv, misclassified.png) in the infer dir. A failure is logged, not raised: the
+    submission and summary.json are written already."""
+    from docclassify.tracking.reports import Misclassified, write_classification_report
+
+    try:
+        paths = write_classification_report(out_dir, y_test, pred, classes, title, Misclassified(probs, images, ids))
+        log.info("test report: %s", paths["report"])
+    except Exception:  # noqa: BLE001 - a report must never cost the outputs
+        log.exception("writing the test report failed (submission.csv and summary.json are complete)")
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole flow
 # ---------------------------------------------------------------------------------------------
@@ -690,4 +704,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
                                     store.loaded, device)
     outputs.summary["seconds"] = round(time.time() - t_start, 2)
     write_output_files(outputs, Path(out_dir), settings.output)
+    if y_test is not None:
+        write_test_report(Path(out_dir), y_test, probs, pred, classes, source.test["ID"].tolist(),
+                          store.get(datasets[0], "test", runs[0].folds[0].meta),
+                          f"Test set: {len(runs)} run(s), TTA {cfg.tta.name}")
     return outputs.summary

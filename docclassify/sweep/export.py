@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from docclassify.utils.redact import redact
+
 # Top-level keys / groups that describe where and how a run is observed, not what it trains.
 NOT_PINNED = ("hydra", "paths", "logger", "hparams_search", "experiment", "task_name", "resume")
 
@@ -27,4 +29,5 @@ def experiment_yaml(cfg: DictConfig, choices: Mapping[str, str | None], name: st
     lines += [f"# {line}" for line in note.splitlines()]
     lines.append("defaults:")
     lines += [f"  - override /{group}: {choice}" for group, choice in groups]
-    return "\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(values))
+    # Masked: a URL's password (e.g. in a data path) must not travel with a shared experiment file.
+    return redact("\n".join(lines) + "\n" + OmegaConf.to_yaml(OmegaConf.create(values)))

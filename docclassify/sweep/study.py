@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from docclassify.utils.io import atomic_write_csv, atomic_write_text
+from docclassify.utils.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ def prepare_storage(storage: Any) -> Any:
     return SQLITE + str(path)
 
 
-def redact(storage: Any) -> str:
-    """A storage URL fit for logs: the password of user:password@host is hidden."""
-    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", str(storage))
-
 
 def quote_value(text: str) -> str:
     """``text`` as a single-quoted Hydra override value that parses back to exactly ``text``."""
@@ -57,9 +54,11 @@ def trial_overrides(study_name: str, number: int, storage: Any) -> list[str]:
     """Overrides that tell a trial job which Optuna trial it is (read by docclassify.sweep.trial).
 
     ``++`` because the hparams_search group may not be selected; an in-memory or non-URL
-    storage is passed as null (the job then cannot report to its trial).
+    storage is passed as null (the job then cannot report to its trial). The storage's password
+    is masked: the overrides are saved in the job's configs; the job takes the real URL from
+    its own sweeper config (docclassify.sweep.trial.trial_storage).
     """
-    url = quote_value(storage) if isinstance(storage, str) else "null"
+    url = quote_value(redact(storage)) if isinstance(storage, str) else "null"
     return [f"++hparams_search.trial.study={quote_value(study_name)}", f"++hparams_search.trial.number={number}",
             f"++hparams_search.trial.storage={url}"]
 

@@ -23,6 +23,7 @@ from docclassify.engine.callbacks import Callback
 from docclassify.sweep.export import experiment_yaml
 from docclassify.sweep.study import EXPERIMENT_FILE, TRIAL_FILE
 from docclassify.utils.io import atomic_write_json, atomic_write_text
+from docclassify.utils.redact import is_redacted, redact
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,34 @@ def trial_info(cfg: DictConfig) -> TrialInfo | None:
     if trial is None or trial.get("number") is None:
         return None
     storage = trial.get("storage")
-    return TrialInfo(str(trial.study), int(trial.number), str(storage) if storage is not None else None)
+    return TrialInfo(str(trial.study), int(trial.number), trial_storage(storage) if storage is not None else None)
+
+
+def sweeper_storage() -> str | None:
+    """``hydra.sweeper.storage`` of this job (as the sweeper uses it), when Hydra runs a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from docclassify.sweep.study import prepare_storage
+
+    if not HydraConfig.initialized():
+        return None
+    storage = OmegaConf.select(HydraConfig.get(), "sweeper.storage", default=None)
+    return prepare_storage(storage) if isinstance(storage, str) else None
+
+
+def trial_storage(storage: str) -> str | None:
+    """The storage URL the trial connects to. The sweeper passes it with the password masked
+    (it is saved in the job's configs); the real URL is the job's own ``hydra.sweeper.storage``.
+    None (no reports, no pruning) when that is not available, e.g. a trial's run resumed alone."""
+    storage = str(storage)
+    if not is_redacted(storage):
+        return storage
+    real = sweeper_storage()
+    if real is not None and redact(real) == storage:
+        return real
+    log.warning("hparams_search.trial.storage=%s: its password is masked and this job's hydra.sweeper.storage "
+                "does not hold it, so this run cannot report to its trial (no pruning)", storage)
+    return None
 
 
 def build_pruner(spec: Any):
@@ -123,7 +151,8 @@ def build_trial_callback(cfg: DictConfig, info: TrialInfo, run_dir: Path) -> Opt
     if HydraConfig.initialized():
         choices = dict(HydraConfig.get().runtime.choices)
         note = (f"Trial {info.number} of Optuna study {info.study}, written by the trial job.\n"
-                f"Reproduce: python -m docclassify.train experiment=<this file's name> (searchpath or conf/experiment/)")
+                "Reproduce: python -m docclassify.train experiment=<this file's name> "
+                "(searchpath or conf/experiment/)")
         name = f"{info.study}_trial{info.number}"
         atomic_write_text(Path(run_dir) / EXPERIMENT_FILE, experiment_yaml(cfg, choices, name, note))
     trial = None

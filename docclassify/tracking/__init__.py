@@ -4,7 +4,9 @@
 - ``reports.LocalReports``: confusion_matrix.png, curves.png, per_class.csv, report.md in the run
   dir (with or without W&B; off with trainer.enable_reports=false, as debug=fast does);
   ``reports.write_classification_report`` for any labelled predictions (inference).
-- ``wandb_tracker.WandbTracker`` (``logger=wandb``): one W&B run per fold + a cv summary run.
+- ``csv_logger.CsvLogger`` (``logger=csv``): csv/fold<k>/metrics.csv, one row per epoch.
+- ``wandb_tracker.WandbTracker`` (``logger=wandb``): one W&B run per fold + a cv summary run with
+  the run's artefacts; ``wandb_tracker.InferenceTracker``: an infer run in the training's group.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-LOGGERS = ("none", "wandb")
+LOGGERS = ("none", "csv", "wandb")
 
 
 def is_main_process() -> bool:
@@ -36,6 +38,10 @@ def build_trackers(cfg: DictConfig, run_dir: Path) -> list:
     trackers = [Progress(trainer.epochs, trainer.log_every_n_steps, trainer.batch_size, trainer.accum_steps)]
     if trainer.enable_reports:
         trackers.append(LocalReports(run_dir))
+    if name == "csv":
+        from docclassify.tracking.csv_logger import CsvLogger
+
+        trackers.append(CsvLogger(run_dir))
     if name == "wandb":
         from docclassify.tracking.wandb_tracker import WandbTracker
 

@@ -37,6 +37,7 @@ from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_te
 log = logging.getLogger(__name__)
 
 CONFUSION_PNG, CURVES_PNG, PER_CLASS_CSV, REPORT_MD = "confusion_matrix.png", "curves.png", "per_class.csv", "report.md"
+MISCLASSIFIED_PNG = "misclassified.png"  # of labelled predictions (a training run has one per fold)
 MACRO_ROW = "macro avg"
 GRID_SIZE = 16  # images in a misclassified grid (4 x 4)
 DPI = 90
@@ -213,7 +214,9 @@ def figure_to_pil(fig: Figure, dpi: int = DPI):
 # ---------------------------------------------------------------------------------------------
 
 def _fmt(x) -> str:
-    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else (f"{x:.4f}" if isinstance(x, float) else str(x))
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
 def _md_table(df: pd.DataFrame) -> str:
@@ -233,9 +236,21 @@ def _class_sections(y_true, y_pred, classes, table: pd.DataFrame) -> list[str]:
     return out + [""]
 
 
+@dataclass
+class Misclassified:
+    """What a misclassified-image grid of labelled predictions needs: probabilities (N, C), the
+    decoded images (``images[i]`` is sample i, HWC uint8) and the sample IDs."""
+
+    probs: np.ndarray
+    images: Any
+    ids: Sequence[str]
+
+
 def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pred: Sequence[int],
-                                classes: Sequence[str], title: str = "Classification report") -> dict[str, Path]:
-    """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir.
+                                classes: Sequence[str], title: str = "Classification report",
+                                grid: Misclassified | None = None) -> dict[str, Path]:
+    """Write confusion_matrix.png, per_class.csv and report.md for labelled predictions into out_dir,
+    and misclassified.png (the most confidently wrong images) when ``grid`` is given.
 
     y_true / y_pred: class indices into ``classes``. Returns the written paths by kind. The F1 in
     report.md and the mean of per_class.csv's ``f1`` column equal sklearn's macro F1
@@ -253,8 +268,14 @@ def write_classification_report(out_dir: str | Path, y_true: Sequence[int], y_pr
     save_figure(plot_confusion_matrix(y_true, y_pred, classes, f"{title}: macro F1 {macro:.4f}"),
                 paths["confusion_matrix"])
     md = [f"# {title}", "", f"- samples: {len(y_true)}", f"- macro F1: {macro:.4f}", f"- accuracy: {acc:.4f}", "",
-          f"![confusion matrix]({CONFUSION_PNG})", "", f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})",
-          "", *_class_sections(y_true, y_pred, classes, table)]
+          f"![confusion matrix]({CONFUSION_PNG})", "",
+          f"Per-class precision/recall/F1: [{PER_CLASS_CSV}]({PER_CLASS_CSV})", ""]
+    if grid is not None:
+        paths["misclassified"] = save_figure(
+            misclassified_grid(grid.images, np.arange(len(y_true)), grid.ids, grid.probs, y_true, classes,
+                               f"{title}: most confidently wrong"), out_dir / MISCLASSIFIED_PNG)
+        md += ["## Most confidently wrong", "", f"![misclassified]({MISCLASSIFIED_PNG})", ""]
+    md += _class_sections(y_true, y_pred, classes, table)
     atomic_write_text(paths["report"], "\n".join(md))
     return paths
 

@@ -10,30 +10,50 @@
   sweep), tags = ``logger.tags`` + pipeline, model, experiment. The run config is the resolved
   Hydra config plus the fold, the command-line overrides and, in a sweep, the trial.
   Every run is finished before the next starts, so folds never log into one another.
+- Artefacts: the summary run logs a ``results`` artefact (results.json, oof.csv, folds.csv, the
+  report files); with ``logger.log_checkpoints=true`` each fold run logs its best weights as a
+  ``model`` artefact. ``InferenceTracker`` logs an infer run (``job_type=infer``) in the group of
+  the training run it predicted with (read from the run dir's wandb_run.json), with a
+  ``predictions`` artefact (submission.csv, test_probs.csv, summary.json, the test report).
+- Secrets: URL passwords (a sweep's storage) are masked in the config, the overrides and the
+  command line W&B records.
 - Offline runs are written under ``$WANDB_DIR/wandb`` (default: the run dir) and uploaded
   later with ``wandb sync``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from docclassify.engine.callbacks import Callback
 from docclassify.metrics import softmax
 from docclassify.tracking import reports
+from docclassify.utils.io import atomic_write_json
+from docclassify.utils.redact import has_password, redact_config
 
 log = logging.getLogger(__name__)
 
 MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
+# Written into a training run dir: where its W&B runs went, so inference can join their group.
+RUN_FILE = "wandb_run.json"
+# The files of a training run's "results" artefact (those that exist) and of an infer run's
+# "predictions" artefact.
+RESULT_FILES = ("results.json", "oof.csv", "oof_logits.npy", "folds.csv", "run_config.yaml", reports.REPORT_MD,
+                reports.PER_CLASS_CSV, reports.CONFUSION_PNG, reports.CURVES_PNG, "misclassified_fold*.png")
+PREDICTION_FILES = ("submission.csv", "test_probs.csv", "summary.json", reports.REPORT_MD, reports.PER_CLASS_CSV,
+                    reports.CONFUSION_PNG, reports.MISCLASSIFIED_PNG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +130,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         except HydraException:  # not a key=value override: keep it visible in hydra_overrides only
             continue
         value = o.value()
-        out[o.key_or_group] = value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
+        plain = isinstance(value, (str, int, float, bool, list, dict, type(None)))
+        out[o.key_or_group] = value if plain else str(value)
     return out
 
 
@@ -151,7 +172,56 @@ def run_identity(cfg: DictConfig, run_dir: Path, hctx: dict[str, Any]) -> dict[s
     if trial:
         tags.append("sweep")
     return {"group": str(group), "prefix": prefix, "tags": tags, "trial": trial,
-            "overrides": list(hctx.get("overrides", []))}
+            "overrides": redact_config(list(hctx.get("overrides", [])))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and artefacts (shared by training and inference)
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _redacted_argv():
+    """W&B records the command line (sys.argv); a password typed there (hydra.sweeper.storage=...)
+    must not go with it."""
+    saved = sys.argv
+    if any(has_password(a) for a in saved):
+        sys.argv = redact_config(list(saved))
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def init_run(run_dir: Path, mode: str, config: dict, **kwargs):
+    """``wandb.init`` of one of our runs: a fresh run (never a previous one continued), the config
+    with passwords masked, offline files beside the run's outputs unless WANDB_DIR says otherwise."""
+    import wandb
+
+    if not os.environ.get("WANDB_DIR"):  # keep offline runs beside the run's other outputs
+        kwargs["dir"] = str(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with _redacted_argv():
+        return wandb.init(config=redact_config(config), mode=mode, reinit="create_new", **kwargs)
+
+
+def artifact_name(group: str, kind: str) -> str:
+    return _safe(f"{group}-{kind}")[:128]
+
+
+def log_files(run, folder: Path, name: str, kind: str, patterns, metadata: dict | None = None,
+              aliases: list[str] | None = None) -> list[str]:
+    """Log the files of ``folder`` matching ``patterns`` (names or globs) as one artefact; returns
+    their names (nothing is logged when none exists)."""
+    import wandb
+
+    files = list(dict.fromkeys(p for pattern in patterns for p in sorted(folder.glob(pattern)) if p.is_file()))
+    if not files:
+        return []
+    artifact = wandb.Artifact(name, type=kind, metadata=redact_config(metadata or {}))
+    for path in files:
+        artifact.add_file(str(path), name=path.relative_to(folder).as_posix())
+    run.log_artifact(artifact, aliases=aliases)
+    return [p.relative_to(folder).as_posix() for p in files]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,27 +238,21 @@ class WandbTracker(Callback):
         self.identity = run_identity(cfg, self.run_dir, hydra_context())
         self.pipeline = cfg.get("pipeline") or "custom"
         self.config = plain_config(cfg)
+        self.log_checkpoints = bool(cfg.logger.get("log_checkpoints", False))
         self.classes: list[str] = []
         self.run = None
 
     # -- run management -----------------------------------------------------------------------
     def _init(self, name: str, job_type: str, extra_config: dict, extra_tags: list[str]):
-        import wandb
-
         self._finish(0)  # never let two of our runs be open at once
-        kwargs = {}
-        if not os.environ.get("WANDB_DIR"):  # keep offline runs beside the run's other outputs
-            kwargs["dir"] = str(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         tags = list(dict.fromkeys(t[:64] for t in [*self.identity["tags"], *extra_tags]))
         config = {**self.config, **extra_config, "run_dir": str(self.run_dir),
                   "hydra_overrides": self.identity["overrides"]}
         if self.identity["trial"]:
             config["trial"] = self.identity["trial"]
-        self.run = wandb.init(project=self.logger.get("project"), entity=self.logger.get("entity"),
-                              group=self.identity["group"], job_type=job_type,
-                              name=self.identity["prefix"] + name, tags=tags, config=config, mode=self.mode,
-                              reinit="create_new", **kwargs)
+        self.run = init_run(self.run_dir, self.mode, config, project=self.logger.get("project"),
+                            entity=self.logger.get("entity"), group=self.identity["group"], job_type=job_type,
+                            name=self.identity["prefix"] + name, tags=tags)
         return self.run
 
     def _finish(self, exit_code: int) -> None:
@@ -199,6 +263,10 @@ class WandbTracker(Callback):
     # -- hooks --------------------------------------------------------------------------------
     def on_run_start(self, info):
         self.classes = list(info["classes"])
+        # Where this experiment's runs go: `docclassify.infer` on this run dir joins the group.
+        atomic_write_json(self.run_dir / RUN_FILE, {"project": self.logger.get("project"),
+                                                    "entity": self.logger.get("entity"),
+                                                    "group": self.identity["group"], "mode": self.mode})
         if self.mode == "offline":
             log.info("W&B: offline runs (no API key / WANDB_MODE=offline); upload later with `wandb sync %s`",
                      Path(os.environ.get("WANDB_DIR") or self.run_dir) / "wandb" / "offline-run-*")
@@ -226,7 +294,8 @@ class WandbTracker(Callback):
         data = {"epoch": epoch + 1, "epoch/train_loss": m["train_loss"], "epoch/lr": m["lr"],
                 "val/loss": m["val_loss"], "val/macro_f1": m["val_macro_f1"], "val/accuracy": m["val_accuracy"],
                 "val/best_macro_f1": m["best_macro_f1"], "perf/epoch_s": m["epoch_s"],
-                "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"), "epoch/mixup": m.get("mixup")}
+                "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"),
+                "epoch/mixup": m.get("mixup")}
         if m.get("max_grad_norm") is not None:
             data["epoch/max_grad_norm"] = m["max_grad_norm"]
         for name, f1 in zip(self.classes, m.get("val_per_class_f1") or []):
@@ -249,7 +318,18 @@ class WandbTracker(Callback):
                                                            caption="true / predicted (probability)")})
         self.run.summary.update({"best_macro_f1": outcome["best_macro_f1"], "best_epoch": outcome["best_epoch"] + 1,
                                  "epochs_run": outcome.get("epochs_run"), "fold_seconds": outcome.get("seconds")})
+        if self.log_checkpoints:
+            self._log_weights(fold, outcome)
         self._finish(0)
+
+    def _log_weights(self, fold: int, outcome: dict) -> None:
+        """The fold's best weights (and any description file beside them) as a "model" artefact."""
+        best = Path(outcome.get("checkpoint") or f"checkpoints/fold{fold}_best.safetensors")
+        meta = {k: outcome.get(k) for k in ("fold", "model", "model_option", "img_size", "best_macro_f1",
+                                            "best_epoch", "weights")}
+        files = log_files(self.run, self.run_dir, artifact_name(self.identity["group"], f"fold{fold}-model"), "model",
+                          [best.as_posix(), f"{best.parent.as_posix()}/{best.stem}.*"], meta, aliases=["best"])
+        log.info("W&B: fold %d weights logged as an artefact (%s)", fold, ", ".join(files) or "none found")
 
     def _log_evaluation(self, y_true, y_pred, title: str) -> None:
         import wandb
@@ -282,6 +362,9 @@ class WandbTracker(Callback):
                    # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
                    "objective": results["cv_macro_f1"]}
         run.summary.update(summary)
+        files = log_files(run, self.run_dir, artifact_name(self.identity["group"], "results"), "results",
+                          RESULT_FILES, {"cv_macro_f1": results["cv_macro_f1"], "folds_run": results["folds_run"]})
+        log.info("W&B: run artefact with %s", ", ".join(files))
         self._finish(0)
 
     def close(self):
@@ -290,3 +373,92 @@ class WandbTracker(Callback):
             self._finish(1)
         except Exception:  # closing must never mask the original error
             log.exception("W&B: finishing the run failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference runs
+# ---------------------------------------------------------------------------------------------
+
+def training_identity(run_dir: Path) -> dict:
+    """project / entity / group of a training run's W&B runs ({} when it was not tracked). A run
+    merged by docclassify.aggregate has it in its job dirs (they share the sweep's group)."""
+    for path in [run_dir / RUN_FILE, *sorted(run_dir.glob(f"*/{RUN_FILE}"))]:
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
+def inference_identity(logger: DictConfig, run_dir: Path, out_dir: Path) -> dict:
+    """Where an infer run goes: ``logger.group`` (with logger.project/entity) when set, else the
+    group (and project, entity) of the first training run, else ``infer-<infer dir name>``."""
+    if logger.get("group"):
+        return {"project": logger.get("project"), "entity": logger.get("entity"), "group": str(logger.group)}
+    trained = training_identity(run_dir)
+    if trained.get("group"):
+        return {"project": trained.get("project") or logger.get("project"), "entity": trained.get("entity"),
+                "group": str(trained["group"])}
+    return {"project": logger.get("project"), "entity": logger.get("entity"), "group": f"infer-{out_dir.name}"}
+
+
+class InferenceTracker:
+    """``logger=wandb`` for ``docclassify.infer``: one W&B run (job_type ``infer``) in the training
+    experiment's group with the test scores (when labels are known), the report images and a
+    ``predictions`` artefact (submission.csv, test_probs.csv, summary.json, the test report)."""
+
+    def __init__(self, cfg: DictConfig, out_dir: str | Path):
+        from docclassify.config import plain_config
+
+        self.logger, self.out_dir = cfg.logger, Path(out_dir)
+        self.mode = resolve_mode(cfg.logger.get("mode"))
+        self.tta = str(cfg.tta.name) if cfg.get("tta") is not None else "none"
+        self.config = plain_config(cfg)
+
+    def log(self, summary: dict) -> None:
+        """Log the finished inference (its files are in the infer dir); a W&B error is logged, not
+        raised: the submission is written already."""
+        try:
+            self._log(summary)
+        except Exception:  # noqa: BLE001 - tracking must never cost the outputs
+            log.exception("W&B: logging the inference run failed (its outputs are complete in %s)", self.out_dir)
+
+    def _log(self, summary: dict) -> None:
+        import wandb
+
+        ident = inference_identity(self.logger, Path(summary["runs"][0]["dir"]), self.out_dir)
+        tags = list(dict.fromkeys([*(str(t) for t in (self.logger.get("tags") or [])), "infer"]))
+        run = init_run(self.out_dir, self.mode, {**self.config, "runs_used": [r["dir"] for r in summary["runs"]]},
+                       project=ident["project"], entity=ident["entity"], group=ident["group"], job_type="infer",
+                       name=f"infer-{_safe(self.tta)}", tags=tags)
+        try:
+            scores = summary.get("test_metrics") or {}
+            run.summary.update({"n_test": summary["n_test"], "temperature": summary["temperature"],
+                                **({"oof/macro_f1": summary["oof"]["macro_f1"]} if summary.get("oof") else {}),
+                                **{f"test/{k}": scores[k] for k in ("macro_f1", "accuracy") if k in scores}})
+            images = {f"test/{Path(n).stem}": wandb.Image(str(self.out_dir / n))
+                      for n in (reports.CONFUSION_PNG, reports.MISCLASSIFIED_PNG) if (self.out_dir / n).is_file()}
+            if images:
+                run.log(images)
+            files = log_files(run, self.out_dir, artifact_name(ident["group"], "predictions"), "predictions",
+                              PREDICTION_FILES, {"tta": summary.get("tta"), "runs": [r["dir"] for r in summary["runs"]],
+                                                 **{f"test_{k}": scores[k] for k in ("macro_f1", "accuracy")
+                                                    if k in scores}})
+            log.info("W&B: infer run in group %s with %s", ident["group"], ", ".join(files))
+        except BaseException:
+            run.finish(exit_code=1)
+            raise
+        run.finish(exit_code=0)
+
+
+def build_inference_tracker(cfg: DictConfig, out_dir: str | Path) -> InferenceTracker | None:
+    """The tracker of an infer run (None for logger=none or W&B disabled). Checked before any work:
+    logger=csv (per-epoch training metrics) has nothing to log for inference."""
+    from docclassify.config_schema import ConfigError
+
+    name = OmegaConf.select(cfg, "logger.name", default="none")
+    if name == "none":
+        return None
+    if name != "wandb":
+        raise ConfigError(f"logger={name}: inference is tracked with logger=wandb or not at all (logger=none); "
+                          "logger=csv writes training's per-epoch metrics, and infer's outputs are CSV files already")
+    tracker = InferenceTracker(cfg, out_dir)
+    return None if tracker.mode == "disabled" else tracker

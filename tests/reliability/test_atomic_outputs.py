@@ -63,7 +63,8 @@ def disk_full(monkeypatch):
 
         monkeypatch.setattr(io_mod, "tempfile", type("T", (), {"mkstemp": staticmethod(mkstemp)}))
         monkeypatch.setattr(io_mod, "os", type("O", (), {
-            "fdopen": staticmethod(fdopen), "fsync": os.fsync, "replace": os.replace, "unlink": os.unlink}))
+            "fdopen": staticmethod(fdopen), "fsync": os.fsync, "replace": os.replace, "unlink": os.unlink,
+            "fchmod": os.fchmod, "close": os.close, "umask": os.umask}))
 
     return arm
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from docclassify.data.synthetic.spec import (
     synthetic_dir_name,
     train_counts,
 )
+from docclassify.utils.io import mkdtemp_shared
 
 
 def _pid_alive(pid: int) -> bool:
@@ -72,8 +72,8 @@ def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec) -> Path:
             if (target / COMPLETE_MARKER).is_file():
                 return target
             raise
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{socket.gethostname()}~{os.getpid()}~",
-                                dir=cache))
+    # The umask's mode (mkdtemp's 0700 would survive the rename): a shared cache stays readable.
+    tmp = Path(mkdtemp_shared(cache, f".{name}.tmp-{socket.gethostname()}~{os.getpid()}~"))
     t0 = time.perf_counter()
     try:
         generate(tmp, spec, progress=False)

@@ -34,3 +34,8 @@ def main(argv=None) -> Path:
     out = generate(a.out_dir, spec, progress=not a.quiet)
     print(f"wrote synthetic data set to {out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return out
+
+
+def console_main() -> None:
+    """The ``docclassify-synthetic`` console script (its exit status must not be main's Path)."""
+    main()
