@@ -7,7 +7,8 @@ Each fold can run as its own job (its own GPU, its own SLURM allocation)::
 
 Every job dir (SWEEP_DIR/0, SWEEP_DIR/1, ...) is a complete run dir of the folds it trained.
 The merge writes into SWEEP_DIR (or ``--out``) what one K-fold run writes: results.json,
-oof.csv, oof_logits.npy, folds.csv, run_config.yaml, folds/fold{k}.json and the checkpoint each
+oof.csv, oof_logits.npy (and with a robust view oof_robust.csv, oof_robust_logits.npy),
+folds.csv, run_config.yaml, folds/fold{k}.json (+ its validation logits) and the checkpoint each
 fold{k}.json names (checkpoints/fold{k}_best.safetensors; hard links to the jobs' files, copies
 across file systems), so
 ``python -m docclassify.infer runs=[SWEEP_DIR]`` and ``resume=SWEEP_DIR`` treat it as one run.
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from docclassify.data.validation import RobustSpec
 from docclassify.engine.kfold import run_results
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -42,6 +44,9 @@ RUN_CONFIG, FOLDS_FILE = "run_config.yaml", "folds.csv"
 # Keys that decide which rows land in which fold: jobs that differ here cannot be merged.
 SPLIT_KEYS = ("seed", "folds.n", "folds.group_duplicates", "folds.duplicate_distance", "folds.duplicate_similarity",
               "data.relabel", "data.exclude")
+# Keys that decide what a fold's best epoch and robust OOF rows are: jobs that differ here would pool
+# incomparable scores.
+VALIDATION_KEYS = ("validation", "trainer.monitor")
 
 
 class AggregateError(ValueError):
@@ -79,6 +84,12 @@ def check_compatible(jobs: list[dict]) -> None:
             if a != b:
                 raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: {key} differs ({a} vs {b}); "
                                      "the jobs of one K-fold run must share data, seed and folds.n")
+        for key in VALIDATION_KEYS:
+            a, b = OmegaConf.select(first["config"], key), OmegaConf.select(job["config"], key)
+            if a != b:
+                raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: {key} differs; the jobs of "
+                                     "one K-fold run must validate alike (same validation option, profile, "
+                                     "copies, seed and trainer.monitor)")
         if job["results"]["classes"] != first["results"]["classes"]:
             raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: their classes differ")
         if not job["folds"].equals(first["folds"]):
@@ -117,9 +128,11 @@ def _fold_outcome(job: Path, k: int, out_dir: Path) -> dict:
     ckpt = job / outcome["checkpoint"]
     if not ckpt.is_file():
         raise AggregateError(f"{job}: checkpoint of fold {k} not found: {ckpt}")
-    for src in (summary, logits, ckpt):
+    robust = job / "folds" / f"fold{k}_val_logits_robust.npy"
+    for src in (summary, logits, ckpt, *([robust] if robust.is_file() else [])):
         _place(src, out_dir / src.relative_to(job))
     outcome["val_logits"] = np.load(logits)
+    outcome["val_logits_robust"] = np.load(robust) if robust.is_file() else None
     return outcome
 
 
@@ -135,8 +148,13 @@ def merge_jobs(job_dirs: list[Path], out_dir: Path) -> dict:
                       key=lambda o: o["fold"])
     cfg = first["config"]
     skipped = sorted({i for job in jobs for i in job["results"].get("skipped_images", [])})
-    pooled = pool_oof(out_dir, folds_df[["ID", "target"]], classes, outcomes)
-    results = run_results(pooled, cfg, first["results"]["data"], skipped, outcomes)
+    try:
+        pooled = pool_oof(out_dir, folds_df[["ID", "target"]], classes, outcomes)
+    except RuntimeError as exc:  # e.g. jobs trained with different validation options
+        raise AggregateError(f"cannot merge the jobs of {out_dir}: {exc}") from exc
+    validation = first["results"].get("validation") or {}
+    robust = RobustSpec.from_dict(validation) if "profile" in validation else None
+    results = run_results(pooled, cfg, first["results"]["data"], skipped, outcomes, robust)
     results["seconds"] = round(sum(float(job["results"].get("seconds", 0.0)) for job in jobs), 2)
     if "distributed" in first["results"]:
         results["distributed"] = first["results"]["distributed"]
@@ -145,8 +163,9 @@ def merge_jobs(job_dirs: list[Path], out_dir: Path) -> dict:
     merged_cfg = OmegaConf.merge(cfg, {"folds": {"run": [o["fold"] for o in outcomes]}})
     atomic_write_text(out_dir / RUN_CONFIG, OmegaConf.to_yaml(merged_cfg))
     atomic_write_json(out_dir / RESULTS_FILE, results)
-    log.info("merged %d job(s), folds %s: cv macro F1 %.4f over %d OOF rows -> %s", len(jobs),
-             results["folds_run"], results["cv_macro_f1"], results["n_oof_rows"], out_dir)
+    log.info("merged %d job(s), folds %s: cv macro F1 %.4f, objective (%s) %.4f over %d OOF rows -> %s", len(jobs),
+             results["folds_run"], results["cv_macro_f1"], results["monitor"], results["objective"],
+             results["n_oof_rows"], out_dir)
     return results
 
 
@@ -179,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     except AggregateError as exc:
         print(f"docclassify.aggregate: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: results[k] for k in ("cv_macro_f1", "n_oof_rows", "folds_run")}))
+    print(json.dumps({k: results[k] for k in ("cv_macro_f1", "cv_macro_f1_robust", "objective", "n_oof_rows",
+                                              "folds_run")}))
     return 0
 
 

@@ -402,7 +402,8 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive")
+# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py).
+TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto")
 
 
 @dataclass
@@ -478,6 +479,8 @@ class InferConfig:
     task_name: str = "infer"
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
+    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/runs.py FIT_ON).
+    fit_on: str = key("auto", choices=("auto", "robust", "clean"))
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
@@ -601,6 +604,9 @@ def relation_errors(cfg: DictConfig) -> list[str]:
         if validation.name == "clean" and cfg.trainer.monitor in ("robust", "mean"):
             errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=clean has no robust view; "
                           "use validation=both (or robust), or trainer.monitor=clean")
+        if validation.name == "robust" and cfg.trainer.monitor in ("clean", "mean"):
+            errors.append(f"trainer.monitor={cfg.trainer.monitor}: validation=robust validates only the distorted "
+                          "copies every epoch; use validation=both, or trainer.monitor=robust (or auto)")
     if cfg.get("data") is not None and cfg.data.get("name") == "synthetic" and cfg.data.get("root") is not None:
         errors.append(f"data.root={cfg.data.root}: the default data=synthetic generates its own images and "
                       "reads no folder; add data=competition (train.csv, meta.csv, train/, test/) or "

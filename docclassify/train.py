@@ -1,4 +1,5 @@
-"""`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1.
+"""`python -m docclassify.train`: compose the config, train every selected fold, return the objective
+(results.json's ``objective``: the pooled macro F1 that ``trainer.monitor`` picks; robust by default).
 
 The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
 only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
@@ -47,7 +48,7 @@ def train(cfg: DictConfig) -> float:
         sys.exit(143)
     if submission is not None:
         submission.run(resolve_run_dir(cfg))
-    return float(results["cv_macro_f1"])
+    return float(results["objective"])
 
 
 def _share_run_dir() -> None:

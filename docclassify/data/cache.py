@@ -71,17 +71,12 @@ def content_key(paths: Sequence[Path], size: int, policy: str, pad_value: int) -
     return h.hexdigest()
 
 
-def _expected_bytes(n: int, size: int) -> int:
-    return n * size * size * 3
-
-
-def _valid_file(path: Path, n: int, size: int) -> bool:
+def _valid_file(path: Path, shape: tuple[int, ...]) -> bool:
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError):
         return False
-    return arr.shape == (n, size, size, 3) and arr.dtype == np.uint8 and \
-        path.stat().st_size >= _expected_bytes(n, size)
+    return arr.shape == tuple(shape) and arr.dtype == np.uint8 and path.stat().st_size >= int(np.prod(shape))
 
 
 @contextlib.contextmanager
@@ -120,6 +115,45 @@ def decode_all(paths: Sequence[Path], size: int, policy: str, pad_value: int, ou
     return sorted(bad)
 
 
+def cached_array(key: str, shape: tuple[int, ...], build, cache_dir: str | Path, folder: str = "decoded",
+                 what: str = "decode cache") -> tuple[np.ndarray, dict]:
+    """The read-only uint8 array ``key`` of ``shape`` and its meta dict, built once for every process.
+
+    ``build(out)`` fills the writable memmap ``out`` and returns the meta (JSON) stored beside it.
+    The file is built in a temp file and renamed into place under an exclusive lock; a truncated
+    or corrupt file is rebuilt; arrays opened in this process are reused by key."""
+    if key in _OPEN:
+        return _OPEN[key]
+    where = Path(cache_dir).expanduser() / folder
+    where.mkdir(parents=True, exist_ok=True)
+    data_path, meta_path = where / f"{key}.npy", where / f"{key}.json"
+    with _file_lock(where / f"{key}.lock"):
+        if data_path.exists() and meta_path.exists() and _valid_file(data_path, shape):
+            meta = json.loads(meta_path.read_text())
+        else:
+            if data_path.exists():
+                log.warning("%s %s is incomplete or corrupt: rebuilding", what, data_path)
+            t0 = time.time()
+            log.info("%s: building %s %s", what, data_path.name, tuple(shape))
+            fd, tmp = mkstemp_shared(where, f".{key}.", ".npy.tmp")  # readable by whom the umask allows
+            os.close(fd)
+            try:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
+                meta = build(arr)
+                arr.flush()
+                del arr
+                os.replace(tmp, data_path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            atomic_write_json(meta_path, meta)
+            log.info("%s: built in %.1fs", what, time.time() - t0)
+    arr = np.load(data_path, mmap_mode="r")
+    _OPEN[key] = (arr, meta)
+    return arr, meta
+
+
 def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
                   cache_dir: str | Path) -> tuple[np.ndarray, list[int]]:
     """Return (read-only array (N, size, size, 3), indices of undecodable images).
@@ -128,37 +162,15 @@ def cached_images(paths: Sequence[Path], size: int, policy: str, pad_value: int,
     """
     paths = [Path(p) for p in paths]
     key = content_key(paths, size, policy, pad_value)
-    if key in _OPEN:
-        return _OPEN[key]
-    folder = Path(cache_dir).expanduser() / "decoded"
-    folder.mkdir(parents=True, exist_ok=True)
-    data_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    with _file_lock(folder / f"{key}.lock"):
-        if data_path.exists() and meta_path.exists() and _valid_file(data_path, len(paths), size):
-            bad = json.loads(meta_path.read_text())["bad"]
-        else:
-            if data_path.exists():
-                log.warning("decode cache %s is incomplete or corrupt: rebuilding", data_path)
-            t0 = time.time()
-            log.info("decode cache: building %s (%d images at %d px, %s)", data_path.name, len(paths), size, policy)
-            fd, tmp = mkstemp_shared(folder, f".{key}.", ".npy.tmp")  # readable by whom the umask allows
-            os.close(fd)
-            try:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-                bad = decode_all(paths, size, policy, pad_value, arr)
-                arr.flush()
-                del arr
-                os.replace(tmp, data_path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            atomic_write_json(meta_path, {"format": CACHE_FORMAT, "n": len(paths), "size": size,
-                                          "policy": policy, "pad_value": pad_value, "bad": bad})
-            log.info("decode cache: built in %.1fs", time.time() - t0)
-    arr = np.load(data_path, mmap_mode="r")
-    _OPEN[key] = (arr, bad)
-    return arr, bad
+
+    def build(out: np.ndarray) -> dict:
+        log.info("decode cache: %d images at %d px, %s", len(paths), size, policy)
+        bad = decode_all(paths, size, policy, pad_value, out)
+        return {"format": CACHE_FORMAT, "n": len(paths), "size": size, "policy": policy, "pad_value": pad_value,
+                "bad": bad}
+
+    arr, meta = cached_array(key, (len(paths), size, size, 3), build, cache_dir)
+    return arr, meta["bad"]
 
 
 class LazyImages:

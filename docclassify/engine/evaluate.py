@@ -1,4 +1,9 @@
-"""Evaluation of a fold's model: predicted logits over a loader, and the validation metrics."""
+"""Evaluation of a fold's model: predicted logits over a loader, the validation metrics of the
+clean view (the validation images) and of the robust view (their distorted copies,
+data/validation.py), and the monitored value that picks the best epoch.
+
+``validation`` decides which views are validated every epoch; ``trainer.monitor`` which value
+decides (auto: robust when the robust view is validated, else clean; mean: their average)."""
 
 from __future__ import annotations
 
@@ -20,6 +25,50 @@ def predict_logits(model, loader, ctx: StepContext) -> np.ndarray:
         with autocast(ctx):
             out.append(model(to_model_input(images, ctx)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+# validation option -> the views validated every epoch
+VIEWS = {"clean": ("clean",), "robust": ("robust",), "both": ("clean", "robust")}
+MONITORS = ("clean", "robust", "mean")
+
+
+def validated_views(validation_cfg) -> tuple[str, ...]:
+    """The views of ``validation`` (a config without one, e.g. an older run's: clean)."""
+    return VIEWS[str(validation_cfg.name)] if validation_cfg is not None else VIEWS["clean"]
+
+
+def resolve_monitor(validation_cfg, monitor: str) -> str:
+    """``trainer.monitor`` resolved: auto -> robust when the robust view is validated, else clean.
+    A monitor that needs a view this validation does not compute is refused (check_config says so
+    first, with the fix)."""
+    views = validated_views(validation_cfg)
+    if monitor == "auto":
+        return "robust" if "robust" in views else "clean"
+    needs = {"clean": ("clean",), "robust": ("robust",), "mean": ("clean", "robust")}[monitor]
+    missing = [v for v in needs if v not in views]
+    if missing:
+        raise ValueError(f"trainer.monitor={monitor} needs the {' and '.join(missing)} view, which "
+                         f"validation={validation_cfg.name if validation_cfg is not None else 'clean'} "
+                         "does not validate every epoch; use validation=both")
+    return monitor
+
+
+def monitored_value(metrics: dict, monitor: str) -> float:
+    """The value ``monitor`` picks from an epoch's (or a run's) metrics."""
+    if monitor == "clean":
+        return float(metrics["val_macro_f1"])
+    if monitor == "robust":
+        return float(metrics["val_macro_f1_robust"])
+    return 0.5 * (float(metrics["val_macro_f1"]) + float(metrics["val_macro_f1_robust"]))
+
+
+def view_metrics(logits: np.ndarray | None, targets: np.ndarray, num_classes: int, view: str) -> dict:
+    """classification_metrics of one view, keys suffixed ``_robust`` for the robust view; every
+    value None when the view was not validated (``logits`` None)."""
+    suffix = "" if view == "clean" else f"_{view}"
+    if logits is None:
+        return {f"{k}{suffix}": None for k in ("val_loss", "val_macro_f1", "val_accuracy", "val_per_class_f1")}
+    return {f"{k}{suffix}": v for k, v in classification_metrics(logits, targets, num_classes).items()}
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, num_classes: int) -> dict:

@@ -1,7 +1,8 @@
 """One fold: build what it needs, loop over epochs (train, validate, keep the best), save it.
 
     prepare_fold   split rows -> seeded model -> augmentation -> loaders -> FoldParts
-    fit_fold       for each epoch: train_one_epoch -> validate -> keep the best -> save state
+    fit_fold       for each epoch: train_one_epoch -> validate (clean, robust) -> keep the best
+                   (on trainer.monitor) -> save state
     finish_fold    fold{k}.json + validation logits (the "fold finished" marker), callbacks
 
 The fold's resumable state is a :class:`FoldState`, saved after every epoch (and at a stop
@@ -22,10 +23,17 @@ import numpy as np
 import torch
 
 from docclassify.data.augment import TrainTransform
+from docclassify.data.validation import copy_rows
 from docclassify.engine import distributed
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
-from docclassify.engine.evaluate import classification_metrics, predict_logits
-from docclassify.engine.loaders import build_loaders, debug_rows
+from docclassify.engine.evaluate import (
+    monitored_value,
+    predict_logits,
+    resolve_monitor,
+    validated_views,
+    view_metrics,
+)
+from docclassify.engine.loaders import build_eval_loader, build_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.parts import build_fold_parts, build_model, eval_model, weights_kind
 from docclassify.engine.plan import FoldPlan
@@ -35,6 +43,7 @@ from docclassify.engine.sampling import class_counts
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
+    load_best_weights,
     load_resume_state,
     model_meta,
     save_best,
@@ -55,9 +64,11 @@ class FoldState:
 
     epoch: int = 0                 # epochs finished
     updates: int = 0               # optimiser updates (the lr schedule's clock)
-    best_f1: float = -1.0
+    best_f1: float = -1.0          # the monitored value (trainer.monitor) of the best epoch
     best_epoch: int = -1
     best_logits: np.ndarray | None = None  # validation logits of the best epoch (the OOF rows)
+    best_robust_logits: np.ndarray | None = None  # ... and of their robust copies
+    best_scores: dict = field(default_factory=dict)  # clean / robust macro F1 of the best epoch
     history: list[dict] = field(default_factory=list)
     stale: int = 0                 # epochs since the best (early stopping)
     skipped: int = 0               # non-finite steps skipped
@@ -87,6 +98,11 @@ class FoldJob:
     info: dict                 # model, model_option, img_size, n_train, n_val
     best_path: Path
     last_path: Path
+    views: tuple[str, ...]     # validated every epoch: clean and/or robust (validation option)
+    monitor: str               # clean, robust or mean: what picks the best epoch
+    copies: int = 0            # robust copies per validation image (0: no robust view)
+    robust_loader: Any = None  # ... and their loader
+    robust_targets: np.ndarray | None = None
 
 
 def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
@@ -117,6 +133,8 @@ def load_finished_fold(fold_dir: Path, k: int, epochs: int) -> dict | None:
         return None
     log.info("fold %d: already finished (%s), not retrained", k, summary_path)
     outcome["val_logits"] = np.load(logits_path)
+    robust_path = fold_dir / f"fold{k}_val_logits_robust.npy"
+    outcome["val_logits_robust"] = np.load(robust_path) if robust_path.is_file() else None
     return outcome
 
 
@@ -145,9 +163,25 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
             "n_train": len(train_idx), "n_val": len(val_idx)}
     log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
              len(train_idx), len(val_idx))
-    return FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
-                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
-                   run.ckpt_dir / f"fold{k}_last.pt")
+    job = FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
+                  data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
+                  run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
+                  resolve_monitor(cfg.get("validation"), cfg.trainer.monitor))
+    add_robust_view(job, run, data, plan.img_size)
+    return job
+
+
+def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int) -> None:
+    """The loader of the validation rows' distorted copies (when the run has a robust view)."""
+    copies = data.copies_by_size.get(img_size)
+    if copies is None:
+        return
+    n = job.copies = data.robust.copies
+    rows = copy_rows(job.val_idx, n)
+    job.robust_targets = np.repeat(job.val_targets, n)
+    job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.cfg.trainer,
+                                          run.cfg.data.num_workers, run.seed + job.fold, run.device)
+    job.info["n_val_robust"] = len(rows)
 
 
 def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
@@ -171,25 +205,31 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
         begin_epoch(job, run, epoch)
         with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
             stats = train_epoch_resumably(job, state, epoch)
-        logits, metrics = validate(job)
-        keep_best(job, state, epoch, logits, metrics)
-        record = epoch_record(job, state, epoch, stats, metrics)
+        scores = validate(job)
+        keep_best(job, state, epoch, scores)
+        record = epoch_record(job, state, epoch, stats, scores.metrics)
         state.history.append(record)
         state.epoch = epoch + 1
         save_state(job, state)
-        run.callback.on_epoch_end(job.fold, epoch, {**record, "val_per_class_f1": metrics["val_per_class_f1"]})
+        run.callback.on_epoch_end(job.fold, epoch, {**record, **per_class(scores.metrics)})
         if patience is not None and state.stale >= int(patience):
-            log.info("fold %d: early stopping at epoch %d (no val macro F1 gain for %d epochs)",
-                     job.fold, epoch, state.stale)
+            log.info("fold %d: early stopping at epoch %d (no %s val macro F1 gain for %d epochs)",
+                     job.fold, epoch, job.monitor, state.stale)
             state.early_stopped = True
             break
         # A signal during validation: stop here (all DDP ranks together), the state is saved.
         stop = not distributed.all_ranks_true(not getattr(run.stop, "requested", False))
         if stop and state.epoch < epochs:
             raise StopRequested(f"stop requested after epoch {epoch} (state saved at the epoch end)")
+    if "clean" not in job.views:  # validation=robust: the clean OOF rows, once, with the best weights
+        predict_clean_with_best(job, state)
     return {
-        "fold": job.fold, "best_macro_f1": float(state.best_f1), "best_epoch": int(state.best_epoch),
+        "fold": job.fold, "best_macro_f1": state.best_scores.get("val_macro_f1"),
+        "best_macro_f1_robust": state.best_scores.get("val_macro_f1_robust"),
+        "best_monitored": float(state.best_f1), "monitor": job.monitor, "best_epoch": int(state.best_epoch),
         "epochs_run": int(state.epoch), "history": state.history, "val_logits": state.best_logits,
+        "val_logits_robust": state.best_robust_logits,
+        "robust_copies": job.copies or None,
         "weights": weights_kind(job.parts), "skipped_steps": int(state.skipped),
         "early_stopped": bool(state.early_stopped),
     }
@@ -231,26 +271,68 @@ def train_epoch_resumably(job: FoldJob, state: FoldState, epoch: int) -> dict:
     return stats
 
 
-def validate(job: FoldJob) -> tuple[np.ndarray, dict]:
-    """Logits and metrics of the fold's validation rows under the weights that would be saved."""
+@dataclass
+class EpochScores:
+    """One validation: logits of the clean rows and of their robust copies (None: view not
+    validated), and the metrics of both plus ``val_monitored``."""
+
+    logits: np.ndarray | None
+    robust_logits: np.ndarray | None
+    metrics: dict
+
+
+def validate(job: FoldJob) -> EpochScores:
+    """Logits and metrics of the fold's validation views under the weights that would be saved."""
     model = eval_model(job.parts)
     distributed.sync_module_state(model)  # every rank evaluates rank 0's (saved) weights
-    # Each rank predicts its shard of the validation rows; gathered, all ranks hold every row.
-    logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
-    return logits, classification_metrics(logits, job.val_targets, job.meta["num_classes"])
+    # Each rank predicts its shard of the rows; gathered, all ranks hold every row.
+    logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx)) \
+        if "clean" in job.views else None
+    robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx)) \
+        if "robust" in job.views else None
+    k = job.meta["num_classes"]
+    metrics = {**view_metrics(logits, job.val_targets, k, "clean"),
+               **view_metrics(robust, job.robust_targets, k, "robust")}
+    metrics["val_monitored"] = monitored_value(metrics, job.monitor)
+    return EpochScores(logits, robust, metrics)
 
 
-def keep_best(job: FoldJob, state: FoldState, epoch: int, logits: np.ndarray, metrics: dict) -> None:
-    """A better validation macro F1 becomes the fold's best: its logits and its checkpoint."""
-    if not metrics["val_macro_f1"] > state.best_f1:
+def per_class(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith("val_per_class_f1")}
+
+
+def predict_clean_with_best(job: FoldJob, state: FoldState) -> None:
+    """The clean validation rows predicted once with the best checkpoint's weights (the fold's
+    clean OOF rows when only the robust view was validated every epoch)."""
+    if state.best_epoch < 0:
+        return
+    distributed.barrier()  # rank 0 wrote the best checkpoint
+    best = load_best_weights(job.best_path)
+    (job.parts.model if job.parts.ema is None else job.parts.ema.module).load_state_dict(best)
+    model = eval_model(job.parts)
+    state.best_logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
+    clean = view_metrics(state.best_logits, job.val_targets, job.meta["num_classes"], "clean")
+    state.best_scores["val_macro_f1"] = clean["val_macro_f1"]
+    log.info("fold %d: clean macro F1 %.4f at the best epoch %d (robust %.4f)", job.fold, clean["val_macro_f1"],
+             state.best_epoch + 1, state.best_scores["val_macro_f1_robust"])
+
+
+def keep_best(job: FoldJob, state: FoldState, epoch: int, scores: EpochScores) -> None:
+    """A better monitored value (trainer.monitor) makes the epoch the fold's best: its logits, its
+    scores and its checkpoint."""
+    metrics = scores.metrics
+    if not metrics["val_monitored"] > state.best_f1:
         state.stale += 1
         return
-    state.best_f1, state.best_epoch, state.best_logits, state.stale = metrics["val_macro_f1"], epoch, logits, 0
+    state.best_f1, state.best_epoch, state.stale = metrics["val_monitored"], epoch, 0
+    state.best_logits, state.best_robust_logits = scores.logits, scores.robust_logits
+    state.best_scores = {k: metrics[k] for k in ("val_macro_f1", "val_macro_f1_robust")}
     # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
     weights = (job.parts.model if job.parts.ema is None else job.parts.ema.module).state_dict()
     if distributed.is_main():
         save_best(job.best_path, {k: v.detach().cpu() for k, v in weights.items()}, job.meta, fold=job.fold,
-                  epoch=epoch, macro_f1=metrics["val_macro_f1"], weights=weights_kind(job.parts))
+                  epoch=epoch, macro_f1=metrics["val_macro_f1"], macro_f1_robust=metrics["val_macro_f1_robust"],
+                  monitor=job.monitor, weights=weights_kind(job.parts))
 
 
 def epoch_record(job: FoldJob, state: FoldState, epoch: int, stats: dict, metrics: dict) -> dict:
@@ -259,8 +341,11 @@ def epoch_record(job: FoldJob, state: FoldState, epoch: int, stats: dict, metric
     return {
         "epoch": epoch, "train_loss": stats["train_loss"], "val_loss": metrics["val_loss"],
         "val_macro_f1": metrics["val_macro_f1"], "val_accuracy": metrics["val_accuracy"],
+        "val_loss_robust": metrics["val_loss_robust"], "val_macro_f1_robust": metrics["val_macro_f1_robust"],
+        "val_accuracy_robust": metrics["val_accuracy_robust"],
+        "monitor": job.monitor, "val_monitored": metrics["val_monitored"], "best_monitored": state.best_f1,
         "lr": job.parts.optimizer.param_groups[0]["lr"], "img_per_s": stats["img_per_s"],
-        "epoch_s": stats["epoch_s"], "best_macro_f1": state.best_f1,
+        "epoch_s": stats["epoch_s"], "best_macro_f1": state.best_scores.get("val_macro_f1"),
         "p_advanced": job.transform.p_advanced(epoch), "max_grad_norm": stats["max_grad_norm"],
         "mixup": bool(mixup is not None and mixup.mixup_enabled),
     }
@@ -309,7 +394,10 @@ def finish_fold(job: FoldJob, outcome: dict, run: RunContext, data: RunData) -> 
     if distributed.is_main():
         with atomic_write(run.fold_dir / f"fold{job.fold}_val_logits.npy", "wb") as fh:
             np.save(fh, outcome["val_logits"])
+        if outcome["val_logits_robust"] is not None:
+            with atomic_write(run.fold_dir / f"fold{job.fold}_val_logits_robust.npy", "wb") as fh:
+                np.save(fh, outcome["val_logits_robust"])
         atomic_write_json(run.fold_dir / f"fold{job.fold}.json",
-                          {key: v for key, v in outcome.items() if key != "val_logits"})
+                          {key: v for key, v in outcome.items() if key not in ("val_logits", "val_logits_robust")})
     run.callback.on_fold_end(job.fold, {**outcome, "val_targets": job.val_targets, "val_ids": data.ids[job.val_idx],
                                         "classes": data.classes, "images": data.images_by_size[job.info["img_size"]]})

@@ -2,9 +2,11 @@
 
     start_run      checks, run dir, seed, device, AMP (a RunContext)
     load_run_data  data source -> fold plans -> decoded images per size -> fold assignment
+    add_robust_copies  the distortion profile -> every row's distorted copies per size (validation)
     run_fold       for each selected fold (engine.fold: build, epochs, best checkpoint, OOF logits)
-    pool_oof       the folds' OOF rows -> oof.csv + cv macro F1 (engine.oof)
-    results.json   written last; the value returned to Hydra (and a sweep) is cv macro F1
+    pool_oof       the folds' OOF rows -> oof.csv + cv macro F1, oof_robust.csv + its F1 (engine.oof)
+    results.json   written last; the value returned to Hydra (and a sweep) is the objective: the
+                   pooled value trainer.monitor picks (robust, clean or their mean)
 
 Each finished fold is written to disk at once, so an interrupted run resumes where it stopped.
 """
@@ -13,22 +15,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
 from docclassify.data.shift import run_shift_check
 from docclassify.data.sources import DataSource, apply_decisions, load_source
+from docclassify.data.validation import RobustSpec, normalise_profile, robust_copies
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.epoch import StopRequested
+from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
 from docclassify.engine.losses import check_loss_config
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
@@ -75,6 +79,8 @@ class RunData:
     # validation.distort=auto: the profile fitted from the train-vs-test shift (data/shift.py), else None
     fitted_profile: dict | None = None
     duplicate_groups: dict | None = None  # folds.group_duplicates: what was grouped (results.json)
+    robust: RobustSpec | None = None  # the robust view's profile, copies and seed (None: validation=clean)
+    copies_by_size: dict[int, object] = field(default_factory=dict)  # every row's copies per size
 
     @property
     def targets(self) -> np.ndarray:
@@ -104,6 +110,7 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     t_start = time.time()
     run = start_run(cfg, CallbackList(callbacks))
     data = load_run_data(run)
+    add_robust_copies(run, data)
     run.stop.install()  # SIGTERM/SIGINT from here on: finish the step, save the state, exit
     run.callback.on_run_start(run_info(run, data))
     outcomes = []
@@ -123,8 +130,11 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
         run.callback.on_run_end(results)
     finally:
         run.callback.close()
-    log.info("cv macro F1 %.4f over %d OOF rows (%s) -> %s", results["cv_macro_f1"], results["n_oof_rows"],
-             ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]), run.run_dir)
+    robust = results.get("cv_macro_f1_robust")
+    log.info("cv macro F1 %.4f%s over %d OOF rows (%s); objective (%s) %.4f -> %s", results["cv_macro_f1"],
+             f", robust {robust:.4f}" if robust is not None else "", results["n_oof_rows"],
+             ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]),
+             results["monitor"], results["objective"], run.run_dir)
     return results
 
 
@@ -179,6 +189,39 @@ def load_run_data(run: RunContext) -> RunData:
     return RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile, grouped)
 
 
+def resolve_distort_profile(run: RunContext, data: RunData) -> dict:
+    """The distortion profile of the robust copies: ``validation.distort`` as given, or for
+    ``auto`` the one fitted from the data's measured train-vs-test shift (docclassify.data.shift,
+    which also saves it in the run dir)."""
+    distort = run.cfg.validation.distort
+    if distort != "auto":  # every key read by name (tests/test_config_keys.py sees each one used)
+        return normalise_profile({k: OmegaConf.to_object(distort[k]) if OmegaConf.is_config(distort[k])
+                                  else distort[k] for k in distort})
+    # Fitted (and saved as distort_profile.yaml) by the shift check in load_run_data, which refuses
+    # auto when the data has no test images.
+    return normalise_profile(data.fitted_profile)
+
+
+def add_robust_copies(run: RunContext, data: RunData) -> None:
+    """With a robust view (validation=robust|both): every training row's distorted copies at every
+    image size the folds train at, built once (cached like the decoded images)."""
+    validation = run.cfg.get("validation")
+    if "robust" not in validated_views(validation):
+        return
+    with distributed.main_first():  # an auto profile is fitted (and saved) by rank 0 first
+        profile = resolve_distort_profile(run, data)
+    data.robust = RobustSpec(profile, int(validation.copies), int(validation.seed))
+    cfg, train = run.cfg, data.source.train
+    cache_dir = cfg.paths.cache_dir if cfg.data.cache else None
+    for size in sorted({p.img_size for p in data.plans}):
+        with distributed.main_first():
+            data.copies_by_size[size] = robust_copies(list(train["path"]), list(train["ID"]), data.robust, size,
+                                                      cfg.data.resize, int(cfg.data.pad_value), cache_dir)
+    log.info("validation=%s: %d distorted copies of every validation image (seed %d); trainer.monitor=%s picks "
+             "the best epoch", validation.name, data.robust.copies, data.robust.seed,
+             resolve_monitor(validation, str(cfg.trainer.monitor)))
+
+
 def run_info(run: RunContext, data: RunData) -> dict:
     """What on_run_start tells the trackers (and the log) about the run."""
     folds = [p.fold for p in data.plans]
@@ -189,10 +232,22 @@ def run_info(run: RunContext, data: RunData) -> dict:
             "device": str(run.device), "amp": run.amp.name}
 
 
-def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outcomes: list[dict]) -> dict:
-    """results.json: the pooled OOF metrics and folds plus what identifies the run."""
+def run_objective(pooled: dict, monitor: str) -> float:
+    """The run's objective (what a sweep optimises): the pooled value ``monitor`` picks."""
+    return monitored_value({"val_macro_f1": pooled["cv_macro_f1"],
+                            "val_macro_f1_robust": pooled.get("cv_macro_f1_robust")}, monitor)
+
+
+def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outcomes: list[dict],
+                robust: RobustSpec | None = None) -> dict:
+    """results.json: the pooled OOF metrics and folds, the objective, plus what identifies the run."""
+    validation = cfg.get("validation")
+    monitor = resolve_monitor(validation, str(OmegaConf.select(cfg, "trainer.monitor", default="auto")))
     return {
         **pooled,
+        "monitor": monitor, "objective": run_objective(pooled, monitor),
+        "validation": {"name": str(validation.name) if validation is not None else "clean",
+                       **(robust.as_dict() if robust is not None else {})},
         "n_folds": int(cfg.folds.n),
         "data": data_info,
         "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),
@@ -209,7 +264,7 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
     pooled = pool_oof(run.run_dir, data.source.train, data.classes, outcomes, write=main)
     data_info = {"name": data.source.name, "root": str(data.source.root), **data.source.decisions,
                  **({"duplicate_groups": data.duplicate_groups} if data.duplicate_groups else {})}
-    results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes)
+    results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
     results["seconds"] = round(seconds, 2)
     results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
     if main:

@@ -86,13 +86,20 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     # once per process), so a resumed run would differ from an uninterrupted one.
     train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
                               generator=torch.Generator().manual_seed(seed), **common)
+    val_loader = build_eval_loader(images, val_idx, targets, trainer_cfg, num_workers, seed, device)
+    return train_loader, val_loader, sampler
+
+
+def build_eval_loader(images, rows, targets, trainer_cfg, num_workers, seed: int, device: torch.device):
+    """A validation loader over ``images[rows]`` (no augmentation, in order); under DDP over this
+    rank's contiguous share of ``rows`` (the fold gathers the shares back)."""
+    workers = default_num_workers(num_workers)
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
     eval_bs = eval_batch_size(trainer_cfg)
     # Validation from the decode cache on CPU: nothing to decode or augment and the model uses the
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
-    val_common = common
     if device.type == "cpu" and isinstance(images, np.ndarray):
-        val_common = {**common, "num_workers": 0, "persistent_workers": False, "prefetch_factor": None}
-    # Under DDP each rank predicts its contiguous share of the rows (the fold gathers them back).
-    val_loader = DataLoader(ImageDataset(images, distributed.shard(val_idx), targets), batch_size=eval_bs,
-                            shuffle=False, generator=torch.Generator().manual_seed(seed), **val_common)
-    return train_loader, val_loader, sampler
+        common = {**common, "num_workers": 0, "persistent_workers": False, "prefetch_factor": None}
+    return DataLoader(ImageDataset(images, distributed.shard(rows), targets), batch_size=eval_bs,
+                      shuffle=False, generator=torch.Generator().manual_seed(seed), **common)

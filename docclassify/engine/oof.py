@@ -1,5 +1,7 @@
 """Pool the out-of-fold (OOF) predictions of a K-fold run: oof.csv, oof_logits.npy and the
-results dict (cv macro F1 over the pooled rows, one entry per fold).
+results dict (cv macro F1 over the pooled rows, one entry per fold); with a robust view also
+oof_robust.csv / oof_robust_logits.npy (every OOF row's distorted copies, ``ID,copy,...``) and
+cv_macro_f1_robust over them.
 
 Used by ``engine.kfold`` at the end of a run and by ``docclassify.aggregate`` when folds trained
 as separate jobs are merged into one run.
@@ -16,10 +18,12 @@ from docclassify import metrics
 from docclassify.utils.io import atomic_write, atomic_write_csv
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
+OOF_ROBUST_FILE, OOF_ROBUST_LOGITS_FILE = "oof_robust.csv", "oof_robust_logits.npy"
 # What results.json keeps of each fold's outcome (engine.fold), in this order.
-FOLD_KEYS = ("fold", "model", "model_option", "img_size", "best_macro_f1", "best_epoch", "epochs_run",
-             "checkpoint", "weights", "n_train", "n_val", "seconds", "skipped_steps", "early_stopped", "history")
-FOLD_DEFAULTS = {"skipped_steps": 0, "early_stopped": False}
+FOLD_KEYS = ("fold", "model", "model_option", "img_size", "best_macro_f1", "best_macro_f1_robust", "monitor",
+             "best_monitored", "best_epoch", "epochs_run", "checkpoint", "weights", "n_train", "n_val",
+             "robust_copies", "seconds", "skipped_steps", "early_stopped", "history")
+FOLD_DEFAULTS = {"skipped_steps": 0, "early_stopped": False, "monitor": "clean"}
 
 
 def pooled_rows(outcomes: list[dict], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +45,55 @@ def oof_frame(ids: np.ndarray, targets: np.ndarray, rows: np.ndarray, logits: np
     return pd.concat([oof, pd.DataFrame(probs, columns=classes)], axis=1)
 
 
-def write_oof(run_dir: Path, oof: pd.DataFrame, logits: np.ndarray) -> None:
-    atomic_write_csv(oof, run_dir / OOF_FILE, float_format="%.8g")
-    with atomic_write(run_dir / OOF_LOGITS_FILE, "wb") as fh:
+def write_oof(run_dir: Path, oof: pd.DataFrame, logits: np.ndarray, names: tuple[str, str] = (OOF_FILE,
+              OOF_LOGITS_FILE)) -> None:
+    atomic_write_csv(oof, run_dir / names[0], float_format="%.8g")
+    with atomic_write(run_dir / names[1], "wb") as fh:
         np.save(fh, logits.astype(np.float32))
+
+
+def robust_copies_of(outcomes: list[dict]) -> int | None:
+    """Copies per row of the folds' robust view; None when no fold has one. Folds that disagree
+    (some with a robust view, some without, or other copy counts) cannot be pooled."""
+    counts = {o.get("robust_copies") if o.get("val_logits_robust") is not None else None for o in outcomes}
+    if len(counts) > 1:
+        raise RuntimeError(f"the folds' robust views differ (copies per row: {sorted(counts, key=str)}): "
+                           "folds of one run must share the validation option; retrain the odd fold(s)")
+    return counts.pop() if counts else None
+
+
+def pool_robust(outcomes: list[dict], ids: np.ndarray, targets: np.ndarray, classes: list[str],
+                copies: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """``ID,copy,target,pred,<probabilities>`` of every OOF row's copies (train.csv order, then copy)
+    and their logits."""
+    rows = np.asarray([r for o in outcomes for r in o["val_index"]], dtype=np.int64)
+    logits = np.concatenate([np.asarray(o["val_logits_robust"], dtype=np.float64) for o in outcomes])
+    rows = np.repeat(rows, copies)  # each fold's logits hold its rows' copies together, in val_index order
+    copy = np.tile(np.arange(copies), len(rows) // copies)
+    order = np.lexsort((copy, rows))
+    rows, copy, logits = rows[order], copy[order], logits[order]
+    probs = metrics.softmax(logits)
+    oof = pd.DataFrame({"ID": ids[rows], "copy": copy, "target": targets[rows], "pred": probs.argmax(1)})
+    return pd.concat([oof, pd.DataFrame(probs, columns=classes)], axis=1), logits
+
+
+def robust_results(run_dir: Path, outcomes: list[dict], ids: np.ndarray, targets: np.ndarray,
+                   classes: list[str], write: bool) -> dict:
+    """The robust part of results.json (None values without a robust view); writes oof_robust.*."""
+    copies = robust_copies_of(outcomes)
+    if copies is None:
+        return {"cv_macro_f1_robust": None, "cv_accuracy_robust": None}
+    oof, logits = pool_robust(outcomes, ids, targets, classes, copies)
+    if write:
+        write_oof(run_dir, oof, logits, (OOF_ROBUST_FILE, OOF_ROBUST_LOGITS_FILE))
+    y, pred = oof["target"].to_numpy(), oof["pred"].to_numpy()
+    return {
+        "cv_macro_f1_robust": metrics.macro_f1(y, pred),
+        "cv_accuracy_robust": metrics.accuracy(y, pred),
+        "mean_fold_macro_f1_robust": float(np.mean([o["best_macro_f1_robust"] for o in outcomes])),
+        "n_oof_robust_rows": int(len(oof)), "robust_copies": int(copies),
+        "oof_robust": OOF_ROBUST_FILE, "oof_robust_logits": OOF_ROBUST_LOGITS_FILE,
+    }
 
 
 def pool_oof(run_dir: Path, train: pd.DataFrame, classes: list[str], outcomes: list[dict],
@@ -61,6 +110,7 @@ def pool_oof(run_dir: Path, train: pd.DataFrame, classes: list[str], outcomes: l
         "metric": "macro_f1",
         "cv_macro_f1": metrics.macro_f1(y, pred),
         "cv_accuracy": metrics.accuracy(y, pred),
+        **robust_results(run_dir, outcomes, ids, targets, classes, write),
         "mean_fold_macro_f1": float(np.mean([o["best_macro_f1"] for o in outcomes])),
         "n_oof_rows": int(len(rows)),
         "folds_run": [o["fold"] for o in outcomes],

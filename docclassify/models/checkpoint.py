@@ -111,14 +111,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return {k: (v if k == "format" else json.loads(v)) for k, v in header.items()}
 
 
+def load_best_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a best checkpoint (checked to be one)."""
+    import safetensors.torch
+
+    read_checkpoint(path)
+    return safetensors.torch.load_file(str(path))
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model a best checkpoint describes (at its image size); returns (model in eval
     mode, the header with ``state_dict`` added)."""
-    import safetensors.torch
-
     info = read_checkpoint(path)
     meta = info["meta"]
-    state_dict = safetensors.torch.load_file(str(path))
+    state_dict = load_best_weights(path)
     model = create_model(meta["timm_name"], meta["num_classes"], pretrained=False, img_size=meta["img_size"])
     model.load_state_dict(state_dict)
     return model.to(device).eval(), {**info, "state_dict": state_dict}

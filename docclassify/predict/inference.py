@@ -19,6 +19,11 @@ used). With ``oof_tta=true`` and TTA views beyond the identity, the OOF rows are
 re-predicted with the same views, so the fitted temperature matches TTA-averaged test
 probabilities (TTA averaging makes predictions less confident than the saved single-view
 OOF logits).
+
+``fit_on`` picks the OOF rows every decision is fitted on: ``robust`` (the distorted copies of
+the OOF rows, oof_robust.csv: what the test looks like; the default when every run has them),
+or ``clean`` (oof.csv). ``top_k``, the ensemble weights, the temperature and ``tta=auto`` (every
+view set scored on those rows, the best kept: predict.tta_auto) all follow it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from sklearn.metrics import precision_recall_fscore_support
 from docclassify.config_schema import CompetitionData
 from docclassify.data.cache import cached_images, decode_all
 from docclassify.data.sources import DataError, DataSource, load_source
+from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
@@ -53,7 +59,16 @@ from docclassify.predict.ensemble import (
     fit_oof_weights,
     fit_stacker,
 )
-from docclassify.predict.runs import Run, RunError, discover_runs, fold_of_ids, load_oof
+from docclassify.predict.runs import (
+    Run,
+    RunError,
+    discover_runs,
+    fold_of_ids,
+    load_view_oof,
+    resolve_fit_on,
+    select_top_k,
+    split_robust_key,
+)
 from docclassify.predict.submission import (
     build_probability_frame,
     build_submission,
@@ -61,7 +76,8 @@ from docclassify.predict.submission import (
     write_probability_frame,
     write_submission,
 )
-from docclassify.predict.tta import View, predict_tta_batches, resolve_tta
+from docclassify.predict.tta import VIEW_SETS, View, predict_tta_batches, resolve_tta
+from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, set_logits
 from docclassify.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -83,6 +99,7 @@ class Settings:
     oof_tta: bool
     batch_size: int
     output: Path | None
+    fit_on: str = "auto"  # auto, robust or clean: resolved against the runs in run_inference
     decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
 
 
@@ -102,7 +119,8 @@ def read_settings(cfg: DictConfig) -> Settings:
     output = Path(str(cfg.output)).expanduser() if cfg.output else None
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
-    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output, decision=decision)
+    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
+                    str(cfg.get("fit_on", "auto")), decision)
 
 
 def _plain(value):
@@ -211,6 +229,28 @@ class ImageStore:
                             "n": len(paths)})
         return images
 
+    def get_robust(self, ds: DataSet, meta: dict, spec: RobustSpec) -> np.ndarray:
+        """The training rows' robust copies as the run validated on them (the same cache entry
+        training built when data, profile, copies, seed, size and resize policy are the same)."""
+        size, resize, pad = int(meta["img_size"]), str(meta["resize"]), int(meta["pad_value"])
+        key = (id(ds.source), "robust", size, resize, pad, json.dumps(spec.as_dict(), sort_keys=True))
+        if key not in self._arrays:
+            train = ds.source.train
+            t0 = time.time()
+            self._arrays[key] = robust_copies(list(train["path"]), list(train["ID"]), spec, size, resize, pad,
+                                              self.cache_dir if ds.cache else None)
+            log.info("robust copies: %d x %d at %d px ready in %.1fs", len(train), spec.copies, size,
+                     time.time() - t0)
+            self.loaded.append({"split": "robust", "img_size": size, "resize": resize, "pad_value": pad,
+                                "n": len(train) * spec.copies})
+        return self._arrays[key]
+
+    def oof_images(self, ds: DataSet, meta: dict, run: Run, view: str) -> np.ndarray:
+        """The images a run's OOF rows on ``view`` index: training images, or their robust copies."""
+        if view == "clean":
+            return self.get(ds, "train", meta)
+        return self.get_robust(ds, meta, RobustSpec.from_dict(run.results["validation"]))
+
 
 def decode_test_images(runs: list[Run], datasets: list[DataSet], cache_dir: str) -> ImageStore:
     """Every test image set the checkpoints need, decoded up front: a bad image stops the run
@@ -269,6 +309,16 @@ class TtaPredictor:
                             self.device)
 
 
+def plan_view_oof(run: Run, ds: DataSet, keys: np.ndarray, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row of :meth:`ImageStore.oof_images`, validation fold) of each OOF row key on ``view``."""
+    if view == "clean":
+        return plan_oof(run, ds, keys)
+    ids, copy = split_robust_key(keys)
+    rows, folds = plan_oof(run, ds, ids)
+    n = int(run.results["validation"]["copies"])
+    return copy_rows(rows, n).reshape(-1, n)[np.arange(len(rows)), copy], folds
+
+
 def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(training-data row, validation fold) of each OOF ID, to re-predict it with its own fold's
     model."""
@@ -295,26 +345,28 @@ def needs_oof(settings: Settings, n_runs: int) -> bool:
 
 @dataclass
 class OofInputs:
-    """The runs' saved out-of-fold predictions, and whether they are re-predicted with TTA."""
+    """The runs' saved out-of-fold predictions on the ``view`` decisions are fitted on (fit_on), and
+    whether they are re-predicted with TTA."""
 
-    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_oof's (IDs, y, logits)
+    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per run: load_view_oof's (keys, y, logits)
     repredict: bool
-    # per run: plan_oof's (training-data rows, folds) when re-predicted, else None
+    # per run: plan_view_oof's (image rows, folds) when re-predicted here, else None
     plans: list[tuple[np.ndarray, np.ndarray] | None]
+    view: str = "clean"
 
 
 def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
-                views: list[View]) -> OofInputs | None:
-    """The OOF rows that weights (ensemble.weights=oof, 2+ runs) and the temperature (calibrate)
-    are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond the
-    identity."""
+                views: list[View], view: str = "clean", predicted: bool = False) -> OofInputs | None:
+    """The OOF rows (on ``view``) that weights (2+ runs), the temperature (calibrate) and the decision
+    rule (decision=macro_f1) are fitted on; None when none is. Re-predicted (oof_tta) only with views
+    beyond the identity; ``predicted``: tta=auto already re-predicted them (no plans needed)."""
     if not needs_oof(settings, len(runs)):
         return None
-    saved = [load_oof(run) for run in runs]
+    saved = [load_view_oof(run, view) for run in runs]
     repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
-    plans = [plan_oof(run, ds, oof[0]) for run, ds, oof in zip(runs, datasets, saved)] \
-        if repredict else [None] * len(runs)
-    return OofInputs(saved, repredict, plans)
+    plans = [plan_view_oof(run, ds, oof[0], view) for run, ds, oof in zip(runs, datasets, saved)] \
+        if repredict and not predicted else [None] * len(runs)
+    return OofInputs(saved, repredict, plans, view)
 
 
 @dataclass
@@ -341,21 +393,21 @@ def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: Im
     return probs, logits, img_per_s
 
 
-def repredict_fold_oof(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
+def repredict_fold_oof(model: torch.nn.Module, meta: dict, images: np.ndarray,
                        predictor: TtaPredictor, rows: np.ndarray, label: str) -> np.ndarray:
-    """TTA logits of the training-data ``rows``: the fold's OOF rows (the ones it did not train
-    on)."""
+    """TTA logits of ``images[rows]``: the fold's OOF rows (the ones it did not train on) or
+    their robust copies."""
     t0 = time.time()
-    _, logits = predictor.predict(model, store.get(ds, "train", meta), rows, meta)
+    _, logits = predictor.predict(model, images, rows, meta)
     log.info("%s: %d OOF rows re-predicted with %d views in %.1fs", label, len(rows),
              len(predictor.views), time.time() - t0)
     return logits
 
 
 def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor: TtaPredictor,
-                average: str, oof: tuple[np.ndarray, np.ndarray] | None) -> Member:
-    """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows when
-    ``oof=(train rows, folds)``, see :func:`plan_oof`)."""
+                average: str, oof: tuple[np.ndarray, np.ndarray] | None, view: str = "clean") -> Member:
+    """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows of
+    ``view`` when ``oof=(image rows, folds)``, see :func:`plan_view_oof`)."""
     fold_preds, fold_info = [], []
     oof_logits = None
     if oof is not None:
@@ -374,8 +426,8 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
         if oof is not None:
             train_rows, oof_folds = oof
             mask = oof_folds == fm.fold
-            oof_logits[mask] = repredict_fold_oof(model, meta, ds, store, predictor,
-                                                  train_rows[mask], fold_label)
+            oof_logits[mask] = repredict_fold_oof(model, meta, store.oof_images(ds, meta, run, view),
+                                                  predictor, train_rows[mask], fold_label)
         del model, ckpt
     test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
     return Member(run, safe_log(test_probs), oof_logits, fold_info)
@@ -385,8 +437,9 @@ def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
                     predictor: TtaPredictor, average: str, oof: OofInputs | None) -> list[Member]:
     """One ensemble member per run (its folds averaged), OOF rows re-predicted where planned."""
     plans = oof.plans if oof is not None else [None] * len(runs)
+    view = oof.view if oof is not None else "clean"
     return [predict_run(run, f"run {i + 1}/{len(runs)} ({run.path.name})", ds, store, predictor,
-                        average, plan)
+                        average, plan, view)
             for i, (run, ds, plan) in enumerate(zip(runs, datasets, plans))]
 
 
@@ -435,6 +488,46 @@ def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: l
         log.info("OOF: %d rows common to all %d runs (%d rows not predicted by every run left out)",
                  len(common), len(per_run), dropped)
     return common, y, aligned
+
+
+def predict_oof_views(run: Run, ds: DataSet, store: ImageStore, keys: np.ndarray, view: str,
+                      views: list[View], batch_size: int, device: torch.device) -> np.ndarray:
+    """Logits (V, N, K) of a run's OOF rows ``keys`` on ``view``, each row predicted by its own
+    fold's model, once per view of ``views``."""
+    rows, folds = plan_view_oof(run, ds, keys, view)
+    out = np.zeros((len(views), len(keys), len(run.classes)), dtype=np.float64)
+    for fm in run.folds:
+        mask = folds == fm.fold
+        if not mask.any():
+            continue
+        model, ckpt = load_checkpoint(fm.checkpoint, device)
+        images = store.oof_images(ds, ckpt["meta"], run, view)
+        for i, v in enumerate(views):
+            out[i, mask] = predict_rows(model, images, rows[mask], ckpt["meta"], [v], "logit", batch_size, device)[1]
+        del model, ckpt
+    return out
+
+
+def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, settings: Settings,
+               tta_average: str, device: torch.device) -> TtaChoice:
+    """tta=auto: every view set scored by the (equal-weight) ensemble's macro F1 on the runs' OOF rows
+    of settings.fit_on; the best set (ties: fewer views) is kept (see predict.tta_auto)."""
+    views, view_logits, t0 = candidate_views(), [], time.time()
+    saved = [load_view_oof(run, settings.fit_on) for run in runs]
+    for run, ds, (keys, _, _) in zip(runs, datasets, saved):
+        view_logits.append(predict_oof_views(run, ds, store, keys, settings.fit_on, views, settings.batch_size,
+                                             device))
+    scores, by_set, y = {}, {}, None
+    for name in VIEW_SETS:
+        by_set[name] = [set_logits(z, views, name, tta_average) for z in view_logits]
+        _, y, aligned = align_oof([(keys, yy, z) for (keys, yy, _), z in zip(saved, by_set[name])],
+                                  [r.path for r in runs])
+        scores[name] = macro_f1_of_probs(combine(members_of(aligned, settings.average), None, settings.average), y)
+    best = pick_best(scores)
+    log.info("tta=auto: %s OOF macro F1 per view set (%d rows, %d distinct views, %.1fs): %s -> %s",
+             settings.fit_on, len(y), len(views), time.time() - t0,
+             ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), best)
+    return TtaChoice(best, settings.fit_on, len(y), scores, by_set[best])
 
 
 def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
@@ -521,7 +614,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     if weights_mode in SELECTION_MODES and len(members) > 1:
         check_same_oof_rows(per_run, paths, weights_mode)
     oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
-    groups = image_groups(oof_ids)
+    groups = image_groups(oof_ids, oof.view)
     stacker = None
     if weights_mode == "stack" and len(members) > 1:
         weights = [1.0 / len(members)] * len(members)
@@ -530,7 +623,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
         oof_members = members_of(oof_logits, average)
         weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members), groups)
         oof_probs = combine(oof_members, weights, average)
-    summary = {"rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
+    summary = {"fit_on": oof.view, "rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
                "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
     calib, temperature = None, 1.0
     if calibrate:
@@ -540,10 +633,10 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     return OofFit(weights, fit, summary, calib, temperature, stacker, decided)
 
 
-def image_groups(oof_keys: np.ndarray) -> np.ndarray:
-    """The image of each OOF row: rows of one image stay on one side of a split (decision rule,
-    greedy selection, stacking)."""
-    return np.asarray(oof_keys, dtype=str)
+def image_groups(oof_keys: np.ndarray, view: str = "clean") -> np.ndarray:
+    """The image of each OOF row (its ID; robust rows ``ID#copy``: the ID), so that the copies of one
+    image stay on one side of a split (decision rule, greedy selection, stacking)."""
+    return split_robust_key(oof_keys)[0] if view == "robust" else np.asarray(oof_keys, dtype=str)
 
 
 def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str,
@@ -610,10 +703,12 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
     counts = np.bincount(pred, minlength=len(classes))
     return {
         "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1),
+                  "cv_macro_f1_robust": _json_float(m.run.cv_macro_f1_robust),
                   "weight": float(w), "folds": m.folds}
                  for m, w in zip(members, oof_fit.weights)],
         "models": sorted({f["model"] for m in members for f in m.folds}),
         "tta": tta,
+        "fit_on": settings.fit_on,
         "ensemble": {"average": settings.average, "weights_mode": settings.weights,
                      "weights": [float(w) for w in oof_fit.weights],
                      "stacked": oof_fit.stacker is not None,
@@ -676,21 +771,31 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     """
     t_start = time.time()
     settings = read_settings(cfg)
-    views, tta_average = resolve_tta(cfg.tta)
-    runs = discover_runs(_plain(cfg.runs), cfg.top_k)
+    auto_tta = str(cfg.tta.name) == "auto"
+    views, tta_average = resolve_tta({"name": "none" if auto_tta else cfg.tta.name, "average": cfg.tta.average})
+    runs = discover_runs(_plain(cfg.runs))
+    settings.fit_on = resolve_fit_on(runs, settings.fit_on)
+    runs = select_top_k(runs, cfg.top_k, settings.fit_on)
     cache_dir = str(cfg.paths.cache_dir)
     datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
     source = datasets[0].source
     y_test = load_test_labels(source)
     device = resolve_device(cfg.device)
-    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%d views, %s average), "
-             "device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
-             cfg.tta.name, len(views), tta_average, device)
+    log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%s average), decisions fitted on the %s "
+             "OOF rows, device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
+             cfg.tta.name, tta_average, settings.fit_on, device)
     store = decode_test_images(runs, datasets, cache_dir)
-    oof = prepare_oof(runs, datasets, settings, views)
+    choice = None
+    if auto_tta:
+        choice = choose_tta(runs, datasets, store, settings, tta_average, device)
+        views = choice.views
+    oof = prepare_oof(runs, datasets, settings, views, settings.fit_on, predicted=choice is not None)
 
     predictor = TtaPredictor(views, tta_average, settings.batch_size, device)
     members = predict_members(runs, datasets, store, predictor, settings.average, oof)
+    if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
+        for member, logits in zip(members, choice.oof_logits):
+            member.oof_logits = logits
     oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
     # test_probs.csv keeps the probabilities; the decision rule (biases) only moves the submission's argmax
@@ -699,7 +804,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     classes = runs[0].classes
     outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
     outputs.stacker = oof_fit.stacker
-    tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
+    tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average,
+                **(choice.summary() if choice is not None else {})}
     outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
                                     store.loaded, device)
     outputs.summary["seconds"] = round(time.time() - t_start, 2)

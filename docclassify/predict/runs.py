@@ -6,6 +6,11 @@ also what ``docclassify.aggregate`` makes of a fold-per-job sweep) or multirun s
 skipped with a warning). Everything is checked before any prediction: results and fold
 checkpoints present, every checkpoint a docclassify checkpoint with the run's class list, all
 runs with one class list. Every problem found is listed in one error.
+
+A run trained with a robust view (``validation=robust|both``) also has ``oof_robust.csv``: its
+OOF rows' distorted copies. Inference decides on that view by default (``fit_on``): ``top_k``
+ranks runs by ``cv_macro_f1_robust``, and weights, temperature and ``tta=auto`` are fitted on the
+robust rows (:func:`load_view_oof`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from docclassify.data.sources import DataError
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
+OOF_ROBUST_FILE, OOF_ROBUST_LOGITS_FILE = "oof_robust.csv", "oof_robust_logits.npy"
 # The resolved config the run trained with (engine.resume.check_resume_compatible writes it);
 # Hydra's copy is the fallback.
 CONFIG_FILES = ("run_config.yaml", ".hydra/config.yaml")
+# Which OOF rows inference decides on: auto = robust when every run has a robust view, else clean.
+FIT_ON = ("auto", "robust", "clean")
 
 
 class RunError(DataError):
@@ -56,6 +64,21 @@ class Run:
     def cv_macro_f1(self) -> float:
         value = self.results.get("cv_macro_f1")
         return float(value) if value is not None else math.nan
+
+    @property
+    def cv_macro_f1_robust(self) -> float:
+        value = self.results.get("cv_macro_f1_robust")
+        return float(value) if value is not None else math.nan
+
+    @property
+    def has_robust(self) -> bool:
+        """Trained with a robust view: robust OOF rows and the copies' recipe (results' validation)."""
+        return self.results.get("cv_macro_f1_robust") is not None and \
+            "profile" in (self.results.get("validation") or {})
+
+    def score(self, view: str) -> float:
+        """The run's pooled OOF macro F1 on ``view`` (robust or clean)."""
+        return self.cv_macro_f1_robust if view == "robust" else self.cv_macro_f1
 
     @property
     def data_config(self) -> dict:
@@ -144,18 +167,36 @@ def _expand(spec: str) -> tuple[list[Path], list[str]]:
     return finished, []
 
 
-def select_top_k(runs: list[Run], top_k: int | None) -> list[Run]:
-    """The ``top_k`` runs with the best cv macro F1 (all runs when None; ties keep the given order)."""
+def resolve_fit_on(runs: list[Run], fit_on: str = "auto") -> str:
+    """``fit_on`` resolved for these runs: auto -> robust when every run has a robust view, else
+    clean; robust with a run that has none is refused (naming it)."""
+    if fit_on not in FIT_ON:
+        raise RunError(f"fit_on={fit_on!r}: expected one of {', '.join(FIT_ON)}")
+    lacking = [str(r.path) for r in runs if not r.has_robust]
+    if fit_on == "auto":
+        return "clean" if lacking else "robust"
+    if fit_on == "robust" and lacking:
+        raise RunError(f"fit_on=robust: {len(lacking)} run(s) have no robust OOF rows (trained with "
+                       f"validation=clean): {', '.join(lacking[:5])}; use fit_on=clean or retrain them with "
+                       "validation=both")
+    return fit_on
+
+
+def select_top_k(runs: list[Run], top_k: int | None, by: str = "auto") -> list[Run]:
+    """The ``top_k`` runs with the best pooled OOF macro F1 on view ``by`` (robust, clean, or auto:
+    :func:`resolve_fit_on`); all runs when None; ties keep the given order."""
     if top_k is None:
         return runs
     if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
         raise RunError(f"top_k={top_k!r}: expected a positive integer or null (all runs)")
-    ranked = sorted(runs, key=lambda r: -r.cv_macro_f1 if not math.isnan(r.cv_macro_f1) else math.inf)
+    view = resolve_fit_on(runs, by)
+    ranked = sorted(runs, key=lambda r: -r.score(view) if not math.isnan(r.score(view)) else math.inf)
     return ranked[: int(top_k)]
 
 
-def discover_runs(specs, top_k: int | None = None) -> list[Run]:
-    """Expand, load and validate ``runs=[...]``; keep the best ``top_k`` by cv macro F1.
+def discover_runs(specs, top_k: int | None = None, by: str = "auto") -> list[Run]:
+    """Expand, load and validate ``runs=[...]``; keep the best ``top_k`` by pooled OOF macro F1 on
+    view ``by`` (auto: robust when every run has a robust view, else clean).
 
     Raises RunError listing every bad entry (missing dir, no results, missing or foreign
     checkpoints) and when the runs' class lists differ.
@@ -183,7 +224,7 @@ def discover_runs(specs, top_k: int | None = None) -> list[Run]:
     if problems:
         raise RunError("cannot use these runs:\n  " + "\n  ".join(problems))
     check_same_classes(runs)
-    return select_top_k(runs, top_k)
+    return select_top_k(runs, top_k, by)
 
 
 def check_same_classes(runs: list[Run]) -> list[str]:
@@ -213,6 +254,43 @@ def load_oof(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(logits)):
         raise RunError(f"{npy_path}: holds non-finite logits")
     return oof["ID"].to_numpy(dtype=str), oof["target"].to_numpy(dtype=np.int64), logits
+
+
+def load_oof_robust(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A run's saved robust OOF rows: (IDs, copy indices, targets, logits (N, K) float64)."""
+    csv_path, npy_path = run.path / OOF_ROBUST_FILE, run.path / OOF_ROBUST_LOGITS_FILE
+    for p in (csv_path, npy_path):
+        if not p.is_file():
+            raise RunError(f"{run.path}: {p.name} not found (its results.json promises robust OOF rows); "
+                           "use fit_on=clean")
+    oof = pd.read_csv(csv_path, dtype={"ID": str})
+    if not {"ID", "copy", "target"} <= set(oof.columns):
+        raise RunError(f"{csv_path}: needs columns ID, copy and target, found {list(oof.columns)}")
+    logits = np.load(npy_path).astype(np.float64)
+    if logits.shape != (len(oof), len(run.classes)) or not np.all(np.isfinite(logits)):
+        raise RunError(f"{npy_path}: shape {logits.shape} (expected ({len(oof)}, {len(run.classes)})) or "
+                       "non-finite logits")
+    return (oof["ID"].to_numpy(dtype=str), oof["copy"].to_numpy(dtype=np.int64),
+            oof["target"].to_numpy(dtype=np.int64), logits)
+
+
+def robust_key(ids, copies) -> np.ndarray:
+    """Row keys of robust OOF rows, ``ID#copy``: what aligns the rows of several runs."""
+    return np.asarray([f"{i}#{int(c)}" for i, c in zip(ids, copies)], dtype=str)
+
+
+def split_robust_key(keys) -> tuple[np.ndarray, np.ndarray]:
+    parts = [str(k).rsplit("#", 1) for k in keys]
+    return np.asarray([p[0] for p in parts], dtype=str), np.asarray([int(p[1]) for p in parts], dtype=np.int64)
+
+
+def load_view_oof(run: Run, view: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row keys, targets, logits) of a run's saved OOF rows on ``view``: the IDs of oof.csv
+    (clean), or ``ID#copy`` keys of oof_robust.csv (robust)."""
+    if view == "clean":
+        return load_oof(run)
+    ids, copies, y, logits = load_oof_robust(run)
+    return robust_key(ids, copies), y, logits
 
 
 def fold_of_ids(run: Run, ids: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "View",
     "apply_view",
     "apply_view_numpy",
+    "combine_views",
     "get_views",
     "predict_tta",
     "predict_tta_batches",
@@ -227,16 +228,23 @@ def predict_tta(
                 if out.ndim != 2:
                     raise ValueError(f"model output must be (N, K), got {tuple(out.shape)}")
                 per_view.append(out.float())
-            stacked = torch.stack(per_view, dim=0)  # (V, N, K)
-            if average == "prob":
-                log_p = torch.log_softmax(stacked, dim=-1)
-                logits = torch.logsumexp(log_p, dim=0) - math.log(len(views))
-                probs = torch.softmax(stacked, dim=-1).mean(dim=0)
-            else:
-                logits = stacked.mean(dim=0)
-                probs = torch.softmax(logits, dim=-1)
+            probs, logits = combine_views(torch.stack(per_view, dim=0), average)
     finally:
         model.train(was_training)
+    return probs, logits
+
+
+def combine_views(stacked: torch.Tensor, average: str = "prob") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probs, logits)`` of per-view logits ``stacked`` (V, N, K), averaged as :func:`predict_tta`
+    describes (also used to score view sets from per-view OOF predictions, tta=auto)."""
+    _check_average(average)
+    if average == "prob":
+        log_p = torch.log_softmax(stacked, dim=-1)
+        logits = torch.logsumexp(log_p, dim=0) - math.log(stacked.shape[0])
+        probs = torch.softmax(stacked, dim=-1).mean(dim=0)
+    else:
+        logits = stacked.mean(dim=0)
+        probs = torch.softmax(logits, dim=-1)
     return probs, logits
 
 

@@ -4,8 +4,9 @@ stop when the pruner says so, and time what is not training.
 The docclassify sweeper passes each job ``hparams_search.trial.{study,number,storage}``.
 With an RDB storage the job opens the study with the configured pruner
 (``hparams_search.pruner``) and reports, after every epoch, the running mean of the
-validation macro F1 over the folds so far (finished folds count with their best value, the
-current one with this epoch's) at step ``folds_done * epochs + epoch``. When the pruner says
+monitored validation value (``trainer.monitor``: robust, clean or their mean macro F1) over the
+folds so far (finished folds count with their best value, the current one with this epoch's) at
+step ``folds_done * epochs + epoch``. The trial's value is the run's ``objective``. When the pruner says
 stop it raises ``optuna.TrialPruned``; the sweeper records the trial as PRUNED.
 """
 
@@ -116,22 +117,22 @@ class OptunaTrialCallback(Callback):
             return
         import optuna
 
-        scores = [*self.done_f1, float(metrics["val_macro_f1"])]
+        scores = [*self.done_f1, float(metrics["val_monitored"])]
         value, step = sum(scores) / len(scores), len(self.done_f1) * self.epochs + epoch
         self.trial.report(value, step)
         if self.trial.should_prune():
             self.train_s += time.time() - (self.fold_start or self.t_start)
             self._write("pruned", value, step=step)
-            raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch + 1}/{self.epochs} "
-                                     f"(running val macro F1 {value:.4f}, step {step})")
+            raise optuna.TrialPruned(f"pruned at fold {fold} epoch {epoch + 1}/{self.epochs} (running "
+                                     f"{metrics.get('monitor', 'val')} macro F1 {value:.4f}, step {step})")
 
     def on_fold_end(self, fold: int, outcome: dict[str, Any]) -> None:
         self.train_s += float(outcome.get("seconds", time.time() - (self.fold_start or self.t_start)))
         self.fold_start = None
-        self.done_f1.append(float(outcome["best_macro_f1"]))
+        self.done_f1.append(float(outcome["best_monitored"]))
 
     def on_run_end(self, results: dict[str, Any]) -> None:
-        self._write("complete", float(results["cv_macro_f1"]))
+        self._write("complete", float(results["objective"]))
 
     def _write(self, state: str, value: float, **extra: Any) -> None:
         job_s = time.time() - self.t_start

@@ -31,9 +31,16 @@ def interactive_stderr() -> bool:
 
 
 def epoch_line(fold: int, epoch: int, epochs: int, m: dict) -> str:
-    return (f"fold {fold} epoch {epoch + 1}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_f1 {m['val_macro_f1']:.4f}  acc {m['val_accuracy']:.4f}  lr {m['lr']:.3g}  "
-            f"{m['img_per_s']:.0f} img/s  {m['epoch_s']:.1f}s  best {m['best_macro_f1']:.4f}")
+    """One epoch: train loss, the clean and robust validation views (those validated), lr, speed and
+    the best monitored value so far (``best robust 0.8123`` names what trainer.monitor picks)."""
+    views = [f"{name}_loss {m[loss]:.4f}  {name}_f1 {m[f1]:.4f}  {name}_acc {m[acc]:.4f}"
+             for name, loss, f1, acc in (("val", "val_loss", "val_macro_f1", "val_accuracy"),
+                                         ("robust", "val_loss_robust", "val_macro_f1_robust", "val_accuracy_robust"))
+             if m.get(f1) is not None]
+    best = m.get("best_monitored", m.get("best_macro_f1"))
+    return (f"fold {fold} epoch {epoch + 1}/{epochs}  train_loss {m['train_loss']:.4f}  {'  '.join(views)}  "
+            f"lr {m['lr']:.3g}  {m['img_per_s']:.0f} img/s  {m['epoch_s']:.1f}s  "
+            f"best {m.get('monitor', 'clean')} {best:.4f}")
 
 
 class Progress(Callback):
@@ -62,7 +69,9 @@ class Progress(Callback):
             self._close_step_bar()
             if self._fold_bar is not None:
                 self._fold_bar.update(epoch + 1 - self._fold_bar.n)
-                self._fold_bar.set_postfix(val_f1=f"{m['val_macro_f1']:.4f}", best=f"{m['best_macro_f1']:.4f}")
+                keys = (("val_f1", "val_macro_f1"), ("robust_f1", "val_macro_f1_robust"), ("best", "best_monitored"))
+                shown = {k: f"{m[key]:.4f}" for k, key in keys if m.get(key) is not None}
+                self._fold_bar.set_postfix(shown)
         log.info("%s", epoch_line(fold, epoch, self.epochs, m))
 
     # -- bars (TTY only) --------------------------------------------------------------------

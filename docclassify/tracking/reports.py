@@ -127,8 +127,16 @@ def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], classes:
     return fig
 
 
+def _series(hist: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of ``key`` where it was measured (a view not validated is None)."""
+    pairs = [(h["epoch"] + 1, h[key]) for h in hist if h.get(key) is not None]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def plot_curves(histories: dict[int, list[dict]], title: str = "Training curves") -> Figure:
-    """Left: train loss (solid) and val loss (dashed); right: val macro F1 (best epoch marked)."""
+    """Left: train loss (solid), val loss on the clean rows (dashed) and on their robust copies
+    (dotted); right: val macro F1, clean (circles) and robust (squares, dotted), the best epoch
+    (on the monitored value) starred."""
     fig = Figure(figsize=(12, 4.5))
     ax_loss, ax_f1 = fig.subplots(1, 2)
     colors = [f"C{i}" for i in range(10)]
@@ -136,17 +144,23 @@ def plot_curves(histories: dict[int, list[dict]], title: str = "Training curves"
         if not hist:
             continue
         c = colors[i % len(colors)]
-        ep = [h["epoch"] + 1 for h in hist]
-        ax_loss.plot(ep, [h["train_loss"] for h in hist], "-", color=c, label=f"fold {fold} train")
-        ax_loss.plot(ep, [h["val_loss"] for h in hist], "--", color=c, label=f"fold {fold} val")
-        f1 = [h["val_macro_f1"] for h in hist]
-        ax_f1.plot(ep, f1, "-o", color=c, markersize=3, label=f"fold {fold}")
-        best = int(np.argmax(f1))
-        ax_f1.plot([ep[best]], [f1[best]], "*", color=c, markersize=12)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed)")
+        ax_loss.plot(*_series(hist, "train_loss"), "-", color=c, label=f"fold {fold} train")
+        for key, style, name in (("val_loss", "--", "val"), ("val_loss_robust", ":", "val robust")):
+            if _series(hist, key)[0]:
+                ax_loss.plot(*_series(hist, key), style, color=c, label=f"fold {fold} {name}")
+        for key, style, name in (("val_macro_f1", "-o", ""), ("val_macro_f1_robust", ":s", " robust")):
+            if _series(hist, key)[0]:
+                ax_f1.plot(*_series(hist, key), style, color=c, markersize=3, label=f"fold {fold}{name}")
+        ep, monitored = _series(hist, "val_monitored" if "val_monitored" in hist[0] else "val_macro_f1")
+        if monitored:
+            best = int(np.argmax(monitored))
+            ax_f1.plot([ep[best]], [monitored[best]], "*", color=c, markersize=12)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train solid, val dashed, val robust dotted)")
     ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_f1.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_f1.set(xlabel="epoch", ylabel="macro F1", title="val macro F1 (star = best epoch)", ylim=(0, 1.02))
+    monitor = next((h.get("monitor") for hist in histories.values() for h in hist), None) or "clean"
+    ax_f1.set(xlabel="epoch", ylabel="macro F1", ylim=(0, 1.02),
+              title=f"val macro F1, clean and robust (star = best epoch on {monitor})")
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -346,7 +360,12 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     state = "finished" if results is not None else "in progress"
     md = [f"# Training report: {run_dir.name} ({state})", ""]
     if results is not None:
-        md += [f"- cv macro F1 (pooled OOF rows): {results['cv_macro_f1']:.4f}",
+        md += [f"- cv macro F1 (pooled OOF rows): {results['cv_macro_f1']:.4f}"]
+        if results.get("cv_macro_f1_robust") is not None:
+            md += [f"- robust cv macro F1 (pooled over {results['n_oof_robust_rows']} distorted copies of the OOF "
+                   f"rows): {results['cv_macro_f1_robust']:.4f}"]
+        md += [f"- objective ({results.get('monitor', 'clean')}, what picked the best epochs): "
+               f"{results.get('objective', results['cv_macro_f1']):.4f}",
                f"- cv accuracy: {results['cv_accuracy']:.4f}",
                f"- mean of fold macro F1: {results['mean_fold_macro_f1']:.4f}",
                f"- OOF rows: {results['n_oof_rows']}, folds run: {results['folds_run']} of {results['n_folds']}",
@@ -363,7 +382,8 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     if len(fold_rows):
         md += ["## Folds", "", _md_table(fold_rows), ""]
     md += ["## Charts", "", f"![training curves]({CURVES_PNG})", "",
-           ("Loss per epoch (train solid, validation dashed) and validation macro F1 (star: the best epoch, "
+           ("Loss per epoch (train solid, validation dashed, its distorted copies dotted) and validation macro "
+            "F1 on the clean rows and on their robust copies (star: the best epoch on the monitored value, "
             "whose weights are the fold's checkpoint)."), "",
            f"![confusion matrix]({CONFUSION_PNG})", "",
            ("Pooled out-of-fold predictions: rows are true classes, columns predicted classes; the colour is "

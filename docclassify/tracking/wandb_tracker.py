@@ -278,10 +278,11 @@ class WandbTracker(Callback):
         run.define_metric("train/step")
         run.define_metric("train/*", step_metric="train/step")
         run.define_metric("epoch")
-        for prefix in ("val/*", "val_per_class_f1/*", "epoch/*", "perf/*"):
+        for prefix in ("val/*", "val_robust/*", "val_per_class_f1/*", "epoch/*", "perf/*"):
             run.define_metric(prefix, step_metric="epoch")
-        run.define_metric("val/macro_f1", summary="max")
-        run.define_metric("val/loss", summary="min")
+        for prefix in ("val", "val_robust"):
+            run.define_metric(f"{prefix}/macro_f1", summary="max")
+            run.define_metric(f"{prefix}/loss", summary="min")
 
     def on_step_end(self, fold, step, metrics):
         if self.run is not None:
@@ -293,6 +294,9 @@ class WandbTracker(Callback):
             return
         data = {"epoch": epoch + 1, "epoch/train_loss": m["train_loss"], "epoch/lr": m["lr"],
                 "val/loss": m["val_loss"], "val/macro_f1": m["val_macro_f1"], "val/accuracy": m["val_accuracy"],
+                "val_robust/loss": m.get("val_loss_robust"), "val_robust/macro_f1": m.get("val_macro_f1_robust"),
+                "val_robust/accuracy": m.get("val_accuracy_robust"),
+                "val/monitored": m.get("val_monitored"), "val/best_monitored": m.get("best_monitored"),
                 "val/best_macro_f1": m["best_macro_f1"], "perf/epoch_s": m["epoch_s"],
                 "perf/img_per_s": m["img_per_s"], "epoch/p_advanced": m.get("p_advanced"),
                 "epoch/mixup": m.get("mixup")}
@@ -316,7 +320,9 @@ class WandbTracker(Callback):
                                              y_true, self.classes, f"fold {fold}: most confidently wrong")
             self.run.log({"val/misclassified": wandb.Image(reports.figure_to_pil(fig),
                                                            caption="true / predicted (probability)")})
-        self.run.summary.update({"best_macro_f1": outcome["best_macro_f1"], "best_epoch": outcome["best_epoch"] + 1,
+        self.run.summary.update({"best_macro_f1": outcome["best_macro_f1"],
+                                 "best_macro_f1_robust": outcome.get("best_macro_f1_robust"),
+                                 "monitor": outcome.get("monitor"), "best_epoch": outcome["best_epoch"] + 1,
                                  "epochs_run": outcome.get("epochs_run"), "fold_seconds": outcome.get("seconds")})
         if self.log_checkpoints:
             self._log_weights(fold, outcome)
@@ -352,15 +358,17 @@ class WandbTracker(Callback):
         y_pred = np.concatenate([f.y_pred for f in folds]) if folds else np.zeros(0, np.int64)
         if len(y_true):
             self._log_evaluation(y_true, y_pred, "OOF (all folds run)")
-        fold_cols = ["fold", "model", "img_size", "best_macro_f1", "best_epoch", "epochs_run", "seconds"]
+        fold_cols = ["fold", "model", "img_size", "best_macro_f1", "best_macro_f1_robust", "best_epoch", "epochs_run",
+                     "seconds"]
         run.log({"cv/folds": wandb.Table(columns=fold_cols, data=[[f.get(c) for c in fold_cols]
                                                                    for f in results["folds"]]),
                  "cv/curves": wandb.Image(reports.figure_to_pil(
                      reports.plot_curves({f.fold: f.history for f in folds})))})
         summary = {"cv/macro_f1": results["cv_macro_f1"], "cv/accuracy": results["cv_accuracy"],
                    "cv/mean_fold_macro_f1": results["mean_fold_macro_f1"], "cv/n_oof_rows": results["n_oof_rows"],
+                   "cv/macro_f1_robust": results.get("cv_macro_f1_robust"), "monitor": results.get("monitor"),
                    # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
-                   "objective": results["cv_macro_f1"]}
+                   "objective": results.get("objective", results["cv_macro_f1"])}
         run.summary.update(summary)
         files = log_files(run, self.run_dir, artifact_name(self.identity["group"], "results"), "results",
                           RESULT_FILES, {"cv_macro_f1": results["cv_macro_f1"], "folds_run": results["folds_run"]})

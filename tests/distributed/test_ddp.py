@@ -79,6 +79,25 @@ def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
         expected = model(x).numpy()
     np.testing.assert_allclose(np.load(run_dir / "oof_logits.npy"), expected, atol=1e-4, rtol=1e-4)
 
+    # The robust copies are sharded and gathered like the clean rows: each row's 2 copies once, in
+    # order, with the logits one process gets from the saved weights on the cached copies.
+    robust = pd.read_csv(run_dir / "oof_robust.csv")
+    assert list(robust["ID"]) == list(np.repeat(val_ids.to_numpy(), 2))
+    assert list(robust["copy"]) == [0, 1] * len(val_ids)
+    assert results["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
+    from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
+
+    train = pd.read_csv(tiny_data / "train.csv", dtype={"ID": str})
+    copies = robust_copies([tiny_data / "train" / i for i in train["ID"]], train["ID"].tolist(),
+                           RobustSpec.from_dict(results["validation"]), meta["img_size"], meta["resize"],
+                           meta["pad_value"], None)
+    rows = copy_rows(np.flatnonzero(train["ID"].isin(val_ids).to_numpy()), 2)
+    x = torch.from_numpy(np.ascontiguousarray(copies[rows])).permute(0, 3, 1, 2).float().div(255)
+    x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(np.load(run_dir / "oof_robust_logits.npy"), expected, atol=1e-4, rtol=1e-4)
+
 
 def test_lr_scale_rules_and_single_process_scaling():
     assert lr_factor("none", 4) == 1.0 and lr_factor("linear", 4) == 4.0 and lr_factor("sqrt", 4) == 2.0

@@ -59,6 +59,18 @@ def test_jobs_merge_into_one_k_fold_run(fold_sweep, tmp_path):
     cfg = yaml.safe_load((fold_sweep / "run_config.yaml").read_text())
     assert cfg["folds"]["run"] == [0, 1] and cfg["seed"] == 5
 
+    # The robust view (validation=both by default) merges the same way: every row's 2 copies.
+    robust = pd.read_csv(fold_sweep / "oof_robust.csv", dtype={"ID": str})
+    assert list(robust["ID"]) == list(np.repeat(folds["ID"].to_numpy(), 2))
+    assert list(robust["copy"]) == [0, 1] * len(folds)
+    assert merged["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
+    assert merged["objective"] == merged["cv_macro_f1_robust"] and merged["monitor"] == "robust"
+    robust_logits = np.load(fold_sweep / "oof_robust_logits.npy")
+    for k, job in enumerate(jobs):
+        rows = np.repeat((folds["fold"] == k).to_numpy(), 2)
+        np.testing.assert_array_equal(robust_logits[rows], np.load(job / "oof_robust_logits.npy"))
+    assert merged["validation"] == job_results[0]["validation"] and merged["validation"]["copies"] == 2
+
     # Checkpoints resolve relative to the merged dir (hard links to the jobs' files here).
     for f, job in zip(merged["folds"], jobs):
         path = fold_sweep / f["checkpoint"]
@@ -99,6 +111,13 @@ def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path, cap
     folds.to_csv(other_split / "folds.csv", index=False)
     with pytest.raises(AggregateError, match="folds.csv differ"):
         merge_jobs([job0, other_split], tmp_path / "out_split")
+
+    other_view = _copy_job(job1, tmp_path / "view")
+    cfg = yaml.safe_load((other_view / "run_config.yaml").read_text())
+    cfg["validation"]["seed"] = 1  # other robust copies: their scores would not pool
+    (other_view / "run_config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(AggregateError, match="validation differs"):
+        merge_jobs([job0, other_view], tmp_path / "out_view")
 
     unfinished = _copy_job(job1, tmp_path / "unfinished")
     (unfinished / "results.json").unlink()

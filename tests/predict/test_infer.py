@@ -1,7 +1,8 @@
 """Inference end to end: real tiny training runs -> `python -m docclassify.infer` -> submission.
 
 Two runs are trained once per module (a 2-fold multi-model run with two timm test models at
-two image sizes, and a single-model run whose OOF rows cover 2 of 3 folds) and reused.
+two image sizes, and a single-model run whose OOF rows cover 2 of 3 folds) and reused; both
+validate a robust view (validation=both, the default), a third run only the clean rows.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def partial_run(tiny_data, tmp_path_factory, cache_dir):
     """Another model and seed; folds 0,1 of 3, so its OOF rows are a subset of multi_run's."""
     return _train(tiny_data, tmp_path_factory.mktemp("partial") / "run", cache_dir, [
         "model=tiny_convnext", "folds.n=3", "folds.run=[0,1]", "seed=5"])
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_data, tmp_path_factory, cache_dir):
+    """A run without a robust view (validation=clean): inference keeps deciding on the clean rows."""
+    return _train(tiny_data, tmp_path_factory.mktemp("clean") / "run", cache_dir, [
+        "folds.n=2", "seed=3", "validation=clean"])
 
 
 def compose_infer(overrides):
@@ -134,18 +142,22 @@ def test_dihedral_views_change_predictions_deterministically(multi_run, tmp_path
     assert none["oof"] is None and dihedral["tta"]["views"] == again["tta"]["views"]
 
 
-def test_oof_weights_and_calibration_on_aligned_rows(multi_run, partial_run, tmp_path):
-    summary = infer([multi_run, partial_run], tmp_path / "out", "ensemble.weights=oof", "oof_tta=false")
+@pytest.mark.parametrize("fit_on,oof_file,keys", [("clean", "oof.csv", ["ID"]),
+                                                 ("robust", "oof_robust.csv", ["ID", "copy"])])
+def test_oof_weights_and_calibration_on_aligned_rows(multi_run, partial_run, tmp_path, fit_on, oof_file, keys):
+    summary = infer([multi_run, partial_run], tmp_path / "out", "ensemble.weights=oof", "oof_tta=false",
+                    f"fit_on={fit_on}")
+    assert summary["fit_on"] == summary["oof"]["fit_on"] == fit_on
     fit = summary["ensemble"]["oof_fit"]
     assert fit["f1_fitted"] >= fit["f1_equal"]
     w = np.array(summary["ensemble"]["weights"])
     assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
 
-    # Recompute from the runs' oof.csv files, joined by ID (rows both runs predicted, nothing else).
-    a, b = (pd.read_csv(r / "oof.csv", dtype={"ID": str}) for r in (multi_run, partial_run))
-    joined = a.merge(b, on="ID", suffixes=("_a", "_b"))
+    # Recompute from the runs' OOF files, joined by row key (rows both runs predicted, nothing else).
+    a, b = (pd.read_csv(r / oof_file, dtype={"ID": str}) for r in (multi_run, partial_run))
+    joined = a.merge(b, on=keys, suffixes=("_a", "_b"))
     assert len(b) < len(a) and summary["oof"]["rows"] == len(joined) == len(b)
-    classes = a.columns[3:]
+    classes = a.columns[2 + len(keys):]
     pa, pb = joined[[f"{c}_a" for c in classes]].to_numpy(), joined[[f"{c}_b" for c in classes]].to_numpy()
     y = joined["target_a"].to_numpy()
     assert fit["f1_equal"] == pytest.approx(f1_score(y, (pa + pb).argmax(1), average="macro"), abs=1e-9)
@@ -185,11 +197,101 @@ def test_sweep_folder_all_runs_or_top_k(multi_run, partial_run, tmp_path):
     (sweep / "2" / "run_config.yaml").write_text("data: {}\n")  # an unfinished trial: skipped
     found = discover_runs([sweep])
     assert [r.path.resolve() for r in found] == [multi_run.resolve(), partial_run.resolve()]
-    best = max(found, key=lambda r: r.cv_macro_f1)
-    assert [r.path for r in discover_runs([sweep], top_k=1)] == [best.path]
+    # Ranked on the robust figure when every run has one, else (or by="clean") on the clean one.
+    assert all(r.has_robust for r in found)
+    for by, score in (("auto", "cv_macro_f1_robust"), ("robust", "cv_macro_f1_robust"), ("clean", "cv_macro_f1")):
+        best = max(found, key=lambda r: getattr(r, score))
+        assert [r.path for r in discover_runs([sweep], top_k=1, by=by)] == [best.path]
     assert len(discover_runs([multi_run, sweep / "0"])) == 1  # the same run named twice counts once
     with pytest.raises(RunError, match="top_k"):
         discover_runs([sweep], top_k=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The robust view decides: fit_on, top_k, tta=auto
+# ------------------------------------------------------------------------------------------------
+
+def test_robust_copies_rebuilt_at_inference_reproduce_training_logits(multi_run, cache_dir):
+    """Each fold's model on the copies rebuilt from the run's saved validation settings gives
+    training's own robust OOF logits (the same pixels, at both of the run's image sizes)."""
+    from docclassify.models.checkpoint import load_checkpoint
+    from docclassify.predict.runs import load_view_oof
+
+    (run,) = discover_runs([multi_run])
+    (ds,) = inference.load_data([run], {}, str(cache_dir))
+    keys, _, saved = load_view_oof(run, "robust")
+    assert len(keys) == 2 * len(ds.source.train) and keys[0].endswith("#0") and keys[1].endswith("#1")
+    rows, folds = inference.plan_view_oof(run, ds, keys, "robust")
+    store = inference.ImageStore(str(cache_dir))
+    views, _ = inference.resolve_tta({"name": "none"})
+    for fm in run.folds:
+        model, ckpt = load_checkpoint(fm.checkpoint)
+        mask = folds == fm.fold
+        images = store.oof_images(ds, ckpt["meta"], run, "robust")
+        assert images.shape == (2 * len(ds.source.train), ckpt["meta"]["img_size"], ckpt["meta"]["img_size"], 3)
+        _, logits = inference.predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
+                                           torch.device("cpu"))
+        np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
+
+
+def test_tta_auto_scores_every_set_on_the_robust_rows_and_keeps_the_best(multi_run, partial_run, tmp_path):
+    from docclassify.predict.tta import VIEW_SETS
+
+    summary = infer([multi_run, partial_run], tmp_path / "auto", "tta=auto")
+    tta = summary["tta"]
+    scores = tta["auto"]["macro_f1"]
+    assert tta["auto"]["fit_on"] == "robust" and set(scores) == set(VIEW_SETS)
+    best = max(scores.values())
+    assert scores[tta["chosen"]] == best
+    assert len(VIEW_SETS[tta["chosen"]]) == min(len(VIEW_SETS[n]) for n, v in scores.items() if v == best)
+    assert tta["views"] == [v.name for v in VIEW_SETS[tta["chosen"]]]
+    # "none" is the saved robust OOF predictions: the rows training scored, the same F1
+    a, b = (pd.read_csv(r / "oof_robust.csv", dtype={"ID": str}) for r in (multi_run, partial_run))
+    joined = a.merge(b, on=["ID", "copy"], suffixes=("_a", "_b"))
+    classes = a.columns[4:]
+    mix = joined[[f"{c}_a" for c in classes]].to_numpy() + joined[[f"{c}_b" for c in classes]].to_numpy()
+    assert tta["auto"]["rows"] == len(joined)
+    assert scores["none"] == pytest.approx(f1_score(joined["target_a"], mix.argmax(1), average="macro"), abs=1e-9)
+    # the test set was predicted with the chosen views, and the temperature fitted on them
+    fixed = infer([multi_run, partial_run], tmp_path / "fixed", f"tta={tta['chosen']}")
+    assert summary["temperature"] == pytest.approx(fixed["temperature"], rel=1e-6)
+    p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("auto", "fixed")}
+    np.testing.assert_allclose(p["auto"], p["fixed"], atol=1e-6)
+
+
+def test_fit_on_decides_on_robust_or_clean_rows(multi_run, clean_run, tmp_path):
+    robust = infer([multi_run], tmp_path / "robust")  # fit_on=auto: the run has a robust view
+    clean = infer([multi_run], tmp_path / "clean", "fit_on=clean")
+    assert robust["fit_on"] == "robust" and clean["fit_on"] == "clean"
+    n_train = json.loads((multi_run / "results.json").read_text())["n_oof_rows"]
+    assert robust["oof"]["rows"] == 2 * n_train and clean["oof"]["rows"] == n_train
+    assert robust["temperature"] != pytest.approx(clean["temperature"], rel=1e-4)  # fitted on other rows
+    assert robust["runs"][0]["cv_macro_f1_robust"] is not None
+
+    # A run without a robust view keeps working (auto -> clean) and fit_on=robust names it.
+    alone = infer([clean_run], tmp_path / "alone", "tta=auto")
+    assert alone["fit_on"] == "clean" and alone["tta"]["auto"]["fit_on"] == "clean"
+    assert alone["runs"][0]["cv_macro_f1_robust"] is None
+    mixed = infer([multi_run, clean_run], tmp_path / "mixed")
+    assert mixed["fit_on"] == "clean"
+    with pytest.raises(RunError, match=f"fit_on=robust.*{clean_run}"):
+        infer([multi_run, clean_run], tmp_path / "refused", "fit_on=robust")
+    assert_nothing_written(tmp_path / "refused")
+
+
+def test_top_k_ranks_by_the_robust_figure(multi_run, partial_run, tmp_path):
+    """Two runs whose clean and robust figures rank them the other way round."""
+    a, b = _copy_run(multi_run, tmp_path / "a"), _copy_run(partial_run, tmp_path / "b")
+    for run, clean, robust in ((a, 0.9, 0.2), (b, 0.5, 0.4)):
+        results = json.loads((run / "results.json").read_text())
+        results.update(cv_macro_f1=clean, cv_macro_f1_robust=robust)
+        (run / "results.json").write_text(json.dumps(results))
+    assert [r.path for r in discover_runs([a, b], top_k=1)] == [b]
+    assert [r.path for r in discover_runs([a, b], top_k=1, by="clean")] == [a]
+    summary = infer([a, b], tmp_path / "out", "top_k=1", "calibrate=false")
+    assert [r["dir"] for r in summary["runs"]] == [str(b)]
+    summary = infer([a, b], tmp_path / "out_clean", "top_k=1", "calibrate=false", "fit_on=clean")
+    assert [r["dir"] for r in summary["runs"]] == [str(a)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def assert_same_run(ref: Path, other: Path) -> None:
     """Bit-identical predictions, metrics, history and best weights (timings aside)."""
     assert (ref / "oof.csv").read_bytes() == (other / "oof.csv").read_bytes()
     np.testing.assert_array_equal(np.load(ref / "oof_logits.npy"), np.load(other / "oof_logits.npy"))
+    # the robust view (validation=both by default): its OOF copies and best epochs resume exactly too
+    assert (ref / "oof_robust.csv").read_bytes() == (other / "oof_robust.csv").read_bytes()
     a, b = (strip_timing(json.loads((d / "results.json").read_text())) for d in (ref, other))
     assert a == b
     for k in (0, 1):

@@ -63,7 +63,8 @@ def test_every_trial_trains_with_its_own_params(tuned):
     for t in trials:
         run_dir = tuned.sweep_dir / str(t.number)  # trial dirs are named by the trial's number in the study
         results = json.loads((run_dir / "results.json").read_text())
-        assert t.value == results["cv_macro_f1"]  # the objective is what training measured
+        # The objective is what training measured: the monitored pooled value (robust by default).
+        assert results["monitor"] == "robust" and t.value == results["objective"] == results["cv_macro_f1_robust"]
         assert results["folds_run"] == [0] and results["folds"][0]["epochs_run"] == 2
         assert results["folds"][0]["img_size"] == t.params["data.img_size"]
         ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -73,7 +74,9 @@ def test_every_trial_trains_with_its_own_params(tuned):
         assert timing["number"] == t.number and timing["state"] == "complete"
         assert 0 < timing["train_s"] < timing["job_s"]
         assert t.intermediate_values.keys() == {0, 1}  # one report per epoch
-        assert t.intermediate_values[1] == pytest.approx(results["folds"][0]["history"][1]["val_macro_f1"])
+        history = results["folds"][0]["history"]  # reported per epoch: the monitored (robust) value
+        assert t.intermediate_values[1] == pytest.approx(history[1]["val_monitored"])
+        assert history[1]["val_monitored"] == history[1]["val_macro_f1_robust"]
     log = tuned.first.stdout + tuned.first.stderr
     assert "overhead outside training" in log
 
@@ -103,7 +106,7 @@ def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
     for key, value in best.params.items():
         assert OmegaConf.select(ran, key) == value, key
     assert ran.folds.run == [0] and ran.trainer.epochs == 2 and ran.model.name == "tiny"
-    assert json.loads((run_dir / "results.json").read_text())["cv_macro_f1"] == best.value
+    assert json.loads((run_dir / "results.json").read_text())["objective"] == best.value
 
 
 @pytest.mark.slow
@@ -193,21 +196,22 @@ def test_trial_callback_reports_running_mean_and_prunes(tmp_path):
     # hparams_search.pruner=null: values are reported (running mean over folds), nothing is pruned
     info, cb = callback(None)
     cb.on_fold_start(0, {})
-    cb.on_epoch_end(0, 0, {"val_macro_f1": 0.1})
-    cb.on_epoch_end(0, 1, {"val_macro_f1": 0.9})
-    cb.on_fold_end(0, {"best_macro_f1": 0.9, "seconds": 1.0})
+    # The monitored value is reported (trainer.monitor), not the clean macro F1 beside it.
+    cb.on_epoch_end(0, 0, {"val_monitored": 0.1, "val_macro_f1": 0.5})
+    cb.on_epoch_end(0, 1, {"val_monitored": 0.9, "val_macro_f1": 0.5})
+    cb.on_fold_end(0, {"best_monitored": 0.9, "best_macro_f1": 0.5, "seconds": 1.0})
     cb.on_fold_start(1, {})
-    cb.on_epoch_end(1, 0, {"val_macro_f1": 0.3})
+    cb.on_epoch_end(1, 0, {"val_monitored": 0.3, "val_macro_f1": 0.5})
     reported = _study(storage, "unit").trials[info.number].intermediate_values
     assert reported == {0: 0.1, 1: 0.9, 2: pytest.approx(0.6)}  # step = folds done * epochs + epoch
 
     _, cb = callback(median)
     cb.on_fold_start(0, {})
-    cb.on_epoch_end(0, 0, {"val_macro_f1": 0.75})  # above the median 0.7: goes on
+    cb.on_epoch_end(0, 0, {"val_monitored": 0.75})  # above the median 0.7: goes on
     _, cb = callback(median)
     cb.on_fold_start(0, {})
     with pytest.raises(optuna.TrialPruned):
-        cb.on_epoch_end(0, 0, {"val_macro_f1": 0.2})
+        cb.on_epoch_end(0, 0, {"val_monitored": 0.2, "val_macro_f1": 0.9})  # the clean value would go on
     assert json.loads((tmp_path / "sweep_trial.json").read_text())["state"] == "pruned"
 
 

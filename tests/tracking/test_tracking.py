@@ -110,6 +110,8 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
         epochs = [(h["epoch"], h["val/macro_f1"]) for h in run["history"] if "val/macro_f1" in h]
         assert [e for e, _ in epochs] == [1, 2]
         np.testing.assert_allclose([v for _, v in epochs], [h["val_macro_f1"] for h in f["history"]], rtol=1e-9)
+        robust = [h["val_robust/macro_f1"] for h in run["history"] if "val_robust/macro_f1" in h]
+        np.testing.assert_allclose(robust, [h["val_macro_f1_robust"] for h in f["history"]], rtol=1e-9)
         assert sum("train/loss" in h for h in run["history"]) >= 2 * 3  # per step: 2 epochs x 3 batches
         per_class = [h for h in run["history"] if "val/macro_f1" in h][-1]
         assert all(f"val_per_class_f1/{c}" in per_class for c in results["classes"])
@@ -123,7 +125,8 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
         assert run["summary"]["best_macro_f1"] == pytest.approx(f["best_macro_f1"])
     (summary,) = [r for r in runs if r["job_type"] == "summary"]
     assert summary["summary"]["cv/macro_f1"] == pytest.approx(results["cv_macro_f1"])
-    assert summary["summary"]["objective"] == pytest.approx(results["cv_macro_f1"])
+    assert summary["summary"]["cv/macro_f1_robust"] == pytest.approx(results["cv_macro_f1_robust"])
+    assert summary["summary"]["objective"] == pytest.approx(results["objective"])
     assert not (run_dir / "wandb").exists()  # WANDB_DIR decides where offline runs go
 
     # Local reports: PNGs that open, per-class CSV consistent with results.json.
@@ -263,7 +266,7 @@ def test_multirun_jobs_are_separate_wandb_runs_with_their_params(tiny_data, tmp_
             assert f1 == [pytest.approx(results["folds"][0]["history"][0]["val_macro_f1"])]
         else:
             assert r["job_type"] == "summary" and r["summary"]["objective"] == pytest.approx(
-                json.loads((sweep_dir / str(job) / "results.json").read_text())["cv_macro_f1"])
+                json.loads((sweep_dir / str(job) / "results.json").read_text())["objective"])
 
 
 def test_per_class_macro_matches_sklearn_with_absent_classes():
@@ -326,9 +329,12 @@ def test_report_after_each_fold_shows_the_folds_so_far(tmp_path):
     assert sorted(p.name for p in (tmp_path / "quick").iterdir()) == ["misclassified_fold0.png"]
 
 
-def _epoch(epoch: int, f1: float) -> dict:
+def _epoch(epoch: int, f1: float, robust: float | None = None) -> dict:
     return {"epoch": epoch, "train_loss": 1.0, "val_loss": 1.1, "val_macro_f1": f1, "val_accuracy": f1, "lr": 1e-3,
-            "img_per_s": 100.0, "epoch_s": 1.0, "best_macro_f1": f1}
+            "img_per_s": 100.0, "epoch_s": 1.0, "best_macro_f1": f1, "val_loss_robust": None if robust is None else 2.0,
+            "val_macro_f1_robust": robust, "val_accuracy_robust": robust,
+            "monitor": "clean" if robust is None else "robust", "val_monitored": f1 if robust is None else robust,
+            "best_monitored": f1 if robust is None else robust}
 
 
 def test_progress_lines_in_logs_and_bars_on_a_terminal(caplog, capsys):
@@ -340,9 +346,12 @@ def test_progress_lines_in_logs_and_bars_on_a_terminal(caplog, capsys):
             for s in range(3):
                 quiet.on_step_end(0, epoch * 3 + s + 1, {"train/loss": 1.0, "train/lr": 1e-3, "step": s})
             quiet.on_epoch_end(0, epoch, _epoch(epoch, 0.5))
+        quiet.on_epoch_end(0, 1, _epoch(1, 0.5, robust=0.25))  # validation=both: both views in the line
         quiet.close()
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2 and lines[1].startswith("fold 0 epoch 2/2") and "img/s" in lines[1]
+    assert len(lines) == 3 and lines[1].startswith("fold 0 epoch 2/2") and "img/s" in lines[1]
+    assert "val_f1 0.5000" in lines[1] and "robust_f1" not in lines[1] and lines[1].endswith("best clean 0.5000")
+    assert "val_f1 0.5000" in lines[2] and "robust_f1 0.2500" in lines[2] and "best robust 0.2500" in lines[2]
     assert capsys.readouterr().err == ""  # no bar in a non-interactive log
 
     bars = Progress(epochs=2, log_every_n_steps=2, batch_size=8, interactive=True)

@@ -1,0 +1,171 @@
+"""Robust validation copies: every training image in ``validation.copies`` distorted versions.
+
+A copy is a pure function of (``validation.seed``, image ID, copy index) (and of the image and
+the profile): its generator is seeded from a stable hash of the ID, so the same pixels come out
+in every epoch, fold, run, sweep trial, process and thread count. Each image is distorted at its
+own decoded resolution (the long side bounded by :func:`working_side`), as a test photo was
+distorted before anyone resized it, so blur, noise and JPEG blocks shrink with the image the way
+they do on real test images; then it is resized with the run's policy (``data.resize``,
+``data.pad_value``) to ``img_size``.
+
+The copies of all training rows are built once per (images, profile, copies, seed, size,
+resize, pad) and stored like the decode cache (``data.cache``: one memory-mapped uint8 array
+``(N * copies, S, S, 3)`` under ``paths.cache_dir/robust/``, atomic build, lock, reuse by every
+process); row ``r``'s copy ``c`` is at index ``r * copies + c``. Every row is a validation row in
+exactly one fold, so the folds and the sweep trials of a data set share one array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from docclassify.data.cache import cached_array, content_key
+from docclassify.data.distort import distort
+from docclassify.data.images import BadImageError, decode_image, resize_image
+
+log = logging.getLogger(__name__)
+
+# Bump when a change to data/distort.py or to this module changes the pixels of a copy.
+COPIES_FORMAT = 1
+# Images are distorted at their own resolution, long side at most max(MIN_WORKING_SIDE, 2 x img_size):
+# huge scans are shrunk first (cost), test-photo-sized images are not (fidelity).
+MIN_WORKING_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class RobustSpec:
+    """What the copies are: the resolved distortion profile, the number of copies and their seed."""
+
+    profile: Mapping[str, Any]
+    copies: int
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {"copies": int(self.copies), "seed": int(self.seed), "profile": dict(self.profile)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> RobustSpec:
+        return cls(normalise_profile(d["profile"]), int(d["copies"]), int(d["seed"]))
+
+
+def normalise_profile(profile: Any) -> dict:
+    """A plain, typed, complete profile dict (DistortProfile's defaults for missing keys)."""
+    from docclassify.config_schema import DistortProfile
+
+    merged = OmegaConf.merge(OmegaConf.structured(DistortProfile), OmegaConf.create(dict(profile)))
+    return OmegaConf.to_container(merged)
+
+
+def id_hash(image_id: str) -> int:
+    """A stable 64-bit hash of an image ID (Python's ``hash`` of a str changes per process)."""
+    return int.from_bytes(hashlib.blake2b(str(image_id).encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def copy_rng(seed: int, image_id: str, copy: int) -> np.random.Generator:
+    """The generator of one copy: a pure function of (seed, image ID, copy index)."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, id_hash(image_id), int(copy)])
+
+
+def copy_rows(rows: Sequence[int], copies: int) -> np.ndarray:
+    """Indices into the copies array of ``rows`` (each row's copies together, in ``rows`` order)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return (rows[:, None] * int(copies) + np.arange(int(copies))[None, :]).reshape(-1)
+
+
+def working_side(img_size: int) -> int:
+    return max(MIN_WORKING_SIDE, 2 * int(img_size))
+
+
+def working_image(path: str | Path, img_size: int) -> np.ndarray:
+    """The image at its own resolution, its long side bounded by :func:`working_side`."""
+    cap = working_side(img_size)
+    img = decode_image(path, draft_size=cap)
+    h, w = img.shape[:2]
+    if max(h, w) <= cap:
+        return img
+    import cv2
+
+    scale = cap / max(h, w)
+    return cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def robust_copy(image: np.ndarray, image_id: str, copy: int, spec: RobustSpec, size: int, resize: str,
+                pad_value: int) -> np.ndarray:
+    """Copy ``copy`` of ``image`` (at working resolution), resized to ``size`` like training images."""
+    distorted, _ = distort(image, spec.profile, copy_rng(spec.seed, image_id, copy))
+    return resize_image(distorted, size, resize, pad_value)
+
+
+def copies_key(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
+               pad_value: int) -> str:
+    """Cache key: the images' content, their IDs (they seed the copies) and every setting."""
+    h = hashlib.blake2b(digest_size=16)
+    settings = [COPIES_FORMAT, spec.as_dict(), int(size), resize, int(pad_value), working_side(size)]
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(content_key(paths, size, resize, pad_value).encode())
+    h.update(json.dumps([str(i) for i in ids]).encode())
+    return h.hexdigest()
+
+
+def build_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
+                 pad_value: int, out: np.ndarray, threads: int | None = None) -> list[int]:
+    """Fill ``out`` (N * copies, size, size, 3); returns the rows whose image cannot be decoded
+    (their copies are ``pad_value``). Threads (OpenCV and PIL release the GIL) do not change a pixel."""
+    n, copies = len(paths), int(spec.copies)
+    bad: list[int] = []
+
+    def work(row: int) -> None:
+        try:
+            image = working_image(paths[row], size)
+        except BadImageError as exc:
+            log.debug("%s", exc)
+            bad.append(row)
+            out[row * copies:(row + 1) * copies] = pad_value
+            return
+        for c in range(copies):
+            out[row * copies + c] = robust_copy(image, ids[row], c, spec, size, resize, pad_value)
+
+    workers = threads or max(1, min(8, os.cpu_count() or 1))
+    t0, last = time.time(), 0.0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, _ in enumerate(pool.map(work, range(n)), 1):
+            now = time.time()
+            if now - last > 5 or done == n:
+                last = now
+                log.info("robust copies: %d/%d images x %d copies (%.0f img/s)", done, n, copies,
+                         done / max(now - t0, 1e-9))
+    return sorted(bad)
+
+
+def robust_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
+                  pad_value: int, cache_dir: str | Path | None) -> np.ndarray:
+    """The (N * copies, size, size, 3) uint8 copies of every row: memory-mapped from the cache
+    (built once) when ``cache_dir`` is given, else built in memory (``data.cache=false``)."""
+    paths = [Path(p) for p in paths]
+    ids = [str(i) for i in ids]
+    shape = (len(paths) * int(spec.copies), int(size), int(size), 3)
+    if cache_dir is None:
+        out = np.empty(shape, dtype=np.uint8)
+        build_copies(paths, ids, spec, size, resize, pad_value, out)
+        return out
+    key = copies_key(paths, ids, spec, size, resize, pad_value)
+
+    def build(out: np.ndarray) -> dict:
+        bad = build_copies(paths, ids, spec, size, resize, pad_value, out)
+        return {"format": COPIES_FORMAT, "n": len(paths), "size": int(size), "resize": resize,
+                "pad_value": int(pad_value), **spec.as_dict(), "bad": bad}
+
+    arr, _ = cached_array(key, shape, build, cache_dir, folder="robust", what="robust copies")
+    return arr

@@ -1,0 +1,128 @@
+"""data/validation.py: a robust copy is a pure function of (seed, image ID, copy index), the same
+bytes whatever the thread count, process, cache or the other rows; built once and cached."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+from omegaconf import OmegaConf
+from PIL import Image
+
+from docclassify.config_schema import DistortProfile
+from docclassify.data import cache
+from docclassify.data import validation as V
+
+SIZE = 32
+
+
+def spec(**over) -> V.RobustSpec:
+    profile = OmegaConf.to_container(OmegaConf.structured(DistortProfile))
+    d = {"copies": 2, "seed": 0, "profile": profile, **over}
+    return V.RobustSpec.from_dict(d)
+
+
+@pytest.fixture
+def rows(tiny_data):
+    train = pd.read_csv(tiny_data / "train.csv", dtype={"ID": str})
+    return [tiny_data / "train" / i for i in train["ID"]], train["ID"].tolist()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_cache(monkeypatch):
+    monkeypatch.setattr(cache, "_OPEN", {})  # every test starts like a new process
+
+
+def build(paths, ids, s, threads=None):
+    out = np.empty((len(paths) * s.copies, SIZE, SIZE, 3), np.uint8)
+    assert V.build_copies(paths, ids, s, SIZE, "pad", 0, out, threads=threads) == []
+    return out
+
+
+def test_copies_do_not_depend_on_threads_cache_or_the_other_rows(rows, tmp_path):
+    paths, ids = rows
+    s = spec()
+    one = build(paths, ids, s, threads=1)
+    np.testing.assert_array_equal(one, build(paths, ids, s, threads=4))
+    np.testing.assert_array_equal(one, V.robust_copies(paths, ids, s, SIZE, "pad", 0, tmp_path / "cache"))
+    np.testing.assert_array_equal(one, V.robust_copies(paths, ids, s, SIZE, "pad", 0, None))  # data.cache=false
+    # A row's copies depend on its ID, not on its position or on which rows come with it.
+    order = list(range(len(ids)))[::-3]
+    subset = build([paths[i] for i in order], [ids[i] for i in order], s)
+    np.testing.assert_array_equal(subset, one[V.copy_rows(order, s.copies)])
+    assert not np.array_equal(one[0], one[1])  # two copies of one image differ
+
+
+def test_copies_are_the_same_bytes_in_another_process(rows, tmp_path):
+    paths, ids = rows
+    s = spec(copies=3, seed=5)
+    here = V.robust_copies(paths, ids, s, SIZE, "pad", 0, tmp_path / "a")
+    code = ("import json, sys; from pathlib import Path; from docclassify.data import validation as V; "
+            "a = json.loads(sys.argv[1]); "
+            "V.robust_copies([Path(p) for p in a['paths']], a['ids'], V.RobustSpec.from_dict(a['spec']), "
+            f"{SIZE}, 'pad', 0, a['cache'])")
+    arg = json.dumps({"paths": [str(p) for p in paths], "ids": ids, "spec": s.as_dict(), "cache": str(tmp_path / "b")})
+    # Python's str hash differs per process (PYTHONHASHSEED): the copies must not.
+    hash_seed = str(1 + int(os.environ.get("PYTHONHASHSEED", "0") or 0) % 1000)
+    subprocess.run([sys.executable, "-c", code, arg], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO)})
+    (built,) = (tmp_path / "b" / "robust").glob("*.npy")
+    assert built.name == next((tmp_path / "a" / "robust").glob("*.npy")).name  # the same cache key
+    np.testing.assert_array_equal(np.load(built), here)
+
+
+def test_seed_and_copy_index_pick_the_pixels(rows):
+    paths, ids = rows
+    a, b = build(paths[:4], ids[:4], spec(seed=0)), build(paths[:4], ids[:4], spec(seed=1))
+    assert not np.array_equal(a, b)
+    renamed = build(paths[:4], [f"other_{i}" for i in ids[:4]], spec(seed=0))  # the ID seeds the copy
+    assert not np.array_equal(a, renamed)
+    draw = V.copy_rng(0, "x.jpg", 1).random()
+    assert draw == V.copy_rng(0, "x.jpg", 1).random() != V.copy_rng(0, "x.jpg", 0).random()
+
+
+def test_built_once_then_reused_and_keyed_by_every_setting(rows, tmp_path, monkeypatch):
+    paths, ids = rows
+    calls = []
+    real = V.build_copies
+    monkeypatch.setattr(V, "build_copies", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = V.robust_copies(paths, ids, spec(), SIZE, "pad", 0, tmp_path)
+    monkeypatch.setattr(cache, "_OPEN", {})  # another process: maps the file, builds nothing
+    again = V.robust_copies(paths, ids, spec(), SIZE, "pad", 0, tmp_path)
+    assert len(calls) == 1 and isinstance(again, np.memmap)
+    np.testing.assert_array_equal(first, again)
+    key = V.copies_key(paths, ids, spec(), SIZE, "pad", 0)
+    profile = {**spec().profile, "angle": 5.0}
+    others = [V.copies_key(paths, ids, spec(copies=3), SIZE, "pad", 0),
+              V.copies_key(paths, ids, spec(seed=1), SIZE, "pad", 0),
+              V.copies_key(paths, ids, spec(profile=profile), SIZE, "pad", 0),
+              V.copies_key(paths, ids, spec(), 48, "pad", 0),
+              V.copies_key(paths, ids, spec(), SIZE, "stretch", 0),
+              V.copies_key(paths, ids, spec(), SIZE, "pad", 255),
+              V.copies_key(paths[::-1], ids[::-1], spec(), SIZE, "pad", 0)]
+    assert len({key, *others}) == len(others) + 1
+
+
+def test_images_are_distorted_at_their_own_resolution_bounded(tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.full((3000, 1500, 3), 200, np.uint8)).save(big)
+    assert V.working_image(big, 64).shape == (V.MIN_WORKING_SIDE, V.MIN_WORKING_SIDE // 2, 3)
+    assert V.working_image(big, 800).shape == (1600, 800, 3)  # 2 x img_size when that is larger
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((300, 200, 3), 200, np.uint8)).save(small)
+    assert V.working_image(small, 64).shape == (300, 200, 3)
+
+
+def test_an_undecodable_image_is_reported_and_padded(rows, tmp_path):
+    paths, ids = rows
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    out = np.empty((3 * 2, SIZE, SIZE, 3), np.uint8)
+    assert V.build_copies([paths[0], bad, paths[1]], ids[:3], spec(), SIZE, "pad", 7, out) == [1]
+    assert (out[2:4] == 7).all() and not (out[0] == 7).all()

@@ -1,0 +1,200 @@
+"""Robust validation in training (issue 14): both views every epoch, trainer.monitor decides,
+oof_robust.csv and the objective; validation=clean trains and writes exactly what it did before.
+
+Real tiny runs through run_kfold (in-process, deterministic mode) on the tiny data set.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY, compose_train
+from sklearn.metrics import f1_score
+
+from docclassify.config_schema import ConfigError, check_config
+from docclassify.data import cache
+from docclassify.data.images import load_image
+from docclassify.engine import kfold
+from docclassify.metrics import softmax
+
+BASE = [*TINY, "trainer.epochs=2", "folds.n=2", "trainer.deterministic=true"]
+
+
+def train(tmp_path, name, data_root, *overrides):
+    run_dir = tmp_path / name
+    cfg = compose_train(["data=competition", f"data.root={data_root}", *BASE, *overrides], run_dir)
+    results = kfold.run_kfold(cfg)
+    return run_dir, results
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    """The same deterministic training under each validation option / monitor."""
+    tmp = tmp_path_factory.mktemp("robust_runs")
+    return {name: train(tmp, name, tiny_data, *over) for name, over in {
+        "clean": ["validation=clean"],
+        "both_monitor_clean": ["validation=both", "trainer.monitor=clean"],
+        "both": ["validation=both"],
+        "robust": ["validation=robust"],
+        "mean": ["validation=both", "trainer.monitor=mean"],
+    }.items()}
+
+
+@pytest.mark.slow
+def test_validation_clean_writes_what_it_wrote_before(runs):
+    """The robust view changes no training step: monitoring the clean view with validation=both gives
+    validation=clean's oof.csv byte for byte (and validation=clean's is byte-identical to the code
+    before robust validation: checked once when it was added, docs/validation.md)."""
+    clean_dir, clean = runs["clean"]
+    both_dir, both = runs["both_monitor_clean"]
+    assert (clean_dir / "oof.csv").read_bytes() == (both_dir / "oof.csv").read_bytes()
+    assert (clean_dir / "oof_logits.npy").read_bytes() == (both_dir / "oof_logits.npy").read_bytes()
+    assert not (clean_dir / "oof_robust.csv").exists() and (both_dir / "oof_robust.csv").is_file()
+    assert clean["cv_macro_f1_robust"] is None and clean["monitor"] == "clean"
+    assert clean["objective"] == clean["cv_macro_f1"] == both["cv_macro_f1"] == both["objective"]
+    for f in clean["folds"]:
+        assert f["best_macro_f1_robust"] is None and all(h["val_macro_f1_robust"] is None for h in f["history"])
+
+
+@pytest.mark.slow
+def test_every_epoch_scores_both_views_and_monitor_picks(runs):
+    _, clean = runs["clean"]
+    for name in ("both", "mean", "both_monitor_clean"):
+        _, res = runs[name]
+        for fc, f in zip(clean["folds"], res["folds"]):
+            # the same training: the clean curve is identical, the robust one is there too
+            assert [h["val_macro_f1"] for h in f["history"]] == [h["val_macro_f1"] for h in fc["history"]]
+            assert [h["val_loss"] for h in f["history"]] == [h["val_loss"] for h in fc["history"]]
+            assert all(h["val_macro_f1_robust"] is not None and h["val_loss_robust"] > 0 for h in f["history"])
+            monitored = [h["val_monitored"] for h in f["history"]]
+            assert f["best_epoch"] == int(np.argmax(monitored)) and f["best_monitored"] == max(monitored)
+            best = f["history"][f["best_epoch"]]
+            assert f["best_macro_f1"] == best["val_macro_f1"]
+            assert f["best_macro_f1_robust"] == best["val_macro_f1_robust"]
+    _, mean = runs["mean"]
+    h = mean["folds"][0]["history"][0]
+    assert h["monitor"] == "mean" and h["val_monitored"] == pytest.approx(
+        (h["val_macro_f1"] + h["val_macro_f1_robust"]) / 2)
+    assert mean["objective"] == pytest.approx((mean["cv_macro_f1"] + mean["cv_macro_f1_robust"]) / 2)
+    _, both = runs["both"]
+    assert both["monitor"] == "robust" and both["objective"] == both["cv_macro_f1_robust"]
+
+
+@pytest.mark.slow
+def test_oof_robust_csv_recomputes_cv_macro_f1_robust(runs, tiny_data):
+    run_dir, res = runs["both"]
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"ID": str})
+    robust = pd.read_csv(run_dir / "oof_robust.csv", dtype={"ID": str})
+    assert list(robust.columns[:4]) == ["ID", "copy", "target", "pred"] and list(robust.columns[4:]) == res["classes"]
+    assert list(robust["ID"]) == list(np.repeat(oof["ID"].to_numpy(), 2)) and set(robust["copy"]) == {0, 1}
+    assert res["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
+    probs = robust[res["classes"]].to_numpy()
+    assert (probs.argmax(1) == robust["pred"].to_numpy()).all()
+    np.testing.assert_allclose(softmax(np.load(run_dir / "oof_robust_logits.npy")), probs, atol=1e-6)
+    assert res["n_oof_robust_rows"] == 2 * res["n_oof_rows"] and res["robust_copies"] == 2
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"ID": str}).set_index("ID")["fold"]
+    for f in res["folds"]:  # each fold's robust F1 is the one of its own rows' copies
+        rows = robust[robust["ID"].map(folds) == f["fold"]]
+        assert f["best_macro_f1_robust"] == pytest.approx(f1_score(rows["target"], rows["pred"], average="macro"))
+    assert res["validation"]["name"] == "both" and res["validation"]["copies"] == 2
+    assert set(res["validation"]["profile"]) >= {"rot90_p", "jpeg_quality"}
+
+
+@pytest.mark.slow
+def test_validation_robust_predicts_the_clean_rows_once_with_the_best_weights(runs):
+    """validation=robust validates only the copies per epoch, then the clean OOF rows with the best
+    checkpoint: the same rows and logits validation=both (same best epochs) holds."""
+    both_dir, both = runs["both"]
+    robust_dir, robust = runs["robust"]
+    assert [f["best_epoch"] for f in robust["folds"]] == [f["best_epoch"] for f in both["folds"]]
+    for f in robust["folds"]:
+        assert all(h["val_macro_f1"] is None and h["val_macro_f1_robust"] is not None for h in f["history"])
+    np.testing.assert_allclose(np.load(robust_dir / "oof_logits.npy"), np.load(both_dir / "oof_logits.npy"),
+                               atol=1e-5)
+    assert robust["cv_macro_f1"] == both["cv_macro_f1"]
+    assert (robust_dir / "oof_robust.csv").read_bytes() == (both_dir / "oof_robust.csv").read_bytes()
+    assert [f["best_macro_f1"] for f in robust["folds"]] == pytest.approx([f["best_macro_f1"] for f in both["folds"]])
+
+
+def permuted_copies(train_csv):
+    """A robust view that disagrees with the clean one on purpose: each row's copies show an image of
+    the next class, so the better the model learns, the lower the robust F1."""
+    train = pd.read_csv(train_csv, dtype={"ID": str})
+    target = dict(zip(train["ID"], train["target"]))
+
+    def build(paths, ids, spec, size, resize, pad_value, cache_dir):
+        first = {}
+        for i, p in zip(ids, paths):
+            first.setdefault(target[i], p)
+        return np.stack([load_image(first[(target[i] + 1) % 17], size, resize, pad_value)
+                         for i in ids for _ in range(spec.copies)])
+    return build
+
+
+@pytest.mark.slow
+def test_monitor_decides_best_epoch_checkpoint_and_early_stopping(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(kfold, "robust_copies", permuted_copies(tiny_data / "train.csv"))
+    monkeypatch.setattr(cache, "_OPEN", {})
+    common = ["model=tiny_convnext", "trainer.epochs=4", "trainer.lr=0.01", "folds.run=[0]"]
+    _, by_clean = train(tmp_path, "clean", tiny_data, *common, "trainer.monitor=clean")
+    robust_dir, by_robust = train(tmp_path, "robust", tiny_data, *common, "trainer.monitor=robust")
+    fc, fr = by_clean["folds"][0], by_robust["folds"][0]
+    clean_curve = [h["val_macro_f1"] for h in fc["history"]]
+    robust_curve = [h["val_macro_f1_robust"] for h in fr["history"]]
+    assert [h["val_macro_f1"] for h in fr["history"]] == clean_curve  # one training, two curves
+    assert clean_curve[-1] > clean_curve[0] and robust_curve[-1] < robust_curve[0]  # they disagree
+    assert fc["best_epoch"] == int(np.argmax(clean_curve)) != fr["best_epoch"] == int(np.argmax(robust_curve))
+    import torch
+
+    ckpt = torch.load(robust_dir / fr["checkpoint"], map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == fr["best_epoch"] and ckpt["monitor"] == "robust"
+    assert by_clean["objective"] == by_clean["cv_macro_f1"] != by_robust["objective"]
+
+    # Early stopping waits for the monitored value: the robust curve stops improving after its best.
+    _, stopped = train(tmp_path, "stopped", tiny_data, *common, "trainer.monitor=robust",
+                       "trainer.early_stopping_patience=1")
+    _, kept_on = train(tmp_path, "kept_on", tiny_data, *common, "trainer.monitor=clean",
+                       "trainer.early_stopping_patience=1")
+    assert stopped["folds"][0]["early_stopped"] and stopped["folds"][0]["epochs_run"] == fr["best_epoch"] + 2 < 4
+    assert kept_on["folds"][0]["epochs_run"] > stopped["folds"][0]["epochs_run"]
+
+
+@pytest.mark.slow
+def test_competition_data_with_and_without_test_images(data, tmp_path):
+    """The copies come from the training images: a data folder without test images validates the same."""
+    _, with_test = train(tmp_path, "with", data, "folds.run=[0]", "trainer.epochs=1")
+    shutil.rmtree(data / "test")
+    (data / "sample_submission.csv").unlink()
+    run_dir, without = train(tmp_path, "without", data, "folds.run=[0]", "trainer.epochs=1")
+    assert without["cv_macro_f1_robust"] == with_test["cv_macro_f1_robust"]
+    assert without["n_oof_robust_rows"] == 2 * without["n_oof_rows"]
+    assert json.loads((run_dir / "results.json").read_text())["objective"] == without["cv_macro_f1_robust"]
+
+
+def test_monitor_without_its_view_is_refused_before_any_work(tmp_path):
+    for over in (["validation=clean", "trainer.monitor=robust"], ["validation=clean", "trainer.monitor=mean"],
+                 ["validation=robust", "trainer.monitor=clean"]):
+        cfg = compose_train([*TINY, *over], tmp_path / "x")
+        with pytest.raises(ConfigError, match="trainer.monitor"):
+            check_config(cfg)
+    cfg = compose_train([*TINY, "validation.distort=sideways"], tmp_path / "x")
+    with pytest.raises(ConfigError, match="validation.distort"):
+        check_config(cfg)
+
+
+def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
+    """validation.distort=auto: the profile the run's shift check fitted (RunData.fitted_profile, see
+    tests/data/test_shift.py for the fit itself), normalised: its missing keys take the defaults."""
+    import types
+
+    cfg = compose_train([*TINY, "validation.distort=auto"], tmp_path / "auto")
+    run = types.SimpleNamespace(cfg=cfg, run_dir=tmp_path / "auto")
+    data = types.SimpleNamespace(source="SOURCE", fitted_profile={"angle": 7.5})
+    profile = kfold.resolve_distort_profile(run, data)
+    assert profile["angle"] == 7.5 and profile["rot90_p"] == 0.5
+
+
