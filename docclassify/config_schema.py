@@ -435,6 +435,7 @@ class SubmitInfer:
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
     calibrate: bool = True
+    decision: str = key("argmax", choices=("argmax", "macro_f1"))
     oof_tta: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
