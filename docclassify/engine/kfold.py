@@ -252,7 +252,9 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         "data": data_info,
         "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),
         "augment": cfg.augment.name, "ensemble": cfg.ensemble.name,
-        "loss": dict(cfg.loss), "sampler": cfg.data.get("sampler", "natural"),
+        # loss and sampler (a run dir of an older version, merged by aggregate, has neither: null / natural)
+        "loss": OmegaConf.to_container(cfg.loss) if cfg.get("loss") is not None else None,
+        "sampler": cfg.data.get("sampler", "natural"),
         "skipped_images": list(skipped_ids),
         "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
     }
