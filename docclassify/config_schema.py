@@ -486,6 +486,8 @@ class InferConfig:
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
     calibrate: bool = True
+    # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
+    mimic_fold_average: bool = True
     oof_tta: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)

@@ -49,7 +49,7 @@ from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
-from docclassify.predict.calibration import apply_temperature, calibration_report
+from docclassify.predict.calibration import apply_temperature, averaging_factor, calibration_report
 from docclassify.predict.decision import DECISIONS, DecisionFit, fit_decision
 from docclassify.predict.ensemble import (
     STACKER_FILE,
@@ -101,6 +101,7 @@ class Settings:
     output: Path | None
     fit_on: str = "auto"  # auto, robust or clean: resolved against the runs in run_inference
     decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
+    mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -120,7 +121,7 @@ def read_settings(cfg: DictConfig) -> Settings:
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
-                    str(cfg.get("fit_on", "auto")), decision)
+                    str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)))
 
 
 def _plain(value):
@@ -377,6 +378,7 @@ class Member:
     test_logits: np.ndarray
     oof_logits: np.ndarray | None = None
     folds: list[dict] = field(default_factory=list)
+    fold_test_logits: np.ndarray | None = None  # (folds, N, K): what the fold average is made of
 
 
 def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
@@ -408,7 +410,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                 average: str, oof: tuple[np.ndarray, np.ndarray] | None, view: str = "clean") -> Member:
     """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows of
     ``view`` when ``oof=(image rows, folds)``, see :func:`plan_view_oof`)."""
-    fold_preds, fold_info = [], []
+    fold_preds, fold_info, fold_logits = [], [], []
     oof_logits = None
     if oof is not None:
         oof_logits = np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
@@ -418,6 +420,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
         fold_label = f"{label} fold {fm.fold}"
         probs, logits, img_per_s = predict_fold_test(model, meta, ds, store, predictor, fold_label)
         fold_preds.append(probs if average == "prob" else logits)
+        fold_logits.append(np.asarray(logits, dtype=np.float32))
         fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
                           "model_option": meta.get("model_option"),
                           "img_size": int(meta["img_size"]),
@@ -430,7 +433,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                                                   predictor, train_rows[mask], fold_label)
         del model, ckpt
     test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
-    return Member(run, safe_log(test_probs), oof_logits, fold_info)
+    return Member(run, safe_log(test_probs), oof_logits, fold_info, np.stack(fold_logits))
 
 
 def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
@@ -602,10 +605,22 @@ def fit_decision_on_oof(oof_probs: np.ndarray, y: np.ndarray, rule: str, groups:
     return fit
 
 
+def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+    """Each run's OOF log-probabilities scaled by its averaging factor (predict.calibration): an OOF
+    row is predicted by one fold model, a test row by the average of the run's folds, which is
+    less confident; the scaled OOF rows look like that average, so what is fitted on them (weights,
+    stacker, temperature, biases) fits what it is applied to. Returns (scaled logits, factors)."""
+    alphas = [averaging_factor(m.fold_test_logits) if m.fold_test_logits is not None else 1.0 for m in members]
+    scaled = [a * log_softmax(np.asarray(z, dtype=np.float64), axis=1) for a, z in zip(alphas, oof_logits)]
+    log.info("OOF rows scaled to mimic fold averages: averaging factor per run %s", [round(a, 3) for a in alphas])
+    return scaled, alphas
+
+
 def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
-               calibrate: bool, decision: str = "argmax") -> OofFit:
+               calibrate: bool, decision: str = "argmax", mimic: bool = True) -> OofFit:
     """Ensemble weights (or a stacker), temperature and decision rule from the members' OOF
-    predictions (without OOF rows: equal weights, T=1, argmax)."""
+    predictions (without OOF rows: equal weights, T=1, argmax); ``mimic``: on OOF rows scaled like
+    fold averages (mimic_fold_average)."""
     if oof is None:
         return OofFit([1.0 / len(members)] * len(members))
     per_run = [(ids, y, m.oof_logits if oof.repredict else z)
@@ -614,6 +629,9 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     if weights_mode in SELECTION_MODES and len(members) > 1:
         check_same_oof_rows(per_run, paths, weights_mode)
     oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
+    alphas = None
+    if mimic:
+        oof_logits, alphas = mimic_fold_averages(members, oof_logits)
     groups = image_groups(oof_ids, oof.view)
     stacker = None
     if weights_mode == "stack" and len(members) > 1:
@@ -624,7 +642,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
         weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members), groups)
         oof_probs = combine(oof_members, weights, average)
     summary = {"fit_on": oof.view, "rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
-               "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
+               "macro_f1": macro_f1_of_probs(oof_probs, y_oof), "averaging_factors": alphas}
     calib, temperature = None, 1.0
     if calibrate:
         calib = fit_temperature_on_oof(oof_probs, y_oof)
@@ -796,7 +814,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
             member.oof_logits = logits
-    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision)
+    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision,
+                         settings.mimic_fold_average)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
     # test_probs.csv keeps the probabilities; the decision rule (biases) only moves the submission's argmax
     pred = oof_fit.decision.predict(safe_log(probs)) if oof_fit.decision is not None else probs.argmax(axis=1)

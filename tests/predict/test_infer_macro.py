@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TINY, run_cli
 from scipy.special import softmax
 
@@ -126,6 +127,31 @@ def test_stacker_fitted_on_real_runs_round_trips(runs, tmp_path):
     again = Stacker.load(tmp_path / STACKER_FILE)
     np.testing.assert_array_equal(again.predict_proba(members), stacker.predict_proba(members))
     assert macro_f1(oofs[0][1], report["oof_probs"].argmax(1)) == pytest.approx(report["f1_cross_fitted"])
+
+
+def test_oof_rows_scaled_like_fold_averages(runs, tmp_path, cache_dir):
+    """mimic_fold_average: each run's OOF log-probabilities are scaled by its averaging factor
+    before anything is fitted, so the temperature is that factor times the unscaled fit's."""
+    from docclassify.predict.calibration import averaging_factor
+
+    plain = infer([runs["a"]], tmp_path / "plain", "mimic_fold_average=false")
+    mimic = infer([runs["a"]], tmp_path / "mimic")
+    (alpha,) = mimic["oof"]["averaging_factors"]
+    assert plain["oof"]["averaging_factors"] is None and 0.05 < alpha < 1.0  # two folds that disagree
+    assert mimic["temperature"] == pytest.approx(alpha * plain["temperature"], rel=1e-3)
+    probs = {k: _frame(tmp_path / k, "test_probs.csv").to_numpy() for k in ("plain", "mimic")}
+    assert not np.allclose(probs["plain"], probs["mimic"], atol=1e-4)
+    # the factor is measured on the run's own fold predictions of the test rows
+    from docclassify.predict.inference import ImageStore, TtaPredictor, load_data, predict_run
+    from docclassify.predict.runs import load_run
+    from docclassify.predict.tta import View
+
+    run = load_run(runs["a"])
+    (ds,) = load_data([run], {}, str(cache_dir))
+    predictor = TtaPredictor([View("identity")], "prob", 32, torch.device("cpu"))
+    member = predict_run(run, "a", ds, ImageStore(str(tmp_path / "c")), predictor, "prob", None)
+    assert member.fold_test_logits.shape == (2, len(probs["plain"]), 17)
+    assert averaging_factor(member.fold_test_logits) == pytest.approx(alpha, rel=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["greedy", "stack"])
