@@ -42,8 +42,9 @@ def one(args) -> dict:
     from docclassify.data.sources import load_source
     from docclassify.engine.epoch import FoldParts, StepContext, train_one_epoch
     from docclassify.engine.loaders import build_loaders, default_num_workers
-    from docclassify.engine.mixup import build_train_loss
     from docclassify.engine.optim import build_optimizer, build_scheduler
+    from docclassify.engine.parts import build_train_loss
+    from docclassify.engine.sampling import class_counts
     from docclassify.engine.setup import amp_settings, resolve_device
     from docclassify.models.factory import create_model, normalization_of
 
@@ -79,7 +80,7 @@ def one(args) -> dict:
                                        cfg.data.num_workers, 0, device)
     optimizer = build_optimizer(model, cfg.trainer.optimizer, cfg.trainer.lr, cfg.regularization.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, 1, len(train_loader))
-    loss_fn = build_train_loss(None, float(cfg.regularization.label_smoothing))
+    loss_fn = build_train_loss(cfg, class_counts(targets[train_idx], source.num_classes))
     mean, std = normalization_of(model)
     ctx = StepContext(device=device, amp=amp_settings(cfg.trainer.amp, device),
                       mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),

@@ -103,6 +103,8 @@ class DataCommon:
     cache: bool = True
     num_workers: int | None = key(None, ge=0, le=256)
     on_bad_image: str = key("error", choices=("error", "skip"))
+    # How often each class is drawn for training (engine/sampling.py).
+    sampler: str = key("natural", choices=("natural", "balanced", "sqrt"))
     relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
     exclude: str | None = None   # CSV ID: training rows left out
 
@@ -240,6 +242,32 @@ class RegularizationConfig:
     layer_decay: float | None = key(None, gt=0.0, le=1.0)
     # Weight of the orientation head's loss (model.orientation_head) next to the classification loss.
     orientation_loss_weight: float = key(1.0, ge=0.0)
+
+
+# ------------------------------------------------------------------------------------------ loss
+# Each option's _target_ is a class of docclassify/engine/losses.py (or a user's own: see the
+# protocol there); its other keys are the constructor's arguments.
+@dataclass
+class CrossEntropyLossConfig:
+    _target_: str = "docclassify.engine.losses.CrossEntropy"
+
+
+@dataclass
+class FocalLossConfig:
+    _target_: str = "docclassify.engine.losses.FocalLoss"
+    gamma: float = key(2.0, ge=0.0, le=10.0)
+
+
+@dataclass
+class LogitAdjustedLossConfig:
+    _target_: str = "docclassify.engine.losses.LogitAdjustedLoss"
+    tau: float = key(1.0, ge=0.0, le=10.0)
+
+
+@dataclass
+class ClassBalancedLossConfig:
+    _target_: str = "docclassify.engine.losses.ClassBalancedLoss"
+    beta: float = key(0.999, ge=0.0, lt=1.0)
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -423,7 +451,7 @@ class TTAConfig:
 
 @dataclass
 class InferEnsemble:
-    weights: str = key("equal", choices=("equal", "oof"))
+    weights: str = key("equal", choices=("equal", "oof", "greedy", "stack"))
     average: str = key("prob", choices=("prob", "logit"))
 
 
@@ -444,6 +472,7 @@ class SubmitInfer:
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
     calibrate: bool = True
+    decision: str = key("argmax", choices=("argmax", "macro_f1"))
     oof_tta: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
@@ -469,6 +498,7 @@ class TrainConfig:
     model: Any = MISSING
     augment: Any = MISSING
     regularization: Any = MISSING
+    loss: Any = MISSING
     schedule: Any = MISSING
     trainer: Any = MISSING
     folds: Any = MISSING
@@ -491,7 +521,11 @@ class InferConfig:
     # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/runs.py FIT_ON).
     fit_on: str = key("auto", choices=("auto", "robust", "clean"))
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
+    # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
+    decision: str = key("argmax", choices=("argmax", "macro_f1"))
     calibrate: bool = True
+    # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
+    mimic_fold_average: bool = True
     oof_tta: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
@@ -511,6 +545,10 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("model", "default"): ModelConfig,
     ("augment", "default"): AugmentConfig,
     ("regularization", "default"): RegularizationConfig,
+    ("loss", "ce"): CrossEntropyLossConfig,
+    ("loss", "focal"): FocalLossConfig,
+    ("loss", "logit_adjusted"): LogitAdjustedLossConfig,
+    ("loss", "class_balanced"): ClassBalancedLossConfig,
     ("schedule", "cosine"): CosineSchedule,
     ("schedule", "constant"): ConstantSchedule,
     ("folds", "kfold"): FoldsConfig,

@@ -51,7 +51,7 @@ def infer_overrides(cfg: DictConfig, run_dir: Path) -> list[str]:
     out = [f"runs=[{quote_value(str(run_dir))}]", f"tta={node.tta}"]
     if node.tta_average is not None:
         out.append(f"tta.average={node.tta_average}")
-    out += [f"ensemble.average={node.average}", f"calibrate={_value(node.calibrate)}",
+    out += [f"ensemble.average={node.average}", f"calibrate={_value(node.calibrate)}", f"decision={node.decision}",
             f"oof_tta={_value(node.oof_tta)}", f"batch_size={int(node.batch_size)}",
             f"device={_value(node.device)}", f"output={_value(node.output)}",
             f"paths.cache_dir={_value(cfg.paths.cache_dir)}"]

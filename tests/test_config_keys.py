@@ -1,8 +1,8 @@
 """Every config key changes behaviour (issue 13: config that means what it says).
 
-For every leaf key of every option of the augment, regularization, schedule and validation groups
-(the profile under ``validation.distort`` key by key), and for every key of the trainer group, two
-values must give different outputs of the real code:
+For every leaf key of every option of the augment, regularization, schedule, loss and validation
+groups (the profile under ``validation.distort`` key by key), for every key of the trainer group
+and for data.sampler, two values must give different outputs of the real code:
 
 - ``pixels``: augmented pixels of real (synthetic) document images, a few seeds and epochs,
   through ``TrainTransform`` (augment keys that act per sample);
@@ -10,7 +10,7 @@ values must give different outputs of the real code:
   keys, trainer.lr / epochs);
 - ``training``: a real fold, two short epochs of a tiny model: ``engine.fold.prepare_fold`` +
   ``fit_fold`` (losses and lr of every step, validation logits, the evaluated weights, the files
-  written): mixup, regularization and trainer keys;
+  written): mixup, regularization, loss, data.sampler and trainer keys;
 - ``trackers``: the callbacks ``tracking.build_trackers`` wires;
 - ``copies``: the robust validation copies of real images (``validation.copies``, ``seed`` and every
   ``validation.distort.*`` key), built from the config like a run builds them
@@ -44,7 +44,9 @@ from docclassify.config_schema import SCHEMAS, DistortProfile, TrainerConfig, ap
 from docclassify.engine.callbacks import Callback
 
 CPU = torch.device("cpu")
-GROUPS = ("augment", "regularization", "schedule")
+GROUPS = ("augment", "regularization", "schedule", "loss")
+# Keys of other groups probed here: (group, option composed for the probe, key).
+EXTRA_KEYS = [("data", "competition", "data.sampler")]
 PIXEL_SIZE, TRAIN_SIZE = 48, 32
 
 
@@ -145,6 +147,12 @@ PROBES: dict[str, Probe] = {
     "regularization.layer_decay": Probe("training", (None, 0.5)),
     "regularization.orientation_loss_weight": Probe(
         "training", (0.5, 2.0), {"model.orientation_head": "rot4", "augment.orientation": "rot90"}),
+    # -- loss (the probe's fold trains on 2 rows of each of 16 classes and none of the 17th)
+    "loss.gamma": Probe("training", (0.0, 2.0)),
+    "loss.tau": Probe("training", (0.0, 1.0)),
+    "loss.beta": Probe("training", (0.0, 0.99)),
+    # -- data (the order and repetition of the training draws)
+    "data.sampler": Probe("training", ("natural", "balanced")),
     # -- schedule (the lr of every update)
     "schedule.warmup_epochs": Probe("lr", (0, 1)),
     "schedule.warmup_lr": Probe("lr", (1e-6, 1e-4), {"warmup_epochs": 1}),
@@ -204,6 +212,8 @@ PROBES: dict[str, Probe] = {
 EXEMPT: dict[str, tuple[str, str | None]] = {
     "augment.name": ("the option's name; results.json records it",
                      "tests/engine/test_debug.py::test_debug_fast_runs_one_fold_of_a_few_batches_without_reports"),
+    "loss._target_": ("the class the option's other keys build; each option is a different loss",
+                      "tests/engine/test_losses.py::test_each_option_builds_its_class_and_a_user_class_takes_the_protocol"),
     "schedule.name": ("the option's identity (each schedule option allows only its own name)",
                       "tests/test_config_keys.py::test_schedule_options_give_different_lr"),
     "trainer.eval_batch_size": ("prediction batch size: the same logits in any batch size (eval mode); it also "
@@ -243,7 +253,8 @@ def _schema_of(group: str, option: str):
 
 
 def group_keys() -> list[tuple[str, str, str]]:
-    """(group, option, dotted key) of every leaf key of every option of GROUPS, and of the trainer."""
+    """(group, option, dotted key) of every leaf key of every option of GROUPS, of the trainer, and
+    EXTRA_KEYS."""
     out = []
     for group in GROUPS:
         for path in sorted((CONF_DIR / group).glob("*.yaml")):
@@ -254,13 +265,13 @@ def group_keys() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(_schema_of("validation", path.stem)):
             out += [("validation", path.stem, f"validation.{name}") for name in
                     (profile if f.name == "distort" else [f.name])]
-    return out
+    return out + EXTRA_KEYS
 
 
 ALL_KEYS = group_keys()
 # The inner loop (-m "not slow") probes one option per group; the other options are marked slow.
 FAST_OPTIONS = {"augment": "advanced", "regularization": "strong", "schedule": "warmup_cosine", "trainer": "default",
-                "validation": "both"}
+                "validation": "both", "loss": "focal", "data": "competition"}
 PROBED = [pytest.param(g, o, k, id=f"{g}/{o}:{k.split('.', 1)[1]}",
                        marks=() if FAST_OPTIONS[g] == o else pytest.mark.slow)
           for g, o, k in ALL_KEYS if k in PROBES]
@@ -272,7 +283,8 @@ def test_every_key_is_probed_or_exempt():
     assert not missing, f"keys with neither an effect probe nor an exemption (add one to PROBES): {missing}"
     assert not set(PROBES) & set(EXEMPT)
     assert not (set(PROBES) | set(EXEMPT)) - keys, "entries for keys that no longer exist"
-    assert {"augment.advanced_gamma", "regularization.ema_decay", "schedule.min_lr", "trainer.grad_clip"} <= keys
+    assert {"augment.advanced_gamma", "regularization.ema_decay", "schedule.min_lr", "trainer.grad_clip", "loss.gamma",
+            "data.sampler"} <= keys
 
 
 def test_exemptions_name_a_test_that_exists():
@@ -336,8 +348,9 @@ def base_configs(tiny_data, tmp_path_factory):
             # validation=clean: the training probe builds the fold's rows by hand, without robust copies (the
             # robust view changes no training step; the validation group's own probes select theirs).
             over = [*TINY, "data=competition", f"data.root={tiny_data}", f"data.img_size={TRAIN_SIZE}", "folds.n=2",
-                    "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", "validation=clean",
-                    f"{group}={option}"]
+                    "trainer.batch_size=8", "trainer.eval_batch_size=8", "trainer.epochs=2", "validation=clean"]
+            if group != "data":  # data=competition above; a validation option overrides validation=clean
+                over.append(f"{group}={option}")
             cfg = compose_train(over, tmp_path_factory.mktemp("run"))
             with open_dict(cfg):  # Hydra's own node: large to copy, read by no probe
                 del cfg["hydra"]

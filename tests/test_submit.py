@@ -23,15 +23,18 @@ def test_infer_options_become_the_infer_command_line(tiny_data, tmp_path):
     assert list(default.runs) == [str(run_dir)]
     assert (default.tta.name, default.tta.average, default.ensemble.average) == ("none", "prob", "prob")
     assert (default.calibrate, default.oof_tta, default.output, default.batch_size) == (True, True, None, 64)
+    assert default.decision == "argmax"
     assert default.data.test_labels is None and default.top_k is None and default.logger.name == "none"
 
     cfg = _train_cfg(tiny_data, tmp_path, "infer.tta=dihedral", "infer.tta_average=logit", "infer.average=logit",
                      "infer.calibrate=false", "infer.oof_tta=false", f"infer.output={tmp_path}/sub.csv",
-                     "infer.batch_size=7", "infer.device=cpu", "infer.data.test_labels=labels.csv",
-                     "infer.overrides=['top_k=1']", "paths.cache_dir=/somewhere/cache")
+                     "infer.decision=macro_f1", "infer.batch_size=7", "infer.device=cpu",
+                     "infer.data.test_labels=labels.csv", "infer.overrides=['top_k=1']",
+                     "paths.cache_dir=/somewhere/cache")
     given = compose_infer(infer_overrides(cfg, run_dir))
     assert (given.tta.name, given.tta.average, given.ensemble.average) == ("dihedral", "logit", "logit")
     assert (given.calibrate, given.oof_tta, given.output, given.batch_size) == (False, False, f"{tmp_path}/sub.csv", 7)
+    assert given.decision == "macro_f1"
     assert (given.device, given.data.test_labels, given.top_k, given.paths.cache_dir) == \
         ("cpu", "labels.csv", 1, "/somewhere/cache")
     wandb = _train_cfg(tiny_data, tmp_path, "logger=wandb")
@@ -46,6 +49,7 @@ def test_submit_false_submits_nothing(tiny_data, tmp_path):
 @pytest.mark.parametrize("extra, match", [
     (["infer.tta=sideways"], r"infer\.tta='sideways': expected one of none, flip"),
     (["infer.batch_size=0"], r"infer\.batch_size=0"),
+    (["infer.decision=top1"], r"infer\.decision='top1': expected one of argmax, macro_f1"),
     (["infer.overrides=['nokey=1']"], r"nokey"),
 ])
 def test_bad_infer_options_fail_before_training(tiny_data, tmp_path, extra, match):

@@ -18,6 +18,7 @@ import torch
 from timm.utils import unwrap_model
 
 from docclassify.engine.distributed import all_ranks_true
+from docclassify.engine.losses import smooth_one_hot
 from docclassify.engine.orientation import (
     OrientationTraining,
     element_labels,
@@ -214,8 +215,3 @@ def _skip_nonfinite(parts: FoldParts, ctx: StepContext, loss: torch.Tensor, wher
         raise NonFiniteLossError(f"{what} {where}, lr {lr:.3g}. Lower trainer.lr, "
                                  "enable trainer.grad_clip, or set trainer.skip_nonfinite=true to skip such steps.")
     parts.optimizer.zero_grad(set_to_none=True)
-
-
-def smooth_one_hot(y: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    off = smoothing / num_classes
-    return torch.full((len(y), num_classes), off, device=y.device).scatter_(1, y[:, None], 1.0 - smoothing + off)

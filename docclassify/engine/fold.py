@@ -47,6 +47,7 @@ from docclassify.engine.parts import build_fold_parts, build_model, eval_model, 
 from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import restore_rng_states, rng_state, rng_states
+from docclassify.engine.sampling import class_counts
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
@@ -169,9 +170,11 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     images = data.images_by_size[plan.img_size]
     train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
                                                       cfg.trainer, cfg.data.num_workers, run.seed + k, run.device,
-                                                      orientation_labels=head != "none")
+                                                      orientation_labels=head != "none",
+                                                      sampler_mode=str(cfg.data.get("sampler", "natural")))
     ctx = step_context(cfg.trainer, run, mean, std)
-    parts = build_fold_parts(model, cfg, ctx, data.num_classes, len(train_loader))
+    parts = build_fold_parts(model, cfg, ctx, class_counts(data.targets[train_idx], data.num_classes),
+                             len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
             "n_train": len(train_idx), "n_val": len(val_idx)}
     log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,

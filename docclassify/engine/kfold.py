@@ -35,6 +35,7 @@ from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
+from docclassify.engine.losses import check_loss_config
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
@@ -154,6 +155,7 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
 def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     """Checks, process group, run dir, determinism, seed, device and AMP, before any data is read."""
     check_config(cfg)
+    check_loss_config(cfg.loss)  # a wrong loss._target_ or argument: stop before any data is read
     distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
     run_dir = resolve_run_dir(cfg)
     if distributed.is_main():
@@ -303,6 +305,9 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         "data": data_info,
         "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),
         "augment": cfg.augment.name, "ensemble": cfg.ensemble.name,
+        # loss and sampler (a run dir of an older version, merged by aggregate, has neither: null / natural)
+        "loss": OmegaConf.to_container(cfg.loss) if cfg.get("loss") is not None else None,
+        "sampler": cfg.data.get("sampler", "natural"),
         "skipped_images": list(skipped_ids),
         "skipped_steps": int(sum(o.get("skipped_steps", 0) for o in outcomes)),
     }

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from docclassify.data.dataset import ImageDataset
 from docclassify.engine import distributed
 from docclassify.engine.resume import ResumableSampler
+from docclassify.engine.sampling import row_weights
 
 
 def default_num_workers(requested) -> int:
@@ -59,15 +60,16 @@ def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: in
 
 
 def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, num_workers, seed: int,
-                  device: torch.device, orientation_labels: bool = False):
+                  device: torch.device, orientation_labels: bool = False, sampler_mode: str = "natural"):
     """(train loader, validation loader, train sampler) of one fold.
 
     ``orientation_labels``: training batches also carry each image's dihedral element (the
     orientation head's labels, data/augment.py).
 
     ``images``: the decoded rows (cache array or LazyImages); ``num_workers``: data.num_workers
-    (None = one per core but one, at most 4). trainer.limit_train_batches cuts every epoch's
-    order; trainer.overfit_batches trains on the same rows in the same order, not augmented."""
+    (None = one per core but one, at most 4); ``sampler_mode``: data.sampler (engine.sampling).
+    trainer.limit_train_batches cuts every epoch's order; trainer.overfit_batches trains on the
+    same rows in the same order, not augmented (and not re-sampled)."""
     release_freed_memory()  # before any worker of this fold is forked
     workers = default_num_workers(num_workers)
     common = dict(num_workers=workers, pin_memory=device.type == "cuda",
@@ -80,8 +82,9 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     # part-way through an epoch.
     world, rank = distributed.world_size(), distributed.rank()
     limit = trainer_cfg.limit_train_batches
+    weights = None if overfit else row_weights(np.asarray(targets)[train_idx], sampler_mode)
     sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=not overfit, seed=seed,
-                               drop_last=False, limit=None if limit is None else int(limit) * batch)
+                               drop_last=False, limit=None if limit is None else int(limit) * batch, weights=weights)
     # Own generators for the workers' base seed: drawn from the global RNG it would shift the
     # dropout/mixup draws of the first epoch of every process (persistent workers draw it only
     # once per process), so a resumed run would differ from an uninterrupted one.

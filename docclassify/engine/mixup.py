@@ -1,10 +1,9 @@
-"""Mixup / CutMix with label smoothing folded in (timm), and the matching loss."""
+"""Mixup / CutMix with label smoothing folded in (timm): soft (N, K) targets for the loss
+(engine.losses takes both soft and hard targets)."""
 
 from __future__ import annotations
 
-import torch
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
 
 
 def build_mixup(aug_cfg, num_classes: int, label_smoothing: float) -> Mixup | None:
@@ -19,13 +18,6 @@ def build_mixup(aug_cfg, num_classes: int, label_smoothing: float) -> Mixup | No
         label_smoothing=float(label_smoothing),
         num_classes=num_classes,
     )
-
-
-def build_train_loss(mixup: Mixup | None, label_smoothing: float) -> torch.nn.Module:
-    """Soft-target CE when mixup produces soft targets, else CE with label smoothing."""
-    if mixup is not None:
-        return SoftTargetCrossEntropy()
-    return torch.nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
 
 
 def mixup_active(aug_cfg, epoch: int) -> bool:

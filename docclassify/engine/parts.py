@@ -2,21 +2,26 @@
 AMP scaler and the DDP / compile wrappers, as one :class:`FoldParts`.
 
 This is the one module that reads the ``regularization`` group (dropout, drop-path, weight
-decay, layer decay, label smoothing, EMA).
+decay, layer decay, label smoothing, EMA) and the ``loss`` group (engine.losses: instantiated,
+then set up with the fold's class counts).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
+import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 
 from docclassify.engine import distributed
 from docclassify.engine.epoch import FoldParts, StepContext
-from docclassify.engine.mixup import build_mixup, build_train_loss
+from docclassify.engine.losses import LossContext, build_loss
+from docclassify.engine.mixup import build_mixup
 from docclassify.engine.optim import build_optimizer, build_scheduler
 from docclassify.engine.orientation import build_orientation_training
+from docclassify.engine.sampling import class_shares
 from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head
 
@@ -31,10 +36,22 @@ def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = Non
     return with_orientation_head(model, str(model_cfg.get("orientation_head") or "none"))
 
 
-def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes: int,
+def build_train_loss(cfg, class_counts: np.ndarray) -> Callable:
+    """``cfg.loss`` for one fold: instantiated, then ``setup`` with a LossContext (the training rows'
+    class counts, the class shares ``data.sampler`` draws, regularization.label_smoothing)."""
+    counts = np.asarray(class_counts, dtype=np.int64)
+    sampler = str(cfg.data.get("sampler", "natural"))
+    context = LossContext(len(counts), counts, class_shares(counts, sampler),
+                          float(cfg.regularization.label_smoothing), sampler)
+    return build_loss(cfg.loss, context)
+
+
+def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts: np.ndarray,
                      batches_per_epoch: int) -> FoldParts:
     """Everything the step loop needs, on ``ctx.device``; ``cfg`` gives trainer, regularization,
-    schedule and augment (mixup) settings."""
+    loss, schedule and augment (mixup) settings; ``class_counts``: (K,) the fold's training rows
+    per class (K = the number of classes)."""
+    num_classes = len(class_counts)
     trainer, reg = cfg.trainer, cfg.regularization
     model = model.to(ctx.device)
     if ctx.channels_last:
@@ -48,7 +65,7 @@ def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, num_classes:
     updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
     scheduler = build_scheduler(optimizer, cfg.schedule, int(trainer.epochs), updates_per_epoch)
     mixup = build_mixup(cfg.augment, num_classes, float(reg.label_smoothing))
-    loss_fn = build_train_loss(mixup, float(reg.label_smoothing))
+    loss_fn = build_train_loss(cfg, class_counts)
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
     ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module

@@ -35,12 +35,21 @@ class ResumableSampler(DistributedSampler):
     ``k * batch_size`` yields exactly batches k+1.. of the same epoch order.
 
     ``limit``: each epoch keeps only the first ``limit`` indices of its order (of this rank;
-    trainer.limit_train_batches), so skipping and resuming work within the shorter epoch."""
+    trainer.limit_train_batches), so skipping and resuming work within the shorter epoch.
 
-    def __init__(self, *args, limit: int | None = None, **kwargs) -> None:
+    ``weights`` (one per dataset row, data.sampler=balanced|sqrt): each epoch is one global draw
+    with replacement of ``total_size`` rows (as many as an epoch without weights), by those
+    weights, seeded by seed + epoch alike on every rank; rank r keeps draws r, r + world, ...
+    (DistributedSampler's split), so the ranks share one sample and no draw is used twice."""
+
+    def __init__(self, *args, limit: int | None = None, weights=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.start = 0
         self.limit = None if limit is None else int(limit)
+        self.weights = None if weights is None else torch.as_tensor(np.asarray(weights), dtype=torch.float64)
+        if self.weights is not None and (len(self.weights) != len(self.dataset) or not bool((self.weights >= 0).all())
+                                         or not float(self.weights.sum()) > 0):
+            raise ValueError(f"sampling weights: expected {len(self.dataset)} non-negative weights, not all 0")
 
     def skip(self, n: int) -> None:
         self.start = int(n)
@@ -48,8 +57,17 @@ class ResumableSampler(DistributedSampler):
     def _epoch_length(self) -> int:
         return self.num_samples if self.limit is None else min(self.num_samples, self.limit)
 
+    def _epoch_order(self) -> list[int]:
+        """This rank's indices of the current epoch, before limit and skip."""
+        if self.weights is None:
+            return list(super().__iter__())
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        draw = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g).tolist()
+        return draw[self.rank:self.total_size:self.num_replicas]
+
     def __iter__(self):
-        return iter(list(super().__iter__())[:self._epoch_length()][self.start:])
+        return iter(self._epoch_order()[:self._epoch_length()][self.start:])
 
     def __len__(self) -> int:
         return max(0, self._epoch_length() - self.start)

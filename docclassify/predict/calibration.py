@@ -143,3 +143,33 @@ def calibration_report(logits: np.ndarray, y: np.ndarray, n_bins: int = 15) -> d
         "ece_before": ece(apply_temperature(logits, 1.0), y, n_bins),
         "ece_after": ece(apply_temperature(logits, T), y, n_bins),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration that matches what it is applied to: fold averages
+# ---------------------------------------------------------------------------------------------
+
+def averaging_factor(fold_logits: np.ndarray) -> float:
+    """How much averaging the folds' probabilities softens them, measured without labels.
+
+    ``fold_logits``: (F, N, K), each fold model's logits (or log-probabilities) of the same rows
+    (test rows: every fold predicts them). Returns the scale ``alpha`` for which ``softmax(alpha *
+    z_f)`` is closest (mean KL divergence) to the fold average ``mean_f softmax(z_f)``: a fold
+    average behaves like one fold's logits scaled by ``alpha`` (< 1: less confident).
+
+    An out-of-fold row is predicted by one fold, a test row by the average of all of them; OOF
+    logits scaled by ``alpha`` mimic that average, and a temperature fitted on them is ``alpha``
+    times the one fitted on the plain OOF logits (``softmax(alpha * z / T') == softmax(z / T)``
+    for ``T' = alpha * T``)."""
+    logp = log_softmax(np.asarray(fold_logits, dtype=np.float64), axis=-1)
+    if logp.ndim != 3 or logp.shape[0] < 2:
+        return 1.0
+    mean = softmax(logp, axis=-1).mean(axis=0)
+    log_mean = np.log(np.clip(mean, np.finfo(np.float64).tiny, None))
+
+    def kl(log_alpha: float) -> float:
+        logq = log_softmax(math.exp(log_alpha) * logp, axis=-1)
+        return float((mean * (log_mean - logq)).sum(-1).mean())
+
+    res = minimize_scalar(kl, bounds=(math.log(0.05), math.log(2.0)), method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(res.x))

@@ -2,8 +2,10 @@
 
 runs -> validated checkpoints -> test data (the runs' own data config, plus overrides) ->
 decoded test images, once per (img_size, resize, pad) -> per fold: batched exact TTA ->
-per run: fold average -> ensemble of runs (equal or OOF-fitted weights) -> temperature
-fitted on out-of-fold predictions -> submission.csv, test_probs.csv, summary.json.
+per run: fold average -> ensemble of runs (equal weights, OOF-fitted weights, greedy selection
+or a stacked logistic regression) -> temperature fitted on out-of-fold predictions -> decision
+rule (argmax, or per-class biases fitted for macro F1) -> submission.csv, test_probs.csv,
+summary.json (and stacker.npz with ensemble.weights=stack).
 
 Everything that can be wrong with the input (runs, checkpoints, classes, test images,
 sample submission, test labels, settings) is checked before the first prediction, and
@@ -48,8 +50,16 @@ from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
-from docclassify.predict.calibration import apply_temperature, calibration_report
-from docclassify.predict.ensemble import combine, fit_oof_weights
+from docclassify.predict.calibration import apply_temperature, averaging_factor, calibration_report
+from docclassify.predict.decision import DECISIONS, DecisionFit, fit_decision
+from docclassify.predict.ensemble import (
+    STACKER_FILE,
+    Stacker,
+    combine,
+    fit_greedy_weights,
+    fit_oof_weights,
+    fit_stacker,
+)
 from docclassify.predict.orientation import ORIENT_MODES, OrientPredictor, orientation_summary
 from docclassify.predict.runs import (
     Run,
@@ -75,7 +85,9 @@ from docclassify.utils.io import atomic_group, atomic_write_json
 log = logging.getLogger(__name__)
 
 SUBMISSION_FILE, PROBS_FILE, SUMMARY_FILE = "submission.csv", "test_probs.csv", "summary.json"
-WEIGHT_MODES = ("equal", "oof")
+WEIGHT_MODES = ("equal", "oof", "greedy", "stack")
+# Weight modes that need every run's OOF rows to be the same rows (they learn from them jointly).
+SELECTION_MODES = ("greedy", "stack")
 AVERAGES = ("prob", "logit")
 # data.* keys infer may override; null keeps the training run's value.
 DATA_OVERRIDES = ("root", "sample_submission", "test_dir", "test_labels", "cache")
@@ -90,6 +102,8 @@ class Settings:
     batch_size: int
     output: Path | None
     fit_on: str = "auto"  # auto, robust or clean: resolved against the runs in run_inference
+    decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
+    mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -99,6 +113,9 @@ def read_settings(cfg: DictConfig) -> Settings:
         raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     if average not in AVERAGES:
         raise DataError(f"ensemble.average={average!r}: expected one of {', '.join(AVERAGES)}")
+    decision = str(cfg.get("decision", "argmax"))
+    if decision not in DECISIONS:
+        raise DataError(f"decision={decision!r}: expected one of {', '.join(DECISIONS)}")
     batch_size = cfg.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size={batch_size!r}: expected a positive integer")
@@ -106,7 +123,7 @@ def read_settings(cfg: DictConfig) -> Settings:
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
-                    str(cfg.get("fit_on", "auto")))
+                    str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)))
 
 
 def _plain(value):
@@ -320,6 +337,13 @@ def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np
     return row_of.loc[list(oof_ids)].to_numpy(), folds
 
 
+def needs_oof(settings: Settings, n_runs: int) -> bool:
+    """Whether anything is fitted on OOF rows: weights other than equal (2+ runs), the temperature
+    (calibrate) or the decision rule (decision=macro_f1)."""
+    return (settings.calibrate or settings.decision != "argmax"
+            or (settings.weights != "equal" and n_runs > 1))
+
+
 @dataclass
 class OofInputs:
     """The runs' saved out-of-fold predictions on the ``view`` decisions are fitted on (fit_on), and
@@ -334,10 +358,10 @@ class OofInputs:
 
 def prepare_oof(runs: list[Run], datasets: list[DataSet], settings: Settings,
                 views: list[View], view: str = "clean", predicted: bool = False) -> OofInputs | None:
-    """The OOF rows (on ``view``) that weights (ensemble.weights=oof, 2+ runs) and the temperature
-    (calibrate) are fitted on; None when neither is. Re-predicted (oof_tta) only with views beyond
-    the identity; ``predicted``: tta=auto already re-predicted them (no plans needed)."""
-    if not (settings.calibrate or (settings.weights == "oof" and len(runs) > 1)):
+    """The OOF rows (on ``view``) that weights (2+ runs), the temperature (calibrate) and the decision
+    rule (decision=macro_f1) are fitted on; None when none is. Re-predicted (oof_tta) only with views
+    beyond the identity; ``predicted``: tta=auto already re-predicted them (no plans needed)."""
+    if not needs_oof(settings, len(runs)):
         return None
     saved = [load_view_oof(run, view) for run in runs]
     repredict = settings.oof_tta and any(v.key != View("identity").key for v in views)
@@ -355,6 +379,7 @@ class Member:
     oof_logits: np.ndarray | None = None
     folds: list[dict] = field(default_factory=list)
     orientations: list[np.ndarray] = field(default_factory=list)  # per fold: tta=orient*'s test estimates
+    fold_test_logits: np.ndarray | None = None  # (folds, N, K): what the fold average is made of
 
 
 def predict_fold_test(model: torch.nn.Module, meta: dict, ds: DataSet, store: ImageStore,
@@ -387,7 +412,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                 average: str, oof: tuple[np.ndarray, np.ndarray] | None, view: str = "clean") -> Member:
     """Every fold of ``run`` on the test set, averaged by ``average`` (and on its own OOF rows of
     ``view`` when ``oof=(image rows, folds)``, see :func:`plan_view_oof`)."""
-    fold_preds, fold_info, orientations = [], [], []
+    fold_preds, fold_info, orientations, fold_logits = [], [], [], []
     oof_logits = None
     if oof is not None:
         oof_logits = np.zeros((len(oof[0]), len(run.classes)), dtype=np.float64)
@@ -399,6 +424,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
         if predictor.last_estimates is not None:
             orientations.append(predictor.last_estimates)
         fold_preds.append(probs if average == "prob" else logits)
+        fold_logits.append(np.asarray(logits, dtype=np.float32))
         fold_info.append({"fold": fm.fold, "model": meta["timm_name"],
                           "model_option": meta.get("model_option"),
                           "img_size": int(meta["img_size"]),
@@ -411,7 +437,7 @@ def predict_run(run: Run, label: str, ds: DataSet, store: ImageStore, predictor:
                                                   predictor, train_rows[mask], fold_label)
         del model, ckpt
     test_probs = combine([np.asarray(p, dtype=np.float64) for p in fold_preds], None, average)
-    return Member(run, safe_log(test_probs), oof_logits, fold_info, orientations)
+    return Member(run, safe_log(test_probs), oof_logits, fold_info, orientations, np.stack(fold_logits))
 
 
 def predict_members(runs: list[Run], datasets: list[DataSet], store: ImageStore,
@@ -434,6 +460,22 @@ def make_predictor(tta_cfg, views: list[View], average: str, batch_size: int, de
 # ---------------------------------------------------------------------------------------------
 # Out-of-fold predictions: ensemble weights and the temperature
 # ---------------------------------------------------------------------------------------------
+
+def check_same_oof_rows(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path],
+                        mode: str) -> None:
+    """ensemble.weights=greedy|stack learn from every run's prediction of the same rows: runs whose
+    OOF rows differ are refused (naming them), not silently cut to the rows they share."""
+    first = set(per_run[0][0].tolist())
+    for (ids, _, _), path in zip(per_run[1:], paths[1:]):
+        other = set(ids.tolist())
+        if other != first:
+            diff = sorted(first ^ other)
+            raise RunError(f"ensemble.weights={mode}: the runs' out-of-fold rows differ: {paths[0]} has {len(first)}, "
+                           f"{path} has {len(other)} ({len(diff)} rows not in both, e.g. {format_ids(diff)}). "
+                           "Selection and stacking need every run to predict the same rows: ensemble runs "
+                           "trained on the same data with every fold run (folds.run=null), or use "
+                           "ensemble.weights=oof|equal (fitted on the rows the runs share)")
+
 
 def align_oof(per_run: list[tuple[np.ndarray, np.ndarray, np.ndarray]], paths: list[Path]):
     """Rows present in every run's OOF, in the first run's order: (ids, y, [logits per run])."""
@@ -502,13 +544,22 @@ def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, sett
     return TtaChoice(best, settings.fit_on, len(y), scores, by_set[best])
 
 
-def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int):
+def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
+                groups: np.ndarray | None = None):
     """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
-    OOF F1 >= equal."""
+    OOF F1 >= equal; ``greedy``: forward selection with a held-out check (predict.ensemble)."""
     if mode == "equal" or n_runs == 1:
-        if mode == "oof":
-            log.info("ensemble.weights=oof with one run: its weight is 1")
+        if mode != "equal":
+            log.info("ensemble.weights=%s with one run: its weight is 1", mode)
         return [1.0 / n_runs] * n_runs, None
+    if mode == "greedy":
+        fit = fit_greedy_weights(oof_members, y, average, groups)
+        held = fit["held_out"]
+        log.info("greedy selection on %d OOF rows: picks %s (OOF macro F1 %.4f; equal weights %.4f, best single run "
+                 "%.4f); held-out check (selected on half the rows, scored on the other): %.4f vs equal %.4f%s",
+                 len(y), fit["counts"], fit["f1_fitted"], fit["f1_equal"], fit["f1_best_single"], held["greedy"],
+                 held["equal"], "" if fit["accepted"] else " -> equal weights kept")
+        return fit["weights"], fit
     fit = fit_oof_weights(oof_members, y, average)
     log.info("ensemble weights fitted on %d OOF rows: %s "
              "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
@@ -535,33 +586,96 @@ class OofFit:
     summary: dict | None = None  # summary.json's "oof": rows, predictions (tta/saved), macro F1
     calibration: dict | None = None  # calibration_report (calibrate=true)
     temperature: float = 1.0
+    stacker: Stacker | None = None  # ensemble.weights=stack (when it beat equal weights on the OOF rows)
+    decision: DecisionFit | None = None  # decision=macro_f1: the biases and their cross-fitted gain
+
+
+def fit_stack(oof_logits: list[np.ndarray], y: np.ndarray,
+              groups: np.ndarray) -> tuple[Stacker | None, dict, np.ndarray]:
+    """ensemble.weights=stack: (stacker or None, report, OOF probabilities of what is used). The
+    stacker is used when its cross-fitted OOF macro F1 is >= equal weights'; its cross-fitted OOF
+    probabilities (each row predicted by a stacker not fitted on it) then stand for the ensemble."""
+    probs = [softmax(z) for z in oof_logits]
+    stacker, report = fit_stacker(probs, y, groups)
+    crossed = report.pop("oof_probs")
+    log.info("stacking on %d OOF rows: C=%.3g chosen by %d-fold cross-validation; cross-fitted OOF macro F1 %.4f vs "
+             "equal weights %.4f%s", len(y), report["C"], report["folds"], report["f1_cross_fitted"],
+             report["f1_equal"], "" if report["accepted"] else " -> equal weights kept")
+    if not report["accepted"]:
+        return None, report, combine(probs, None, "prob")
+    return stacker, {**report, "file": STACKER_FILE}, crossed
+
+
+def fit_decision_on_oof(oof_probs: np.ndarray, y: np.ndarray, rule: str, groups: np.ndarray) -> DecisionFit:
+    """The decision rule fitted on the ensemble's final OOF probabilities (after the temperature,
+    as it is applied to the test's)."""
+    fit = fit_decision(safe_log(oof_probs), y, rule, groups)
+    if rule != "argmax":
+        log.info("decision=%s on %d OOF rows: %s (in-sample %.4f, %d-fold cross-fitted gain %+.4f)", rule, len(y),
+                 fit.message, fit.oof_macro_f1_in_sample, fit.folds, fit.cross_fitted_gain)
+    return fit
+
+
+def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+    """Each run's OOF log-probabilities scaled by its averaging factor (predict.calibration): an OOF
+    row is predicted by one fold model, a test row by the average of the run's folds, which is
+    less confident; the scaled OOF rows look like that average, so what is fitted on them (weights,
+    stacker, temperature, biases) fits what it is applied to. Returns (scaled logits, factors)."""
+    alphas = [averaging_factor(m.fold_test_logits) if m.fold_test_logits is not None else 1.0 for m in members]
+    scaled = [a * log_softmax(np.asarray(z, dtype=np.float64), axis=1) for a, z in zip(alphas, oof_logits)]
+    log.info("OOF rows scaled to mimic fold averages: averaging factor per run %s", [round(a, 3) for a in alphas])
+    return scaled, alphas
 
 
 def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weights_mode: str,
-               calibrate: bool) -> OofFit:
-    """Ensemble weights and temperature from the members' OOF predictions (without: equal
-    weights, T=1)."""
+               calibrate: bool, decision: str = "argmax", mimic: bool = True) -> OofFit:
+    """Ensemble weights (or a stacker), temperature and decision rule from the members' OOF
+    predictions (without OOF rows: equal weights, T=1, argmax); ``mimic``: on OOF rows scaled like
+    fold averages (mimic_fold_average)."""
     if oof is None:
         return OofFit([1.0 / len(members)] * len(members))
     per_run = [(ids, y, m.oof_logits if oof.repredict else z)
                for (ids, y, z), m in zip(oof.saved, members)]
-    oof_ids, y_oof, oof_logits = align_oof(per_run, [m.run.path for m in members])
-    oof_members = members_of(oof_logits, average)
-    weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members))
-    oof_probs = combine(oof_members, weights, average)
+    paths = [m.run.path for m in members]
+    if weights_mode in SELECTION_MODES and len(members) > 1:
+        check_same_oof_rows(per_run, paths, weights_mode)
+    oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
+    alphas = None
+    if mimic:
+        oof_logits, alphas = mimic_fold_averages(members, oof_logits)
+    groups = image_groups(oof_ids, oof.view)
+    stacker = None
+    if weights_mode == "stack" and len(members) > 1:
+        weights = [1.0 / len(members)] * len(members)
+        stacker, fit, oof_probs = fit_stack(oof_logits, y_oof, groups)
+    else:
+        oof_members = members_of(oof_logits, average)
+        weights, fit = fit_weights(oof_members, y_oof, weights_mode, average, len(members), groups)
+        oof_probs = combine(oof_members, weights, average)
     summary = {"fit_on": oof.view, "rows": len(oof_ids), "predictions": "tta" if oof.repredict else "saved",
-               "macro_f1": macro_f1_of_probs(oof_probs, y_oof)}
-    if not calibrate:
-        return OofFit(weights, fit, summary)
-    calib = fit_temperature_on_oof(oof_probs, y_oof)
-    return OofFit(weights, fit, summary, calib, calib["temperature"])
+               "macro_f1": macro_f1_of_probs(oof_probs, y_oof), "averaging_factors": alphas}
+    calib, temperature = None, 1.0
+    if calibrate:
+        calib = fit_temperature_on_oof(oof_probs, y_oof)
+        temperature = calib["temperature"]
+    decided = fit_decision_on_oof(apply_temperature(safe_log(oof_probs), temperature), y_oof, decision, groups)
+    return OofFit(weights, fit, summary, calib, temperature, stacker, decided)
+
+
+def image_groups(oof_keys: np.ndarray, view: str = "clean") -> np.ndarray:
+    """The image of each OOF row (its ID; robust rows ``ID#copy``: the ID), so that the copies of one
+    image stay on one side of a split (decision rule, greedy selection, stacking)."""
+    return split_robust_key(oof_keys)[0] if view == "robust" else np.asarray(oof_keys, dtype=str)
 
 
 def ensemble_test_probs(members: list[Member], oof_fit: OofFit, average: str,
                         calibrate: bool) -> np.ndarray:
-    """The members' test predictions combined with the fitted weights, then the temperature
-    applied."""
-    probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
+    """The members' test predictions combined with the fitted weights (or the stacker), then the
+    temperature applied."""
+    if oof_fit.stacker is not None:
+        probs = oof_fit.stacker.predict_proba([softmax(m.test_logits) for m in members])
+    else:
+        probs = combine(members_of([m.test_logits for m in members], average), oof_fit.weights, average)
     if calibrate:
         probs = apply_temperature(safe_log(probs), oof_fit.temperature)
     return probs
@@ -598,6 +712,7 @@ class Outputs:
     probabilities: pd.DataFrame
     num_classes: int
     summary: dict = field(default_factory=dict)
+    stacker: Stacker | None = None  # ensemble.weights=stack: saved as stacker.npz
 
 
 def build_frames(source: DataSource, probs: np.ndarray, pred: np.ndarray,
@@ -625,7 +740,9 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
         "fit_on": settings.fit_on,
         "ensemble": {"average": settings.average, "weights_mode": settings.weights,
                      "weights": [float(w) for w in oof_fit.weights],
+                     "stacked": oof_fit.stacker is not None,
                      "oof_fit": oof_fit.weights_fit},
+        "decision": oof_fit.decision.as_dict() if oof_fit.decision is not None else {"rule": "argmax"},
         "oof": oof_fit.summary,
         "calibration": oof_fit.calibration,
         "temperature": float(oof_fit.temperature),
@@ -647,6 +764,8 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
         write_submission(out_dir / SUBMISSION_FILE, outputs.sample, outputs.submission,
                          outputs.num_classes)
         write_probability_frame(out_dir / PROBS_FILE, outputs.probabilities)
+        if outputs.stacker is not None:
+            outputs.stacker.save(out_dir / STACKER_FILE)
         atomic_write_json(out_dir / SUMMARY_FILE, outputs.summary)
         if output is not None:
             write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
@@ -711,12 +830,15 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
             member.oof_logits = logits
-    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate)
+    oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision,
+                         settings.mimic_fold_average)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
-    pred = probs.argmax(axis=1)
+    # test_probs.csv keeps the probabilities; the decision rule (biases) only moves the submission's argmax
+    pred = oof_fit.decision.predict(safe_log(probs)) if oof_fit.decision is not None else probs.argmax(axis=1)
 
     classes = runs[0].classes
     outputs = build_frames(source, probs, pred, classes)  # built and checked before any is written
+    outputs.stacker = oof_fit.stacker
     tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average,
                 "deskew": skew_summary(store.skews) if store.skews is not None else None,
                 **(choice.summary() if choice is not None else {})}

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from conftest import TINY, compose_train
 from omegaconf import OmegaConf
 from timm.layers import DropPath
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -35,7 +34,8 @@ from docclassify.engine import epoch as epoch_mod
 from docclassify.engine import fold, parts
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, train_one_epoch
 from docclassify.engine.evaluate import predict_logits
-from docclassify.engine.mixup import build_mixup, build_train_loss, mixup_active
+from docclassify.engine.losses import CrossEntropy, LossContext
+from docclassify.engine.mixup import build_mixup, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler, effective_warmup
 from docclassify.engine.setup import amp_settings
 from docclassify.models.checkpoint import load_checkpoint
@@ -83,6 +83,14 @@ def _small_net(classes: int = 5, seed: int = 0) -> nn.Module:
                          nn.Linear(16, classes))
 
 
+def build_train_loss(classes: int, label_smoothing: float) -> CrossEntropy:
+    """loss=ce as a fold sets it up (label smoothing for hard targets; soft targets as given)."""
+    loss = CrossEntropy()
+    counts = np.ones(classes, dtype=np.int64)
+    loss.setup(LossContext(classes, counts, counts / classes, label_smoothing))
+    return loss
+
+
 def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
@@ -101,8 +109,7 @@ def test_mixup_targets_are_soft_when_on_and_hard_when_off():
     classes, ls = 8, 0.1
     aug = _option("augment", "basic", mixup_alpha=0.8, cutmix_alpha=1.0, mixup_off_epoch=2)
     mixup = build_mixup(aug, classes, label_smoothing=ls)
-    loss = _RecordingLoss(build_train_loss(mixup, ls))
-    assert isinstance(loss.loss, SoftTargetCrossEntropy)
+    loss = _RecordingLoss(build_train_loss(classes, ls))
     model = _small_net(classes)
     inputs = []
     model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach().clone()))
@@ -129,11 +136,12 @@ def test_mixup_targets_are_soft_when_on_and_hard_when_off():
                 torch.testing.assert_close(x, images.float() / 255)
     assert [mixup_active(aug, e) for e in range(4)] == [True, True, False, False]
 
-    # No mixup at all: integer class targets and plain cross entropy.
+    # No mixup at all: integer class targets and cross entropy with label smoothing.
     off = _option("augment", "basic")
     assert build_mixup(off, classes, ls) is None
-    plain = _RecordingLoss(build_train_loss(None, ls))
-    assert isinstance(plain.loss, nn.CrossEntropyLoss) and plain.loss.label_smoothing == ls
+    plain = _RecordingLoss(build_train_loss(classes, ls))
+    logits, y = torch.randn(8, classes), torch.randint(0, classes, (8,))
+    torch.testing.assert_close(plain.loss(logits, y), F.cross_entropy(logits, y, label_smoothing=ls))
     _train_epoch(model, batches, opt, None, plain, _ctx(), epoch=0, updates_done=0, mixup=None)
     for (_, labels), y in zip(batches, plain.targets, strict=True):
         assert y.dtype == torch.int64 and torch.equal(y, labels)
@@ -142,8 +150,8 @@ def test_mixup_targets_are_soft_when_on_and_hard_when_off():
 def test_label_smoothing_changes_the_loss():
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(6, 5, generator=g), torch.randint(0, 5, (6,), generator=g)
-    plain = build_train_loss(None, 0.0)(logits, y)
-    smooth = build_train_loss(None, 0.1)(logits, y)
+    plain = build_train_loss(5, 0.0)(logits, y)
+    smooth = build_train_loss(5, 0.1)(logits, y)
     logp = F.log_softmax(logits, 1)
     expected = 0.9 * F.nll_loss(logp, y) + 0.1 * (-logp.mean(1)).mean()
     assert not torch.isclose(plain, smooth) and torch.isclose(smooth, expected)
@@ -154,7 +162,7 @@ def test_label_smoothing_changes_the_loss():
     for ls in (0.0, 0.1):
         model = _small_net()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        stats.append(_train_epoch(model, batches, opt, None, build_train_loss(None, ls), _ctx(), epoch=0,
+        stats.append(_train_epoch(model, batches, opt, None, build_train_loss(5, ls), _ctx(), epoch=0,
                                      updates_done=0))
         weights.append(_flat(model))
     assert stats[0]["train_loss"] != pytest.approx(stats[1]["train_loss"], rel=1e-3)

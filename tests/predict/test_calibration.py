@@ -74,3 +74,14 @@ def test_ece_hand_computed():
     assert ece(probs, y, n_bins=10) == pytest.approx(expected)
     # perfect confident predictions: zero ECE
     assert ece(np.eye(3), np.arange(3)) == pytest.approx(0.0)
+
+
+def test_averaging_factor_measures_how_much_fold_averaging_softens():
+    from docclassify.predict.calibration import averaging_factor
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, (400, 6))
+    assert averaging_factor(np.stack([z, z, z])) == pytest.approx(1.0, abs=1e-4)  # folds agree: nothing softens
+    assert averaging_factor(z[None]) == 1.0  # one fold: no average
+    alphas = [averaging_factor(np.stack([z + rng.normal(0, s, z.shape) for _ in range(5)])) for s in (0.5, 1.5, 3.0)]
+    assert 1.0 > alphas[0] > alphas[1] > alphas[2] > 0.05  # the more the folds disagree, the softer the average

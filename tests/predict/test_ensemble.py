@@ -83,3 +83,97 @@ def test_fit_oof_weights_single_member_and_label_checks():
     assert res["weights"] == [1.0]
     with pytest.raises(ValueError):
         fit_oof_weights(members, y[:-1])
+
+
+# ----------------------------------------------------------------------------- greedy selection, stacking
+def _complementary(n=900, k=8, seed=0):
+    """Two members each blind on half of the classes (each alone is poor there), a weak third and a
+    noise member: equal weights dilute the two good ones, a selection should not."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    members = []
+    for blind in (np.arange(k // 2), np.arange(k // 2, k)):
+        z = rng.normal(0, 1.0, (n, k))
+        sharp = ~np.isin(y, blind)
+        z[np.flatnonzero(sharp), y[sharp]] += 3.5
+        members.append(softmax(z, axis=1))
+    weak = rng.normal(0, 1.0, (n, k))
+    weak[np.arange(n), y] += 0.8
+    members += [softmax(weak, axis=1), rng.dirichlet(np.ones(k), size=n)]
+    return members, y
+
+
+@pytest.mark.parametrize("average", ["prob", "logit"])
+def test_greedy_selection_beats_the_best_single_run_and_equal_weights(average):
+    members, y = _complementary()
+    inputs = members if average == "prob" else [np.log(m) for m in members]
+    fit = ensemble.fit_greedy_weights(inputs, y, average)
+    singles = [ensemble.macro_f1_of_probs(m, y) for m in members]
+    equal = ensemble.macro_f1_of_probs(combine(inputs, None, average), y)
+    assert fit["accepted"] and fit["f1_fitted"] >= max(singles) and fit["f1_fitted"] >= equal
+    assert fit["f1_best_single"] == max(singles) and fit["f1_equal"] == pytest.approx(equal)
+    assert fit["f1_fitted"] > equal + 0.01  # a real gain: the noise member weighs least, the sharp ones most
+    counts = fit["counts"]
+    assert counts[3] == min(counts) < max(counts) == counts[0] == counts[1]
+    assert sum(fit["weights"]) == pytest.approx(1.0)
+    held = fit["held_out"]  # selected on one half, scored on the other (both ways)
+    assert held["rows"] == len(y) and held["greedy"] >= held["equal"]
+
+
+def test_greedy_starts_from_equal_weights_when_they_beat_every_single_member():
+    members, y = _members()  # weak1, strong, weak2: the strong member alone is best
+    counts = ensemble.greedy_counts(np.stack(members), y)
+    assert counts[1] == max(counts)
+    same = [members[1]] * 3  # identical members: any selection is the same model
+    fit = ensemble.fit_greedy_weights(same, y)
+    assert fit["f1_fitted"] == pytest.approx(ensemble.macro_f1_of_probs(members[1], y))
+
+
+def test_greedy_falls_back_to_equal_weights_when_the_held_out_check_fails(monkeypatch):
+    members, y = _complementary()
+    real = ensemble._cross_selection
+
+    def worse(*args, **kwargs):
+        report = real(*args, **kwargs)
+        return {**report, "greedy": report["equal"] - 0.01}
+
+    monkeypatch.setattr(ensemble, "_cross_selection", worse)
+    fit = ensemble.fit_greedy_weights(members, y)
+    assert not fit["accepted"] and fit["weights"] == [0.25] * 4
+    assert fit["selected_weights"] != fit["weights"]  # what the selection chose, for the record
+
+
+def test_stacking_learns_the_complementary_members_and_round_trips(tmp_path):
+    members, y = _complementary()
+    stacker, report = ensemble.fit_stacker(members, y)
+    equal = ensemble.macro_f1_of_probs(combine(members), y)
+    assert report["C"] in report["Cs"] and report["folds"] == 5
+    assert report["accepted"] and report["f1_cross_fitted"] > equal + 0.02
+    assert report["oof_probs"].shape == (len(y), 8)
+    np.testing.assert_allclose(report["oof_probs"].sum(1), 1.0)
+    # The saved coefficients predict what scikit-learn's refitted model predicts.
+    from sklearn.linear_model import LogisticRegression
+
+    test_members, _ = _complementary(n=200, seed=1)
+    path = tmp_path / ensemble.STACKER_FILE
+    stacker.save(path)
+    loaded = ensemble.Stacker.load(path)
+    np.testing.assert_array_equal(loaded.predict_proba(test_members), stacker.predict_proba(test_members))
+    model = LogisticRegression(C=stacker.C)
+    model.classes_, model.coef_, model.intercept_ = stacker.classes, stacker.coef, stacker.intercept
+    np.testing.assert_allclose(stacker.predict_proba(test_members), model.predict_proba(np.hstack(test_members)),
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="takes 4 members"):
+        stacker.predict_proba(test_members[:3])
+    assert np.load(path, allow_pickle=False)["coef"].shape == (8, 32)  # plain arrays, no pickle
+
+
+def test_stacking_a_binary_task_and_unseen_classes():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    members = [softmax(np.eye(3)[y] * 2 + rng.normal(0, 1, (300, 3)), axis=1) for _ in range(2)]
+    stacker, report = ensemble.fit_stacker(members, y)  # class 2 never appears in the OOF rows
+    probs = stacker.predict_proba(members)
+    assert list(stacker.classes) == [0, 1] and np.all(probs[:, 2] == 0)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert ensemble.macro_f1_of_probs(probs, y) > 0.7
