@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from docclassify import errors
 from docclassify.engine.kfold import run_results
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
@@ -42,7 +43,7 @@ RUN_CONFIG, FOLDS_FILE = "run_config.yaml", "folds.csv"
 SPLIT_KEYS = ("seed", "folds.n")
 
 
-class AggregateError(ValueError):
+class AggregateError(errors.UserError):
     """The job dirs cannot be merged into one run (message says which dir and why)."""
 
 
@@ -174,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S")
     try:
         results = aggregate_sweep(args.sweep_dir, args.out)
-    except AggregateError as exc:
-        print(f"docclassify.aggregate: {exc}", file=sys.stderr)
-        return 2
+    except errors.UserError as exc:  # AggregateError, or a damaged file's DataError
+        if errors.full_error_requested():
+            raise
+        print(errors.error_line("docclassify.aggregate", exc), file=sys.stderr)
+        return errors.USAGE_EXIT_CODE
     print(json.dumps({k: results[k] for k in ("cv_macro_f1", "n_oof_rows", "folds_run")}))
     return 0
 

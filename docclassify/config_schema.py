@@ -31,12 +31,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from docclassify.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_GROUP = "schema"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value outside what its key allows (the message names the key, value and fix)."""
 
 

@@ -1,20 +1,27 @@
 """`python -m docclassify.train`: compose the config, train every selected fold, return cv macro F1.
 
 The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
-only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
+only wires Hydra, torchrun, the callbacks (trackers, sweep reporting), the exit codes and the
+report of a refused run (:mod:`docclassify.errors`). Start-up does only what the command needs:
+the engine (torch, timm, scikit-learn, albumentations) is imported after the config is checked,
+and ``--help`` or a config error never imports it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from docclassify.config import CONF_DIR
+from docclassify import errors
+from docclassify.config import CONF_DIR, refuse_foreign_groups
+from docclassify.tracking import phases
 
 log = logging.getLogger("docclassify.train")
+PROG = "docclassify.train"
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -27,18 +34,26 @@ def build_callbacks(cfg: DictConfig) -> list:
     from docclassify.sweep import build_sweep_callbacks
     from docclassify.tracking import build_trackers
 
-    return [*build_trackers(cfg, resolve_run_dir(cfg)), *build_sweep_callbacks(cfg)]
+    return [*build_trackers(cfg, resolve_run_dir(cfg)), *build_sweep_callbacks(cfg), phases.PhaseLog()]
 
 
 def train(cfg: DictConfig) -> float:
+    from docclassify.config_schema import check_config
+
+    phases.mark("composed")
+    _share_run_dir()
+    check_config(cfg)  # before the engine is imported and before a tracker starts a (W&B) run
+    phases.mark("checked")
     from docclassify.engine.epoch import StopRequested
     from docclassify.engine.kfold import run_kfold
     from docclassify.engine.resume import resolve_run_dir, resume_config
 
-    _share_run_dir()
-    cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
+    cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides (checked again in run_kfold)
+    callbacks = build_callbacks(cfg)
+    phases.freeze_imported_objects()
+    phases.mark("imported")
     try:
-        results = run_kfold(cfg, build_callbacks(cfg))
+        results = run_kfold(cfg, callbacks)
     except StopRequested as exc:
         log.error("%s. The last-state checkpoint is saved; continue with: python -m docclassify.train resume=%s",
                   exc, resolve_run_dir(cfg))
@@ -48,6 +63,8 @@ def train(cfg: DictConfig) -> float:
 
 def _share_run_dir() -> None:
     """torchrun: rank 0 tells the other ranks (waiting before Hydra) which run dir Hydra made."""
+    if not _under_torchrun():
+        return
     from hydra.core.hydra_config import HydraConfig
 
     from docclassify.engine import distributed
@@ -56,16 +73,36 @@ def _share_run_dir() -> None:
         distributed.share_run_dir(HydraConfig.get().runtime.output_dir)
 
 
+def _under_torchrun() -> bool:
+    """torchrun sets these (engine.distributed.TORCHRUN_ENV); without them that module, and
+    torch with it, is not needed before the config is checked."""
+    return all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    with errors.reported_as_usage_errors(PROG):
+        return train(cfg)
 
 
-if __name__ == "__main__":
-    from docclassify.engine import distributed
+def cli(argv: list[str]) -> None:
+    """The command line, before and after Hydra: torchrun's shared run dir, options of another
+    entrypoint, and a quick exit (tracking.phases.freeze_before_exit)."""
+    phases.mark("cli")
+    refuse_foreign_groups("train", argv)
+    if _under_torchrun():
+        from docclassify.engine import distributed
 
-    sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
+        argv = distributed.follow_main_run_dir(argv)  # torchrun: all ranks in rank 0's run dir
+    sys.argv[1:] = argv
+    errors.remember_preexisting_run_dir(argv)
     try:
         main()
     finally:
-        distributed.cleanup()
+        if "docclassify.engine.distributed" in sys.modules:
+            sys.modules["docclassify.engine.distributed"].cleanup()
+        phases.freeze_before_exit()
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

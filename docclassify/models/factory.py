@@ -17,10 +17,12 @@ from urllib.parse import urlparse
 import timm
 import torch
 
+from docclassify.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     pass
 
 
