@@ -1,5 +1,7 @@
-"""End to end: one training epoch of docclassify vs timm's train.py recipe, same images,
-same model, batch and size, same train/validation split; wall time of each whole command.
+"""End to end: a 3-epoch training command of docclassify vs timm's train.py recipe, same images,
+same model, batch and size, same train/validation split; wall time of each whole command, their
+ratio, and where docclassify's seconds go (the ``phases (s):`` line of its log: imports,
+compose+checks, data, first step, training, wrap-up, plus the interpreter's exit).
 
 docclassify: `python -m docclassify.train` on fold 0 of 5 (pipeline=highperf with its hard
              augmentation off: mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA, drop-path 0.1,
@@ -11,6 +13,7 @@ timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0
              with --timm-train; without it that comparison is skipped.
 
     python benchmarks/end_to_end_benchmark.py --timm-train ~/src/pytorch-image-models/train.py
+    python benchmarks/end_to_end_benchmark.py --epochs 1 3 --timm-train ...   # + steady state per epoch
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +50,33 @@ for name in ("train_one_epoch", "validate"):
 sys.argv = [sys.argv[1], *sys.argv[2:], "--device", str(device)]
 mod.main()
 """
+
+
+PHASES = re.compile(r"phases \(s\): (?P<phases>[^;\n]*)")
+
+
+def read_phases(log: Path) -> dict[str, float]:
+    """docclassify's ``phases (s): imports 4.1, compose+checks 0.5, ...`` log line as a dict."""
+    match = PHASES.search(log.read_text())
+    if match is None:
+        return {}
+    return {name: float(sec) for name, sec in (p.rsplit(" ", 1) for p in match["phases"].split(", "))}
+
+
+def print_phases(phases: dict[str, float], wall: float, label: str) -> None:
+    """Each phase in seconds and as a share of the whole command; exit = the rest (interpreter shutdown)."""
+    if not phases:
+        print(f"{label}: no 'phases (s):' line in the log")
+        return
+    rows = {**phases, "exit": wall - sum(phases.values())}
+    print(f"\n{label}: where the {wall:.1f} s of the whole command go")
+    print(f"{'phase':<16} {'s':>7} {'share':>7}")
+    for name, sec in rows.items():
+        print(f"{name:<16} {sec:>7.1f} {sec / wall:>7.1%}")
+    to_first = sum(phases.get(k, 0.0) for k in ("imports", "compose+checks", "data", "first step"))
+    after_last = phases.get("wrap-up", 0.0) + rows["exit"]
+    print(f"start-up (process start to the first step done): {to_first:.1f} s ({to_first / wall:.1%}); "
+          f"after the last epoch (wrap-up + exit): {after_last:.1f} s ({after_last / wall:.1%})")
 
 
 def _run(cmd: list[str], env: dict, log: Path) -> float:
@@ -107,7 +138,7 @@ def main(argv=None) -> None:
     ap.add_argument("--timm-model", default="convnext_atto", help="the same architecture's timm name")
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--epochs", type=int, nargs="+", default=[1],
+    ap.add_argument("--epochs", type=int, nargs="+", default=[3],
                     help="epoch counts to run; with two or more, also the steady-state time per epoch")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=None,
@@ -163,6 +194,9 @@ def main(argv=None) -> None:
                 if name.startswith("docclassify"):
                     ratio = times["timm train.py", epochs] / sec
                     print(f"{epochs} epoch(s): {name} is {ratio:.2f}x faster than timm's train.py (whole command)")
+        for epochs in sorted(set(args.epochs)):
+            print_phases(read_phases(tmp / f"warm_{epochs}.log"), times["docclassify (warm cache)", epochs],
+                         f"docclassify (warm cache), {epochs} epoch(s)")
         counts = sorted(set(args.epochs))
         if len(counts) >= 2:  # the start-up costs cancel out: what each further epoch costs
             lo, hi = counts[0], counts[-1]

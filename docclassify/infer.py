@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli(argv: list[str]) -> None:
     refuse_foreign_groups("infer", argv, FOREIGN_HINT)
+    phases.pause_gc()  # until the inference modules are imported (tracking/phases.py)
     sys.argv[1:] = argv
     errors.remember_preexisting_run_dir(argv)
     try:

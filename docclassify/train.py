@@ -89,6 +89,7 @@ def cli(argv: list[str]) -> None:
     """The command line, before and after Hydra: torchrun's shared run dir, options of another
     entrypoint, and a quick exit (tracking.phases.freeze_before_exit)."""
     phases.mark("cli")
+    phases.pause_gc()  # until the engine is imported (tracking/phases.py)
     refuse_foreign_groups("train", argv)
     if _under_torchrun():
         from docclassify.engine import distributed
