@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, nargs="+", default=[3],
                     help="epoch counts to run; with two or more, also the steady-state time per epoch")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="warm docclassify and timm runs per epoch count, alternated (the median is reported)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader workers for both (default: docclassify's choice, the same for timm)")
@@ -161,59 +164,84 @@ def main(argv=None) -> None:
           f"{workers} loader workers, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
     tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.work))
     try:
-        cache = tmp / "cache"
-        times: dict[tuple[str, int], float] = {}
-        n_train = None
-        for epochs in sorted(set(args.epochs)):
-            if not times:  # the first command builds the decode cache
-                times["docclassify (cold cache)", epochs] = _run(
-                    docclassify_cmd(args, epochs, tmp / "run_cold", cache), env, tmp / "cold.log")
-            run_dir = tmp / f"run_warm_{epochs}"
-            times["docclassify (warm cache)", epochs] = _run(docclassify_cmd(args, epochs, run_dir, cache), env,
-                                                             tmp / f"warm_{epochs}.log")
-            results = json.loads((run_dir / "results.json").read_text())
-            fold = results["folds"][0]
-            if n_train is None:
-                n_train, n_val = fold["n_train"], fold["n_val"]
-                print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure "
-                      f"(warm): {fold['history'][0]['img_per_s']:.1f} img/s")
-                if args.timm_train is not None:
-                    view = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
-                    assert view == (n_train, n_val), (view, n_train, n_val)
-                else:
-                    print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
-            if args.timm_train is not None:
-                times["timm train.py", epochs] = _run(
-                    timm_cmd(args, epochs, tmp / "view", tmp / f"timm_out_{epochs}", len(results["classes"]),
-                             workers), env, tmp / f"timm_{epochs}.log")
-        print(f"{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7}   (img/s = epochs x train images / wall)")
-        for (name, epochs), sec in times.items():
-            print(f"{name:<26} {epochs:>6} {sec:>7.1f} {epochs * n_train / sec:>7.1f}")
-        if args.timm_train is not None:
-            for (name, epochs), sec in times.items():
-                if name.startswith("docclassify"):
-                    ratio = times["timm train.py", epochs] / sec
-                    print(f"{epochs} epoch(s): {name} is {ratio:.2f}x faster than timm's train.py (whole command)")
-        for epochs in sorted(set(args.epochs)):
-            print_phases(read_phases(tmp / f"warm_{epochs}.log"), times["docclassify (warm cache)", epochs],
-                         f"docclassify (warm cache), {epochs} epoch(s)")
-        counts = sorted(set(args.epochs))
-        if len(counts) >= 2:  # the start-up costs cancel out: what each further epoch costs
-            lo, hi = counts[0], counts[-1]
-            per_epoch = {name: (times[name, hi] - times[name, lo]) / (hi - lo)
-                         for name in ("docclassify (warm cache)", "timm train.py") if (name, hi) in times}
-            for name, sec in per_epoch.items():
-                print(f"steady state, {name}: {sec:.1f} s per epoch (train + validation + checkpoints), "
-                      f"{n_train / sec:.1f} img/s")
-            if len(per_epoch) == 2:
-                ratio = per_epoch["timm train.py"] / per_epoch["docclassify (warm cache)"]
-                print(f"steady state: docclassify is {ratio:.2f}x faster per epoch than timm's train.py")
+        times, phases, n_train = run_all(args, env, workers, tmp)
+        print_results(args, times, phases, n_train)
         print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
     finally:
         if os.environ.get("DOCCLASSIFY_BENCH_KEEP"):
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_all(args, env: dict, workers: int, tmp: Path):
+    """Every command: docclassify cold once, then per epoch count and repeat docclassify warm and
+    timm one after the other (a changing machine load hits both alike). Returns
+    ({(command, epochs): [wall s per repeat]}, {epochs: [phases per repeat]}, training images)."""
+    cache = tmp / "cache"
+    times: dict[tuple[str, int], list[float]] = {}
+    phases: dict[int, list[dict]] = {}
+    n_train = None
+    for epochs in sorted(set(args.epochs)):
+        if not times:  # the first command builds the decode cache
+            times["docclassify (cold cache)", epochs] = [_run(
+                docclassify_cmd(args, epochs, tmp / "run_cold", cache), env, tmp / "cold.log")]
+        for rep in range(args.repeat):
+            run_dir, log = tmp / f"run_warm_{epochs}_{rep}", tmp / f"warm_{epochs}_{rep}.log"
+            times.setdefault(("docclassify (warm cache)", epochs), []).append(
+                _run(docclassify_cmd(args, epochs, run_dir, cache), env, log))
+            phases.setdefault(epochs, []).append(read_phases(log))
+            results = json.loads((run_dir / "results.json").read_text())
+            if n_train is None:
+                n_train = first_fold_info(args, results, tmp)
+            if args.timm_train is not None:
+                times.setdefault(("timm train.py", epochs), []).append(_run(
+                    timm_cmd(args, epochs, tmp / "view", tmp / f"timm_out_{epochs}_{rep}", len(results["classes"]),
+                             workers), env, tmp / f"timm_{epochs}_{rep}.log"))
+    return times, phases, n_train
+
+
+def first_fold_info(args, results: dict, tmp: Path) -> int:
+    """Print the split; build timm's ImageFolder view of it. Returns the training image count."""
+    fold = results["folds"][0]
+    n_train, n_val = fold["n_train"], fold["n_val"]
+    print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure "
+          f"(warm): {fold['history'][0]['img_per_s']:.1f} img/s")
+    if args.timm_train is not None:
+        view = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
+        assert view == (n_train, n_val), (view, n_train, n_val)
+    else:
+        print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
+    return n_train
+
+
+def print_results(args, times: dict, phases: dict, n_train: int) -> None:
+    """Wall times (median over repeats), the whole-command ratio, the phases, the steady state."""
+    wall = {key: statistics.median(secs) for key, secs in times.items()}
+    print(f"\n{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7}   runs (s)   "
+          "(img/s = epochs x train images / wall; wall = median of the runs)")
+    for (name, epochs), secs in times.items():
+        print(f"{name:<26} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f}   "
+              + " ".join(f"{s:.1f}" for s in secs))
+    if args.timm_train is not None:
+        for (name, epochs), sec in wall.items():
+            if name.startswith("docclassify"):
+                print(f"{epochs} epoch(s): {name} is {wall['timm train.py', epochs] / sec:.2f}x faster than "
+                      "timm's train.py (whole command)")
+    for epochs, runs in phases.items():
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]} if all(runs) else {}
+        print_phases(median, wall["docclassify (warm cache)", epochs], f"docclassify (warm cache), {epochs} epoch(s)")
+    counts = sorted(set(args.epochs))
+    if len(counts) >= 2:  # the start-up costs cancel out: what each further epoch costs
+        lo, hi = counts[0], counts[-1]
+        per_epoch = {name: (wall[name, hi] - wall[name, lo]) / (hi - lo)
+                     for name in ("docclassify (warm cache)", "timm train.py") if (name, hi) in wall}
+        for name, sec in per_epoch.items():
+            print(f"steady state, {name}: {sec:.1f} s per epoch (train + validation + checkpoints), "
+                  f"{n_train / sec:.1f} img/s")
+        if len(per_epoch) == 2:
+            ratio = per_epoch["timm train.py"] / per_epoch["docclassify (warm cache)"]
+            print(f"steady state: docclassify is {ratio:.2f}x faster per epoch than timm's train.py")
 
 
 if __name__ == "__main__":
