@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -80,15 +81,22 @@ def print_phases(phases: dict[str, float], wall: float, label: str) -> None:
           f"after the last epoch (wrap-up + exit): {after_last:.1f} s ({after_last / wall:.1%})")
 
 
-def _run(cmd: list[str], env: dict, log: Path) -> float:
-    t0 = time.perf_counter()
+def _cpu_seconds() -> float:
+    """User + system CPU time of the finished child processes (and their loader workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of one command. On a loaded machine the CPU seconds move far less than the wall."""
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}:\n"
                            + log.read_text()[-3000:])
-    return seconds
+    return seconds, _cpu_seconds() - cpu0
 
 
 def docclassify_cmd(args, epochs: int, run_dir: Path, cache_dir: Path) -> list[str]:
@@ -177,9 +185,9 @@ def main(argv=None) -> None:
 def run_all(args, env: dict, workers: int, tmp: Path):
     """Every command: docclassify cold once, then per epoch count and repeat docclassify warm and
     timm one after the other (a changing machine load hits both alike). Returns
-    ({(command, epochs): [wall s per repeat]}, {epochs: [phases per repeat]}, training images)."""
+    ({(command, epochs): [(wall s, CPU s) per repeat]}, {epochs: [phases per repeat]}, training images)."""
     cache = tmp / "cache"
-    times: dict[tuple[str, int], list[float]] = {}
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     phases: dict[int, list[dict]] = {}
     n_train = None
     for epochs in sorted(set(args.epochs)):
@@ -216,18 +224,20 @@ def first_fold_info(args, results: dict, tmp: Path) -> int:
 
 
 def print_results(args, times: dict, phases: dict, n_train: int) -> None:
-    """Wall times (median over repeats), the whole-command ratio, the phases, the steady state."""
-    wall = {key: statistics.median(secs) for key, secs in times.items()}
-    print(f"\n{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7}   runs (s)   "
-          "(img/s = epochs x train images / wall; wall = median of the runs)")
-    for (name, epochs), secs in times.items():
-        print(f"{name:<26} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f}   "
-              + " ".join(f"{s:.1f}" for s in secs))
+    """Wall and CPU times (median over repeats), the whole-command ratios, the phases, the steady state."""
+    wall = {key: statistics.median(w for w, _ in runs) for key, runs in times.items()}
+    cpu = {key: statistics.median(c for _, c in runs) for key, runs in times.items()}
+    print(f"\n{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7} {'CPU s':>7}   wall of each run (s)   "
+          "(img/s = epochs x train images / wall; medians of the runs)")
+    for (name, epochs), runs in times.items():
+        print(f"{name:<26} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f} "
+              f"{cpu[name, epochs]:>7.1f}   " + " ".join(f"{w:.1f}" for w, _ in runs))
     if args.timm_train is not None:
         for (name, epochs), sec in wall.items():
             if name.startswith("docclassify"):
-                print(f"{epochs} epoch(s): {name} is {wall['timm train.py', epochs] / sec:.2f}x faster than "
-                      "timm's train.py (whole command)")
+                timm = ("timm train.py", epochs)
+                print(f"{epochs} epoch(s): {name} is {wall[timm] / sec:.2f}x faster than timm's train.py (whole "
+                      f"command; {cpu[timm] / cpu[name, epochs]:.2f}x in CPU seconds)")
     for epochs, runs in phases.items():
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]} if all(runs) else {}
         print_phases(median, wall["docclassify (warm cache)", epochs], f"docclassify (warm cache), {epochs} epoch(s)")

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from _common import DEFAULT_WORK, REPO, ensure_data, machine_line
-from end_to_end_benchmark import docclassify_cmd, read_phases
+from end_to_end_benchmark import _cpu_seconds, docclassify_cmd, read_phases
 
 # The command as a user runs it, optionally with the GC handling switched off.
 _RUNNER = r"""
@@ -43,8 +43,8 @@ VARIANTS = {"shipped": "on", "python gc": "off"}
 
 
 def run_variant(gc: str, cmd: list[str], log: Path) -> dict[str, float]:
-    """One run: its phases, exit and whole-command seconds."""
-    t0 = time.perf_counter()
+    """One run: its phases, exit, whole-command and CPU seconds."""
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with open(log, "w") as fh:
         proc = subprocess.run([sys.executable, "-c", _RUNNER, gc, *cmd[3:]], stdout=fh, stderr=subprocess.STDOUT,
                               cwd=REPO, check=False)
@@ -52,7 +52,7 @@ def run_variant(gc: str, cmd: list[str], log: Path) -> dict[str, float]:
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
     phases = read_phases(log)
-    return {**phases, "exit": wall - sum(phases.values()), "whole": wall}
+    return {**phases, "exit": wall - sum(phases.values()), "whole": wall, "CPU": _cpu_seconds() - cpu0}
 
 
 def biggest_imports(cmd: list[str], n: int = 12) -> list[tuple[float, str]]:
