@@ -1,5 +1,7 @@
-"""End to end: one training epoch of docclassify vs timm's train.py recipe, same images,
-same model, batch and size, same train/validation split; wall time of each whole command.
+"""End to end: a 3-epoch training command of docclassify vs timm's train.py recipe, same images,
+same model, batch and size, same train/validation split; wall time of each whole command, their
+ratio, and where docclassify's seconds go (the ``phases (s):`` line of its log: imports,
+compose+checks, data, first step, training, wrap-up, plus the interpreter's exit).
 
 docclassify: `python -m docclassify.train` on fold 0 of 5 (pipeline=highperf with its hard
              augmentation off: mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA, drop-path 0.1,
@@ -11,6 +13,7 @@ timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0
              with --timm-train; without it that comparison is skipped.
 
     python benchmarks/end_to_end_benchmark.py --timm-train ~/src/pytorch-image-models/train.py
+    python benchmarks/end_to_end_benchmark.py --epochs 1 3 --timm-train ...   # + steady state per epoch
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,15 +54,49 @@ mod.main()
 """
 
 
-def _run(cmd: list[str], env: dict, log: Path) -> float:
-    t0 = time.perf_counter()
+PHASES = re.compile(r"phases \(s\): (?P<phases>[^;\n]*)")
+
+
+def read_phases(log: Path) -> dict[str, float]:
+    """docclassify's ``phases (s): imports 4.1, compose+checks 0.5, ...`` log line as a dict."""
+    match = PHASES.search(log.read_text())
+    if match is None:
+        return {}
+    return {name: float(sec) for name, sec in (p.rsplit(" ", 1) for p in match["phases"].split(", "))}
+
+
+def print_phases(phases: dict[str, float], wall: float, label: str) -> None:
+    """Each phase in seconds and as a share of the whole command; exit = the rest (interpreter shutdown)."""
+    if not phases:
+        print(f"{label}: no 'phases (s):' line in the log")
+        return
+    rows = {**phases, "exit": wall - sum(phases.values())}
+    print(f"\n{label}: where the {wall:.1f} s of the whole command go")
+    print(f"{'phase':<16} {'s':>7} {'share':>7}")
+    for name, sec in rows.items():
+        print(f"{name:<16} {sec:>7.1f} {sec / wall:>7.1%}")
+    to_first = sum(phases.get(k, 0.0) for k in ("imports", "compose+checks", "data", "first step"))
+    after_last = phases.get("wrap-up", 0.0) + rows["exit"]
+    print(f"start-up (process start to the first step done): {to_first:.1f} s ({to_first / wall:.1%}); "
+          f"after the last epoch (wrap-up + exit): {after_last:.1f} s ({after_last / wall:.1%})")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of the finished child processes (and their loader workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of one command. On a loaded machine the CPU seconds move far less than the wall."""
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}:\n"
                            + log.read_text()[-3000:])
-    return seconds
+    return seconds, _cpu_seconds() - cpu0
 
 
 def docclassify_cmd(args, epochs: int, run_dir: Path, cache_dir: Path) -> list[str]:
@@ -107,8 +147,10 @@ def main(argv=None) -> None:
     ap.add_argument("--timm-model", default="convnext_atto", help="the same architecture's timm name")
     ap.add_argument("--img-size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--epochs", type=int, nargs="+", default=[1],
+    ap.add_argument("--epochs", type=int, nargs="+", default=[3],
                     help="epoch counts to run; with two or more, also the steady-state time per epoch")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="warm docclassify and timm runs per epoch count, alternated (the median is reported)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--workers", type=int, default=None,
                     help="DataLoader workers for both (default: docclassify's choice, the same for timm)")
@@ -130,56 +172,86 @@ def main(argv=None) -> None:
           f"{workers} loader workers, OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}")
     tmp = Path(tempfile.mkdtemp(prefix="e2e-", dir=args.work))
     try:
-        cache = tmp / "cache"
-        times: dict[tuple[str, int], float] = {}
-        n_train = None
-        for epochs in sorted(set(args.epochs)):
-            if not times:  # the first command builds the decode cache
-                times["docclassify (cold cache)", epochs] = _run(
-                    docclassify_cmd(args, epochs, tmp / "run_cold", cache), env, tmp / "cold.log")
-            run_dir = tmp / f"run_warm_{epochs}"
-            times["docclassify (warm cache)", epochs] = _run(docclassify_cmd(args, epochs, run_dir, cache), env,
-                                                             tmp / f"warm_{epochs}.log")
-            results = json.loads((run_dir / "results.json").read_text())
-            fold = results["folds"][0]
-            if n_train is None:
-                n_train, n_val = fold["n_train"], fold["n_val"]
-                print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure "
-                      f"(warm): {fold['history'][0]['img_per_s']:.1f} img/s")
-                if args.timm_train is not None:
-                    view = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
-                    assert view == (n_train, n_val), (view, n_train, n_val)
-                else:
-                    print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
-            if args.timm_train is not None:
-                times["timm train.py", epochs] = _run(
-                    timm_cmd(args, epochs, tmp / "view", tmp / f"timm_out_{epochs}", len(results["classes"]),
-                             workers), env, tmp / f"timm_{epochs}.log")
-        print(f"{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7}   (img/s = epochs x train images / wall)")
-        for (name, epochs), sec in times.items():
-            print(f"{name:<26} {epochs:>6} {sec:>7.1f} {epochs * n_train / sec:>7.1f}")
-        if args.timm_train is not None:
-            for (name, epochs), sec in times.items():
-                if name.startswith("docclassify"):
-                    ratio = times["timm train.py", epochs] / sec
-                    print(f"{epochs} epoch(s): {name} is {ratio:.2f}x faster than timm's train.py (whole command)")
-        counts = sorted(set(args.epochs))
-        if len(counts) >= 2:  # the start-up costs cancel out: what each further epoch costs
-            lo, hi = counts[0], counts[-1]
-            per_epoch = {name: (times[name, hi] - times[name, lo]) / (hi - lo)
-                         for name in ("docclassify (warm cache)", "timm train.py") if (name, hi) in times}
-            for name, sec in per_epoch.items():
-                print(f"steady state, {name}: {sec:.1f} s per epoch (train + validation + checkpoints), "
-                      f"{n_train / sec:.1f} img/s")
-            if len(per_epoch) == 2:
-                ratio = per_epoch["timm train.py"] / per_epoch["docclassify (warm cache)"]
-                print(f"steady state: docclassify is {ratio:.2f}x faster per epoch than timm's train.py")
+        times, phases, n_train = run_all(args, env, workers, tmp)
+        print_results(args, times, phases, n_train)
         print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
     finally:
         if os.environ.get("DOCCLASSIFY_BENCH_KEEP"):
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_all(args, env: dict, workers: int, tmp: Path):
+    """Every command: docclassify cold once, then per epoch count and repeat docclassify warm and
+    timm one after the other (a changing machine load hits both alike). Returns
+    ({(command, epochs): [(wall s, CPU s) per repeat]}, {epochs: [phases per repeat]}, training images)."""
+    cache = tmp / "cache"
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    phases: dict[int, list[dict]] = {}
+    n_train = None
+    for epochs in sorted(set(args.epochs)):
+        if not times:  # the first command builds the decode cache
+            times["docclassify (cold cache)", epochs] = [_run(
+                docclassify_cmd(args, epochs, tmp / "run_cold", cache), env, tmp / "cold.log")]
+        for rep in range(args.repeat):
+            run_dir, log = tmp / f"run_warm_{epochs}_{rep}", tmp / f"warm_{epochs}_{rep}.log"
+            times.setdefault(("docclassify (warm cache)", epochs), []).append(
+                _run(docclassify_cmd(args, epochs, run_dir, cache), env, log))
+            phases.setdefault(epochs, []).append(read_phases(log))
+            results = json.loads((run_dir / "results.json").read_text())
+            if n_train is None:
+                n_train = first_fold_info(args, results, tmp)
+            if args.timm_train is not None:
+                times.setdefault(("timm train.py", epochs), []).append(_run(
+                    timm_cmd(args, epochs, tmp / "view", tmp / f"timm_out_{epochs}_{rep}", len(results["classes"]),
+                             workers), env, tmp / f"timm_{epochs}_{rep}.log"))
+    return times, phases, n_train
+
+
+def first_fold_info(args, results: dict, tmp: Path) -> int:
+    """Print the split; build timm's ImageFolder view of it. Returns the training image count."""
+    fold = results["folds"][0]
+    n_train, n_val = fold["n_train"], fold["n_val"]
+    print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure "
+          f"(warm): {fold['history'][0]['img_per_s']:.1f} img/s")
+    if args.timm_train is not None:
+        view = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
+        assert view == (n_train, n_val), (view, n_train, n_val)
+    else:
+        print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
+    return n_train
+
+
+def print_results(args, times: dict, phases: dict, n_train: int) -> None:
+    """Wall and CPU times (median over repeats), the whole-command ratios, the phases, the steady state."""
+    wall = {key: statistics.median(w for w, _ in runs) for key, runs in times.items()}
+    cpu = {key: statistics.median(c for _, c in runs) for key, runs in times.items()}
+    print(f"\n{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7} {'CPU s':>7}   wall of each run (s)   "
+          "(img/s = epochs x train images / wall; medians of the runs)")
+    for (name, epochs), runs in times.items():
+        print(f"{name:<26} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f} "
+              f"{cpu[name, epochs]:>7.1f}   " + " ".join(f"{w:.1f}" for w, _ in runs))
+    if args.timm_train is not None:
+        for (name, epochs), sec in wall.items():
+            if name.startswith("docclassify"):
+                timm = ("timm train.py", epochs)
+                print(f"{epochs} epoch(s): {name} is {wall[timm] / sec:.2f}x faster than timm's train.py (whole "
+                      f"command; {cpu[timm] / cpu[name, epochs]:.2f}x in CPU seconds)")
+    for epochs, runs in phases.items():
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]} if all(runs) else {}
+        print_phases(median, wall["docclassify (warm cache)", epochs], f"docclassify (warm cache), {epochs} epoch(s)")
+    counts = sorted(set(args.epochs))
+    if len(counts) >= 2:  # the start-up costs cancel out: what each further epoch costs
+        lo, hi = counts[0], counts[-1]
+        per_epoch = {name: (wall[name, hi] - wall[name, lo]) / (hi - lo)
+                     for name in ("docclassify (warm cache)", "timm train.py") if (name, hi) in wall}
+        for name, sec in per_epoch.items():
+            print(f"steady state, {name}: {sec:.1f} s per epoch (train + validation + checkpoints), "
+                  f"{n_train / sec:.1f} img/s")
+        if len(per_epoch) == 2:
+            ratio = per_epoch["timm train.py"] / per_epoch["docclassify (warm cache)"]
+            print(f"steady state: docclassify is {ratio:.2f}x faster per epoch than timm's train.py")
 
 
 if __name__ == "__main__":

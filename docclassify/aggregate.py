@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from docclassify import errors
 from docclassify.data.validation import RobustSpec
 from docclassify.engine.kfold import run_results
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
@@ -49,7 +50,7 @@ SPLIT_KEYS = ("seed", "folds.n", "folds.group_duplicates", "folds.duplicate_dist
 VALIDATION_KEYS = ("validation", "trainer.monitor")
 
 
-class AggregateError(ValueError):
+class AggregateError(errors.UserError):
     """The job dirs cannot be merged into one run (message says which dir and why)."""
 
 
@@ -195,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(levelname)s] %(message)s", datefmt="%H:%M:%S")
     try:
         results = aggregate_sweep(args.sweep_dir, args.out)
-    except AggregateError as exc:
-        print(f"docclassify.aggregate: {exc}", file=sys.stderr)
-        return 2
+    except errors.UserError as exc:  # AggregateError, or a damaged file's DataError
+        if errors.full_error_requested():
+            raise
+        print(errors.error_line("docclassify.aggregate", exc), file=sys.stderr)
+        return errors.USAGE_EXIT_CODE
     print(json.dumps({k: results[k] for k in ("cv_macro_f1", "cv_macro_f1_robust", "objective", "n_oof_rows",
                                               "folds_run")}))
     return 0

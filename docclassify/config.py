@@ -1,12 +1,16 @@
-"""Locations of the config tree and helpers to read single config options outside Hydra."""
+"""Locations of the config tree, helpers to read single config options outside Hydra, and the
+resolvers of the entrypoints' ``--help`` (conf/hydra/default.yaml: ``hydra.help``)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from docclassify import config_schema  # noqa: F401  (registers the typed group schemas with Hydra)
+from docclassify.config_schema import SCHEMA_GROUP, ConfigError
+from docclassify.errors import USAGE_EXIT_CODE
 
 # The config tree ships inside the package (a wheel works outside a checkout); the checkout's
 # top-level conf/ is a link to it.
@@ -21,7 +25,7 @@ def load_option(group: str, name: str) -> DictConfig:
     """Read ``conf/<group>/<name>.yaml`` (e.g. a per-fold model override)."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"{group}={name!r}: no such option. Available: {available_options(group)}")
+        raise ConfigError(f"{group}={name!r}: no such option. Available: {available_options(group)}")
     return OmegaConf.load(path)
 
 
@@ -32,3 +36,67 @@ def plain_config(cfg: DictConfig) -> dict:
 
     return redact_config({k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
                               else cfg[k]) for k in cfg if k != "hydra"})
+
+
+# ------------------------------------------------------------------------------------ --help
+# What each entrypoint does, the first line of its --help.
+ABOUT = {
+    "train": "train one experiment with stratified K-fold cross-validation; the run dir gets results.json "
+             "(cv macro F1), oof.csv, checkpoints/ and a report",
+    "infer": "turn training runs (runs=[RUN_DIR ...]) into a submission: submission.csv, test_probs.csv, "
+             "summary.json in the run dir",
+}
+
+
+def primary_groups(config_name: str) -> list[str]:
+    """The config groups a primary config (train, infer) composes: its defaults list without the
+    internal schema entries and Hydra's own group."""
+    groups = []
+    for entry in OmegaConf.load(CONF_DIR / f"{config_name}.yaml").get("defaults", []):
+        name = next(iter(entry)) if isinstance(entry, DictConfig) else str(entry)
+        group = name.split("@")[0].strip("/")
+        if group not in ("_self_", "hydra") and not group.startswith(SCHEMA_GROUP):
+            groups.append(group)
+    return groups
+
+
+def help_groups(choices: DictConfig) -> str:
+    """``--help``'s group list: one line per group of this command with its options, the selected
+    one in brackets (``hydra.runtime.choices``); Hydra's groups and the internal schemas left out."""
+    lines = []
+    for group in sorted(k for k in choices if k != "hydra" and "/" not in k and not k.startswith(SCHEMA_GROUP)):
+        selected = choices[group]
+        options = ", ".join(f"[{o}]" if o == selected else o for o in available_options(group))
+        lines.append(f"{group}: {options}" + ("  (none selected)" if selected is None else ""))
+    return "\n".join(lines)
+
+
+def foreign_group_errors(config_name: str, argv: list[str], hint: str = "") -> list[str]:
+    """Overrides that select a group another entrypoint has (``infer model=tiny``): a message each.
+
+    Hydra's own answer ("Could not override 'model'. ... use +model=tiny") suggests a fix that
+    cannot work, so the entrypoints check their command line first."""
+    own = set(primary_groups(config_name))
+    errors = []
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if arg.startswith("-") or "=" not in arg or "." in key or "/" in key or key in own:
+            continue
+        owners = [name for name in ABOUT if name != config_name and key in primary_groups(name)]
+        if owners:
+            errors.append(f"{arg}: {key} is an option of python -m docclassify.{owners[0]}, not of docclassify."
+                          f"{config_name}{hint}. Its groups: {', '.join(sorted(own))}; every key: "
+                          f"python -m docclassify.{config_name} --help")
+    return errors
+
+
+def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> None:
+    """Before Hydra starts: exit with ``docclassify.<name>: error: ...`` (code 2) on such overrides."""
+    problems = foreign_group_errors(config_name, argv, hint)
+    if problems:
+        print("\n".join(f"docclassify.{config_name}: error: {p}" for p in problems), file=sys.stderr)
+        raise SystemExit(USAGE_EXIT_CODE)
+
+
+OmegaConf.register_new_resolver("docclassify_groups", help_groups, replace=True)
+OmegaConf.register_new_resolver("docclassify_about", lambda name: ABOUT.get(str(name), ""), replace=True)

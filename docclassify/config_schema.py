@@ -32,6 +32,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from docclassify.data.orientation import HEADS, ORIENTATION_GROUPS
+from docclassify.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ SCHEMA_GROUP = "schema"
 SEED_MAX = 2**31 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value outside what its key allows (the message names the key, value and fix)."""
 
 

@@ -2,20 +2,27 @@
 (results.json's ``objective``: the pooled macro F1 that ``trainer.monitor`` picks; robust by default).
 
 The story of a run is in :mod:`docclassify.engine.kfold` (run -> fold -> epoch); this module
-only wires Hydra, torchrun, the callbacks (trackers, sweep reporting) and the exit codes.
+only wires Hydra, torchrun, the callbacks (trackers, sweep reporting), the exit codes and the
+report of a refused run (:mod:`docclassify.errors`). Start-up does only what the command needs:
+the engine (torch, timm, scikit-learn, albumentations) is imported after the config is checked,
+and ``--help`` or a config error never imports it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from docclassify.config import CONF_DIR
+from docclassify import errors
+from docclassify.config import CONF_DIR, refuse_foreign_groups
+from docclassify.tracking import phases
 
 log = logging.getLogger("docclassify.train")
+PROG = "docclassify.train"
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -28,22 +35,30 @@ def build_callbacks(cfg: DictConfig) -> list:
     from docclassify.sweep import build_sweep_callbacks
     from docclassify.tracking import build_trackers
 
-    return [*build_trackers(cfg, resolve_run_dir(cfg)), *build_sweep_callbacks(cfg)]
+    return [*build_trackers(cfg, resolve_run_dir(cfg)), *build_sweep_callbacks(cfg), phases.PhaseLog()]
 
 
 def train(cfg: DictConfig) -> float:
+    from docclassify.config_schema import check_config
+
+    phases.mark("composed")
+    _share_run_dir()
+    check_config(cfg)  # before the engine is imported and before a tracker starts a (W&B) run
+    phases.mark("checked")
     from docclassify.engine.kfold import run_kfold
     from docclassify.engine.resume import resolve_run_dir, resume_config
     from docclassify.engine.signals import interrupts_raise
     from docclassify.engine.stops import reported_stops
     from docclassify.submit import prepare_submission
 
-    _share_run_dir()
-    cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides
+    cfg = resume_config(cfg)  # resume=RUN_DIR alone: that run's own overrides (checked again in run_kfold)
     submission = prepare_submission(cfg)  # submit=true: checked before training
     # A stop (signal, prune, another torchrun rank's failure) ends every rank with one message.
     with interrupts_raise(), reported_stops(resolve_run_dir(cfg)):
-        results = run_kfold(cfg, build_callbacks(cfg))
+        callbacks = build_callbacks(cfg)
+        phases.freeze_imported_objects()
+        phases.mark("imported")
+        results = run_kfold(cfg, callbacks)
         if submission is not None:
             submission.run(resolve_run_dir(cfg))
     return float(results["objective"])
@@ -51,6 +66,8 @@ def train(cfg: DictConfig) -> float:
 
 def _share_run_dir() -> None:
     """torchrun: rank 0 tells the other ranks (waiting before Hydra) which run dir Hydra made."""
+    if not _under_torchrun():
+        return
     from hydra.core.hydra_config import HydraConfig
 
     from docclassify.engine import distributed
@@ -59,20 +76,38 @@ def _share_run_dir() -> None:
         distributed.share_run_dir(HydraConfig.get().runtime.output_dir)
 
 
+def _under_torchrun() -> bool:
+    """torchrun sets these (engine.distributed.TORCHRUN_ENV); without them that module, and
+    torch with it, is not needed before the config is checked."""
+    return all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)
+    with errors.reported_as_usage_errors(PROG):
+        return train(cfg)
 
 
-def cli() -> None:
-    """`python -m docclassify.train` and the `docclassify-train` console script."""
-    from docclassify.engine import distributed
+def cli(argv: list[str] | None = None) -> None:
+    """`python -m docclassify.train` and the `docclassify-train` console script. The command line,
+    before and after Hydra: torchrun's shared run dir, options of another entrypoint, and a quick
+    exit (tracking.phases.freeze_before_exit)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    phases.mark("cli")
+    phases.pause_gc()  # until the engine is imported (tracking/phases.py)
+    refuse_foreign_groups("train", argv)
+    if _under_torchrun():
+        from docclassify.engine import distributed
 
-    sys.argv[1:] = distributed.follow_main_run_dir(sys.argv[1:])  # torchrun: all ranks in rank 0's run dir
+        argv = distributed.follow_main_run_dir(argv)  # torchrun: all ranks in rank 0's run dir
+    sys.argv[1:] = argv
+    errors.remember_preexisting_run_dir(argv)
     try:
         main()
     finally:
-        distributed.cleanup()
+        if "docclassify.engine.distributed" in sys.modules:
+            sys.modules["docclassify.engine.distributed"].cleanup()
+        phases.freeze_before_exit()
 
 
 if __name__ == "__main__":

@@ -101,3 +101,10 @@ def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout:
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def run_in(cwd: Path, module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` started in ``cwd`` (this checkout still imported first), not
+    checked: for commands that should fail, or whose side effects in the working dir matter."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return run_cli(module, args, cwd=cwd, check=False, env={"PYTHONPATH": path, **(env or {})})

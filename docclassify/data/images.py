@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from docclassify.errors import UserError
+
 RESIZE_POLICIES = ("pad", "stretch")
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError):
     """An image file that cannot be decoded (empty, truncated, not an image)."""
 
 

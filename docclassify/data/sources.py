@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from docclassify.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_LISTED = 20
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data: the message names the file/column/key and what to do."""
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from docclassify.errors import UserError
+
 log = logging.getLogger(__name__)
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -182,8 +184,8 @@ def convert_sync_batchnorm(model: torch.nn.Module, enabled: bool, device: torch.
     if not enabled or not is_distributed():
         return model
     if device.type != "cuda":
-        raise ValueError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
-                         "set trainer.sync_bn=false to train with per-rank BatchNorm statistics")
+        raise UserError("trainer.sync_bn=true needs CUDA (torch's SyncBatchNorm has no CPU kernel); "
+                        "set trainer.sync_bn=false to train with per-rank BatchNorm statistics")
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

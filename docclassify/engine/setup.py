@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from docclassify.errors import UserError
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     if spec in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={spec}: CUDA is not available on this machine (use auto or cpu)")
+        raise UserError(f"trainer.device={spec}: CUDA is not available on this machine (use auto or cpu)")
     return device
 
 

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import timm
 import torch
 
+from docclassify.errors import UserError
 from docclassify.models import convert_dit  # noqa: F401  (registers dit_base_patch16_224 with timm)
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ PROBE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
 N_SIZES_NAMED = 4
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     pass
 
 
