@@ -24,19 +24,19 @@ def _inject(kind: str, step: int) -> None:
 
         kfold_mod.add_robust_copies = failing_copies
         return
-    real, calls = epoch_mod.forward_loss, {"n": 0}
+    real, calls = epoch_mod.forward_losses, {"n": 0}
 
-    def forward_loss(parts, images, targets, ctx):
+    def forward_losses(parts, images, targets, ctx, *args, **kwargs):  # what the step loop calls
         calls["n"] += 1
         if calls["n"] == step:
             if kind == "raise":
                 raise RuntimeError("injected failure on this rank")
             if kind in ("sigterm", "kill"):
                 os.kill(os.getpid(), signal.SIGTERM if kind == "sigterm" else signal.SIGKILL)
-        loss = real(parts, images, targets, ctx)
-        return loss * float("nan") if kind == "nan" and calls["n"] == step else loss
+        loss, head_loss = real(parts, images, targets, ctx, *args, **kwargs)
+        return (loss * float("nan") if kind == "nan" and calls["n"] == step else loss), head_loss
 
-    epoch_mod.forward_loss = forward_loss
+    epoch_mod.forward_losses = forward_losses
 
 
 fault = os.environ.get("DOCCLASSIFY_TEST_FAULT")
