@@ -69,8 +69,10 @@ def main() -> None:
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):
         print(f"## Group `{group.name}`\n")
         options = sorted(group.glob("*.yaml"))
-        # A key documented in one option of the group documents it in the others too.
+        # A key documented in one option of the group documents it in the others too; not across
+        # experiments: each one's comments say where its own recipe's values came from.
         known = {key: comment for opt in options for key, _, comment in describe(opt)[1] if comment}
+        known = {} if group.name == "experiment" else known
         for option in options:
             _print_file(f"`{group.name}={option.stem}`", option, level="###", known=known)
 

@@ -48,5 +48,5 @@ def test_help_follows_the_command_line(tmp_path):
 def test_help_groups_marks_the_selection_and_skips_hydra_and_schemas():
     text = help_groups(OmegaConf.create({"tta": "dihedral", "hydra": "default", "hydra/help": "default",
                                          "schema/trainer": "default", "experiment": None}))
-    assert text.splitlines() == ["experiment: convnext_base_384_best  (none selected)",
+    assert text.splitlines() == ["experiment: convnext_base_384_best, robust_recipe_synthetic  (none selected)",
                                  "tta: comprehensive, [dihedral], essential, flip, none, rot90"]
