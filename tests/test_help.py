@@ -32,7 +32,7 @@ def test_train_help_lists_train_groups_without_schemas(tmp_path):
 
 def test_infer_help_lists_only_infer_groups_and_keys(tmp_path):
     out = run_in(tmp_path, "docclassify.infer", ["--help"]).stdout
-    assert set(_groups(out)) == {"paths", "tta"}
+    assert set(_groups(out)) == {"logger", "paths", "tta"}
     assert "[none]" in _groups(out)["tta"] and "dihedral" in _groups(out)["tta"]
     config = OmegaConf.create(out.split("== Config: override any key with KEY=VALUE ==", 1)[1].split("\n\n")[0])
     assert {"runs", "top_k", "calibrate", "tta", "data"} <= set(config)
@@ -49,4 +49,4 @@ def test_help_groups_marks_the_selection_and_skips_hydra_and_schemas():
     text = help_groups(OmegaConf.create({"tta": "dihedral", "hydra": "default", "hydra/help": "default",
                                          "schema/trainer": "default", "experiment": None}))
     assert text.splitlines() == ["experiment: convnext_base_384_best, robust_recipe_synthetic  (none selected)",
-                                 "tta: comprehensive, [dihedral], essential, flip, none, rot90"]
+                                 "tta: auto, comprehensive, [dihedral], essential, flip, none, orient, orient_soft, rot90"]
