@@ -9,6 +9,11 @@ balanced, distorted and labelled), the same model, size, epochs, folds, seed and
 each fold checkpoint predicts the test split once (no TTA) and every table is computed from
 those predictions and the runs' saved OOF rows, through docclassify's own inference functions.
 
+Noise, to read the differences by: each run's fold-to-fold spread (cv F1 of the folds; test F1 of
+the single fold models) stands for training noise (one seed only), and each test comparison carries
+a paired-bootstrap 90% interval over the test rows (resampled within each class), which is test
+sampling noise only.
+
     python benchmarks/macro_f1_benchmark.py                       # 6 recipes, resnet18, 64 px, 3 folds, 6 epochs
     python benchmarks/macro_f1_benchmark.py --recipes ce focal --epochs 10
     python benchmarks/macro_f1_benchmark.py --work /tmp/bench     # runs under /tmp/bench/macro_f1/<recipe>
@@ -36,6 +41,7 @@ RECIPES = {
     "ce + sampler=sqrt": ["data.sampler=sqrt"],
 }
 WEIGHTS = ("equal", "oof", "greedy", "stack")
+BOOTSTRAP = 2000  # resamples of the test rows behind each paired interval
 
 
 def train(name: str, run_dir: Path, args) -> Path:
@@ -80,8 +86,8 @@ def oof_inputs(runs, view: str):
 
 
 def scored(members, oof, weights: str, decision: str, y_test, mimic: bool = True):
-    """(OOF macro F1 of the rule in use on the fit view, test macro F1, OofFit, test NLL) of one
-    ensemble setting (prob average, calibrate=true, mimic_fold_average=mimic)."""
+    """(OOF macro F1 of the rule in use on the fit view, test macro F1, OofFit, test NLL, test
+    predictions) of one ensemble setting (prob average, calibrate=true, mimic_fold_average=mimic)."""
     import numpy as np
 
     from docclassify.metrics import macro_f1
@@ -91,37 +97,95 @@ def scored(members, oof, weights: str, decision: str, y_test, mimic: bool = True
     probs = ensemble_test_probs(members, fit, "prob", True)
     pred = fit.decision.predict(safe_log(probs))
     nll = float(-safe_log(probs)[np.arange(len(y_test)), y_test].mean())
-    return fit.decision.oof_macro_f1, macro_f1(y_test, pred), fit, nll
+    return fit.decision.oof_macro_f1, macro_f1(y_test, pred), fit, nll, pred
 
 
-def run_table(names, runs, members, views, y_test) -> list[str]:
+def bootstrap_weights(y, n: int = BOOTSTRAP, seed: int = 0):
+    """(n, N) multiplicity of each test row in ``n`` resamples drawn within each class (every class
+    keeps its 20 rows), shared by every paired comparison so that they see the same resamples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w = np.zeros((n, len(y)))
+    rows = np.arange(n)[:, None]
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        np.add.at(w, (rows, idx[rng.integers(0, len(idx), size=(n, len(idx)))]), 1)
+    return w
+
+
+def resampled_f1(w, y, pred):
+    """Macro F1 of ``pred`` under each row of resample weights ``w`` (docclassify's count-based F1)."""
+    import numpy as np
+
+    from docclassify.metrics import macro_f1_from_counts
+
+    k = int(max(y.max(), pred.max())) + 1
+    eye = np.eye(k)
+    return macro_f1_from_counts(w @ (eye[y] * (y == pred)[:, None]), w @ eye[pred], w @ eye[y])
+
+
+def paired_delta(w, y, pred_a, pred_b) -> str:
+    """Test macro F1 of ``pred_b`` minus ``pred_a`` with its paired-bootstrap 90% interval."""
+    import numpy as np
+
+    from docclassify.metrics import macro_f1
+
+    delta = resampled_f1(w, y, pred_b) - resampled_f1(w, y, pred_a)
+    lo, hi = np.percentile(delta, [5, 95])
+    return f"{macro_f1(y, pred_b) - macro_f1(y, pred_a):+.4f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def fold_spread(run, key: str) -> str:
+    """min-max of the folds' figure ``key`` (best_macro_f1 / best_macro_f1_robust): training noise."""
+    values = [f[key] for f in run.results["folds"] if f.get(key) is not None]
+    return f"{min(values):.3f}-{max(values):.3f}" if values else "-"
+
+
+def fold_model_spread(member, y_test) -> str:
+    """min-max test macro F1 of the run's single fold models (argmax): training noise on the test set."""
+    from docclassify.metrics import macro_f1
+
+    values = [macro_f1(y_test, logits.argmax(1)) for logits in member.fold_test_logits]
+    return f"{min(values):.3f}-{max(values):.3f}"
+
+
+def run_table(names, runs, members, views, y_test, w) -> list[str]:
     from docclassify.metrics import macro_f1
 
     fit_on = "robust" if "robust" in views else "clean"
-    lines = ["| recipe | cv F1 clean | cv F1 robust | test F1 (argmax) | decision=macro_f1: cross-fitted OOF F1 "
-             f"({fit_on}) | biases applied | test F1 (decision) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, run, member in zip(names, runs, members):
-        argmax_test = macro_f1(y_test, member.test_logits.argmax(1))
-        _, test, fit, _ = scored([member], oof_inputs([run], fit_on), "equal", "macro_f1", y_test)
+    lines = [f"| recipe | cv F1 clean (folds) | cv F1 robust (folds) | test F1 (argmax; fold models) "
+             f"| test vs {names[0]} [90% CI] | decision=macro_f1: cross-fitted OOF F1 ({fit_on}) | biases applied "
+             "| test F1 (decision) | test change [90% CI] |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base_pred = members[0].test_logits.argmax(1)
+    for i, (name, run, member) in enumerate(zip(names, runs, members)):
+        argmax_pred = member.test_logits.argmax(1)
+        _, test, fit, _, pred = scored([member], oof_inputs([run], fit_on), "equal", "macro_f1", y_test)
         d = fit.decision
-        robust = f"{run.results['cv_macro_f1_robust']:.4f}" if run.results.get("cv_macro_f1_robust") else "-"
-        lines.append(f"| {name} | {run.cv_macro_f1:.4f} | {robust} | {argmax_test:.4f} | "
+        robust = (f"{run.results['cv_macro_f1_robust']:.4f} ({fold_spread(run, 'best_macro_f1_robust')})"
+                  if run.results.get("cv_macro_f1_robust") else "-")
+        versus = paired_delta(w, y_test, base_pred, argmax_pred) if i else "(reference)"
+        lines.append(f"| {name} | {run.cv_macro_f1:.4f} ({fold_spread(run, 'best_macro_f1')}) | {robust} | "
+                     f"{macro_f1(y_test, argmax_pred):.4f} ({fold_model_spread(member, y_test)}) | {versus} | "
                      f"{d.oof_macro_f1_argmax:.4f} -> {d.oof_macro_f1_cross_fitted:.4f} | "
-                     f"{'yes' if d.applied else 'no'} | {test:.4f} |")
+                     f"{'yes' if d.applied else 'no'} | {test:.4f} | {paired_delta(w, y_test, argmax_pred, pred)} |")
     return lines
 
 
-def ensemble_table(runs, members, views, y_test) -> list[str]:
-    lines = ["| ensemble.weights | decision | fit on | mimic_fold_average | OOF F1 (fit view) | test F1 | test NLL "
-             "| notes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+def ensemble_table(runs, members, views, y_test, w) -> list[str]:
+    lines = ["| ensemble.weights | decision | fit on | mimic_fold_average | OOF F1 (fit view) | test F1 "
+             "| test vs equal+argmax [90% CI] | test NLL | notes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     settings = [(view, weights, decision, True) for view in views for weights in WEIGHTS
                 for decision in ("argmax", "macro_f1")]
     settings += [(views[-1], weights, "macro_f1", False) for weights in WEIGHTS]  # the averaging mismatch left alone
+    base = None
     for view, weights, decision, mimic in settings:
-        oof_f1, test, fit, nll = scored(members, oof_inputs(runs, view), weights, decision, y_test, mimic)
+        oof_f1, test, fit, nll, pred = scored(members, oof_inputs(runs, view), weights, decision, y_test, mimic)
+        versus = "(reference)" if base is None else paired_delta(w, y_test, base, pred)
+        base = pred if base is None else base  # equal weights, argmax: the first setting
         lines.append(f"| {weights} | {decision} | {view} | {'on' if mimic else 'off'} | {oof_f1:.4f} | {test:.4f} | "
-                     f"{nll:.4f} | {ensemble_note(weights, fit, decision)} |")
+                     f"{versus} | {nll:.4f} | {ensemble_note(weights, fit, decision)} |")
     return lines
 
 
@@ -196,9 +260,11 @@ def evaluate(names: list[str], run_dirs: list[Path], args) -> None:
     members = [Member(r, safe_log(softmax(f.reshape(-1, f.shape[-1])).reshape(f.shape).mean(0)), fold_test_logits=f)
                for r, f in zip(runs, fold_logits)]
     views = ["clean"] + (["robust"] if all(r.results.get("cv_macro_f1_robust") for r in runs) else [])
-    print(f"\n{len(y_test)} labelled test images; counts per class {np.bincount(y_test).tolist()}\n")
-    for title, lines in (("Runs", run_table(names, runs, members, views, y_test)),
-                         (f"Ensembles of the {len(runs)} runs", ensemble_table(runs, members, views, y_test)),
+    w = bootstrap_weights(y_test)
+    print(f"\n{len(y_test)} labelled test images; counts per class {np.bincount(y_test).tolist()}; intervals: "
+          f"paired bootstrap, {BOOTSTRAP} resamples of the test rows within each class\n")
+    for title, lines in (("Runs", run_table(names, runs, members, views, y_test, w)),
+                         (f"Ensembles of the {len(runs)} runs", ensemble_table(runs, members, views, y_test, w)),
                          ("Calibration of fold averages", calibration_table(names, runs, fold_logits, views, y_test))):
         print(f"## {title}\n")
         print("\n".join(lines) + "\n", flush=True)
