@@ -176,6 +176,7 @@ def test_train_infer_train_with_pseudo_labels_infer(pool_data, tmp_path):
     assert "26 of 51 test images added to every fold's training rows" in proc.stdout + proc.stderr
     results = json.loads((b / "results.json").read_text())
     assert results["pseudo"]["n_added"] == 26 and results["pseudo"]["teacher"]["runs"] == [str(a)]
+    assert "pseudo-labels: 26 of 51 test images" in (b / "report.md").read_text()
     probs = pd.read_csv(a / "infer" / "test_probs.csv", dtype={"ID": str}).set_index("ID")
     top = probs.max(axis=1).sort_values(ascending=False, kind="stable").index[:26]
     chosen = pd.read_csv(b / "pseudo_labels.csv", dtype={"ID": str})
