@@ -221,11 +221,26 @@ def load_run_data(run: RunContext) -> RunData:
 
 def load_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet | None,
                        sizes: list[int]) -> PseudoSet | None:
-    """pseudo.source: the selected test images (data/pseudo.py), decoded through the same cache as
-    the training images (the whole test split, the entry inference reuses); an undecodable one is
-    left out with a warning. The selection goes to pseudo_labels.csv (a resume must find it equal)."""
+    """pseudo.source: the selected test images (data/pseudo.py) decoded, and the selection written to
+    pseudo_labels.csv (a resumed run must find it equal: the same teacher, the same rows)."""
     if pseudo is None:
         return None
+    if len(pseudo):
+        decode_pseudo_images(run, source, pseudo, sizes)
+    frame = selection_frame(pseudo, source.classes)
+    if distributed.is_main():
+        check_unchanged(run.run_dir, frame)
+        atomic_write_csv(frame, run.run_dir / SELECTION_FILE, index=False)
+    counts = ", ".join(f"{c} {n}" for c, n in pseudo.counts(source.classes).items() if n)
+    log.info("pseudo.source=%s: %d of %d test images added to every fold's training rows (%s labels, weight %g)%s",
+             pseudo.source, len(pseudo), pseudo.n_pool, "soft" if pseudo.soft else "hard", pseudo.weight,
+             f": {counts}" if counts else "")
+    return pseudo
+
+
+def decode_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet, sizes: list[int]) -> None:
+    """The test split decoded at every training size through the same cache as the training images
+    (the entry inference reuses); a selected image that cannot be decoded is left out with a warning."""
     paths, bad = list(source.test["path"]), set()
     for size in sizes:
         with distributed.main_first():
@@ -237,15 +252,6 @@ def load_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet | 
         log.warning("pseudo.source: %d selected test image(s) cannot be decoded and are left out: %s",
                     int(undecodable.sum()), ", ".join(np.asarray(pseudo.ids)[undecodable][:20]))
         pseudo.drop(~undecodable)
-    frame = selection_frame(pseudo, source.classes)
-    if distributed.is_main():
-        check_unchanged(run.run_dir, frame)
-        atomic_write_csv(frame, run.run_dir / SELECTION_FILE, index=False)
-    counts = ", ".join(f"{c} {n}" for c, n in pseudo.counts(source.classes).items() if n)
-    log.info("pseudo.source=%s: %d of %d test images added to every fold's training rows (%s labels, weight %g)%s",
-             pseudo.source, len(pseudo), pseudo.n_pool, "soft" if pseudo.soft else "hard", pseudo.weight,
-             f": {counts}" if counts else "")
-    return pseudo
 
 
 def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> None:
