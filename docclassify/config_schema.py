@@ -482,6 +482,19 @@ class SubmitInfer:
     overrides: list[str] = field(default_factory=list)
 
 
+# ------------------------------------------------------------------------------------------ pseudo-labels
+@dataclass
+class PseudoConfig:
+    """``pseudo.*`` of conf/train.yaml: confident test images as extra training rows (data/pseudo.py)."""
+
+    source: str | None = None
+    threshold: float | None = key(0.9, ge=0.0, le=1.0)
+    top_fraction: float | None = key(None, gt=0.0, le=1.0)
+    per_class_max: int | None = key(None, ge=1)
+    soft: bool = False
+    weight: float = key(1.0, gt=0.0, le=100.0)
+
+
 # ------------------------------------------------------------------------------------------ primary configs
 @dataclass
 class TrainConfig:
@@ -508,6 +521,7 @@ class TrainConfig:
     validation: Any = MISSING
     hparams_search: Any = None
     shift: ShiftCheck = field(default_factory=ShiftCheck)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     submit: bool = False
     infer: SubmitInfer = field(default_factory=SubmitInfer)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 USAGE_EXIT_CODE = 2
 # What a run dir holds before any training: Hydra's files and what a run writes before its
-# first epoch (engine.resume's run_config.yaml / run_overrides.yaml, engine.kfold's folds.csv).
+# first epoch (engine.resume's run_config.yaml / run_overrides.yaml, engine.kfold's folds.csv and pseudo_labels.csv).
 HYDRA_FILES = (".hydra",)
-SETUP_FILES = ("run_config.yaml", "run_overrides.yaml", "folds.csv")
+SETUP_FILES = ("run_config.yaml", "run_overrides.yaml", "folds.csv", "pseudo_labels.csv")
 
 # Run dirs named on the command line (hydra.run.dir=...) that existed before Hydra started:
 # never removed, whatever they hold.

@@ -12,15 +12,22 @@ class ImageDataset(Dataset):
     engine, so host->device copies stay 4x smaller than float32.
 
     ``orientation_labels``: (tensor, target, element index), the dihedral element the augmentation
-    turned the image by (data/orientation.py; 0, the identity, without a transform)."""
+    turned the image by (data/orientation.py; 0, the identity, without a transform).
+
+    ``weights`` (one per row of ``images``; pseudo-labels, data/pseudo.py): (tensor, target, element
+    index, weight), the element always present then. ``target_rows`` ((rows, K) probabilities, soft
+    pseudo-labels): the target is that float row instead of the class index."""
 
     def __init__(self, images, indices: np.ndarray, targets: np.ndarray | None, transform=None,
-                 orientation_labels: bool = False):
+                 orientation_labels: bool = False, target_rows: np.ndarray | None = None,
+                 weights: np.ndarray | None = None):
         self.images = images
         self.indices = np.asarray(indices, dtype=np.int64)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
         self.transform = transform
         self.orientation_labels = bool(orientation_labels)
+        self.target_rows = None if target_rows is None else np.asarray(target_rows, dtype=np.float32)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -34,4 +41,8 @@ class ImageDataset(Dataset):
             img, element = out.image, out.element.index
         tensor = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
         target = -1 if self.targets is None else int(self.targets[row])
+        if self.target_rows is not None:
+            target = torch.from_numpy(self.target_rows[row])
+        if self.weights is not None:
+            return tensor, target, element, float(self.weights[row])
         return (tensor, target, element) if self.orientation_labels else (tensor, target)

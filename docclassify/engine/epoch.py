@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from timm.utils import unwrap_model
 
 from docclassify.engine.distributed import all_ranks_true
@@ -56,6 +57,7 @@ class FoldParts:
     ema: Any = None                   # timm.utils.ModelEmaV3, or None
     scaler: Any = None                # torch.amp.GradScaler (fp16), or None
     orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation.py)
+    label_smoothing: float = 0.0      # for probability-row targets (soft pseudo-labels), see forward_losses
 
 
 @dataclass
@@ -124,8 +126,10 @@ def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
     t0 = time.perf_counter() - p.elapsed
     parts.optimizer.zero_grad(set_to_none=True)
     for i, (images, targets, *labels) in enumerate(loader, start=p.step):
-        # labels: the element each image was turned by, when the model has an orientation head
-        loss, head_loss = forward_losses(parts, images, targets, ctx, labels[0] if labels else None)
+        # labels: the element each image was turned by (with an orientation head, or with
+        # pseudo-labels), then each sample's loss weight (pseudo-labels, data/pseudo.py)
+        loss, head_loss = forward_losses(parts, images, targets, ctx, labels[0] if labels else None,
+                                         labels[1] if len(labels) > 1 else None)
         # Under DDP all ranks skip (or stop) together: a lone skipping rank would deadlock the others.
         if not all_ranks_true(torch.isfinite(loss)):
             _skip_nonfinite(parts, ctx, loss, f"at epoch {epoch}, step {i} of {n_batches} (update {p.updates})")
@@ -160,28 +164,79 @@ def forward_loss(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor, 
 
 
 def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor, ctx: StepContext,
-                   elements: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   elements: torch.Tensor | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalise, mix (mixup/cutmix soft targets), forward under autocast, losses in float32.
 
     Returns (the loss to minimise, the orientation head's own loss or None). With an orientation
     head and the batch's ``elements``, the head's loss (weighted) is added; its targets are mixed
-    like the class targets (engine/orientation.py)."""
+    like the class targets (engine/orientation.py). ``weights`` (pseudo-labels): each sample's loss
+    weight, passed to the loss as ``weight=``; ``targets`` may then be (N, K) probability rows
+    (soft pseudo-labels), see :func:`mix_weighted`."""
     x = to_model_input(images, ctx)
     y = targets.to(ctx.device, non_blocking=True)
     head = parts.orientation if elements is not None else None
     o = None if head is None else element_labels(elements.to(ctx.device, non_blocking=True), head.head)
-    mixup = parts.mixup
-    if mixup is not None and len(x) % 2 == 0:
+    mixup, w = parts.mixup, None
+    if weights is not None:
+        x, y, o, w = mix_weighted(parts, x, y, o, weights.to(ctx.device, non_blocking=True).float())
+    elif mixup is not None and len(x) % 2 == 0:
         x, y, o = mix_with_orientation(mixup, x, y, o, head.n) if head is not None else (*mixup(x, y), None)
     elif mixup is not None:
         # timm's batch mixup needs an even batch: fall back to smoothed one-hot targets.
         y = smooth_one_hot(y, mixup.num_classes, mixup.label_smoothing)
     with autocast(ctx):
         if head is None:
-            return parts.loss_fn(parts.train_model(x).float(), y), None
+            return class_loss(parts, parts.train_model(x).float(), y, w), None
         logits, head_logits = parts.train_model(x, orientation=True)
         head_loss = orientation_loss(head_logits.float(), o)
-        return parts.loss_fn(logits.float(), y) + head.weight * head_loss, head_loss
+        return class_loss(parts, logits.float(), y, w) + head.weight * head_loss, head_loss
+
+
+def class_loss(parts: FoldParts, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``loss_fn(logits, y)``, with ``weight=w`` only when some weight is not 1 (a ``torch.nn`` loss
+    without ``weight`` still trains with pseudo.weight=1)."""
+    if w is None or bool((w == 1).all()):
+        return parts.loss_fn(logits, y)
+    return parts.loss_fn(logits, y, weight=w)
+
+
+def mix_weighted(parts: FoldParts, x: torch.Tensor, y: torch.Tensor, o: torch.Tensor | None, w: torch.Tensor):
+    """A batch with per-sample weights (pseudo-labels): (images, class targets, orientation targets,
+    weights) after mixup/cutmix, which mixes targets *and* weights of each pair by its lambda, as
+    timm mixes hard targets. Probability-row targets (soft pseudo-labels) get
+    regularization.label_smoothing here (``(1 - s) * row + s / K``), as class indices get it in the
+    loss or in timm's Mixup."""
+    mixup = parts.mixup
+    if mixup is None:
+        return x, smooth_rows(y, parts.label_smoothing), o, w
+    # timm's batch mixup needs an even batch (an odd one: smoothed one-hot rows, as forward_losses does)
+    y = y.float() if y.ndim == 2 else F.one_hot(y, int(mixup.num_classes)).float()
+    if len(x) % 2 == 0:
+        x, m = mixing_matrix(mixup, x)
+        y, w = m @ y, m @ w
+        o = None if o is None else m @ F.one_hot(o, parts.orientation.n).float()
+    return x, smooth_rows(y, mixup.label_smoothing), o, w
+
+
+def smooth_rows(y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Probability rows -> ``(1 - s) * row + s / K``; class indices unchanged (the loss smooths them)."""
+    if y.ndim != 2 or not smoothing:
+        return y
+    return y * (1.0 - float(smoothing)) + float(smoothing) / y.shape[1]
+
+
+def mixing_matrix(mixup, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup on ``x`` with the sample indices as the labels (no smoothing): (mixed images,
+    the (N, N) matrix M with row i = lam_i e_i + (1 - lam_i) e_partner(i)). ``M @ rows`` mixes any
+    per-sample rows (probability targets, weights, orientation targets) exactly as the images."""
+    k, smoothing = mixup.num_classes, mixup.label_smoothing
+    mixup.num_classes, mixup.label_smoothing = len(x), 0.0
+    try:
+        x, m = mixup(x, torch.arange(len(x), device=x.device))
+    finally:
+        mixup.num_classes, mixup.label_smoothing = k, smoothing
+    return x, m.float()
 
 
 def optimizer_step(parts: FoldParts, ctx: StepContext, p: EpochProgress) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from docclassify.data.augment import TrainTransform
 from docclassify.data.match import build_match
+from docclassify.data.pseudo import TrainingSet, fold_training_set
 from docclassify.data.validation import copy_rows
 from docclassify.engine import distributed
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
@@ -168,17 +169,20 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
                                int(cfg.data.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
     images = data.images_by_size[plan.img_size]
-    train_loader, val_loader, sampler = build_loaders(images, train_idx, val_idx, data.targets, transform,
+    training = training_set(run, data, train_idx, plan.img_size)
+    train_loader, val_loader, sampler = build_loaders(images, training.rows, val_idx, training.targets, transform,
                                                       cfg.trainer, cfg.data.num_workers, run.seed + k, run.device,
                                                       orientation_labels=head != "none",
-                                                      sampler_mode=str(cfg.data.get("sampler", "natural")))
+                                                      sampler_mode=str(cfg.data.get("sampler", "natural")),
+                                                      train_images=training.images, target_rows=training.target_rows,
+                                                      sample_weights=training.weights)
     ctx = step_context(cfg.trainer, run, mean, std)
-    parts = build_fold_parts(model, cfg, ctx, class_counts(data.targets[train_idx], data.num_classes),
+    parts = build_fold_parts(model, cfg, ctx, class_counts(training.targets[training.rows], data.num_classes),
                              len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
-            "n_train": len(train_idx), "n_val": len(val_idx)}
-    log.info("fold %d: %s at %d px, %d train / %d val images", k, mc.timm_name, plan.img_size,
-             len(train_idx), len(val_idx))
+            "n_train": len(train_idx), "n_val": len(val_idx), "n_pseudo": training.n_pseudo}
+    log.info("fold %d: %s at %d px, %d train%s / %d val images", k, mc.timm_name, plan.img_size, len(train_idx),
+             f" + {training.n_pseudo} pseudo-labelled" if training.n_pseudo else "", len(val_idx))
     job = FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
                   run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
@@ -187,6 +191,14 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     job.orientation = orientation_check(cfg.augment, head, len(val_idx),
                                         robust_copies_of=(data.ids[val_idx], data.robust) if job.copies else None)
     return job
+
+
+def training_set(run: RunContext, data: RunData, train_idx: np.ndarray, img_size: int) -> TrainingSet:
+    """The fold's training rows, plus every pseudo-labelled test image (pseudo.source; never a
+    validation row). trainer.overfit_batches trains on validation rows only: no pseudo rows then."""
+    pseudo = data.pseudo if int(run.cfg.trainer.overfit_batches) == 0 else None
+    return fold_training_set(data.images_by_size[img_size], data.targets, train_idx, pseudo, img_size,
+                             data.num_classes)
 
 
 def match_step(run: RunContext, data: RunData, img_size: int, seed: int):

@@ -2,6 +2,7 @@
 
     start_run      checks, run dir, seed, device, AMP (a RunContext)
     load_run_data  data source -> fold plans -> decoded images per size -> fold assignment
+                   (+ pseudo.source: the selected test images and their teacher labels, data/pseudo.py)
     add_robust_copies  the distortion profile -> every row's distorted copies per size (validation)
     run_fold       for each selected fold (engine.fold: build, epochs, best checkpoint, OOF logits)
     pool_oof       the folds' OOF rows -> oof.csv + cv macro F1, oof_robust.csv + its F1 (engine.oof)
@@ -27,6 +28,7 @@ from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
 from docclassify.data.images import image_size
+from docclassify.data.pseudo import SELECTION_FILE, PseudoSet, check_unchanged, load_pseudo_set, selection_frame
 from docclassify.data.shift import run_shift_check
 from docclassify.data.sources import DataSource, apply_decisions, load_source
 from docclassify.data.validation import RobustSpec, normalise_profile, robust_copies
@@ -83,6 +85,8 @@ class RunData:
     robust: RobustSpec | None = None  # the robust view's profile, copies and seed (None: validation=clean)
     copies_by_size: dict[int, object] = field(default_factory=dict)  # every row's copies per size
     own_sizes: list | None = None  # (height, width) of every row's image file (augment.match_validation)
+    # pseudo.source: test images that join every fold's training rows (never a validation fold)
+    pseudo: PseudoSet | None = None
 
     @property
     def targets(self) -> np.ndarray:
@@ -106,9 +110,13 @@ class RunData:
         return dict(self.robust.profile) if self.robust is not None else normalise_profile({})
 
     def image_sizes(self) -> list:
-        """Every row's (height, width) as decoded, from the file headers (read once; None: unreadable)."""
+        """Every row's (height, width) as decoded, from the file headers (read once; None: unreadable),
+        the pseudo rows' after the training rows' (their row numbers in a fold's training set)."""
         if self.own_sizes is None:
-            self.own_sizes = [image_size(p) for p in self.source.train["path"]]
+            paths = list(self.source.train["path"])
+            if self.pseudo is not None:
+                paths += [self.source.test["path"].iloc[int(r)] for r in self.pseudo.test_rows]
+            self.own_sizes = [image_size(p) for p in paths]
         return self.own_sizes
 
     def validation_rows(self, k: int) -> np.ndarray:
@@ -174,6 +182,7 @@ def load_run_data(run: RunContext) -> RunData:
     with distributed.main_first():  # rank 0 builds generated data / caches, the other ranks reuse them
         source = load_source(cfg.data, cfg.paths.cache_dir)
     source = apply_decisions(source, cfg.data.get("relabel"), cfg.data.get("exclude"))
+    pseudo = load_pseudo_set(cfg.get("pseudo"), source)  # a bad pseudo.source stops here, before any decoding
     n_folds = int(cfg.folds.n)
     plans = plan_folds(cfg, folds_to_run(cfg.folds.run, n_folds))
     if distributed.is_main():
@@ -205,7 +214,44 @@ def load_run_data(run: RunContext) -> RunData:
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")
-    return RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile, grouped)
+    data = RunData(source, plans, images_by_size, folds, keep, skipped, fitted_profile, grouped)
+    data.pseudo = load_pseudo_images(run, source, pseudo, sorted({p.img_size for p in plans}))
+    return data
+
+
+def load_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet | None,
+                       sizes: list[int]) -> PseudoSet | None:
+    """pseudo.source: the selected test images (data/pseudo.py) decoded, and the selection written to
+    pseudo_labels.csv (a resumed run must find it equal: the same teacher, the same rows)."""
+    if pseudo is None:
+        return None
+    if len(pseudo):
+        decode_pseudo_images(run, source, pseudo, sizes)
+    frame = selection_frame(pseudo, source.classes)
+    if distributed.is_main():
+        check_unchanged(run.run_dir, frame)
+        atomic_write_csv(frame, run.run_dir / SELECTION_FILE, index=False)
+    counts = ", ".join(f"{c} {n}" for c, n in pseudo.counts(source.classes).items() if n)
+    log.info("pseudo.source=%s: %d of %d test images added to every fold's training rows (%s labels, weight %g)%s",
+             pseudo.source, len(pseudo), pseudo.n_pool, "soft" if pseudo.soft else "hard", pseudo.weight,
+             f": {counts}" if counts else "")
+    return pseudo
+
+
+def decode_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet, sizes: list[int]) -> None:
+    """The test split decoded at every training size through the same cache as the training images
+    (the entry inference reuses); a selected image that cannot be decoded is left out with a warning."""
+    paths, bad = list(source.test["path"]), set()
+    for size in sizes:
+        with distributed.main_first():
+            pseudo.images_by_size[size], found = load_images(paths, size, run.cfg.data, run.cfg.paths.cache_dir,
+                                                             check=distributed.is_main())
+        bad.update(distributed.broadcast_object(found))
+    undecodable = np.isin(pseudo.test_rows, sorted(bad))
+    if undecodable.any():
+        log.warning("pseudo.source: %d selected test image(s) cannot be decoded and are left out: %s",
+                    int(undecodable.sum()), ", ".join(np.asarray(pseudo.ids)[undecodable][:20]))
+        pseudo.drop(~undecodable)
 
 
 def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> None:
@@ -282,6 +328,7 @@ def run_info(run: RunContext, data: RunData) -> dict:
     log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s", data.source.name, n_train,
              data.num_classes, folds, int(run.cfg.folds.n), run.device, run.amp.name)
     return {"run_dir": str(run.run_dir), "classes": data.classes, "folds": folds, "n_train": n_train,
+            "n_pseudo": len(data.pseudo) if data.pseudo is not None else 0,
             "device": str(run.device), "amp": run.amp.name}
 
 
@@ -322,6 +369,7 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
         data_info = {"name": data.source.name, "root": str(data.source.root), **data.source.decisions,
                      **({"duplicate_groups": data.duplicate_groups} if data.duplicate_groups else {})}
         results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
+        results["pseudo"] = data.pseudo.as_dict(data.classes) if data.pseudo is not None else None
         results["seconds"] = round(seconds, 2)
         results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
         if main:

@@ -71,7 +71,7 @@ def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts
     ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module
     train_model = torch.compile(ddp_model) if trainer.compile else ddp_model
     return FoldParts(model, train_model, optimizer, scheduler, loss_fn, mixup, ema, scaler,
-                     build_orientation_training(orientation_head_of(model), reg))
+                     build_orientation_training(orientation_head_of(model), reg), float(reg.label_smoothing))
 
 
 def eval_model(parts: FoldParts) -> torch.nn.Module:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 OVERRIDES_FILE = "run_overrides.yaml"
 RUN_CONFIG_FILE = "run_config.yaml"
 # What must match for a run dir's saved folds to be continued by this config.
-COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed")
+COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed", "pseudo")
 
 
 class ResumableSampler(DistributedSampler):
@@ -164,6 +164,9 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 def _compat_view(c: dict) -> dict:
     out = {k: c.get(k) for k in ("data", "model", "ensemble", "seed")}
     out["n_folds"] = (c.get("folds") or {}).get("n")
+    # pseudo off (or a run dir from before pseudo-labels) compares equal; on, every pseudo key must match
+    pseudo = c.get("pseudo") or {}
+    out["pseudo"] = pseudo if pseudo.get("source") else None
     return json.loads(json.dumps(out, default=str))
 
 

@@ -341,6 +341,16 @@ def run_tables(folds: list[FoldResult], classes: Sequence[str]) -> pd.DataFrame:
     return df[["scope", *[c for c in df.columns if c != "scope"]]]
 
 
+def pseudo_lines(pseudo: dict | None) -> list[str]:
+    """report.md's pseudo-label line (pseudo.source): how many test images trained, per class."""
+    if not pseudo:
+        return []
+    counts = ", ".join(f"{c} {n}" for c, n in pseudo["per_class"].items() if n) or "none"
+    return [f"- pseudo-labels: {pseudo['n_added']} of {pseudo['n_pool']} test images from {pseudo['source']} "
+            f"({'soft' if pseudo.get('soft') else 'hard'}, weight {pseudo.get('weight')}) trained every fold, "
+            f"never validated; per predicted class: {counts}"]
+
+
 def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequence[str],
                      results: dict | None = None) -> dict[str, Path]:
     """confusion_matrix.png (pooled OOF), curves.png, per_class.csv and report.md of a training run."""
@@ -371,7 +381,8 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
                f"- cv accuracy: {results['cv_accuracy']:.4f}",
                f"- mean of fold macro F1: {results['mean_fold_macro_f1']:.4f}",
                f"- OOF rows: {results['n_oof_rows']}, folds run: {results['folds_run']} of {results['n_folds']}",
-               f"- pipeline: {results.get('pipeline')}, experiment: {results.get('experiment')}", ""]
+               f"- pipeline: {results.get('pipeline')}, experiment: {results.get('experiment')}"]
+        md += [*pseudo_lines(results.get("pseudo")), ""]
     else:
         md += [f"- OOF macro F1 so far (folds {fold_names}): {macro:.4f}", ""]
     fold_rows = pd.DataFrame([{

@@ -371,6 +371,9 @@ class WandbTracker(Callback):
                    # The number a sweep optimises (what docclassify.train returns), for parallel coordinates.
                    "objective": results.get("objective", results["cv_macro_f1"])}
         summary.update(orientation_run_metrics(results.get("orientation")))
+        if results.get("pseudo"):  # pseudo.source: how many test images joined training, per class
+            summary["pseudo/n_added"] = results["pseudo"]["n_added"]
+            summary.update({f"pseudo/per_class/{c}": n for c, n in results["pseudo"]["per_class"].items()})
         run.summary.update(summary)
         files = log_files(run, self.run_dir, artifact_name(self.identity["group"], "results"), "results",
                           RESULT_FILES, {"cv_macro_f1": results["cv_macro_f1"], "folds_run": results["folds_run"]})
