@@ -70,7 +70,8 @@ def load_average() -> str:
 def machine_line() -> str:
     import torch
 
-    return (f"{platform.node()} | {os.cpu_count()} CPUs | load avg {load_average()} | python {platform.python_version()}"
+    return (f"{platform.node()} | {os.cpu_count()} CPUs | load avg {load_average()} "
+            f"| python {platform.python_version()}"
             f" | torch {torch.__version__} ({torch.get_num_threads()} threads) | cuda {torch.cuda.is_available()}")
 
 
@@ -113,7 +114,8 @@ def children_pids(pid: int | None = None) -> list[int]:
 
 def run_child(script: Path, args: list[str], env: dict | None = None, timeout: int = 1800) -> dict:
     """Run ``script --one ...`` in a fresh process (clean thread pools, caches, RSS); parse its JSON line."""
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, check=False,
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout,
+                          check=False,
                           env={**os.environ, **(env or {})}, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -73,7 +73,8 @@ def main() -> None:
                 return self.m.draw(image, row, self.epoch)
 
         cells = [per_sample_ms(t, images, args.samples) for t in (
-            transform(basic), transform(advanced), MatchOnly(default), MatchOnly(photo), transform(basic, default, 0.5))]
+            transform(basic), transform(advanced), MatchOnly(default), MatchOnly(photo),
+            transform(basic, default, 0.5))]
         print(f"| {size} px | " + " | ".join(f"{c:.2f} ms" for c in cells) + " |", flush=True)
     print(machine_line())
 

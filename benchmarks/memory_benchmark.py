@@ -84,7 +84,8 @@ def main(argv=None) -> None:
         print(f"{fold:>4} {main_rss:>12.0f} {kids_rss:>15.0f} {total_pss:>13.0f} {n_kids:>7}")
     first, last = rows[0], rows[-1]
     print(f"fold {last[0]} / fold {first[0]}: main RSS {last[1] / first[1]:.3f}, total PSS {last[3] / first[3]:.3f}; "
-          f"main RSS after the run {after:.0f} MiB, peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"main RSS after the run {after:.0f} MiB, "
+          f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(f"load avg at the end: {machine_line().split('load avg ')[1].split(' |')[0]}")
 
 

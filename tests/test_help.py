@@ -49,4 +49,5 @@ def test_help_groups_marks_the_selection_and_skips_hydra_and_schemas():
     text = help_groups(OmegaConf.create({"tta": "dihedral", "hydra": "default", "hydra/help": "default",
                                          "schema/trainer": "default", "experiment": None}))
     assert text.splitlines() == ["experiment: convnext_base_384_best, robust_recipe_synthetic  (none selected)",
-                                 "tta: auto, comprehensive, [dihedral], essential, flip, none, orient, orient_soft, rot90"]
+                                 "tta: auto, comprehensive, [dihedral], essential, flip, none, orient, orient_soft, "
+                                 "rot90"]
