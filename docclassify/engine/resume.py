@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 OVERRIDES_FILE = "run_overrides.yaml"
 RUN_CONFIG_FILE = "run_config.yaml"
 # What must match for a run dir's saved folds to be continued by this config.
-COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed", "pseudo")
+COMPATIBLE_KEYS = ("data", "model", "n_folds", "ensemble", "seed", "pseudo", "validation")
 
 
 class ResumableSampler(DistributedSampler):
@@ -167,6 +167,10 @@ def _compat_view(c: dict) -> dict:
     # pseudo off (or a run dir from before pseudo-labels) compares equal; on, every pseudo key must match
     pseudo = c.get("pseudo") or {}
     out["pseudo"] = pseudo if pseudo.get("source") else None
+    # What picked each finished fold's best epoch and made its robust OOF rows (a run dir from before
+    # robust validation has no validation key: nothing to compare).
+    if c.get("validation") is not None:
+        out["validation"] = {"validation": c["validation"], "monitor": (c.get("trainer") or {}).get("monitor")}
     return json.loads(json.dumps(out, default=str))
 
 
@@ -188,7 +192,7 @@ def check_resume_compatible(run_dir: Path, cfg: DictConfig) -> None:
         return json.dumps(saved.get(key), sort_keys=True, default=str) == \
             json.dumps(current.get(key), sort_keys=True, default=str)
 
-    diff = [k for k in COMPATIBLE_KEYS if not same(k)]
+    diff = [k for k in COMPATIBLE_KEYS if not same(k) and not (k == "validation" and saved.get(k) is None)]
     if diff:
         raise DataError(f"{run_dir} holds a run with a different config ({diff}); "
                         "use a new hydra.run.dir or resume with the original settings")

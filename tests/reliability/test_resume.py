@@ -187,3 +187,26 @@ def test_resume_with_more_epochs_follows_the_longer_schedule(tiny_data, tmp_path
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     # Cosine over 2 epochs ends at min_lr (1e-6); re-planned over 4, epoch 2 is still well above it.
     assert history[1]["lr"] < 1e-5 and history[2]["lr"] > 1e-4 and history[3]["lr"] < history[2]["lr"]
+
+
+def test_resume_refuses_another_validation_or_monitor_but_accepts_a_run_dir_from_before_it(tmp_path):
+    """Finished folds keep the best epoch their monitor picked and the robust rows their copies made:
+    resuming them under another validation / trainer.monitor would pool incomparable folds."""
+    from omegaconf import OmegaConf
+
+    from docclassify.engine.resume import check_resume_compatible
+
+    base = {"data": {"name": "x"}, "model": {}, "ensemble": {}, "seed": 1, "folds": {"n": 2},
+            "trainer": {"monitor": "auto"}}
+    both = {**base, "validation": {"name": "both", "copies": 2}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    check_resume_compatible(run_dir, OmegaConf.create(both))  # writes run_config.yaml
+    check_resume_compatible(run_dir, OmegaConf.create(both))
+    for other in ({**both, "validation": {"name": "clean"}}, {**both, "trainer": {"monitor": "clean"}}):
+        with pytest.raises(Exception, match=r"different config \(\['validation'\]\)"):
+            check_resume_compatible(run_dir, OmegaConf.create(other))
+    old = tmp_path / "old"  # a run dir written before the validation group existed
+    old.mkdir()
+    check_resume_compatible(old, OmegaConf.create(base))
+    check_resume_compatible(old, OmegaConf.create(both))
