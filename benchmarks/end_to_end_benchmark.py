@@ -5,7 +5,8 @@ compose+checks, data, first step, training, wrap-up, plus the interpreter's exit
 
 docclassify: `python -m docclassify.train` on fold 0 of 5 (pipeline=highperf with its hard
              augmentation off: mixup 0.8 / cutmix 1.0, label smoothing 0.1, EMA, drop-path 0.1,
-             AdamW, grad clip), once with an empty decode cache (cold) and once warm.
+             AdamW, grad clip; clean validation, no shift report, no quarter turns: the work timm's
+             command does), once with an empty decode cache (cold) and once warm.
 timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0 --smoothing 0.1
              --model-ema --drop-path 0.1 --clip-grad 1.0) on an ImageFolder view (symlinks) of
              the same fold-0 split. train.py is not part of the timm package: pass the path of
@@ -104,7 +105,10 @@ def docclassify_cmd(args, epochs: int, run_dir: Path, cache_dir: Path) -> list[s
            f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
            f"trainer.batch_size={args.batch}", f"trainer.epochs={epochs}", "folds.n=5", "folds.run=[0]",
            "pipeline=highperf", "augment.advanced_p_end=0.0", f"trainer.lr={args.lr}", "schedule.warmup_epochs=0",
-           "trainer.amp=none", "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}"]
+           "trainer.amp=none", "logger=none", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache_dir}",
+           # The work timm's command does: validate the clean rows (no distorted copies, whose cost
+           # robust_validation_cost.py measures), no shift report, no quarter turns (not in timm's recipe).
+           "validation=clean", "shift.report=false", "augment.orientation=none"]
     if args.workers is not None:
         cmd.append(f"data.num_workers={args.workers}")
     return cmd

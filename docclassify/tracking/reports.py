@@ -308,6 +308,13 @@ class FoldResult:
     best_epoch: int | None = None
 
 
+def _best_epoch_value(fr: FoldResult, key: str) -> float | None:
+    """``key`` of the fold's best epoch in its history (e.g. the robust copies' macro F1), else None."""
+    row = next((h for h in fr.history if h.get("epoch") == fr.best_epoch), None)
+    value = None if row is None else row.get(key)
+    return None if value is None else float(value)
+
+
 def fold_result_from_outcome(fold: int, outcome: dict[str, Any]) -> FoldResult:
     """From the engine's on_fold_end payload."""
     logits = np.asarray(outcome["val_logits"])
@@ -388,10 +395,13 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
     fold_rows = pd.DataFrame([{
         "fold": fr.fold, "model": fr.model, "best epoch": None if fr.best_epoch is None else fr.best_epoch + 1,
         "epochs": len(fr.history), "val macro F1": metrics.macro_f1(fr.y_true, fr.y_pred),
-        "val accuracy": metrics.accuracy(fr.y_true, fr.y_pred), "val images": len(fr.y_true),
+        "val accuracy": metrics.accuracy(fr.y_true, fr.y_pred),
+        "robust macro F1": _best_epoch_value(fr, "val_macro_f1_robust"), "val images": len(fr.y_true),
         "misclassified": f"[grid](misclassified_fold{fr.fold}.png)"
         if (run_dir / f"misclassified_fold{fr.fold}.png").is_file() else "",
     } for fr in folds])
+    if len(fold_rows) and fold_rows["robust macro F1"].isna().all():  # validation=clean
+        fold_rows = fold_rows.drop(columns="robust macro F1")
     if len(fold_rows):
         md += ["## Folds", "", _md_table(fold_rows), ""]
     md += orientation_section(results)

@@ -145,6 +145,10 @@ def test_wandb_offline_one_run_per_fold_and_local_reports(tiny_data, tmp_path):
     assert oof["f1"].item() == pytest.approx(results["cv_macro_f1"], abs=1e-6)
     md = (run_dir / "report.md").read_text()
     assert "(finished)" in md and f"{results['cv_macro_f1']:.4f}" in md
+    # The fold table: clean and robust macro F1 of each fold's best epoch (validation=both).
+    assert "| robust macro F1 |" in md.split("## Folds", 1)[1].split("\n")[2]
+    for f in results["folds"]:
+        assert f"{f['best_macro_f1_robust']:.4f}" in md.split("## Folds", 1)[1].split("##", 1)[0]
     for link in ("confusion_matrix.png", "curves.png", "per_class.csv", "misclassified_fold1.png"):
         assert f"({link})" in md
 
