@@ -91,6 +91,10 @@ def check_compatible(jobs: list[dict]) -> None:
                 raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: {key} differs; the jobs of "
                                      "one K-fold run must validate alike (same validation option, profile, "
                                      "copies, seed and trainer.monitor)")
+        if job["results"].get("pseudo") != first["results"].get("pseudo"):
+            raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: they trained with different "
+                                 "pseudo-label selections (pseudo.*); the jobs of one K-fold run must add the same "
+                                 "test images")
         if job["results"]["classes"] != first["results"]["classes"]:
             raise AggregateError(f"cannot merge {first['dir']} and {job['dir']}: their classes differ")
         if not job["folds"].equals(first["folds"]):
@@ -156,6 +160,7 @@ def merge_jobs(job_dirs: list[Path], out_dir: Path) -> dict:
     validation = first["results"].get("validation") or {}
     robust = RobustSpec.from_dict(validation) if "profile" in validation else None
     results = run_results(pooled, cfg, first["results"]["data"], skipped, outcomes, robust)
+    results["pseudo"] = first["results"].get("pseudo")  # the same selection in every job (check_compatible)
     results["seconds"] = round(sum(float(job["results"].get("seconds", 0.0)) for job in jobs), 2)
     if "distributed" in first["results"]:
         results["distributed"] = first["results"]["distributed"]

@@ -119,6 +119,13 @@ def test_merge_refuses_other_splits_and_repeated_folds(fold_sweep, tmp_path, cap
     with pytest.raises(AggregateError, match="validation differs"):
         merge_jobs([job0, other_view], tmp_path / "out_view")
 
+    other_pseudo = _copy_job(job1, tmp_path / "pseudo")  # other test images added to training
+    results = json.loads((other_pseudo / "results.json").read_text())
+    results["pseudo"] = {"source": "/teacher", "n_added": 3}
+    (other_pseudo / "results.json").write_text(json.dumps(results))
+    with pytest.raises(AggregateError, match="different pseudo-label selections"):
+        merge_jobs([job0, other_pseudo], tmp_path / "out_pseudo")
+
     unfinished = _copy_job(job1, tmp_path / "unfinished")
     (unfinished / "results.json").unlink()
     with pytest.raises(AggregateError, match="has not finished"):
