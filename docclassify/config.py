@@ -3,6 +3,7 @@ resolvers of the entrypoints' ``--help`` (conf/hydra/default.yaml: ``hydra.help`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -80,14 +81,28 @@ def foreign_group_errors(config_name: str, argv: list[str], hint: str = "") -> l
     errors = []
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~")
-        if arg.startswith("-") or "=" not in arg or "." in key or "/" in key or key in own:
+        if arg.startswith("-") or "=" not in arg or "/" in key:
             continue
-        owners = [name for name in ABOUT if name != config_name and key in primary_groups(name)]
+        if "." in key:  # a key inside a block only the other entrypoint has (infer pseudo.source=...)
+            top = key.split(".", 1)[0]
+            owners = [] if top in _top_level_keys(config_name) else \
+                [name for name in ABOUT if name != config_name and top in _top_level_keys(name)]
+            what = f"{top}.* is a key of"
+        else:
+            owners = [] if key in own else \
+                [name for name in ABOUT if name != config_name and key in primary_groups(name)]
+            what = f"{key} is an option of"
         if owners:
-            errors.append(f"{arg}: {key} is an option of python -m docclassify.{owners[0]}, not of docclassify."
+            errors.append(f"{arg}: {what} python -m docclassify.{owners[0]}, not of docclassify."
                           f"{config_name}{hint}. Its groups: {', '.join(sorted(own))}; every key: "
                           f"python -m docclassify.{config_name} --help")
     return errors
+
+
+def _top_level_keys(config_name: str) -> set[str]:
+    """The top-level keys of an entrypoint's config (its groups and its own blocks, e.g. train's pseudo)."""
+    schema = {"train": config_schema.TrainConfig, "infer": config_schema.InferConfig}[config_name]
+    return {f.name for f in dataclasses.fields(schema)} | set(primary_groups(config_name))
 
 
 def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> None:

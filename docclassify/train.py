@@ -23,6 +23,8 @@ from docclassify.tracking import phases
 
 log = logging.getLogger("docclassify.train")
 PROG = "docclassify.train"
+# Why an infer option is not a train option (docclassify.config.foreign_group_errors).
+FOREIGN_HINT = " (with submit=true, give inference options as infer.<key>, e.g. infer.tta=orient)"
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -95,7 +97,7 @@ def cli(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     phases.mark("cli")
     phases.pause_gc()  # until the engine is imported (tracking/phases.py)
-    refuse_foreign_groups("train", argv)
+    refuse_foreign_groups("train", argv, FOREIGN_HINT)
     if _under_torchrun():
         from docclassify.engine import distributed
 

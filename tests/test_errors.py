@@ -149,6 +149,19 @@ def test_infer_refuses_a_training_group(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_key_of_the_other_entrypoints_block_is_refused_with_a_pointer():
+    from docclassify.config import foreign_group_errors
+
+    (infer_error,) = foreign_group_errors("infer", ["runs=[x]", "pseudo.source=/t", "data.root=/d", "tta.deskew=true"])
+    assert infer_error.startswith("pseudo.source=/t: pseudo.* is a key of python -m docclassify.train, not of "
+                                  "docclassify.infer")
+    (train_error,) = foreign_group_errors("train", ["infer.tta=orient", "tta.deskew=true", "hydra.run.dir=x",
+                                                    "+trainer.epoch=5", "model.pretrained=false"])
+    assert train_error.startswith("tta.deskew=true: tta.* is a key of python -m docclassify.infer")
+    assert foreign_group_errors("infer", ["model.pretrained=false"])[0].startswith(
+        "model.pretrained=false: model.* is a key of python -m docclassify.train")
+
+
 # --- what a refused run may remove ---------------------------------------------------------------
 
 @pytest.fixture
