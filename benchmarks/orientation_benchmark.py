@@ -20,12 +20,11 @@ import argparse
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from _common import DEFAULT_WORK, REPO, machine_line
+from _common import DEFAULT_WORK, machine_line
+from tta_benchmark import train as train_folds
 
 TRAIN_DEFAULTS = ["logger=none", "trainer.deterministic=true", "model=resnet18", "model.pretrained=false",
                   "validation=clean"]
@@ -48,16 +47,7 @@ DEFAULT_TTA = ["none", "dihedral", "orient", "orient_soft", "none+deskew", "orie
 
 
 def train(run_dir: Path, folds: list[int], overrides: list[str]) -> Path:
-    if (run_dir / "results.json").is_file():
-        print(f"reusing the trained run {run_dir}", flush=True)
-        return run_dir
-    cmd = [sys.executable, "-m", "docclassify.train", *TRAIN_DEFAULTS, f"folds.run=[{','.join(map(str, folds))}]",
-           *overrides, f"hydra.run.dir={run_dir}"]
-    print("training:", " ".join(cmd[1:]), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO)
-    print(f"trained in {time.time() - t0:.0f}s", flush=True)
-    return run_dir
+    return train_folds(run_dir, folds, overrides, TRAIN_DEFAULTS)
 
 
 def infer(run_dir: Path, label: str, overrides: list[str], out_dir: Path) -> dict:

@@ -27,11 +27,12 @@ from _common import DEFAULT_WORK, REPO, machine_line
 TRAIN_DEFAULTS = ["logger=none", "trainer.deterministic=true"]
 
 
-def train(run_dir: Path, folds: list[int], overrides: list[str]) -> Path:
+def train(run_dir: Path, folds: list[int], overrides: list[str], defaults: list[str] = TRAIN_DEFAULTS) -> Path:
+    """``python -m docclassify.train`` on ``folds`` into ``run_dir`` (reused when it has finished)."""
     if (run_dir / "results.json").is_file():
         print(f"reusing the trained run {run_dir}", flush=True)
         return run_dir
-    cmd = [sys.executable, "-m", "docclassify.train", *TRAIN_DEFAULTS, f"folds.run=[{','.join(map(str, folds))}]",
+    cmd = [sys.executable, "-m", "docclassify.train", *defaults, f"folds.run=[{','.join(map(str, folds))}]",
            *overrides, f"hydra.run.dir={run_dir}"]
     print("training:", " ".join(cmd[1:]), flush=True)
     t0 = time.time()

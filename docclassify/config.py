@@ -4,6 +4,7 @@ resolvers of the entrypoints' ``--help`` (conf/hydra/default.yaml: ``hydra.help`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -49,7 +50,8 @@ ABOUT = {
 }
 
 
-def primary_groups(config_name: str) -> list[str]:
+@functools.lru_cache(maxsize=None)  # read once per process: the command-line checks ask per argument
+def primary_groups(config_name: str) -> tuple[str, ...]:
     """The config groups a primary config (train, infer) composes: its defaults list without the
     internal schema entries and Hydra's own group."""
     groups = []
@@ -58,7 +60,7 @@ def primary_groups(config_name: str) -> list[str]:
         group = name.split("@")[0].strip("/")
         if group not in ("_self_", "hydra") and not group.startswith(SCHEMA_GROUP):
             groups.append(group)
-    return groups
+    return tuple(groups)
 
 
 def help_groups(choices: DictConfig) -> str:
@@ -99,10 +101,11 @@ def foreign_group_errors(config_name: str, argv: list[str], hint: str = "") -> l
     return errors
 
 
-def _top_level_keys(config_name: str) -> set[str]:
+@functools.lru_cache(maxsize=None)
+def _top_level_keys(config_name: str) -> frozenset[str]:
     """The top-level keys of an entrypoint's config (its groups and its own blocks, e.g. train's pseudo)."""
     schema = {"train": config_schema.TrainConfig, "infer": config_schema.InferConfig}[config_name]
-    return {f.name for f in dataclasses.fields(schema)} | set(primary_groups(config_name))
+    return frozenset({f.name for f in dataclasses.fields(schema)} | set(primary_groups(config_name)))
 
 
 def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> None:

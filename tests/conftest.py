@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from docclassify.engine.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -74,6 +77,18 @@ def data(tiny_data, tmp_path) -> Path:
 
 TINY = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epochs=1",
         "trainer.batch_size=16", "data.num_workers=0", "logger=none"]
+
+
+class SignalAt(Callback):
+    """A training callback that sends this process SIGTERM after optimiser update ``update`` of
+    ``fold`` (a stop at an exact step, for the resume tests)."""
+
+    def __init__(self, fold: int, update: int):
+        self.fold, self.update = fold, update
+
+    def on_step_end(self, fold, step, metrics):
+        if (fold, step) == (self.fold, self.update):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def compose_train(overrides: list[str], run_dir: Path):

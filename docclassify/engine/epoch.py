@@ -179,7 +179,11 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
     o = None if head is None else element_labels(elements.to(ctx.device, non_blocking=True), head.head)
     mixup, w = parts.mixup, None
     if weights is not None:
+        # Decided on the loader's CPU tensor (no device sync per step): all-1 weights stay 1 after mixing,
+        # so the loss is called without weight= (a torch.nn loss without it still trains with pseudo.weight=1).
+        unit = bool((weights == 1).all())
         x, y, o, w = mix_weighted(parts, x, y, o, weights.to(ctx.device, non_blocking=True).float())
+        w = None if unit else w
     elif mixup is not None and len(x) % 2 == 0:
         x, y, o = mix_with_orientation(mixup, x, y, o, head.n) if head is not None else (*mixup(x, y), None)
     elif mixup is not None:
@@ -194,11 +198,8 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
 
 
 def class_loss(parts: FoldParts, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """``loss_fn(logits, y)``, with ``weight=w`` only when some weight is not 1 (a ``torch.nn`` loss
-    without ``weight`` still trains with pseudo.weight=1)."""
-    if w is None or bool((w == 1).all()):
-        return parts.loss_fn(logits, y)
-    return parts.loss_fn(logits, y, weight=w)
+    """``loss_fn(logits, y)``, with ``weight=w`` when the batch has weights other than 1."""
+    return parts.loss_fn(logits, y) if w is None else parts.loss_fn(logits, y, weight=w)
 
 
 def mix_weighted(parts: FoldParts, x: torch.Tensor, y: torch.Tensor, o: torch.Tensor | None, w: torch.Tensor):

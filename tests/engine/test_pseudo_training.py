@@ -6,17 +6,14 @@ command line (also with a two-run ensemble as the teacher)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, compose_train, run_cli
+from conftest import TINY, SignalAt, compose_train, run_cli
 
 import docclassify.engine.parts as parts_module
-from docclassify.engine.callbacks import Callback
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.kfold import run_kfold
 
@@ -139,14 +136,6 @@ def test_weight_and_soft_change_the_trained_model(pool_data, teacher, tmp_path):
     assert not np.allclose(base, oof_logits("w0.1", "pseudo.weight=0.1"))
     assert not np.allclose(base, oof_logits("soft", "pseudo.soft=true"))
 
-
-class SignalAt(Callback):
-    def __init__(self, fold: int, update: int):
-        self.fold, self.update = fold, update
-
-    def on_step_end(self, fold, step, metrics):
-        if (fold, step) == (self.fold, self.update):
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_a_stopped_pseudo_run_resumes_exactly(pool_data, teacher, tmp_path):

@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, compose_train, run_cli
+from conftest import REPO, TINY, SignalAt, compose_train, run_cli
 from safetensors.torch import load_file
 
-from docclassify.engine.callbacks import Callback
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.kfold import run_kfold
 
@@ -139,16 +138,6 @@ def test_sigterm_saves_state_exits_nonzero_and_resumes_exactly(reference, tiny_d
     run_kfold(compose_train([*overrides(tiny_data, cache)], run_dir))
     assert_same_run(reference, run_dir)
 
-
-class SignalAt(Callback):
-    """Sends this process SIGTERM after optimiser update ``update`` of ``fold``."""
-
-    def __init__(self, fold: int, update: int):
-        self.fold, self.update = fold, update
-
-    def on_step_end(self, fold, step, metrics):
-        if (fold, step) == (self.fold, self.update):
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_stop_mid_epoch_saves_that_step_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
