@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_WORK, compose, ensure_data, machine_line
+from _common import DEFAULT_WORK, compose, ensure_data, machine_line, timed
 
 
 def verify_only(paths: list[Path]) -> list[int]:
@@ -38,15 +38,6 @@ def verify_only(paths: list[Path]) -> list[int]:
         except Exception:  # noqa: BLE001 - what the old check did
             bad.append(i)
     return bad
-
-
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:

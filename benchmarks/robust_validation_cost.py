@@ -14,21 +14,19 @@ epoch is timed, then `engine.fold.validate` for each validation option (median o
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_WORK, compose, data_overrides, ensure_data, machine_line, set_threads
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _common import (
+    DEFAULT_WORK,
+    compose,
+    data_overrides,
+    ensure_data,
+    machine_line,
+    set_threads,
+    timed,
+)
 
 
 def measure(args, copies: int, cache_dir: Path) -> dict:

@@ -118,6 +118,24 @@ def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout:
     return proc
 
 
+def rerun_best_experiment(sweep, run_dir: Path):
+    """Train the experiment a sweep exported for its best trial (``experiment=best`` from the sweep
+    dir), check that the run used every one of the trial's params, and return (its composed config,
+    its results.json). ``sweep`` has the study, sweep_dir and env of a sweep fixture."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    best = sweep.study.best_trial
+    assert (sweep.sweep_dir / "experiment" / "best.yaml").is_file()
+    run_cli("docclassify.train", [f"hydra.searchpath=[file://{sweep.sweep_dir}]", "experiment=best",
+                                  f"hydra.run.dir={run_dir}"], env=sweep.env)
+    ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    for key, value in best.params.items():
+        assert OmegaConf.select(ran, key) == value, key
+    return ran, json.loads((run_dir / "results.json").read_text())
+
+
 def run_in(cwd: Path, module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` started in ``cwd`` (this checkout still imported first), not
     checked: for commands that should fail, or whose side effects in the working dir matter."""

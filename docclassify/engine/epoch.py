@@ -139,12 +139,13 @@ def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,
         last_of_group = (i + 1) % accum == 0 or (i + 1) == n_batches
         if last_of_group:
             optimizer_step(parts, ctx, p)
-        p.loss_sum += float(loss.detach()) * len(images)
+        loss_value = float(loss.detach())  # one device-to-host copy per step, shared by the sum and the callback
+        p.loss_sum += loss_value * len(images)
         if head_loss is not None:
             p.orientation_loss_sum += float(head_loss.detach()) * len(images)
         p.seen += len(images)
         if ctx.on_step is not None:
-            ctx.on_step(i, {"train/loss": float(loss.detach()), "train/lr": parts.optimizer.param_groups[0]["lr"],
+            ctx.on_step(i, {"train/loss": loss_value, "train/lr": parts.optimizer.param_groups[0]["lr"],
                             "step": p.updates})
         # Stop only after an optimiser update (no half-accumulated gradients to lose), on every
         # DDP rank at the same step (as soon as any rank got the signal), or DDP deadlocks.

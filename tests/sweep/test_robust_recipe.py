@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import run_cli
+from conftest import rerun_best_experiment, run_cli
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
@@ -59,14 +59,6 @@ def test_every_trial_trains_one_fold_with_its_augmentation_on_the_robust_objecti
 
 @pytest.mark.slow
 def test_the_best_trial_is_exported_as_an_experiment_that_reproduces_it(recipe, tmp_path):
-    best = recipe.study.best_trial
-    exported = recipe.sweep_dir / "experiment" / "best.yaml"
-    assert exported.is_file()
-    run_dir = tmp_path / "rerun"
-    run_cli("docclassify.train", [f"hydra.searchpath=[file://{recipe.sweep_dir}]", "experiment=best",
-                                  f"hydra.run.dir={run_dir}"], env=recipe.env)
-    ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    for key, value in best.params.items():
-        assert OmegaConf.select(ran, key) == value, key
+    ran, results = rerun_best_experiment(recipe, tmp_path / "rerun")
     assert ran.trainer.monitor == "robust" and ran.folds.run == [0]
-    assert json.loads((run_dir / "results.json").read_text())["objective"] == best.value
+    assert results["objective"] == recipe.study.best_trial.value

@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import rerun_best_experiment, run_cli
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
@@ -97,16 +97,9 @@ def test_study_persists_and_a_rerun_adds_trials(tuned):
 
 @pytest.mark.slow
 def test_best_experiment_reproduces_the_best_trial(tuned, tmp_path):
-    best = tuned.study.best_trial
-    assert (tuned.sweep_dir / "experiment" / "best.yaml").is_file()
-    run_dir = tmp_path / "rerun"
-    run_cli("docclassify.train", [f"hydra.searchpath=[file://{tuned.sweep_dir}]", "experiment=best",
-                                  f"hydra.run.dir={run_dir}"], env=tuned.env)
-    ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    for key, value in best.params.items():
-        assert OmegaConf.select(ran, key) == value, key
+    ran, results = rerun_best_experiment(tuned, tmp_path / "rerun")
     assert ran.folds.run == [0] and ran.trainer.epochs == 2 and ran.model.name == "tiny"
-    assert json.loads((run_dir / "results.json").read_text())["objective"] == best.value
+    assert results["objective"] == tuned.study.best_trial.value
 
 
 @pytest.mark.slow
