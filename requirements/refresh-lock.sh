@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Refresh the lock files: the newest set of packages that pyproject.toml allows, resolved by
+# Refresh the lock files: the set of packages that pyproject.toml allows, resolved by
 # `uv pip compile` for one platform (Linux x86_64, manylinux_2_28, CPython 3.11: CI's), every
-# version pinned. Run the suite on the new set before committing it:
+# version pinned. As pip-compile does, the pins already in a lock are kept while pyproject still
+# allows them (a new dependency is added, a moved range re-resolved); `--upgrade` takes the newest
+# of everything, `--upgrade-package NAME` of one. Run the suite on a new set before committing it:
 #   python -m venv VENV && . VENV/bin/activate
 #   pip install -e ".[dev]" -c requirements/lock.txt && pytest
-# Needs uv (in the dev extra). Arguments go to every `uv pip compile`, e.g.
-# `--upgrade-package torch==2.14.1` or `--exclude-newer 2026-01-01`.
+# Needs uv (in the dev extra). Arguments go to every `uv pip compile`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PLATFORM=x86_64-manylinux_2_28
@@ -31,9 +32,12 @@ done
 lock() {
     local extras=$1 out=$2
     shift 2
-    local flags=() tmp
+    local flags=() tmp pins
     for extra in ${extras//,/ }; do flags+=(--extra "$extra"); done
-    tmp=$(mktemp)
+    tmp=$(mktemp) pins=$(mktemp)
+    [ -f "$out" ] && cp "$out" "$pins"  # uv keeps the versions pinned in its output file
+    python -m uv pip compile pyproject.toml "${flags[@]}" --python-platform "$PLATFORM" \
+        --python-version "$PYTHON_VERSION" --no-header --quiet "${caps[@]}" "${ARGS[@]}" "$@" -o "$pins"
     {
         echo "# docclassify[$extras] with every package pinned: the set the suite was run with."
         echo "# Platform: Linux x86_64 ($PLATFORM), CPython $PYTHON_VERSION; index: uv's default (PyPI)${capped:+, capped as pip is here:$capped}."
@@ -41,9 +45,12 @@ lock() {
         echo "#   uv pip compile pyproject.toml ${flags[*]} --python-platform $PLATFORM --python-version $PYTHON_VERSION${ARGS[*]:+ ${ARGS[*]}}${*:+ $*}"
         echo "# Install exactly this set (constraints: pip installs only what the project needs of it):"
         echo "#   pip install -e \".[$extras]\" -c $out"
-        python -m uv pip compile pyproject.toml "${flags[@]}" --python-platform "$PLATFORM" \
-            --python-version "$PYTHON_VERSION" --no-header --quiet "${caps[@]}" "${ARGS[@]}" "$@"
+        local text
+        text=$(grep -v '^#' "$pins")  # (the header of the lock it started from)
+        for file in "${cap_files[@]}"; do text=${text//"$file"/pip-constraints}; done  # no machine paths
+        printf '%s\n' "$text"
     } >"$tmp"
+    rm -f "$pins"
     mv "$tmp" "$out"
     echo "wrote $out ($(grep -c '==' "$out") packages)"
 }
