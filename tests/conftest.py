@@ -91,6 +91,24 @@ class SignalAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def signal_group_when_paused(proc: subprocess.Popen, marker: Path, signum: int = signal.SIGTERM,
+                             timeout: float = 180) -> None:
+    """Wait until ``proc`` (started with ``start_new_session=True``) wrote ``marker`` (a test hook
+    paused it mid-step: faulty_train's ``pause``, faulty_infer's ``pause``), then send ``signum`` to
+    its whole process group, DataLoader workers included, as timeout, SLURM and docker stop do."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before the pause")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"no pause after {timeout} s")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signum)
+
+
 def compose_train(overrides: list[str], run_dir: Path):
     """Compose conf/train.yaml like the CLI would (hydra's runtime dir set to run_dir)."""
     from hydra import compose, initialize_config_dir

@@ -74,6 +74,40 @@ def test_dependency_floors_match_what_the_code_calls():
                 or d.startswith("opencv-python>") or d == "opencv-python"]
 
 
+def _lock(path: Path) -> dict[str, str]:
+    """name (normalised) -> the version a lock file pins."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", line
+            pins[canonicalize_name(req.name)] = spec.version
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_pyprojects_ranges():
+    """requirements/lock.txt stays in step with pyproject.toml: a dependency added or a range moved
+    without `bash requirements/refresh-lock.sh` fails here, not in a user's install."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    lock = REPO / "requirements" / "lock.txt"
+    header = lock.read_text().split("\n", 6)[:6]
+    assert any("x86_64" in h and "3.11" in h for h in header) and any("refresh-lock.sh" in h for h in header)
+    pins = _lock(lock)
+    wanted = [*PYPROJECT["project"]["dependencies"], *PYPROJECT["project"]["optional-dependencies"]["dev"]]
+    for text in wanted:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in {lock.name}: run bash requirements/refresh-lock.sh"
+        assert Version(pins[name]) in req.specifier, f"{lock.name} pins {req.name}=={pins[name]}, pyproject: {text}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Slow: build, install, run
 # ---------------------------------------------------------------------------------------------

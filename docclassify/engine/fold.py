@@ -35,7 +35,7 @@ from docclassify.engine.evaluate import (
     validated_views,
     view_metrics,
 )
-from docclassify.engine.loaders import build_eval_loader, build_loaders, debug_rows
+from docclassify.engine.loaders import build_eval_loader, build_loaders, close_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.orientation import (
     OrientationCheck,
@@ -128,7 +128,10 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     job = prepare_fold(plan, run, data)
     run.callback.on_fold_start(job.fold, {**job.info, "steps_per_epoch": len(job.train_loader)})
     t0 = time.time()
-    outcome = fit_fold(job, run)
+    try:
+        outcome = fit_fold(job, run)
+    finally:  # the workers end now (also on a stop), not whenever the GC frees the fold
+        close_loaders(job.train_loader, job.val_loader, job.robust_loader)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/{job.best_path.name}")
     finish_fold(job, outcome, run, data)

@@ -1,12 +1,18 @@
 """The DataLoaders of one fold: worker counts, seeded resumable shuffling, DDP sharding, the
-debug limits (trainer.limit_train_batches / limit_val_batches / overfit_batches), and handing
-freed memory back to the OS before any worker of the fold is forked."""
+debug limits (trainer.limit_train_batches / limit_val_batches / overfit_batches), handing
+freed memory back to the OS before any worker of the fold is forked, and workers that leave
+SIGTERM/SIGINT to the main process (:class:`Loader`)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import gc
 import os
+import signal
+import weakref
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,6 +22,95 @@ from docclassify.data.dataset import ImageDataset
 from docclassify.engine import distributed
 from docclassify.engine.resume import ResumableSampler
 from docclassify.engine.sampling import row_weights
+
+INTERRUPTS = (signal.SIGTERM, signal.SIGINT)
+_live_iterators: weakref.WeakSet = weakref.WeakSet()  # iterators of Loaders with worker processes
+_workers: weakref.WeakSet = weakref.WeakSet()  # the worker processes those iterators started
+
+
+def leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """A worker's ``worker_init_fn``: SIGTERM and SIGINT are ignored here. A signal to the whole
+    process group (``timeout``, SLURM, ``docker stop``, a terminal's Ctrl-C) reaches the workers as
+    well; killed by it, a worker would make the main process raise "DataLoader worker ... is
+    killed by signal" at any point, even while it saves the state. The main process alone handles
+    it (engine.signals: finish the step, save, exit) and ends the workers itself
+    (:meth:`Loader.close`, :func:`shutdown_workers`)."""
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)  # held since the fork (Loader.__iter__)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """SIGTERM/SIGINT wait (blocked, not lost) in this thread while workers are started: a forked
+    worker inherits the mask, so a signal that reaches it before its worker_init_fn is dropped
+    there, and the main process gets its own copy when this ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _end(iterator) -> None:
+    """torch's own clean shutdown of an iterator's workers (they exit when told; joined)."""
+    _live_iterators.discard(iterator)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker processes ignore SIGTERM/SIGINT (see
+    :func:`leave_interrupts_to_the_main_process`) and that the fold closes when it ends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, worker_init_fn=leave_interrupts_to_the_main_process, **kwargs)
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        with _interrupts_held():
+            iterator = super().__iter__()
+        if iterator not in _live_iterators:  # persistent workers: the same iterator every epoch
+            _live_iterators.add(iterator)
+            _workers.update(getattr(iterator, "_workers", ()))
+        return iterator
+
+    def close(self) -> None:
+        """End the persistent workers now. Left to the loader's finalizer they may never end: when
+        the cyclic GC frees a fold, the iterator's queues are finalized before it, its "exit"
+        message to the workers is lost, and (ignoring SIGTERM) they would wait for ever."""
+        iterator = self.__dict__.get("_iterator")
+        if iterator is not None:
+            self._iterator = None
+            _end(iterator)
+
+
+def close_loaders(*loaders) -> None:
+    for loader in loaders:
+        if isinstance(loader, Loader):
+            loader.close()
+
+
+def shutdown_workers() -> None:
+    """At exit: end the workers of every Loader still iterating (a run that stopped), then kill any
+    worker left behind (its loader freed without a clean shutdown). Registered after torch's exit
+    hook, so it runs first: after that a loader no longer shuts its workers down, and
+    multiprocessing would wait for ever for workers that ignore its SIGTERM."""
+    for iterator in list(_live_iterators):
+        _end(iterator)
+    for worker in list(_workers):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
+atexit.register(shutdown_workers)  # after torch.utils.data's (imported above): runs before it
 
 
 def default_num_workers(requested) -> int:
@@ -95,8 +190,8 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     # Own generators for the workers' base seed: drawn from the global RNG it would shift the
     # dropout/mixup draws of the first epoch of every process (persistent workers draw it only
     # once per process), so a resumed run would differ from an uninterrupted one.
-    train_loader = DataLoader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
-                              generator=torch.Generator().manual_seed(seed), **common)
+    train_loader = Loader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
+                          generator=torch.Generator().manual_seed(seed), **common)
     val_loader = build_eval_loader(images, val_idx, targets, trainer_cfg, num_workers, seed, device)
     return train_loader, val_loader, sampler
 
@@ -112,5 +207,5 @@ def build_eval_loader(images, rows, targets, trainer_cfg, num_workers, seed: int
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
     if device.type == "cpu" and isinstance(images, np.ndarray):
         common = {**common, "num_workers": 0, "persistent_workers": False, "prefetch_factor": None}
-    return DataLoader(ImageDataset(images, distributed.shard(rows), targets), batch_size=eval_bs,
-                      shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
+    return Loader(ImageDataset(images, distributed.shard(rows), targets), batch_size=eval_bs,
+                  shuffle=False, generator=torch.Generator().manual_seed(seed), **common)

@@ -45,6 +45,11 @@ def _user_error(exc: BaseException) -> bool:
 
 def stop_report(exc: BaseException, run_dir: Path) -> tuple[int, str | None] | None:
     """(exit code, rank 0's message) of a stop reported in one line; None for other exceptions."""
+    if isinstance(exc, (StopRequested, Interrupted)) and _in_multirun():
+        code = 143 if isinstance(exc, StopRequested) else exc.exit_code
+        where = exc if isinstance(exc, StopRequested) else f"interrupted by {exc}"
+        return code, (f"{where}: the sweep stops here (this trial recorded as failed, its parameters queued to run "
+                      "first); run the same sweep command again to continue the study")
     if isinstance(exc, StopRequested):
         return 143, (f"{exc}. The last-state checkpoint is saved; continue with: "
                      f"python -m docclassify.train resume={run_dir}")

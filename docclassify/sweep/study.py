@@ -106,6 +106,32 @@ def enqueue_missing(study, entries: list[dict], distributions: dict) -> int:
     return queued
 
 
+def interrupt_of(exc: BaseException) -> str | None:
+    """The signal (SIGTERM, SIGINT) that stopped a trial job, from what the launcher raised: the
+    job's exit (128 + the signal, engine/stops.py) or an interrupt outside it; None otherwise."""
+    import signal
+
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code - 128 in (signal.SIGTERM, signal.SIGINT):
+        return signal.Signals(exc.code - 128).name
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", None)  # engine.signals.Interrupted
+        return signal.Signals(signum).name if signum else "SIGINT"
+    return None
+
+
+def requeue_interrupted(study, trials: list, signal_name: str) -> None:
+    """Mark the trials a signal stopped (user attribute ``docclassify:interrupted``) and queue
+    their parameters again: the same sweep command then runs them first (they are told FAIL:
+    Optuna has no state for an interrupted trial, and a RUNNING one would stay so for ever)."""
+    from optuna.exceptions import ExperimentalWarning
+
+    for trial in trials:
+        trial.set_user_attr(ATTR_PREFIX + "interrupted", signal_name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.enqueue_trial(dict(trial.params))
+
+
 def sync_reports(trial, storage: Any) -> None:
     """Copy what the job reported to its trial into this process's view of the trial.
 

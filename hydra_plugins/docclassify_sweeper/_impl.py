@@ -95,6 +95,10 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
             except BaseException as exc:
                 # The launcher itself raised (a trial's overrides do not compose, Ctrl-C, a
                 # cluster error): its trials failed rather than stay RUNNING in the study forever.
+                # Stopped by a signal (SIGTERM, Ctrl-C), they run again first in the next invocation.
+                interrupted = S.interrupt_of(exc)
+                if interrupted:
+                    S.requeue_interrupted(study, trials, interrupted)
                 for trial in trials:
                     study.tell(trial, state=TrialState.FAIL)
                 S.write_summary(study, sweep_dir)

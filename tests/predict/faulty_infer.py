@@ -1,25 +1,36 @@
 """``python -m faulty_infer ARGS``: ``python -m docclassify.infer ARGS`` that sends itself a signal at
 a chosen moment (tests/predict/test_interrupted_infer.py). DOCCLASSIFY_TEST_INTERRUPT=SIGNAL:WHEN,
 WHEN one of predict (while the fold models predict the test set) or write (after submission.csv is
-complete in its temp file, before test_probs.csv is written)."""
+complete in its temp file, before test_probs.csv is written). SIGNAL ``pause``: at that moment write
+the file DOCCLASSIFY_TEST_PAUSED and wait there for the test's signal (conftest.signal_group_when_paused)."""
 
 from __future__ import annotations
 
 import os
 import runpy
 import signal
+import time
+from pathlib import Path
+
+
+def _interrupt(name: str) -> None:
+    if name != "pause":
+        os.kill(os.getpid(), getattr(signal, name))
+        return
+    Path(os.environ["DOCCLASSIFY_TEST_PAUSED"]).write_text(str(os.getpid()))
+    time.sleep(120)  # the signal ends the sleep (and the command)
+
 
 spec = os.environ.get("DOCCLASSIFY_TEST_INTERRUPT")
 if spec:
     name, when = spec.split(":")
-    signum = getattr(signal, name)
     import docclassify.predict.inference as inference
 
     if when == "predict":
         real_predict = inference.predict_members
 
         def predict_members(*args, **kwargs):
-            os.kill(os.getpid(), signum)
+            _interrupt(name)
             return real_predict(*args, **kwargs)
 
         inference.predict_members = predict_members
@@ -27,7 +38,7 @@ if spec:
         real_write = inference.write_probability_frame
 
         def write_probability_frame(*args, **kwargs):
-            os.kill(os.getpid(), signum)
+            _interrupt(name)
             return real_write(*args, **kwargs)
 
         inference.write_probability_frame = write_probability_frame

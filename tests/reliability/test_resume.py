@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, SignalAt, compose_train, run_cli
+from conftest import REPO, TINY, SignalAt, compose_train, run_cli, signal_group_when_paused
 from safetensors.torch import load_file
 
 from docclassify.engine.epoch import StopRequested
@@ -40,11 +40,17 @@ def overrides(data: Path, cache: Path, seed: int = 11) -> list[str]:
     ]
 
 
-def start_train(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+def start_train(args: list[str], log: Path, fault: dict | None = None) -> subprocess.Popen:
+    """`python -m docclassify.train ARGS` in its own process group; with ``fault`` (faulty_train's
+    DOCCLASSIFY_TEST_* variables) through tests/distributed/faulty_train.py."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(fault or {})}
+    module = "docclassify.train"
+    if fault:
+        module, env["PYTHONPATH"] = "faulty_train", os.pathsep.join(
+            [str(REPO / "tests" / "distributed"), str(REPO), os.environ.get("PYTHONPATH", "")])
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "docclassify.train", *args], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def saved_state(path: Path) -> dict | None:
@@ -121,23 +127,26 @@ def test_sigkill_mid_fold_then_resume_run_dir_matches_uninterrupted(reference, t
     assert_same_run(reference, run_dir)
 
 
-def test_sigterm_saves_state_exits_nonzero_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
-    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+def test_group_sigterm_mid_epoch_saves_state_says_one_line_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
+    """SIGTERM to the whole process group (timeout, SLURM, docker stop), the DataLoader worker
+    included, at update 5 (epoch 1, step 2 of 3): the step ends, the state is saved, one line."""
+    run_dir, log, paused = tmp_path / "run", tmp_path / "train.log", tmp_path / "paused"
     args = [*overrides(tiny_data, cache), f"hydra.run.dir={run_dir}"]
-    proc = start_train(args, log)
-    before = wait_for_epoch(run_dir / "checkpoints" / "fold0_last.pt", 1, proc, log)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
+    proc = start_train(args, log, {"DOCCLASSIFY_TEST_FAULT": "pause:0:5", "DOCCLASSIFY_TEST_PAUSED": str(paused)})
+    signal_group_when_paused(proc, paused)
+    assert proc.wait(timeout=120) == 143, log.read_text()[-4000:]
     text = log.read_text()
-    assert "received SIGTERM" in text and "stop requested" in text and f"resume={run_dir}" in text
+    assert "Traceback" not in text and "DataLoader worker" not in text, text[-4000:]
+    assert text.count("received SIGTERM: stopping after the current step") == 1
+    assert text.count(f"stop requested during epoch 1 (step 2/3). The last-state checkpoint is saved; continue with: "
+                      f"python -m docclassify.train resume={run_dir}") == 1
     state = saved_state(run_dir / "checkpoints" / "fold0_last.pt")
-    at = (state["epoch"], state["partial"]["step"] if state["partial"] else 0)
-    assert at >= (before["epoch"], 0) and not (run_dir / "results.json").exists()
+    assert (state["epoch"], state["updates"], state["partial"]["step"]) == (1, 5, 2)
+    assert not (run_dir / "results.json").exists()
 
     # Same command again in the same dir continues (here in-process: cheaper than a new interpreter).
     run_kfold(compose_train([*overrides(tiny_data, cache)], run_dir))
     assert_same_run(reference, run_dir)
-
 
 
 def test_stop_mid_epoch_saves_that_step_and_resumes_exactly(reference, tiny_data, cache, tmp_path):
