@@ -6,7 +6,8 @@ Keys of the ``augment`` group: the unprefixed strengths (``rotate_limit``, ``shi
 ``advanced_*`` strengths by the advanced set only, and ``hflip`` / ``vflip`` (whether the data's
 orientation allows mirror images) by both. ``advanced_p_start`` / ``advanced_p_end`` decide
 which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py;
-``match_validation`` / ``match_p_*`` by data/match.py (a step before the set, given to TrainTransform).
+``match_validation`` / ``match_p_*`` by docclassify/distortion/match.py (a step before the set, given
+to TrainTransform).
 
 ``orientation`` / ``orientation_p`` act after either set, in every option: with that probability
 an exact element of the group (``rot90``: quarter turns, ``dihedral``: turns and mirror images;
@@ -34,6 +35,7 @@ import numpy as np
 
 from docclassify.data import orientation
 from docclassify.data.orientation import Element, OrientationAugment
+from docclassify.utils.schedule import linear_ramp
 
 
 def _flips(cfg) -> list:
@@ -126,14 +128,6 @@ def seed_transforms(transforms, seed: int) -> None:
             transform.set_random_seed(child)
 
 
-def advanced_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> float:
-    """Linear ramp from p_start (first epoch) to p_end (last epoch)."""
-    if epochs <= 1:
-        return float(p_end)
-    t = min(max(epoch, 0), epochs - 1) / (epochs - 1)
-    return float(p_start + (p_end - p_start) * t)
-
-
 @dataclass(frozen=True)
 class Augmented:
     """One augmented sample: its pixels, whether it took the advanced set, and the dihedral element
@@ -146,8 +140,8 @@ class Augmented:
 
 class TrainTransform:
     """Picks the advanced transforms with the scheduled probability, else the basic ones, then the
-    orientation step (augment.orientation); ``match`` (augment.match_validation, data/match.py)
-    distorts the sample like a robust copy first."""
+    orientation step (augment.orientation); ``match`` (augment.match_validation,
+    docclassify/distortion/match.py) distorts the sample like a robust copy first."""
 
     def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
         self.match = match
@@ -168,7 +162,7 @@ class TrainTransform:
         return int(self._epoch.value)
 
     def p_advanced(self, epoch: int | None = None) -> float:
-        return advanced_probability(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
+        return linear_ramp(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
 
     def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
         """(augmented pixels, whether the advanced set was taken)."""
@@ -183,7 +177,7 @@ class TrainTransform:
         transforms = self.advanced if use_advanced else self.basic
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
         if self.match is not None:  # its own generator: the set's draws stay as they were
-            image, _ = self.match.draw(image, index, epoch)
+            image = self.match.draw(image, index, epoch).image
         result = transforms(image=np.ascontiguousarray(image))
         # Drawn after the sets' draws: orientation=none leaves every earlier draw (and pixel) unchanged.
         turn = self.orientation.draw(rng)
