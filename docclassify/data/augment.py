@@ -13,8 +13,10 @@ to TrainTransform).
 an exact element of the group (``rot90``: quarter turns, ``dihedral``: turns and mirror images;
 data/orientation.py) other than the identity. The small-angle rotations stay the sets' own keys
 (``rotate_limit``, ``advanced_rotate_limit``). Each sample also reports the dihedral element its
-pixels went through in all (the sets' own flips and quarter turns composed with the orientation
-step): the orientation head's label.
+pixels went through in all (the match step's turn or mirror image, the sets' own flips and quarter
+turns and the orientation step, composed): the orientation head's label. A free rotation counts as
+its nearest quarter turn beyond 45 degrees (distortion/draw.py ``quarter_turns``) in the match
+step; the sets' small rotations (``rotate_limit``, ``advanced_rotate_limit``) count as none.
 
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
@@ -176,11 +178,16 @@ class TrainTransform:
         use_advanced = bool(rng.random() < self.p_advanced(epoch))
         transforms = self.advanced if use_advanced else self.basic
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
+        matched = orientation.IDENTITY
         if self.match is not None:  # its own generator: the set's draws stay as they were
-            image = self.match.draw(image, index, epoch).image
+            drawn = self.match.draw(image, index, epoch)
+            image, matched = drawn.image, drawn.element
         result = transforms(image=np.ascontiguousarray(image))
         # Drawn after the sets' draws: orientation=none leaves every earlier draw (and pixel) unchanged.
         turn = self.orientation.draw(rng)
         pixels = orientation.apply_numpy(result["image"], turn) if turn != orientation.IDENTITY else result["image"]
-        done = orientation.compose(turn, orientation.from_albumentations(result["applied_transforms"]))
+        # The head's label: every turn and mirror image the pixels went through, in the order applied
+        # (the match draw's, then the set's flips and quarter turns, then the orientation step's).
+        done = orientation.compose(turn, orientation.compose(
+            orientation.from_albumentations(result["applied_transforms"]), matched))
         return Augmented(pixels, use_advanced, done)

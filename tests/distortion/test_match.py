@@ -1,6 +1,7 @@
 """distortion/match.py (augment.match_validation): training samples distorted by the robust copies'
 profile, drawn fresh per (seed, epoch, row), never a validation copy's draw, through the same
-distortion module as the copies; and a real run with ``validation.distort=auto`` trains with
+distortion module as the copies; the orientation head's label composes what the match draw did
+with what came after it (issue 26); and a real run with ``validation.distort=auto`` trains with
 the fitted profile."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 from docclassify import distortion as D
 from docclassify.data import validation as V
 from docclassify.data.images import image_size, load_image, resize_image
+from docclassify.data.orientation import apply_numpy, inverse
 from docclassify.distortion.copies import RobustSpec, copy_rng
 from docclassify.distortion.match import MatchValidation
 
@@ -142,6 +144,77 @@ def test_train_transform_distorts_first_then_takes_its_set(rows, tmp_path):
     for row in range(4):
         transform.set_epoch(row % 3)
         np.testing.assert_array_equal(transform(rows[2][row], row)[0], m.draw(rows[2][row], row, row % 3).image)
+
+
+# ------------------------------------------------------------------------------------------ the head's label
+def _marked_page(size: int = SIZE) -> np.ndarray:
+    """A square white page with a red top-left corner and a blue band down its left edge: each of
+    the 8 turns and mirror images puts the corner or the band somewhere else."""
+    page = np.full((size, size, 3), 235, np.uint8)
+    page[:, : size // 8] = (40, 40, 220)
+    page[: size // 4, : size // 4] = (220, 30, 30)
+    return page
+
+
+def _centre_of(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) of a mask's centre of mass, relative to the image centre (shares of the side)."""
+    ys, xs = np.nonzero(mask)
+    return xs.mean() / mask.shape[1] - 0.5, ys.mean() / mask.shape[0] - 0.5
+
+
+def _upright(image: np.ndarray) -> bool:
+    """Whether the red corner is at the top left and the blue band on the left half."""
+    x = image.astype(int)
+    red = (x[..., 0] > 150) & (x[..., 1] < 100) & (x[..., 2] < 100)
+    blue = (x[..., 2] > 150) & (x[..., 0] < 110) & (x[..., 1] < 110)
+    (rx, ry), (bx, _) = _centre_of(red), _centre_of(blue)
+    return rx < 0 and ry < 0 and bx < 0
+
+
+def _labelled(tmp_path, turning: dict, orientation: str = "dihedral", flips: bool = True, n: int = 24):
+    """(pixels, head label element) of ``n`` samples through ImageDataset (what the head is given):
+    the match step with ``turning`` (every other step off), the basic set with both flips (or none)
+    and no other transform, the orientation step."""
+    from docclassify.data.augment import TrainTransform
+    from docclassify.data.dataset import ImageDataset
+    from docclassify.data.orientation import element
+
+    cfg = compose_train([*TINY, "augment.match_validation=true", f"augment.hflip={flips}", f"augment.vflip={flips}",
+                         "augment.rotate_limit=0", "augment.scale_limit=0", "augment.shift_limit=0", "augment.crop_p=0",
+                         "augment.color_jitter=0", f"augment.orientation={orientation}", "augment.orientation_p=0.5"],
+                        tmp_path)
+    match = MatchValidation(profile(**{**{f"{s}_p": 0.0 for s in D.STEP_NAMES}, **turning}), SIZE, 3, 5, 1.0, 1.0)
+    transform = TrainTransform(cfg.augment, SIZE, 3, 5, 0, match=match)
+    data = ImageDataset(np.stack([_marked_page()] * n), np.arange(n), np.zeros(n), transform, orientation_labels=True)
+    out = []
+    for epoch in range(2):
+        transform.set_epoch(epoch)
+        for i in range(n):
+            tensor, _, label = data[i]
+            out.append((tensor.numpy().transpose(1, 2, 0), element(label)))
+    return out
+
+
+@pytest.mark.parametrize("turning", [{"rot90_p": 1.0}, {"rot90_p": 1.0, "flip_p": 1.0, "flip_vertical": 0.5},
+                                     {"flip_p": 1.0}], ids=["turns", "turns+mirrors", "mirrors"])
+def test_the_head_label_is_every_turn_and_mirror_the_pixels_went_through(tmp_path, turning):
+    """Issue 26: with augment.match_validation on and a profile that turns or mirrors the page, the
+    label composes the match draw, the set's flips and the orientation step: undoing it on the
+    sample's pixels gives back the upright page (on main the match draw's element was dropped)."""
+    samples = _labelled(tmp_path, turning)
+    assert all(_upright(apply_numpy(pixels, inverse(g))) for pixels, g in samples)
+    assert not all(_upright(pixels) for pixels, _ in samples)  # the pages really were turned
+
+
+def test_a_free_rotation_labels_as_its_nearest_quarter_turn_beyond_45_degrees(tmp_path):
+    """A match draw's skew of 60-100 degrees either way is labelled as the quarter turn nearest to it
+    (distortion/draw.py quarter_turns): undone, the page is upright again (up to the skew left); a
+    skew of up to 30 degrees is no turn."""
+    turned = _labelled(tmp_path, {"angle_p": 1.0, "angle_min": 60.0, "angle": 100.0}, orientation="none", flips=False)
+    assert {g.name for _, g in turned} == {"rot90", "rot270"}
+    assert all(_upright(apply_numpy(pixels, inverse(g))) for pixels, g in turned)
+    skewed = _labelled(tmp_path, {"angle_p": 1.0, "angle": 30.0}, orientation="none", flips=False, n=8)
+    assert {g.name for _, g in skewed} == {"identity"} and all(_upright(pixels) for pixels, _ in skewed)
 
 
 # ------------------------------------------------------------------------------------------ a real run
