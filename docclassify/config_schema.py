@@ -392,8 +392,9 @@ class RobustValidation:
     copies: int = key(2, ge=1, le=16)
     # Seed of the copies; not the run's seed, so every run and trial scores the same pixels.
     seed: int = key(0, ge=0, le=SEED_MAX)
-    # A DistortProfile (its keys, e.g. validation.distort.angle=10) or "auto": fitted from the
-    # measured train-vs-test shift of the data's test images (docclassify.shift).
+    # A DistortProfile (its keys, e.g. validation.distort.angle=10), "auto": fitted from the
+    # measured train-vs-test shift of the data's test images (docclassify.shift), or a shipped
+    # profile's name (PROFILES_DIR: synthetic_test, phone_photo) or a profile YAML's path.
     distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
 
 
