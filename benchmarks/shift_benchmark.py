@@ -24,9 +24,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_WORK  # noqa: E402
 
+from docclassify.data.sources import load_competition  # noqa: E402
 from docclassify.distortion import measure  # noqa: E402
 from docclassify.distortion import report as shift_report  # noqa: E402
-from docclassify.data.sources import load_competition  # noqa: E402
 
 
 def source_for(args):

@@ -393,8 +393,8 @@ def pixels(cfg, data, run_dir: Path) -> dict:
     """Augmented pixels: 4 images x 4 draws x 3 epochs through TrainTransform (with the match step
     of augment.match_validation, drawing from the default profile)."""
     from docclassify.data.augment import TrainTransform
-    from docclassify.distortion.match import build_match
     from docclassify.distortion import normalise_profile
+    from docclassify.distortion.match import build_match
 
     match = build_match(cfg.augment, normalise_profile({}), PIXEL_SIZE, epochs=3, seed=0)
     transform = TrainTransform(cfg.augment, PIXEL_SIZE, epochs=3, seed=0, pad_value=0, match=match)

@@ -56,12 +56,13 @@ def sample_occlusion(profile: Mapping, rng: np.random.Generator) -> list[dict] |
     return blobs
 
 
-def sample_flip(profile: Mapping, rng: np.random.Generator) -> str | None:
-    """``h`` (left-right) or, a share ``flip_vertical`` of them, ``v`` (top-bottom)."""
+def sample_flip(profile: Mapping, rng: np.random.Generator) -> bool | str | None:
+    """True (left-right, the value a flip always had) or, a share ``flip_vertical`` of them, ``v``
+    (top-bottom)."""
     if not _fires(rng, profile["flip_p"]):
         return None
     vertical = float(profile["flip_vertical"])
-    return "v" if vertical > 0 and _fires(rng, vertical) else "h"  # no draw at 0: older copies stay
+    return "v" if vertical > 0 and _fires(rng, vertical) else True  # no draw at 0: older copies stay
 
 
 def sample_rot90(profile: Mapping, rng: np.random.Generator) -> int | None:

@@ -46,8 +46,9 @@ from docclassify.data.orientation import Element, apply_numpy
 # at most JPEG_MAX_SIDE px on the long side (cost), e.g. a 64 px page of a 600 px scan at 256 px:
 # blocks of 2 px instead of the 0.85 px they have on the shrunk copy (and 8 px without this).
 JPEG_MAX_UPSAMPLE, JPEG_MAX_SIDE = 4.0, 512
-# The mirror images a flip can be: left-right, or top-bottom (a left-right mirror turned twice).
-MIRRORS = {"h": Element(0, True), "v": Element(2, True)}
+# The mirror images a flip can be: left-right (True, as drawn, or "h"), or top-bottom ("v": a
+# left-right mirror turned twice).
+MIRRORS = {True: Element(0, True), "h": Element(0, True), "v": Element(2, True)}
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -115,8 +116,8 @@ def occlude(image: np.ndarray, blobs: Mapping[str, Any] | list, rng: np.random.G
     return out
 
 
-def mirror(image: np.ndarray, axis: str = "h", rng: np.random.Generator | None = None) -> np.ndarray:
-    """Mirror image: ``h`` left-right (the group element the hflip TTA view and orientation
+def mirror(image: np.ndarray, axis: bool | str = True, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Mirror image: True or ``h`` left-right (the group element the hflip TTA view and orientation
     augmentation apply, data/orientation.py), ``v`` top-bottom (``Element(2, mirror=True)``)."""
     return apply_numpy(image, MIRRORS[axis])
 

@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from docclassify.config_schema import DistortProfile, distort_errors
+from docclassify.data.sources import DataError, load_competition
 from docclassify.distortion import compare, fit, measure, profile_defaults, steps
 from docclassify.distortion import report as shift_report
-from docclassify.data.sources import DataError, load_competition
 from docclassify.engine.callbacks import CallbackList
 from docclassify.engine.kfold import load_run_data, start_run
 

@@ -47,6 +47,7 @@ def page() -> np.ndarray:
 def test_quarter_turn_and_mirror_are_the_tta_transforms(page):
     for k in (1, 2, 3):
         np.testing.assert_array_equal(D.rotate90(page, k), np.rot90(page, k))
+    np.testing.assert_array_equal(D.mirror(page, True), np.fliplr(page))
     np.testing.assert_array_equal(D.mirror(page, "h"), np.fliplr(page))
     np.testing.assert_array_equal(D.mirror(page, "v"), np.flipud(page))
 
@@ -160,7 +161,7 @@ def test_drawn_values_stay_in_the_profile_ranges():
     profile = default_profile(**{f"{k}_p": 1.0 for k in PROBABILITIES})
     for seed in range(200):
         p = D.sample_params(profile, np.random.default_rng(seed))
-        assert p["rot90"] in (1, 2, 3) and p["flip"] == "h"
+        assert p["rot90"] in (1, 2, 3) and p["flip"] is True
         assert abs(p["angle"]) <= profile["angle"]
         assert all(0 <= v <= profile["crop"] for v in p["crop"])
         assert all(0 <= v <= profile["perspective"] for v in p["perspective"])
@@ -415,7 +416,7 @@ def test_moire_darkens_in_bands_with_a_phase_per_channel():
 def test_a_free_rotation_counts_as_its_nearest_quarter_turn_beyond_45_degrees():
     assert [D.quarter_turns(a) for a in (0.0, 20.0, -45.0, 45.0, 46.0, 100.0, 135.0, 136.0, -100.0, 180.0)] == \
         [0, 0, 0, 0, 1, 1, 1, 2, 3, 2]
-    assert D.element_of({"flip": "h", "rot90": 1}).name == "hflip_rot90"
+    assert D.element_of({"flip": True, "rot90": 1}).name == "hflip_rot90"  # True: as a left-right flip is drawn
     assert D.element_of({"flip": "v"}).name == "hflip_rot180"  # top-bottom = left-right, turned twice
     assert D.element_of({"angle": 95.0}).name == "rot90"
     assert D.element_of({"angle": 20.0, "blur": 0.01}).name == "identity"

@@ -28,7 +28,8 @@ def synthetic_run(tmp_path_factory, isolated_env):
 
 def _score(run_dir, out_dir, isolated_env, *extra):
     run_cli("docclassify.infer", [f"runs=[{run_dir}]", *extra, f"hydra.run.dir={out_dir}"], env=isolated_env)
-    return pd.read_csv(out_dir / "submission.csv", dtype={"ID": str}), json.loads((out_dir / "summary.json").read_text())
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return pd.read_csv(out_dir / "submission.csv", dtype={"ID": str}), summary
 
 
 def test_infer_scores_the_run_on_either_synthetic_test_split(synthetic_run, tmp_path, isolated_env):
