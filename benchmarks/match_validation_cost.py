@@ -42,8 +42,8 @@ def main() -> None:
     cv2.setNumThreads(1)
     from docclassify.data.augment import TrainTransform
     from docclassify.data.images import image_size, load_image
-    from docclassify.data.match import MatchValidation
-    from docclassify.data.validation import normalise_profile
+    from docclassify.distortion import normalise_profile
+    from docclassify.distortion.match import MatchValidation
 
     print(machine_line(), flush=True)
     root = ensure_data(None, work=args.work)

@@ -4,7 +4,7 @@ validation profile switched off in turn (and each step alone), on the run's own 
 For a run trained with a robust view (validation=both|robust), every variant of its profile
 (`<step>_p=0`: without that step; `only <step>`: that step alone) is applied to the same copies
 (each step draws from its own generator, so switching one off leaves the others' draws alone:
-data/distort.py), every training row is predicted by the fold that did not train on it, and the
+docclassify/distortion/draw.py), every training row is predicted by the fold that did not train on it, and the
 pooled macro F1 over the copies is printed next to the clean cv and the full profile's figure.
 
     python benchmarks/robust_profile_ablation.py RUN_DIR
@@ -29,7 +29,8 @@ def robust_f1(run, ds, profile: dict, batch_size: int) -> float:
     import numpy as np
     import torch
 
-    from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
+    from docclassify.data.validation import robust_copies
+    from docclassify.distortion.copies import RobustSpec, copy_rows
     from docclassify.metrics import macro_f1
     from docclassify.models.checkpoint import load_checkpoint
     from docclassify.predict.inference import predict_rows

@@ -1,4 +1,4 @@
-"""Cost and accuracy of the train-vs-test shift report (docclassify.data.shift, docs/shift.md).
+"""Cost and accuracy of the train-vs-test shift report (docclassify/distortion/, docs/shift.md).
 
     python benchmarks/shift_benchmark.py                 # the built-in synthetic data (data=synthetic)
     python benchmarks/shift_benchmark.py --data DIR      # a competition-layout folder with test images
@@ -24,8 +24,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_WORK  # noqa: E402
 
-from docclassify.data import shift  # noqa: E402
 from docclassify.data.sources import load_competition  # noqa: E402
+from docclassify.distortion import measure  # noqa: E402
+from docclassify.distortion import report as shift_report  # noqa: E402
 
 
 def source_for(args):
@@ -45,32 +46,32 @@ def timings(source, work_size: int, max_images: int) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory() as cache_dir, tempfile.TemporaryDirectory() as run_dir:
         cache._DIGESTS.clear()  # as a new process: the files' bytes are hashed again
         t0 = time.perf_counter()
-        report = shift.build_report(source, work_size, max_images, cache_dir)
+        report = shift_report.build_report(source, work_size, max_images, cache_dir)
         rows.append(("measure both splits, empty cache (first run on this data)", time.perf_counter() - t0))
         cache._DIGESTS.clear()
         t0 = time.perf_counter()
-        shift.build_report(source, work_size, max_images, cache_dir)
+        shift_report.build_report(source, work_size, max_images, cache_dir)
         rows.append(("measure both splits, warm cache (a new process: files hashed again)", time.perf_counter() - t0))
         t0 = time.perf_counter()
-        shift.build_report(source, work_size, max_images, cache_dir)
+        shift_report.build_report(source, work_size, max_images, cache_dir)
         rows.append(("measure both splits, warm cache, same process (sweep trials)", time.perf_counter() - t0))
         t0 = time.perf_counter()
-        shift.write_report(run_dir, report)
+        shift_report.write_report(run_dir, report)
         rows.append(("write shift.json + shift.png (first time in the process: imports matplotlib)",
                      time.perf_counter() - t0))
         t0 = time.perf_counter()
-        shift.write_report(run_dir, report)
+        shift_report.write_report(run_dir, report)
         rows.append(("write shift.json + shift.png again", time.perf_counter() - t0))
     return rows
 
 
 def per_image_accuracy(report, truth: pd.DataFrame) -> list[tuple[str, str]]:
     t = report.test.table.merge(truth, on="ID")
-    readable = t[t["line_confidence"] >= shift.LINES_CONFIDENT]
+    readable = t[t["line_confidence"] >= measure.LINES_CONFIDENT]
     vertical = (readable["line_direction"] >= 45) & (readable["line_direction"] < 135)
     turned = readable["rot90_k"] % 2 == 1
     true_skew = np.where(readable["flip"] == "none", readable["angle"], -readable["angle"])
-    skew_err = np.abs(readable["line_direction"].map(shift.skew_of) - true_skew)
+    skew_err = np.abs(readable["line_direction"].map(measure.skew_of) - true_skew)
     return [
         ("test pages with readable text lines", f"{len(readable)} of {len(t)} ({100 * len(readable) / len(t):.0f}%)"),
         ("quarter turn (90/270 vs 0/180) right, readable pages", f"{100 * (vertical == turned).mean():.1f}%"),
@@ -119,7 +120,7 @@ def main() -> None:
     print(md([(k, f"{v:.2f}") for k, v in timings(source, args.work_size, args.max_images)], ["step", "seconds"]))
     distortions = source.root / "test_distortions.csv"
     if distortions.is_file():
-        report = shift.build_report(source, args.work_size, args.max_images, args.work / "shift-bench-cache")
+        report = shift_report.build_report(source, args.work_size, args.max_images, args.work / "shift-bench-cache")
         truth = pd.read_csv(distortions).rename(columns={"jpeg_quality": "jpeg_quality_true"})
         long_side = int(max(report.train.table[["width", "height"]].max()))
         print("\n" + md(per_image_accuracy(report, truth), ["per-image estimate (synthetic test split)", "value"]))

@@ -34,7 +34,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from docclassify import errors
-from docclassify.data.validation import RobustSpec
+from docclassify.distortion.copies import RobustSpec
 from docclassify.engine.kfold import run_results
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -184,7 +185,7 @@ class AugmentConfig:
     orientation_p: float = key(0.5, ge=0.0, le=1.0)
     advanced_p_start: float = key(0.0, ge=0.0, le=1.0)
     advanced_p_end: float = key(0.0, ge=0.0, le=1.0)
-    # Training samples distorted by the robust copies' profile (data/match.py), with a share ramping
+    # Training samples distorted by the robust copies' profile (distortion/match.py), with a share ramping
     # from match_p_start (first epoch) to match_p_end (last epoch).
     match_validation: bool = False
     match_p_start: float = key(0.5, ge=0.0, le=1.0)
@@ -288,7 +289,7 @@ class CosineSchedule(ConstantSchedule):
 # ------------------------------------------------------------------------------------------ validation
 @dataclass
 class DistortProfile:
-    """How a robust validation copy is distorted (data/distort.py). Each distortion is applied with
+    """How a robust validation copy is distorted (docclassify/distortion/). Each distortion is applied with
     its probability ``*_p``; strengths are drawn uniformly up to the given value or within the
     given [low, high]. Sizes are fractions of the image's long side, so a profile means the
     same at any resolution. Defaults follow the reference competition's published test-set
@@ -328,6 +329,55 @@ class DistortProfile:
     glare_size: float = key(0.25, ge=0.0, le=1.0)      # ... radius up to this share of the long side
     channel_p: float = key(0.1, ge=0.0, le=1.0)        # per-channel contrast ...
     channel_contrast: list[float] = _range(0.8, 1.25, ge=0.0, le=10.0)  # ... each channel's factor
+    # Added for the shipped test profiles (docclassify/distortion/profiles/); off by default.
+    angle_min: float = key(0.0, ge=0.0, le=180.0)      # |angle| at least this (0: uniform in +-angle)
+    flip_vertical: float = key(0.0, ge=0.0, le=1.0)    # share of the mirror images that are top-bottom
+    background_tones: list[int] = key(factory=list)    # drawn backgrounds: one of these greys (0-255) ...
+    background_jitter: float = key(0.0, ge=0.0, le=128.0)  # ... each channel jittered by this std (grey levels)
+    blur_min: float = key(0.0, ge=0.0, le=0.1)         # blur sigma at least this share of the long side
+    noise_min: float = key(0.0, ge=0.0, le=1.0)        # noise std at least this share of full scale
+    exposure_p: float = key(0.0, ge=0.0, le=1.0)       # exposure (over/under-exposed, low light) ...
+    exposure_gain: list[float] = _range(0.55, 1.5, gt=0.0, le=10.0)      # ... light multiplied by this
+    exposure_contrast: list[float] = _range(0.6, 1.4, ge=0.0, le=10.0)   # ... contrast around mid-grey
+    exposure_gamma: list[float] = _range(0.5, 2.0, gt=0.0, le=10.0)      # ... gamma (drawn log-uniform)
+    motion_p: float = key(0.0, ge=0.0, le=1.0)         # motion blur (camera shake) ...
+    motion_length: float = key(0.02, ge=0.0, le=0.5)   # ... a streak up to this share of the long side
+    moire_p: float = key(0.0, ge=0.0, le=1.0)          # moire (a photographed screen or halftone) ...
+    moire_strength: float = key(0.3, ge=0.0, le=1.0)   # ... darkening its bands by up to this share
+
+
+# Profiles that ship in the package: validation.distort=<name> (docclassify/distortion/profiles/<name>.yaml).
+PROFILES_DIR = Path(__file__).resolve().parent / "distortion" / "profiles"
+# Keys whose value is a lower bound of another key's upper bound.
+_PROFILE_MINIMA = (("angle_min", "angle"), ("blur_min", "blur_sigma"), ("noise_min", "noise_std"))
+
+
+def profile_file(value: str) -> Path | None:
+    """The YAML file ``validation.distort=<value>`` names: a shipped profile's name, else a file path
+    (relative: to the working directory); None when there is neither."""
+    shipped = PROFILES_DIR / f"{value}.yaml"
+    if "/" not in value and shipped.is_file():
+        return shipped
+    path = Path(value).expanduser()
+    return path.resolve() if path.is_file() else None
+
+
+def profile_errors(node: Any, where: str) -> list[str]:
+    """A profile's keys (a config node) against DistortProfile: unknown keys, types, ranges, and the
+    minima not above their maxima."""
+    if not isinstance(node, DictConfig):
+        return [f"{where}: expected profile keys (a mapping such as rot90_p: 0.5), got {node!r}"]
+    try:
+        profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), node)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's key/type errors, reported with the key
+        return [f"{where}: {str(exc).splitlines()[0]} (keys: {', '.join(DistortProfile.__annotations__)})"]
+    errors = schema_errors(profile, where)
+    for low, high in _PROFILE_MINIMA:
+        if profile[low] > profile[high]:
+            errors.append(f"{where}.{low}={profile[low]}: must not exceed {where}.{high}={profile[high]}")
+    if not all(isinstance(t, int) and 0 <= t <= 255 for t in profile.background_tones):
+        errors.append(f"{where}.background_tones={list(profile.background_tones)}: expected grey levels 0-255")
+    return errors
 
 
 @dataclass
@@ -342,15 +392,16 @@ class RobustValidation:
     copies: int = key(2, ge=1, le=16)
     # Seed of the copies; not the run's seed, so every run and trial scores the same pixels.
     seed: int = key(0, ge=0, le=SEED_MAX)
-    # A DistortProfile (its keys, e.g. validation.distort.angle=10) or "auto": fitted from the
-    # measured train-vs-test shift of the data's test images (docclassify.shift).
+    # A DistortProfile (its keys, e.g. validation.distort.angle=10), "auto": fitted from the
+    # measured train-vs-test shift of the data's test images (docclassify.shift), or a shipped
+    # profile's name (PROFILES_DIR: synthetic_test, phone_photo) or a profile YAML's path.
     distort: Any = field(default_factory=lambda: OmegaConf.structured(DistortProfile))
 
 
 # ------------------------------------------------------------------------------------------ shift
 @dataclass
 class ShiftSettings:
-    """How the train-vs-test shift is measured (docclassify/data/shift.py, docs/shift.md)."""
+    """How the train-vs-test shift is measured (docclassify/distortion/measure.py, docs/shift.md)."""
 
     max_images: int | None = key(500, ge=10)   # per split, a seeded sample; null = every image
     work_size: int = key(256, ge=64, le=2048)  # long side (px) for brightness, contrast, blur, text lines
@@ -640,17 +691,22 @@ def value_errors(name: str, value: Any, f: dataclasses.Field) -> list[str]:
 
 
 def distort_errors(validation: DictConfig) -> list[str]:
-    """``validation.distort``: "auto" or a DistortProfile (typed here: it is an Any field)."""
+    """``validation.distort``: "auto", a shipped profile's name or a profile YAML's path, or a
+    DistortProfile's keys (typed here: it is an Any field)."""
     distort = validation.get("distort")
     if distort is None or distort == "auto":
         return []
+    if isinstance(distort, str):
+        path = profile_file(distort)
+        if path is None:
+            shipped = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+            return [f"validation.distort={distort}: no shipped profile of that name and no such file; shipped: "
+                    f"{shipped} (or auto, a path to a profile YAML, or validation.distort.<key>=...)"]
+        return profile_errors(OmegaConf.load(path), f"validation.distort ({path})")
     if not isinstance(distort, DictConfig):
-        return [f"validation.distort={distort!r}: expected auto or a profile (validation.distort.<key>=...)"]
-    try:
-        profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), distort)
-    except Exception as exc:  # noqa: BLE001 - OmegaConf's key/type errors, reported with the key
-        return [f"validation.distort: {str(exc).splitlines()[0]} (keys: {', '.join(DistortProfile.__annotations__)})"]
-    return schema_errors(profile, "validation.distort")
+        return [f"validation.distort={distort!r}: expected auto, a profile name or path, or a profile "
+                "(validation.distort.<key>=...)"]
+    return profile_errors(distort, "validation.distort")
 
 
 def fold_models_errors(ensemble: DictConfig, n_folds: int | None) -> list[str]:

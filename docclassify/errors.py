@@ -39,6 +39,10 @@ class UserError(ValueError):
     """Bad config, data or input: the message says what, where and the fix; no traceback needed."""
 
 
+class DataError(UserError):
+    """Bad input data: the message names the file/column/key and what to do."""
+
+
 def full_error_requested() -> bool:
     """HYDRA_FULL_ERROR=1, the switch Hydra itself reads for full tracebacks."""
     return os.environ.get("HYDRA_FULL_ERROR") == "1"

@@ -2,10 +2,10 @@
 images (docs/shift.md).
 
 Composes ``conf/shift.yaml`` (the same ``data`` and ``paths`` groups as training), measures both
-splits (docclassify.data.shift), prints the comparison table and the fitted distortion profile,
-and writes into its run dir (outputs/shift/<time>): shift.json, shift.png, shift_images.csv and
-distort_profile.yaml. A data set without test images is refused with a clear message and leaves
-no run dir behind.
+splits (docclassify/distortion/: measure, compare, fit, report), prints the comparison table and the
+fitted distortion profile, and writes into its run dir (outputs/shift/<time>): shift.json,
+shift.png, shift_images.csv and distort_profile.yaml. A data set without test images is refused
+with a clear message and leaves no run dir behind.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ log = logging.getLogger("docclassify.shift")
 def shift_report(cfg: DictConfig, out_dir: Path) -> dict:
     """Measure, compare, fit, write the files and print the table; returns shift.json's content."""
     from docclassify.config_schema import check_config
-    from docclassify.data.shift import (
+    from docclassify.data.sources import DataError, load_source
+    from docclassify.distortion.compare import format_table
+    from docclassify.distortion.report import (
         PROFILE_YAML,
         build_report,
-        format_table,
         no_test_message,
         profile_yaml,
         write_report,
     )
-    from docclassify.data.sources import DataError, load_source
     from docclassify.utils.io import atomic_write_text
 
     check_config(cfg)

@@ -98,7 +98,7 @@ PROBES: dict[str, Probe] = {
     "augment.advanced_p_end": Probe("pixels", (0.0, 1.0)),
     "augment.hard_p_start": Probe("pixels", (None, 1.0), BASIC),
     "augment.hard_p_end": Probe("pixels", (None, 1.0), BASIC),
-    # -- augment: training for the robust copies' distortions (data/match.py)
+    # -- augment: training for the robust copies' distortions (distortion/match.py)
     "augment.match_validation": Probe("pixels", (False, True), BASIC),
     "augment.match_p_start": Probe("pixels", (0.2, 0.9), MATCH),
     "augment.match_p_end": Probe("pixels", (0.2, 0.9), MATCH),
@@ -206,6 +206,23 @@ PROBES: dict[str, Probe] = {
     "validation.distort.glare_size": _copies((0.1, 0.6), "glare"),
     "validation.distort.channel_p": _copies((0.0, 1.0)),
     "validation.distort.channel_contrast": _copies(([0.8, 1.25], [2.0, 3.0]), "channel"),
+    # the shipped test profiles' keys (distortion/profiles/): lower ends of ranges, vertical flips,
+    # toned backgrounds, exposure, motion blur, moire
+    "validation.distort.angle_min": _copies((0.0, 15.0), "angle"),
+    "validation.distort.flip_vertical": _copies((0.0, 1.0), "flip"),
+    "validation.distort.background_tones": _copies(([], [30]), "angle", desk_p=0.0, background_p=1.0),
+    "validation.distort.background_jitter": _copies((0.0, 40.0), "angle", desk_p=0.0, background_p=1.0,
+                                                    background_tones=[128]),
+    "validation.distort.blur_min": _copies((0.0, 0.03), "blur", blur_sigma=0.04),
+    "validation.distort.noise_min": _copies((0.0, 0.2), "noise", noise_std=0.3),
+    "validation.distort.exposure_p": _copies((0.0, 1.0)),
+    "validation.distort.exposure_gain": _copies(([0.55, 1.5], [0.3, 0.4]), "exposure"),
+    "validation.distort.exposure_contrast": _copies(([0.6, 1.4], [2.0, 3.0]), "exposure"),
+    "validation.distort.exposure_gamma": _copies(([0.5, 2.0], [2.0, 3.0]), "exposure"),
+    "validation.distort.motion_p": _copies((0.0, 1.0), motion_length=0.2),  # visible at these 64 px images
+    "validation.distort.motion_length": _copies((0.02, 0.2), "motion"),
+    "validation.distort.moire_p": _copies((0.0, 1.0)),
+    "validation.distort.moire_strength": _copies((0.3, 0.9), "moire"),
 }
 
 # key -> (why nothing here compares numbers, the test that shows its effect or None)
@@ -376,8 +393,8 @@ def pixels(cfg, data, run_dir: Path) -> dict:
     """Augmented pixels: 4 images x 4 draws x 3 epochs through TrainTransform (with the match step
     of augment.match_validation, drawing from the default profile)."""
     from docclassify.data.augment import TrainTransform
-    from docclassify.data.match import build_match
-    from docclassify.data.validation import normalise_profile
+    from docclassify.distortion import normalise_profile
+    from docclassify.distortion.match import build_match
 
     match = build_match(cfg.augment, normalise_profile({}), PIXEL_SIZE, epochs=3, seed=0)
     transform = TrainTransform(cfg.augment, PIXEL_SIZE, epochs=3, seed=0, pad_value=0, match=match)
@@ -441,7 +458,8 @@ def trackers(cfg, data, run_dir: Path) -> dict:
 
 def copies(cfg, data, run_dir: Path) -> dict:
     """The robust copies of 6 real images, built from the config as a run builds them."""
-    from docclassify.data.validation import RobustSpec, robust_copies
+    from docclassify.data.validation import robust_copies
+    from docclassify.distortion.copies import RobustSpec
     from docclassify.engine.kfold import resolve_distort_profile
 
     profile = resolve_distort_profile(SimpleNamespace(cfg=cfg), SimpleNamespace(fitted_profile=None))

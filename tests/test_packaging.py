@@ -173,6 +173,9 @@ def test_wheel_carries_the_config_tree_and_the_sweeper(installed):
     conf = REPO / "docclassify" / "conf"
     yamls = {f"docclassify/conf/{p.relative_to(conf)}" for p in conf.rglob("*.yaml")}
     assert len(yamls) > 40 and yamls <= names
+    profiles = {f"docclassify/distortion/profiles/{p.name}" for p in (REPO / "docclassify" / "distortion" /
+                                                                       "profiles").glob("*.yaml")}
+    assert len(profiles) >= 2 and profiles <= names  # validation.distort=<name> works when installed
     assert {f"hydra_plugins/docclassify_sweeper/{n}" for n in ("__init__.py", "sweeper.py", "_impl.py",
                                                                "config.py")} <= names
     assert not any(n.startswith("hydra_plugins/__init__") for n in names)  # a namespace package

@@ -6,14 +6,17 @@ Keys of the ``augment`` group: the unprefixed strengths (``rotate_limit``, ``shi
 ``advanced_*`` strengths by the advanced set only, and ``hflip`` / ``vflip`` (whether the data's
 orientation allows mirror images) by both. ``advanced_p_start`` / ``advanced_p_end`` decide
 which set a sample takes; ``mixup_*`` / ``cutmix_alpha`` are read by engine/mixup.py;
-``match_validation`` / ``match_p_*`` by data/match.py (a step before the set, given to TrainTransform).
+``match_validation`` / ``match_p_*`` by docclassify/distortion/match.py (a step before the set, given
+to TrainTransform).
 
 ``orientation`` / ``orientation_p`` act after either set, in every option: with that probability
 an exact element of the group (``rot90``: quarter turns, ``dihedral``: turns and mirror images;
 data/orientation.py) other than the identity. The small-angle rotations stay the sets' own keys
 (``rotate_limit``, ``advanced_rotate_limit``). Each sample also reports the dihedral element its
-pixels went through in all (the sets' own flips and quarter turns composed with the orientation
-step): the orientation head's label.
+pixels went through in all (the match step's turn or mirror image, the sets' own flips and quarter
+turns and the orientation step, composed): the orientation head's label. A free rotation counts as
+its nearest quarter turn beyond 45 degrees (distortion/draw.py ``quarter_turns``) in the match
+step; the sets' small rotations (``rotate_limit``, ``advanced_rotate_limit``) count as none.
 
 Images arrive already resized/padded to the working size (uint8 HxWx3). Each sample is
 augmented with a generator seeded from (seed, epoch, index), so runs are reproducible
@@ -34,6 +37,7 @@ import numpy as np
 
 from docclassify.data import orientation
 from docclassify.data.orientation import Element, OrientationAugment
+from docclassify.utils.schedule import linear_ramp
 
 
 def _flips(cfg) -> list:
@@ -126,14 +130,6 @@ def seed_transforms(transforms, seed: int) -> None:
             transform.set_random_seed(child)
 
 
-def advanced_probability(epoch: int, epochs: int, p_start: float, p_end: float) -> float:
-    """Linear ramp from p_start (first epoch) to p_end (last epoch)."""
-    if epochs <= 1:
-        return float(p_end)
-    t = min(max(epoch, 0), epochs - 1) / (epochs - 1)
-    return float(p_start + (p_end - p_start) * t)
-
-
 @dataclass(frozen=True)
 class Augmented:
     """One augmented sample: its pixels, whether it took the advanced set, and the dihedral element
@@ -146,8 +142,8 @@ class Augmented:
 
 class TrainTransform:
     """Picks the advanced transforms with the scheduled probability, else the basic ones, then the
-    orientation step (augment.orientation); ``match`` (augment.match_validation, data/match.py)
-    distorts the sample like a robust copy first."""
+    orientation step (augment.orientation); ``match`` (augment.match_validation,
+    docclassify/distortion/match.py) distorts the sample like a robust copy first."""
 
     def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
         self.match = match
@@ -168,7 +164,7 @@ class TrainTransform:
         return int(self._epoch.value)
 
     def p_advanced(self, epoch: int | None = None) -> float:
-        return advanced_probability(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
+        return linear_ramp(self.epoch if epoch is None else epoch, self.epochs, self.p_start, self.p_end)
 
     def __call__(self, image: np.ndarray, index: int) -> tuple[np.ndarray, bool]:
         """(augmented pixels, whether the advanced set was taken)."""
@@ -182,11 +178,16 @@ class TrainTransform:
         use_advanced = bool(rng.random() < self.p_advanced(epoch))
         transforms = self.advanced if use_advanced else self.basic
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
+        matched = orientation.IDENTITY
         if self.match is not None:  # its own generator: the set's draws stay as they were
-            image, _ = self.match.draw(image, index, epoch)
+            drawn = self.match.draw(image, index, epoch)
+            image, matched = drawn.image, drawn.element
         result = transforms(image=np.ascontiguousarray(image))
         # Drawn after the sets' draws: orientation=none leaves every earlier draw (and pixel) unchanged.
         turn = self.orientation.draw(rng)
         pixels = orientation.apply_numpy(result["image"], turn) if turn != orientation.IDENTITY else result["image"]
-        done = orientation.compose(turn, orientation.from_albumentations(result["applied_transforms"]))
+        # The head's label: every turn and mirror image the pixels went through, in the order applied
+        # (the match draw's, then the set's flips and quarter turns, then the orientation step's).
+        done = orientation.compose(turn, orientation.compose(
+            orientation.from_albumentations(result["applied_transforms"]), matched))
         return Augmented(pixels, use_advanced, done)

@@ -293,7 +293,7 @@ def load_images(paths: Sequence[Path], size: int, data_cfg, cache_dir, check: bo
 def handle_bad_images(ids: Sequence[str], bad: Sequence[int], policy: str) -> list[str]:
     """``data.on_bad_image`` for the undecodable rows ``bad`` of ``ids``: error (naming them) or skip
     (one warning); returns the skipped IDs."""
-    from docclassify.data.sources import DataError
+    from docclassify.errors import DataError
 
     if not bad:
         return []

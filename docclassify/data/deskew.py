@@ -1,15 +1,15 @@
 """Deskewing (``tta.deskew``): a page's residual small-angle rotation estimated from its text lines
 and undone before the image is resized to the model's input.
 
-The skew is the one ``data/shift.py`` measures for the train-vs-test shift report: the projection
+The skew is the one ``distortion/measure.py`` measures for the train-vs-test shift report: the projection
 profile of the page's ink (OpenCV + numpy; docs/shift.md explains the method, its accuracy on the
 synthetic test split and why not the ``deskew`` / ``jdeskew`` packages), so the report and the
 correction agree. The estimate is the text lines' distance to the nearest axis, within +-45
 degrees: quarter turns are left to the orientation estimate (``tta=orient``). Pages whose lines
-are not readable (confidence under ``shift.LINES_CONFIDENT``: photos, blank or dense pages) and
+are not readable (confidence under ``measure.LINES_CONFIDENT``: photos, blank or dense pages) and
 skews under ``MIN_SKEW`` degrees are left as they are.
 
-The page is rotated back with data/distort.py's ``rotate`` (the one the robust validation copies
+The page is rotated back with distortion/steps.py's ``rotate`` (the one the robust validation copies
 are skewed with: a canvas that holds all of it, uncovered corners in the border colour), then the
 centred box of the upright page is kept: a skewed scan or photo is a page turned on a larger
 canvas, and cutting both rotations' corners away gives back the page's own frame, as the upright
@@ -23,9 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from docclassify.data.distort import rotate
 from docclassify.data.images import decode_image, resize_image
-from docclassify.data.shift import LINES_CONFIDENT, at_work_size, grey, line_direction, skew_of
+from docclassify.distortion.measure import (
+    LINES_CONFIDENT,
+    at_work_size,
+    grey,
+    line_direction,
+    skew_of,
+)
+from docclassify.distortion.steps import rotate
 
 MIN_SKEW = 0.5     # degrees: smaller estimates are within the estimate's noise, not corrected
 WORK_SIZE = 256    # long side (px) at which the text lines are measured (as the shift report does)

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from docclassify.errors import UserError
+from docclassify.errors import DataError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_LISTED = 20
-
-
-class DataError(UserError):
-    """Bad input data: the message names the file/column/key and what to do."""
 
 
 @dataclass
@@ -246,7 +242,11 @@ def load_source(data_cfg, cache_dir: str | Path) -> DataSource:
             seed=int(data_cfg.generator_seed),
         )
         root = ensure_synthetic(Path(cache_dir).expanduser(), spec)
-        return load_competition(root, test_labels="test_labels.csv", name="synthetic")
+        # Which test split: test/ by default; infer's data.test_dir / test_labels / sample_submission
+        # pick another (test_phone/, test_phone_labels.csv, test_phone_sample_submission.csv).
+        return load_competition(root, sample_submission=data_cfg.get("sample_submission") or "sample_submission.csv",
+                                test_dir=data_cfg.get("test_dir") or "test",
+                                test_labels=data_cfg.get("test_labels") or "test_labels.csv", name="synthetic")
     from omegaconf import OmegaConf
 
     root = None if OmegaConf.is_missing(data_cfg, "root") else data_cfg.root

@@ -1,12 +1,12 @@
-"""Robust validation copies: every training image in ``validation.copies`` distorted versions.
+"""Robust validation copies of a data set: every training image in ``validation.copies``
+distorted versions, decoded, distorted, resized and cached.
 
-A copy is a pure function of (``validation.seed``, image ID, copy index) (and of the image and
-the profile): its generator is seeded from a stable hash of the ID, so the same pixels come out
-in every epoch, fold, run, sweep trial, process and thread count. Each image is distorted at its
-own decoded resolution (the long side bounded by :func:`working_side`), as a test photo was
-distorted before anyone resized it, so blur, noise and JPEG blocks shrink with the image the way
-they do on real test images; then it is resized with the run's policy (``data.resize``,
-``data.pad_value``) to ``img_size``.
+What a copy is and how it is drawn lives in docclassify/distortion/ (copies.py: ``RobustSpec``, a
+copy's generator from (``validation.seed``, image ID, copy index)). Here each image is decoded at
+its own resolution (the long side bounded by ``working_side``), as a test photo was distorted
+before anyone resized it, so blur, noise and JPEG blocks shrink with the image the way they do on
+real test images; then it is resized with the run's policy (``data.resize``, ``data.pad_value``)
+to ``img_size``.
 
 The copies of all training rows are built once per (images, profile, copies, seed, size,
 resize, pad) and stored like the decode cache (``data.cache``: one memory-mapped uint8 array
@@ -22,77 +22,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from docclassify.data.cache import cached_array, content_key
-from docclassify.data.distort import distort
 from docclassify.data.images import BadImageError, decode_image, resize_image
+from docclassify.distortion.copies import RobustSpec, draw_copy, working_side
 
 log = logging.getLogger(__name__)
 
-# Bump when a change to data/distort.py or to this module changes the pixels of a copy.
+# Bump when a change to docclassify/distortion/ or to this module changes the pixels of a copy.
 COPIES_FORMAT = 1
-# Images are distorted at their own resolution, long side at most max(MIN_WORKING_SIDE, 2 x img_size):
-# huge scans are shrunk first (cost), test-photo-sized images are not (fidelity).
-MIN_WORKING_SIDE = 1024
-
-
-@dataclass(frozen=True)
-class RobustSpec:
-    """What the copies are: the resolved distortion profile, the number of copies and their seed."""
-
-    profile: Mapping[str, Any]
-    copies: int
-    seed: int
-
-    def as_dict(self) -> dict:
-        return {"copies": int(self.copies), "seed": int(self.seed), "profile": dict(self.profile)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> RobustSpec:
-        """A stored spec (results.json): keys its profile lacks were steps that did not exist yet, off."""
-        return cls(normalise_profile({**ADDED_LATER_OFF, **d["profile"]}), int(d["copies"]), int(d["seed"]))
-
-
-# Profile keys added after runs were first recorded, at the values that switch their steps off: a run
-# recorded before them is rebuilt (inference, aggregate) with the copies it was validated on.
-ADDED_LATER_OFF = {"occlusion_count": 1, "background_p": 0.0, "desk_p": 0.0, "shadow_p": 0.0, "glare_p": 0.0,
-                   "channel_p": 0.0}
-
-
-def normalise_profile(profile: Any) -> dict:
-    """A plain, typed, complete profile dict (DistortProfile's defaults for missing keys)."""
-    from docclassify.config_schema import DistortProfile
-
-    merged = OmegaConf.merge(OmegaConf.structured(DistortProfile), OmegaConf.create(dict(profile)))
-    return OmegaConf.to_container(merged)
-
-
-def id_hash(image_id: str) -> int:
-    """A stable 64-bit hash of an image ID (Python's ``hash`` of a str changes per process)."""
-    return int.from_bytes(hashlib.blake2b(str(image_id).encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def copy_rng(seed: int, image_id: str, copy: int) -> np.random.Generator:
-    """The generator of one copy: a pure function of (seed, image ID, copy index)."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, id_hash(image_id), int(copy)])
-
-
-def copy_rows(rows: Sequence[int], copies: int) -> np.ndarray:
-    """Indices into the copies array of ``rows`` (each row's copies together, in ``rows`` order)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    return (rows[:, None] * int(copies) + np.arange(int(copies))[None, :]).reshape(-1)
-
-
-def working_side(img_size: int) -> int:
-    return max(MIN_WORKING_SIDE, 2 * int(img_size))
 
 
 def working_image(path: str | Path, img_size: int) -> np.ndarray:
@@ -111,7 +54,7 @@ def working_image(path: str | Path, img_size: int) -> np.ndarray:
 def robust_copy(image: np.ndarray, image_id: str, copy: int, spec: RobustSpec, size: int, resize: str,
                 pad_value: int) -> np.ndarray:
     """Copy ``copy`` of ``image`` (at working resolution), resized to ``size`` like training images."""
-    distorted, _ = distort(image, spec.profile, copy_rng(spec.seed, image_id, copy))
+    distorted, _ = draw_copy(image, spec, image_id, copy)
     return resize_image(distorted, size, resize, pad_value)
 
 

@@ -23,11 +23,17 @@ import numpy as np
 import torch
 
 from docclassify.data.augment import TrainTransform
-from docclassify.data.match import build_match
 from docclassify.data.pseudo import TrainingSet, fold_training_set
-from docclassify.data.validation import copy_rows
+from docclassify.distortion.copies import copy_rows
+from docclassify.distortion.match import build_match
 from docclassify.engine import distributed
-from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
+from docclassify.engine.epoch import (
+    EpochProgress,
+    FoldParts,
+    StepContext,
+    StopRequested,
+    train_one_epoch,
+)
 from docclassify.engine.evaluate import (
     monitored_value,
     predict_logits,

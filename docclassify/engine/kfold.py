@@ -28,10 +28,18 @@ from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
 from docclassify.data.images import image_size
-from docclassify.data.pseudo import SELECTION_FILE, PseudoSet, check_unchanged, load_pseudo_set, selection_frame
-from docclassify.data.shift import run_shift_check
+from docclassify.data.pseudo import (
+    SELECTION_FILE,
+    PseudoSet,
+    check_unchanged,
+    load_pseudo_set,
+    selection_frame,
+)
 from docclassify.data.sources import DataSource, apply_decisions, load_source
-from docclassify.data.validation import RobustSpec, normalise_profile, robust_copies
+from docclassify.data.validation import robust_copies
+from docclassify.distortion import describe, normalise_profile, resolve_profile
+from docclassify.distortion.copies import RobustSpec
+from docclassify.distortion.report import run_shift_check
 from docclassify.engine import distributed
 from docclassify.engine.callbacks import Callback, CallbackList
 from docclassify.engine.epoch import StopRequested
@@ -41,7 +49,13 @@ from docclassify.engine.losses import check_loss_config
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
-from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
+from docclassify.engine.setup import (
+    AmpSettings,
+    amp_settings,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
 from docclassify.engine.signals import StopFlag
 from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
@@ -79,7 +93,7 @@ class RunData:
     folds: np.ndarray          # validation fold of every row (-1: always trains)
     keep: np.ndarray           # False for rows skipped as undecodable (data.on_bad_image=skip)
     skipped_ids: list[str]
-    # validation.distort=auto: the profile fitted from the train-vs-test shift (data/shift.py), else None
+    # validation.distort=auto: the profile fitted from the train-vs-test shift (distortion/report.py), else None
     fitted_profile: dict | None = None
     duplicate_groups: dict | None = None  # folds.group_duplicates: what was grouped (results.json)
     robust: RobustSpec | None = None  # the robust view's profile, copies and seed (None: validation=clean)
@@ -275,13 +289,13 @@ def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> 
 
 
 def resolve_distort_profile(run: RunContext, data: RunData) -> dict:
-    """The distortion profile of the robust copies: ``validation.distort`` as given, or for
-    ``auto`` the one fitted from the data's measured train-vs-test shift (docclassify.data.shift,
-    which also saves it in the run dir)."""
+    """The distortion profile of the robust copies: ``validation.distort`` as given (its keys, a
+    shipped profile's name or a YAML path: distortion/profile.py), or for ``auto`` the one fitted
+    from the data's measured train-vs-test shift (distortion/report.py, which also saves it in the
+    run dir)."""
     distort = run.cfg.validation.distort
-    if distort != "auto":  # every key read by name (tests/test_config_keys.py sees each one used)
-        return normalise_profile({k: OmegaConf.to_object(distort[k]) if OmegaConf.is_config(distort[k])
-                                  else distort[k] for k in distort})
+    if distort != "auto":
+        return resolve_profile(distort)
     # Fitted (and saved as distort_profile.yaml) by the shift check in load_run_data, which refuses
     # auto when the data has no test images.
     return normalise_profile(data.fitted_profile)
@@ -305,6 +319,8 @@ def add_robust_copies(run: RunContext, data: RunData) -> None:
     log.info("validation=%s: %d distorted copies of every validation image (seed %d); trainer.monitor=%s picks "
              "the best epoch", validation.name, data.robust.copies, data.robust.seed,
              resolve_monitor(validation, str(cfg.trainer.monitor)))
+    if isinstance(validation.distort, str):  # a named profile or a file: say what it draws
+        log.info("validation.distort=%s: %s", validation.distort, describe(profile))
 
 
 def log_match(run: RunContext, data: RunData) -> None:
@@ -315,6 +331,7 @@ def log_match(run: RunContext, data: RunData) -> None:
     validation = run.cfg.get("validation")
     origin = ("the default profile" if data.robust is None else
               "the fitted profile of validation.distort=auto" if data.fitted_profile is not None else
+              f"validation.distort={validation.distort}" if isinstance(validation.distort, str) else
               "validation.distort")
     log.info("augment.match_validation: %.0f%% -> %.0f%% of the training samples distorted like the robust "
              "copies (%s; validation=%s), drawn fresh per sample and epoch", 100 * augment.match_p_start,

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from docclassify.data import orientation
 from docclassify.data.orientation import head_label, head_size
+from docclassify.distortion.copies import copy_element
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def orientation_metrics(logits: np.ndarray, head_logits: np.ndarray | None, targ
 @dataclass(frozen=True)
 class OrientationCheck:
     """A fold's turned validation copies: each validation row's element index, and the head (or none);
-    with robust validation, the element each robust copy was turned by (data/distort.py's draws)."""
+    with robust validation, the element each robust copy was turned by (the profile's draws)."""
 
     elements: np.ndarray
     head: str
@@ -146,17 +147,10 @@ def orientation_check(augment_cfg, head: str, n_val: int, robust_copies_of=None)
 
 
 def copy_elements(ids, spec) -> np.ndarray:
-    """Element index of each robust copy of ``ids`` (each ID's copies together, as data.validation.copy_rows
-    orders them): the flip and quarter turn data/distort.py drew for it (a mirror, then k turns)."""
-    from docclassify.data.distort import sample_params
-    from docclassify.data.validation import copy_rng
-
-    out = []
-    for image_id in ids:
-        for copy in range(int(spec.copies)):
-            params = sample_params(spec.profile, copy_rng(spec.seed, str(image_id), copy))
-            out.append(orientation.Element(int(params.get("rot90", 0)), bool(params.get("flip", False))).index)
-    return np.asarray(out, dtype=np.int64)
+    """Element index of each robust copy of ``ids`` (each ID's copies together, as copy_rows orders
+    them): the turn and mirror image its profile drew for it (distortion/copies.py ``copy_element``)."""
+    return np.asarray([copy_element(spec, str(image_id), copy).index for image_id in ids
+                       for copy in range(int(spec.copies))], dtype=np.int64)
 
 
 def validate_orientation(model, val_loader, ctx, check: OrientationCheck | None, targets: np.ndarray) -> dict:

@@ -46,7 +46,8 @@ from docclassify.config_schema import CompetitionData
 from docclassify.data.cache import cached_images, decode_all
 from docclassify.data.deskew import deskew_all, skew_summary
 from docclassify.data.sources import DataError, DataSource, load_source
-from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
+from docclassify.data.validation import robust_copies
+from docclassify.distortion.copies import RobustSpec, copy_rows
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
@@ -78,7 +79,13 @@ from docclassify.predict.submission import (
     write_probability_frame,
     write_submission,
 )
-from docclassify.predict.tta import VIEW_SETS, View, normalised_batches, predict_tta_batches, resolve_tta
+from docclassify.predict.tta import (
+    VIEW_SETS,
+    View,
+    normalised_batches,
+    predict_tta_batches,
+    resolve_tta,
+)
 from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, set_logits
 from docclassify.utils.io import atomic_group, atomic_write_json
 
@@ -784,7 +791,11 @@ def write_test_report(out_dir: Path, y_test: np.ndarray, probs: np.ndarray, pred
     per_class.csv, misclassified.png) in the infer dir, with accuracy by orientation (summary.json's
     ``orientation``). A failure is logged, not raised: the submission and summary.json are written
     already."""
-    from docclassify.tracking.reports import Misclassified, infer_orientation_section, write_classification_report
+    from docclassify.tracking.reports import (
+        Misclassified,
+        infer_orientation_section,
+        write_classification_report,
+    )
 
     try:
         paths = write_classification_report(out_dir, y_test, pred, classes, title, Misclassified(probs, images, ids),

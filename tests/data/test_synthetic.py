@@ -128,15 +128,95 @@ def test_test_split_is_distorted(small_set: Path):
 def test_deterministic(small_set: Path, tmp_path: Path):
     again = S.generate(tmp_path / "b", SMALL, progress=False)
     for name in ("train.csv", "meta.csv", "sample_submission.csv", "test_labels.csv",
-                 "test_distortions.csv", "synthetic_spec.json"):
+                 "test_distortions.csv", "synthetic_spec.json", "test_phone_labels.csv",
+                 "test_phone_sample_submission.csv", "test_phone_distortions.csv"):
         assert (again / name).read_bytes() == (small_set / name).read_bytes(), name
-    for sub_dir in ("train", "test"):
+    for sub_dir in ("train", "test", "test_phone"):
         for p in sorted((small_set / sub_dir).iterdir())[:15]:
             assert np.array_equal(pixels(p), pixels(again / sub_dir / p.name)), p.name
     # every sample differs from the others
     train = sorted((small_set / "train").iterdir())
     hashes = {hash(pixels(p).tobytes()) for p in train}
     assert len(hashes) == len(train)
+
+
+# ------------------------------------------------------------------------------------------ the test profiles
+def test_the_test_split_is_drawn_from_its_profile_file():
+    """test/'s draw (distortion/synthetic.py) takes every probability and range from
+    profiles/synthetic_test.yaml: over many draws each step fires as often as the file says, within
+    its ranges."""
+    from docclassify.distortion.synthetic import draw_test_image, test_profile
+
+    p = test_profile()
+    page = Image.new("RGB", (48, 64), (235, 235, 235))
+    recs = [draw_test_image(page, np.random.default_rng([9, i]), 64)[1] for i in range(600)]
+    share = {k: np.mean([f(r) for r in recs]) for k, f in {
+        "rot90_p": lambda r: r["rot90_k"] > 0, "flip_p": lambda r: r["flip"] != "none",
+        "angle_p": lambda r: r["angle"] != 0, "crop_p": lambda r: r["crop"] > 0, "blur_p": lambda r: r["blur"] > 0,
+        "exposure_p": lambda r: r["gamma"] != 1.0, "noise_p": lambda r: r["noise"] > 0,
+        "jpeg_p": lambda r: r["jpeg_quality"] != 92}.items()}
+    assert share == pytest.approx({k: p[k] for k in share}, abs=0.06)
+    turned = [r for r in recs if r["angle"]]
+    assert all(p["angle_min"] - 1e-3 <= abs(r["angle"]) <= p["angle"] + 1e-3 for r in turned)
+    lo, hi = p["jpeg_quality"]
+    assert {r["jpeg_quality"] for r in recs if r["jpeg_quality"] != 92} <= set(range(lo, hi + 1))
+    assert all(p["noise_min"] * 255 - 1e-3 <= r["noise"] <= p["noise_std"] * 255 + 1e-3 for r in recs if r["noise"])
+    assert all(p["blur_min"] * 64 - 1e-3 <= r["blur"] <= p["blur_sigma"] * 64 + 1e-3 for r in recs if r["blur"])
+    assert 0.4 < np.mean([r["flip"] == "v" for r in recs if r["flip"] != "none"]) < 0.6
+
+
+def test_an_edited_test_profile_changes_the_test_split(monkeypatch):
+    """The numbers live in the profile: no quarter turns there, none in the split."""
+    from docclassify.distortion import synthetic
+
+    edited = {**synthetic.test_profile(), "rot90_p": 0.0}
+    monkeypatch.setattr(synthetic, "test_profile", lambda: edited)
+    recs = [S.make_image(SMALL, "test", i, i % 17)[1] for i in range(1, 40)]
+    assert all(r["rot90_k"] == 0 for r in recs)
+    assert any(r["angle"] for r in recs)  # the other steps still fire
+
+
+def test_the_test_splits_shared_steps_are_the_pil_operations_they_replaced():
+    """crop, quarter turns and mirror images of test/ go through distortion/steps.py; they must give
+    PIL's pixels (what GENERATOR_VERSION 1 wrote), so the split's bytes stay as they were."""
+    from docclassify.distortion import steps
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 29, 3), dtype=np.uint8))
+    arr = np.asarray(img)
+    turns = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
+    for k, t in turns.items():
+        np.testing.assert_array_equal(steps.rotate90(arr, k), np.asarray(img.transpose(t)))
+    np.testing.assert_array_equal(steps.mirror(arr, "h"), np.asarray(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    np.testing.assert_array_equal(steps.mirror(arr, "v"), np.asarray(img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)))
+    left, right, top, bottom = 0.11, 0.03, 0.07, 0.12
+    box = (round(left * 29), round(top * 37), 29 - round(right * 29), 37 - round(bottom * 37))
+    np.testing.assert_array_equal(steps.crop(arr, [left, top, right, bottom]), np.asarray(img.crop(box)))
+
+
+def test_the_phone_split_is_a_second_labelled_distorted_test_split(small_set: Path):
+    """test_phone/: other pages, as many per class as test/, with labels, a shuffled sample
+    submission and each image's drawn distortion (phone_photo), saved at the drawn JPEG quality."""
+    from docclassify.distortion import measure
+    from docclassify.distortion.synthetic import phone_profile
+
+    labels = read_csv(small_set / "test_phone_labels.csv")
+    sub = [r["ID"] for r in read_csv(small_set / "test_phone_sample_submission.csv")]
+    files = sorted(p.name for p in (small_set / "test_phone").iterdir())
+    assert sorted(sub) == files == sorted(r["ID"] for r in labels) and sub != sorted(sub)
+    assert sorted(int(r["target"]) for r in labels) == sorted(list(range(17)) * SMALL.n_test_per_class)
+    assert not set(files) & {p.name for p in (small_set / "test").iterdir()}  # IDs of their own
+    records = {r["ID"]: json.loads(r["params"]) for r in read_csv(small_set / "test_phone_distortions.csv")}
+    assert set(records) == set(files)
+    lo, hi = phone_profile()["jpeg_quality"]
+    for name, params in records.items():
+        assert lo <= params["jpeg"] <= hi
+        assert abs(measure.jpeg_quality(small_set / "test_phone" / name) - params["jpeg"]) <= 2
+    fired = {step for params in records.values() for step in params}
+    assert {"perspective", "shadow", "exposure", "noise", "blur"} <= fired
+    # each image is what its record says: the page drawn again from (spec, index) gives the same values
+    index = files.index(sub[0]) + 1
+    _, rec = S.make_image(SMALL, "test_phone", index, int(next(r["target"] for r in labels if r["ID"] == sub[0])))
+    assert rec["params"] == records[sub[0]]
 
 
 def test_generation_order_does_not_matter():
@@ -220,6 +300,7 @@ def test_cli(tmp_path: Path):
     assert len(read_csv(out / "train.csv")) == 34
     assert len(read_csv(out / "sample_submission.csv")) == 17
     assert len(list((out / "test").glob("*.jpg"))) == 17
+    assert len(list((out / "test_phone").glob("*.jpg"))) == len(read_csv(out / "test_phone_labels.csv")) == 17
     info = json.loads((out / "synthetic_spec.json").read_text())
     assert info["spec"] == {"n_train_per_class": 2, "n_test_per_class": 1, "long_side": 64,
                             "seed": 3, "imbalance": True}

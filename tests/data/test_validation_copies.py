@@ -1,5 +1,6 @@
-"""data/validation.py: a robust copy is a pure function of (seed, image ID, copy index), the same
-bytes whatever the thread count, process, cache or the other rows; built once and cached."""
+"""data/validation.py (with docclassify/distortion/copies.py): a robust copy is a pure function of
+(seed, image ID, copy index), the same bytes whatever the thread count, process, cache or the
+other rows; built once and cached."""
 
 from __future__ import annotations
 
@@ -18,14 +19,16 @@ from PIL import Image
 from docclassify.config_schema import DistortProfile
 from docclassify.data import cache
 from docclassify.data import validation as V
+from docclassify.distortion import copies as C
+from docclassify.distortion import profile as P
 
 SIZE = 32
 
 
-def spec(**over) -> V.RobustSpec:
+def spec(**over) -> C.RobustSpec:
     profile = OmegaConf.to_container(OmegaConf.structured(DistortProfile))
     d = {"copies": 2, "seed": 0, "profile": profile, **over}
-    return V.RobustSpec.from_dict(d)
+    return C.RobustSpec.from_dict(d)
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ def test_copies_do_not_depend_on_threads_cache_or_the_other_rows(rows, tmp_path)
     # A row's copies depend on its ID, not on its position or on which rows come with it.
     order = list(range(len(ids)))[::-3]
     subset = build([paths[i] for i in order], [ids[i] for i in order], s)
-    np.testing.assert_array_equal(subset, one[V.copy_rows(order, s.copies)])
+    np.testing.assert_array_equal(subset, one[C.copy_rows(order, s.copies)])
     assert not np.array_equal(one[0], one[1])  # two copies of one image differ
 
 
@@ -64,8 +67,9 @@ def test_copies_are_the_same_bytes_in_another_process(rows, tmp_path):
     s = spec(copies=3, seed=5)
     here = V.robust_copies(paths, ids, s, SIZE, "pad", 0, tmp_path / "a")
     code = ("import json, sys; from pathlib import Path; from docclassify.data import validation as V; "
+            "from docclassify.distortion import copies as C; "
             "a = json.loads(sys.argv[1]); "
-            "V.robust_copies([Path(p) for p in a['paths']], a['ids'], V.RobustSpec.from_dict(a['spec']), "
+            "V.robust_copies([Path(p) for p in a['paths']], a['ids'], C.RobustSpec.from_dict(a['spec']), "
             f"{SIZE}, 'pad', 0, a['cache'])")
     arg = json.dumps({"paths": [str(p) for p in paths], "ids": ids, "spec": s.as_dict(), "cache": str(tmp_path / "b")})
     # Python's str hash differs per process (PYTHONHASHSEED): the copies must not.
@@ -83,8 +87,8 @@ def test_seed_and_copy_index_pick_the_pixels(rows):
     assert not np.array_equal(a, b)
     renamed = build(paths[:4], [f"other_{i}" for i in ids[:4]], spec(seed=0))  # the ID seeds the copy
     assert not np.array_equal(a, renamed)
-    draw = V.copy_rng(0, "x.jpg", 1).random()
-    assert draw == V.copy_rng(0, "x.jpg", 1).random() != V.copy_rng(0, "x.jpg", 0).random()
+    draw = C.copy_rng(0, "x.jpg", 1).random()
+    assert draw == C.copy_rng(0, "x.jpg", 1).random() != C.copy_rng(0, "x.jpg", 0).random()
 
 
 def test_built_once_then_reused_and_keyed_by_every_setting(rows, tmp_path, monkeypatch):
@@ -112,7 +116,7 @@ def test_built_once_then_reused_and_keyed_by_every_setting(rows, tmp_path, monke
 def test_images_are_distorted_at_their_own_resolution_bounded(tmp_path):
     big = tmp_path / "big.png"
     Image.fromarray(np.full((3000, 1500, 3), 200, np.uint8)).save(big)
-    assert V.working_image(big, 64).shape == (V.MIN_WORKING_SIDE, V.MIN_WORKING_SIDE // 2, 3)
+    assert V.working_image(big, 64).shape == (C.MIN_WORKING_SIDE, C.MIN_WORKING_SIDE // 2, 3)
     assert V.working_image(big, 800).shape == (1600, 800, 3)  # 2 x img_size when that is larger
     small = tmp_path / "small.png"
     Image.fromarray(np.full((300, 200, 3), 200, np.uint8)).save(small)
@@ -136,10 +140,10 @@ def test_a_spec_recorded_before_the_photo_steps_existed_rebuilds_its_copies(rows
                 "blur_sigma", "color_p", "brightness", "contrast", "noise_p", "noise_std", "jpeg_p", "jpeg_quality",
                 "occlusion_p", "occlusion_size")
     today = spec().profile
-    recorded = V.RobustSpec.from_dict({"copies": 2, "seed": 0, "profile": {k: today[k] for k in old_keys}})
+    recorded = C.RobustSpec.from_dict({"copies": 2, "seed": 0, "profile": {k: today[k] for k in old_keys}})
     assert all(recorded.profile[k] == 0.0 for k in ("background_p", "desk_p", "shadow_p", "glare_p", "channel_p"))
     assert recorded.profile["occlusion_count"] == 1
-    explicit_off = spec(profile={**today, **V.ADDED_LATER_OFF})
+    explicit_off = spec(profile={**today, **P.ADDED_LATER_OFF})
     np.testing.assert_array_equal(build(paths, ids, recorded), build(paths, ids, explicit_off))
     assert not np.array_equal(build(paths, ids, recorded), build(paths, ids, spec()))  # today's defaults differ
-    assert V.RobustSpec.from_dict(spec().as_dict()) == spec()  # a spec recorded now round-trips
+    assert C.RobustSpec.from_dict(spec().as_dict()) == spec()  # a spec recorded now round-trips

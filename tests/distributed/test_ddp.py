@@ -85,7 +85,8 @@ def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
     assert list(robust["ID"]) == list(np.repeat(val_ids.to_numpy(), 2))
     assert list(robust["copy"]) == [0, 1] * len(val_ids)
     assert results["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
-    from docclassify.data.validation import RobustSpec, copy_rows, robust_copies
+    from docclassify.data.validation import robust_copies
+    from docclassify.distortion.copies import RobustSpec, copy_rows
 
     train = pd.read_csv(tiny_data / "train.csv", dtype={"ID": str})
     copies = robust_copies([tiny_data / "train" / i for i in train["ID"]], train["ID"].tolist(),

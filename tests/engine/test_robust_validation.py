@@ -188,7 +188,7 @@ def test_monitor_without_its_view_is_refused_before_any_work(tmp_path):
 
 def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
     """validation.distort=auto: the profile the run's shift check fitted (RunData.fitted_profile, see
-    tests/data/test_shift.py for the fit itself), normalised: its missing keys take the defaults."""
+    tests/distortion/test_shift.py for the fit itself), normalised: its missing keys take the defaults."""
     import types
 
     cfg = compose_train([*TINY, "validation.distort=auto"], tmp_path / "auto")

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 from docclassify.config import CONF_DIR
 from docclassify.data.augment import (
     TrainTransform,
-    advanced_probability,
     build_advanced,
     build_basic,
     seed_transforms,
@@ -40,6 +39,7 @@ from docclassify.engine.optim import build_optimizer, build_scheduler, effective
 from docclassify.engine.setup import amp_settings
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.models.factory import create_model
+from docclassify.utils.schedule import linear_ramp
 
 CPU = torch.device("cpu")
 
@@ -407,13 +407,13 @@ def test_advanced_augmentation_probability_in_persistent_workers():
         transform.set_epoch(epoch)  # no new DataLoader: the workers read the shared epoch
         rows = torch.cat(list(loader))
         assert (rows[:, 0] == epoch).all()
-        expected = advanced_probability(epoch, epochs, 0.0, 1.0)
+        expected = linear_ramp(epoch, epochs, 0.0, 1.0)
         assert rows[:, 1].tolist() == pytest.approx([expected] * 24)
         share = float(rows[:, 2].mean())
         assert share == {0: 0.0, 1: pytest.approx(0.5, abs=0.3), 2: 1.0}[epoch]
         pids.append(set(rows[:, 3].long().tolist()))
     assert os.getpid() not in pids[0] and pids[0] == pids[1] == pids[2]  # the same worker processes
-    assert [advanced_probability(e, 5, 0.0, 0.5) for e in range(5)] == pytest.approx([0, 0.125, 0.25, 0.375, 0.5])
+    assert [linear_ramp(e, 5, 0.0, 0.5) for e in range(5)] == pytest.approx([0, 0.125, 0.25, 0.375, 0.5])
 
 
 def _dihedral_index(out: np.ndarray, image: np.ndarray) -> int:

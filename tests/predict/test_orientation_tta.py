@@ -18,8 +18,8 @@ from torch import nn
 
 from docclassify.data import orientation
 from docclassify.data.deskew import deskew, estimate_skew
-from docclassify.data.distort import rotate
 from docclassify.data.orientation import DIHEDRAL, Element, apply_numpy, apply_torch
+from docclassify.distortion import rotate
 from docclassify.models.heads import OrientationModel
 from docclassify.predict.orientation import OrientPredictor, orientation_summary, upright_flip_for
 

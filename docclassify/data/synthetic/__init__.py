@@ -4,7 +4,10 @@ Seventeen document templates (the classes of the reference task) are drawn with
 PIL.ImageDraw and numpy: no fonts, text is rows of dark "word" blocks. Train images are
 clean; test images carry the competition's distortions (exact quarter turns, small-angle
 rotations, flips, crops, blur, noise, exposure changes, low JPEG quality), each drawn
-deterministically from the seed and recorded in ``test_distortions.csv``.
+deterministically from the seed (profile ``synthetic_test``, docclassify/distortion/profiles/) and
+recorded in ``test_distortions.csv``. A second labelled test split, ``test_phone/``, holds other
+pages photographed with a phone (profile ``phone_photo``: perspective, desk, shadow, glare,
+defocus and motion blur, low light, colour cast, moire, JPEG).
 
 Files written into a data-set folder::
 
@@ -14,6 +17,8 @@ Files written into a data-set folder::
     test_labels.csv         ID,target           (the true test labels; training never reads it)
     test_distortions.csv    ID,rot90_k,flip,angle,crop,blur,noise,brightness,contrast,gamma,
                             jpeg_quality
+    test_phone/*.jpg        the phone-photo test split; its labels, sample submission and record:
+    test_phone_labels.csv, test_phone_sample_submission.csv, test_phone_distortions.csv (ID,params)
     synthetic_spec.json     the spec, GENERATOR_VERSION, counts
     train/*.jpg, test/*.jpg
     .complete               written last: the folder is complete
@@ -31,8 +36,8 @@ Modules of the package::
     spec.py         CLASS_NAMES, GENERATOR_VERSION, SyntheticSpec, train counts, spec hash
     page.py         drawing helpers: colour jitter, ``_Page`` (coordinates in fractions)
     templates.py    the 17 class templates and ``render_clean``
-    distortions.py  the test split's distortions (``distort``) and their record fields
-    generator.py    ``generate``: label layout, per-sample random generators, files
+    generator.py    ``generate``: label layout, per-sample random generators, files (the test
+                    splits' distortions: docclassify/distortion/synthetic.py)
     cache.py        ``ensure_synthetic``: the cached folder, temp dir + rename, stale temps
     cli.py          ``main``, run by ``python -m docclassify.data.synthetic``
 
@@ -43,8 +48,7 @@ from __future__ import annotations
 
 from docclassify.data.synthetic.cache import ensure_synthetic
 from docclassify.data.synthetic.cli import main
-from docclassify.data.synthetic.distortions import distort
-from docclassify.data.synthetic.generator import COMPLETE_MARKER, generate, make_image
+from docclassify.data.synthetic.generator import COMPLETE_MARKER, PHONE_SPLIT, generate, make_image
 from docclassify.data.synthetic.spec import (
     CLASS_NAMES,
     GENERATOR_VERSION,
@@ -59,8 +63,8 @@ __all__ = [
     "CLASS_NAMES",
     "COMPLETE_MARKER",
     "GENERATOR_VERSION",
+    "PHONE_SPLIT",
     "SyntheticSpec",
-    "distort",
     "ensure_synthetic",
     "generate",
     "main",

@@ -87,7 +87,7 @@ def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n = sum(train_counts(spec)) + spec.n_test_per_class * len(CLASS_NAMES)
+    n = sum(train_counts(spec)) + 2 * spec.n_test_per_class * len(CLASS_NAMES)  # test/ and test_phone/
     print(f"docclassify: generated synthetic data set ({n} images) in {target} "
           f"in {time.perf_counter() - t0:.1f} s", flush=True)
     return target

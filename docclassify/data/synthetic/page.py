@@ -5,15 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from docclassify.utils.draws import jittered, pick
 
-def _col(rng: np.random.Generator, base, s: float = 8.0) -> tuple[int, int, int]:
-    """A colour near ``base`` (slight per-sample jitter)."""
-    jit = rng.normal(0.0, s, 3)
-    return tuple(int(min(255, max(0, b + j))) for b, j in zip(base, jit, strict=True))
-
-
-def _pick(rng: np.random.Generator, options):
-    return options[int(rng.integers(len(options)))]
+_col, _pick = jittered, pick  # the templates' names for them
 
 
 # seven-segment digits: a top, b top-right, c bottom-right, d bottom, e bottom-left,

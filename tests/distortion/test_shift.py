@@ -1,7 +1,7 @@
-"""The train-vs-test shift report (docclassify.data.shift, python -m docclassify.shift): planted shifts
-are detected in the right direction and size, the fitted profile (validation.distort=auto) covers
-them, a set without shift fits nothing, and data without test images behaves (silent at training
-unless auto, a clear refusal from the command)."""
+"""The train-vs-test shift report (docclassify/distortion/: measure, compare, fit, report; the
+docclassify.shift command): planted shifts are detected in the right direction and size, the
+fitted profile (validation.distort=auto) covers them, a set without shift fits nothing, and data
+without test images behaves (silent at training unless auto, a clear refusal from the command)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from docclassify.config_schema import DistortProfile, distort_errors
-from docclassify.data import shift
 from docclassify.data.sources import DataError, load_competition
+from docclassify.distortion import compare, fit, measure, profile_defaults, steps
+from docclassify.distortion import report as shift_report
 from docclassify.engine.callbacks import CallbackList
 from docclassify.engine.kfold import load_run_data, start_run
 
@@ -122,11 +123,11 @@ def planted(pages, tmp_path_factory):
 def reports(planted, cache_dir):
     """name -> ShiftReport of the planted data set, its statistics cached where the training hook and
     the command of this test session look for them (DOCCLASSIFY_CACHE)."""
-    made: dict[str, shift.ShiftReport] = {}
+    made: dict[str, shift_report.ShiftReport] = {}
 
-    def get(name: str) -> shift.ShiftReport:
+    def get(name: str) -> shift_report.ShiftReport:
         if name not in made:
-            made[name] = shift.build_report(load_competition(planted(name)), 256, 500, cache_dir)
+            made[name] = shift_report.build_report(load_competition(planted(name)), 256, 500, cache_dir)
         return made[name]
 
     return get
@@ -137,12 +138,12 @@ def reports(planted, cache_dir):
 def test_jpeg_quality_is_read_from_the_quantisation_tables(tmp_path, quality):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8))
     img.save(tmp_path / "a.jpg", quality=quality)
-    assert shift.jpeg_quality(tmp_path / "a.jpg") == quality
+    assert measure.jpeg_quality(tmp_path / "a.jpg") == quality
     ok, buf = cv2.imencode(".jpg", np.asarray(img), [cv2.IMWRITE_JPEG_QUALITY, quality])  # libjpeg via OpenCV
     (tmp_path / "b.jpg").write_bytes(buf.tobytes())
-    assert shift.jpeg_quality(tmp_path / "b.jpg") == quality
+    assert measure.jpeg_quality(tmp_path / "b.jpg") == quality
     img.save(tmp_path / "c.png")
-    assert math.isnan(shift.jpeg_quality(tmp_path / "c.png"))
+    assert math.isnan(measure.jpeg_quality(tmp_path / "c.png"))
 
 
 def test_text_lines_give_quarter_turn_and_skew(pages):
@@ -152,21 +153,21 @@ def test_text_lines_give_quarter_turn_and_skew(pages):
     page = Image.open(pages / "train" / train.loc[train["target"] == 3, "ID"].iloc[0]).convert("RGB")
 
     def read(img):
-        return shift.line_direction(shift.at_work_size(shift.grey(np.asarray(img)), 256))
+        return measure.line_direction(measure.at_work_size(measure.grey(np.asarray(img)), 256))
 
     direction, confidence = read(page)
-    assert confidence >= shift.LINES_CONFIDENT and abs(shift.skew_of(direction)) < 1.0 and not 45 <= direction < 135
+    assert confidence >= measure.LINES_CONFIDENT and abs(measure.skew_of(direction)) < 1.0 and not 45 <= direction < 135
     direction, confidence = read(page.transpose(Image.Transpose.ROTATE_90))
-    assert confidence >= shift.LINES_CONFIDENT and 45 <= direction < 135
+    assert confidence >= measure.LINES_CONFIDENT and 45 <= direction < 135
     for angle in (7.0, -12.0):
         direction, _ = read(page.rotate(angle, Image.BILINEAR, expand=True, fillcolor=(255, 255, 255)))
-        assert shift.skew_of(direction) == pytest.approx(angle, abs=1.0)
+        assert measure.skew_of(direction) == pytest.approx(angle, abs=1.0)
 
 
 def test_noise_estimate_follows_added_noise(pages):
     rgb = np.asarray(Image.open(next((pages / "train").glob("*.jpg"))).convert("RGB"))
     rng = np.random.default_rng(0)
-    levels = [shift.noise_sigma(shift.add_noise(rgb, s, rng)) for s in (0.0, 0.02, 0.05, 0.1)]
+    levels = [measure.noise_sigma(steps.noise(rgb, s, rng)) for s in (0.0, 0.02, 0.05, 0.1)]
     assert levels[0] < 0.005 and all(b > a for a, b in zip(levels, levels[1:]))
     assert levels[2] == pytest.approx(0.05, rel=0.35)
 
@@ -189,7 +190,7 @@ def test_the_fitted_profile_is_a_whole_valid_profile(reports):
     """Every DistortProfile key, typed as the schema types it (counts stay integers), so that
     validation.distort=auto (and augment.match_validation with it) can use it as is; keys that no
     statistic measures keep the defaults."""
-    from docclassify.data.validation import normalise_profile
+    from docclassify.distortion import normalise_profile
 
     profile = reports("darker").profile
     assert list(profile) == list(DistortProfile.__annotations__)
@@ -252,35 +253,35 @@ def test_fitted_profile_is_a_valid_distort_profile(reports, name):
     r = reports(name)
     assert set(r.profile) == set(DistortProfile.__annotations__)
     assert distort_errors(OmegaConf.create({"distort": r.profile})) == []
-    for key in shift.UNMEASURED:  # what no statistic measures keeps the defaults
-        assert r.profile[key] == shift.profile_defaults()[key] and r.basis[key].startswith("default")
-    assert "statistic" in shift.format_table(r.comparison, len(r.train.table), len(r.test.table))
+    for key in fit.UNMEASURED:  # what no statistic measures keeps the defaults
+        assert r.profile[key] == profile_defaults()[key] and r.basis[key].startswith("default")
+    assert "statistic" in compare.format_table(r.comparison, len(r.train.table), len(r.test.table))
 
 
 # ------------------------------------------------------------------------------------------ settings, cache
 def test_statistics_are_cached_by_content(planted, tmp_path, monkeypatch):
     source = load_competition(planted("darker"))
-    first = shift.build_report(source, 256, 500, tmp_path)
+    first = shift_report.build_report(source, 256, 500, tmp_path)
     assert len(list((tmp_path / "shift").glob("*.json"))) == 2  # one per split
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("measured again despite the cache")
 
-    monkeypatch.setattr(shift, "image_stats", no_decoding)
-    again = shift.build_report(source, 256, 500, tmp_path)
+    monkeypatch.setattr(measure, "image_stats", no_decoding)
+    again = shift_report.build_report(source, 256, 500, tmp_path)
     assert again.profile == first.profile and again.comparison == first.comparison
     with pytest.raises(AssertionError, match="measured again"):  # another work size: other statistics
-        shift.build_report(source, 128, 500, tmp_path)
+        shift_report.build_report(source, 128, 500, tmp_path)
 
 
 def test_max_images_and_work_size_change_the_measurement(planted, tmp_path):
     source = load_competition(planted("darker"))
-    capped = shift.measure_split(source.train, 256, 20, tmp_path)
+    capped = measure.measure_split(source.train, 256, 20, tmp_path)
     assert len(capped.table) == 20 and capped.n_images == len(source.train)
-    assert capped.table["ID"].tolist() == shift.measure_split(source.train, 256, 20, None).table["ID"].tolist()
-    full = shift.measure_split(source.train, 256, None, tmp_path)
+    assert capped.table["ID"].tolist() == measure.measure_split(source.train, 256, 20, None).table["ID"].tolist()
+    full = measure.measure_split(source.train, 256, None, tmp_path)
     assert len(full.table) == len(source.train)
-    small = shift.measure_split(source.train, 128, None, tmp_path)
+    small = measure.measure_split(source.train, 128, None, tmp_path)
     assert not np.allclose(small.table["laplacian_var"], full.table["laplacian_var"])
     assert small.table["jpeg_quality"].equals(full.table["jpeg_quality"])
 
@@ -290,7 +291,7 @@ def test_undecodable_images_are_left_out(planted, tmp_path):
     bad = sorted((data / "test").iterdir())[:2]
     for p in bad:
         p.write_bytes(b"not an image")
-    test = shift.measure_split(load_competition(data).test, 256, None, tmp_path)
+    test = measure.measure_split(load_competition(data).test, 256, None, tmp_path)
     assert sorted(test.bad) == sorted(p.name for p in bad) and len(test.table) == test.n_images - 2
 
 
@@ -303,16 +304,16 @@ def _run_data(root, run_dir, *extra):
 def test_training_hook_writes_the_report(planted, tmp_path):
     data = _run_data(planted("darker"), tmp_path / "run")
     assert data.fitted_profile is None  # validation.distort is the YAML profile
-    report = json.loads((tmp_path / "run" / shift.SHIFT_JSON).read_text())
+    report = json.loads((tmp_path / "run" / shift_report.SHIFT_JSON).read_text())
     assert report["statistics"]["brightness"]["shift"] == pytest.approx(-PLANTED_DARKER, abs=0.02)
-    assert (tmp_path / "run" / shift.SHIFT_PNG).stat().st_size > 10_000
-    assert not (tmp_path / "run" / shift.PROFILE_YAML).exists()
+    assert (tmp_path / "run" / shift_report.SHIFT_PNG).stat().st_size > 10_000
+    assert not (tmp_path / "run" / shift_report.PROFILE_YAML).exists()
 
     _run_data(planted("darker"), tmp_path / "quiet", "shift.report=false")
-    assert not any((tmp_path / "quiet" / f).exists() for f in (shift.SHIFT_JSON, shift.SHIFT_PNG))
+    assert not any((tmp_path / "quiet" / f).exists() for f in (shift_report.SHIFT_JSON, shift_report.SHIFT_PNG))
 
     _run_data(planted("darker"), tmp_path / "small", "shift.max_images=20", "shift.work_size=128")
-    small = json.loads((tmp_path / "small" / shift.SHIFT_JSON).read_text())
+    small = json.loads((tmp_path / "small" / shift_report.SHIFT_JSON).read_text())
     assert small["splits"]["train"] == {"measured": 20, "images": 68, "undecodable": []} and small["work_size"] == 128
     assert report["splits"]["train"]["measured"] == 68 and report["work_size"] == 256
     lap = "laplacian_var"
@@ -333,9 +334,9 @@ def test_training_hook_fits_the_profile_for_distort_auto(planted, tmp_path):
     data = _run_data(planted("turned"), tmp_path / "run", "validation.distort=auto", "shift.report=false")
     profile = data.fitted_profile
     assert profile is not None and profile["rot90_p"] == pytest.approx(0.5, abs=0.2)
-    saved = OmegaConf.load(tmp_path / "run" / shift.PROFILE_YAML)
+    saved = OmegaConf.load(tmp_path / "run" / shift_report.PROFILE_YAML)
     assert OmegaConf.to_container(saved) == profile
-    assert not (tmp_path / "run" / shift.SHIFT_JSON).exists()  # the report itself stays off
+    assert not (tmp_path / "run" / shift_report.SHIFT_JSON).exists()  # the report itself stays off
 
 
 def test_training_hook_without_test_images(planted, tmp_path):
@@ -346,7 +347,7 @@ def test_training_hook_without_test_images(planted, tmp_path):
     shutil.rmtree(data / "test")
     run_data = _run_data(data, tmp_path / "run")
     assert run_data.fitted_profile is None and run_data.source.test is None
-    assert not (tmp_path / "run" / shift.SHIFT_JSON).exists()
+    assert not (tmp_path / "run" / shift_report.SHIFT_JSON).exists()
     with pytest.raises(DataError, match="validation.distort=auto: data=competition .* has no test images"):
         _run_data(data, tmp_path / "auto", "validation.distort=auto")
 
@@ -356,11 +357,11 @@ def test_shift_command_prints_table_and_writes_files(planted, tmp_path):
     out = tmp_path / "out"
     proc = run_cli("docclassify.shift", ["data=competition", f"data.root={planted('blurred')}", f"hydra.run.dir={out}"])
     assert "| statistic | train: median [q25, q75] |" in proc.stdout and "blur_sigma:" in proc.stdout
-    for name in (shift.SHIFT_JSON, shift.SHIFT_PNG, shift.SHIFT_CSV, shift.PROFILE_YAML):
+    for name in (shift_report.SHIFT_JSON, shift_report.SHIFT_PNG, shift_report.SHIFT_CSV, shift_report.PROFILE_YAML):
         assert (out / name).is_file(), name
-    profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), OmegaConf.load(out / shift.PROFILE_YAML))
+    profile = OmegaConf.merge(OmegaConf.structured(DistortProfile), OmegaConf.load(out / shift_report.PROFILE_YAML))
     assert profile.blur_sigma >= PLANTED_BLUR and profile.blur_p >= 0.8
-    rows = pd.read_csv(out / shift.SHIFT_CSV)
+    rows = pd.read_csv(out / shift_report.SHIFT_CSV)
     assert rows["split"].value_counts().to_dict() == {"train": 68, "test": 68}
 
 
@@ -392,6 +393,6 @@ def test_training_with_distort_auto(planted, tmp_path):
     assert "train-vs-test shift" in proc.stdout + proc.stderr
     results = json.loads((run_dir / "results.json").read_text())
     assert 0.0 <= results["cv_macro_f1"] <= 1.0
-    profile = OmegaConf.load(run_dir / shift.PROFILE_YAML)
+    profile = OmegaConf.load(run_dir / shift_report.PROFILE_YAML)
     assert profile.rot90_p == pytest.approx(0.5, abs=0.2)
-    assert json.loads((run_dir / shift.SHIFT_JSON).read_text())["profile"] == OmegaConf.to_container(profile)
+    assert json.loads((run_dir / shift_report.SHIFT_JSON).read_text())["profile"] == OmegaConf.to_container(profile)

@@ -1,7 +1,8 @@
-"""data/distort.py: every distortion step does what its profile key says, the draws are
-reproducible and independent per step, every profile key changes the copies, and the steps added
-later (background, desk, shadow, glare, channel, several blobs) leave the copies of a profile
-without them byte for byte as they were."""
+"""docclassify/distortion/ (steps.py, draw.py): every distortion step does what its profile key
+says, the draws are reproducible and independent per step, every profile key changes the copies,
+and the steps added later (background, desk, shadow, glare, channel, several blobs, and the test
+profiles' exposure, motion, moire and ranges) leave the copies of a profile without them byte for
+byte as they were."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from docclassify.config_schema import DistortProfile
-from docclassify.data import distort as D
+from docclassify import distortion as D
 
 PROBABILITIES = [k for k in D.STEP_NAMES if f"{k}_p" in DistortProfile.__annotations__]
 
@@ -45,7 +46,8 @@ def test_quarter_turn_and_mirror_are_the_tta_transforms(page):
     for k in (1, 2, 3):
         np.testing.assert_array_equal(D.rotate90(page, k), np.rot90(page, k))
     np.testing.assert_array_equal(D.mirror(page, True), np.fliplr(page))
-    np.testing.assert_array_equal(D.mirror(page, False), page)
+    np.testing.assert_array_equal(D.mirror(page, "h"), np.fliplr(page))
+    np.testing.assert_array_equal(D.mirror(page, "v"), np.flipud(page))
 
 
 def test_small_rotation_expands_the_canvas_and_fills_with_the_border_colour(page):
@@ -173,6 +175,27 @@ def test_drawn_values_stay_in_the_profile_ranges():
         assert 0 < p["glare"]["strength"] <= profile["glare_strength"] and p["glare"]["radius"] <= profile["glare_size"]
         assert all(profile["channel_contrast"][0] <= f <= profile["channel_contrast"][1] for f in p["channel"])
         assert set(p["background"]) == {"rgb", "texture"}
+        gain, contrast, gamma = p["exposure"]
+        assert all(lo <= v <= hi for v, (lo, hi) in zip((gain, contrast, gamma), (
+            profile["exposure_gain"], profile["exposure_contrast"], profile["exposure_gamma"])))
+        assert 0.25 * profile["motion_length"] <= p["motion"]["length"] <= profile["motion_length"]
+        assert 0 < p["moire"]["strength"] <= profile["moire_strength"] and len(p["moire"]["phase"]) == 3
+
+
+def test_the_ranges_lower_ends_and_the_vertical_flips_are_drawn():
+    """angle_min, blur_min, noise_min bound the draws from below; flip_vertical is the share of "v"
+    flips; background_tones (+ jitter) give grey surrounds near the tones."""
+    profile = default_profile(**{f"{k}_p": 1.0 for k in PROBABILITIES}, angle_min=10.0, angle=20.0, blur_min=0.003,
+                              noise_min=0.05, flip_vertical=0.5, background_tones=[30, 245], background_jitter=4.0)
+    draws = [D.sample_params(profile, np.random.default_rng(seed)) for seed in range(300)]
+    assert all(10.0 <= abs(p["angle"]) <= 20.0 for p in draws) and {np.sign(p["angle"]) for p in draws} == {-1, 1}
+    assert all(0.003 <= p["blur"] <= profile["blur_sigma"] for p in draws)
+    assert all(0.05 <= p["noise"] <= profile["noise_std"] for p in draws)
+    vertical = np.mean([p["flip"] == "v" for p in draws])
+    assert 0.4 < vertical < 0.6
+    tones = np.asarray([p["background"]["rgb"] for p in draws])
+    near = np.minimum(np.abs(tones - 30), np.abs(tones - 245)).max(axis=1)
+    assert near.max() <= 20 and (tones.std(axis=1) > 0).any()  # jittered per channel, around a tone
 
 
 KEY_CHANGES = [  # (key, a value other than the default, other keys it needs to show)
@@ -185,6 +208,11 @@ KEY_CHANGES = [  # (key, a value other than the default, other keys it needs to 
     ("background_texture", 1.0, {}), ("desk_p", 0.0, {}), ("desk_scale", [0.3, 0.4], {}), ("desk_tilt", 0.3, {}),
     ("shadow_p", 0.0, {}), ("shadow_strength", 1.0, {}), ("glare_p", 0.0, {}), ("glare_strength", 1.0, {}),
     ("glare_size", 0.8, {}), ("channel_p", 0.0, {}), ("channel_contrast", [2.0, 3.0], {}),
+    ("angle_min", 15.0, {}), ("flip_vertical", 1.0, {}), ("background_tones", [30], {"desk_p": 0.0}),
+    ("background_jitter", 40.0, {"background_tones": [128], "desk_p": 0.0}), ("blur_min", 0.009, {}),
+    ("noise_min", 0.05, {}), ("exposure_p", 0.0, {}), ("exposure_gain", [0.3, 0.4], {}),
+    ("exposure_contrast", [2.0, 3.0], {}), ("exposure_gamma", [2.0, 3.0], {}), ("motion_p", 0.0, {}),
+    ("motion_length", 0.2, {}), ("moire_p", 0.0, {}), ("moire_strength", 1.0, {}),
 ]
 
 
@@ -440,3 +468,76 @@ def test_noise_and_jpeg_at_a_working_size_act_as_at_the_own_size():
     # Blocks of 8 px at 4x the size are 2 px here: less of the page is lost than with 8 px blocks.
     assert err(D.jpeg(page, 20, scale=0.25)) < err(D.jpeg(page, 20))
     np.testing.assert_array_equal(D.jpeg(page, 20, scale=1.0), D.jpeg(page, 20))
+
+
+# ---------------------------------------------------------------- the test profiles' steps
+def test_exposure_multiplies_the_light_around_mid_grey_and_bends_it_by_a_gamma():
+    grey = np.full((20, 20, 3), 128, np.uint8)
+    assert D.exposure(grey, [0.5, 1.0, 1.0])[0, 0, 0] == round(128 * 0.5)  # darker: light halved
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8)[None, :, None], (4, 1, 3))
+    flat = D.exposure(ramp, [1.0, 0.5, 1.0]).astype(int)
+    assert np.ptp(flat) < np.ptp(ramp.astype(int)) * 0.55  # contrast halved around mid-grey
+    dark = D.exposure(ramp, [1.0, 1.0, 2.0]).astype(int)
+    assert (dark <= ramp.astype(int)).all() and dark[0, 8, 0] < ramp[0, 8, 0] - 30  # gamma 2 darkens the mid-tones
+
+
+def test_motion_blur_smears_along_its_direction_only():
+    dot = np.zeros((41, 41, 3), np.uint8)
+    dot[20, 20] = 255
+    along_x = D.motion(dot, {"length": 0.25, "theta": 0.0})[..., 0]
+    assert (along_x[20, 16:25] > 0).all() and along_x[14, 20] == 0 and along_x[26, 20] == 0
+    along_y = D.motion(dot, {"length": 0.25, "theta": 90.0})[..., 0]
+    assert (along_y[16:25, 20] > 0).all() and along_y[20, 14] == 0
+    assert np.array_equal(D.motion(dot, {"length": 0.01, "theta": 30.0}), dot)  # shorter than 2 px: unchanged
+
+
+def test_moire_darkens_in_bands_with_a_phase_per_channel():
+    white = np.full((64, 64, 3), 250, np.uint8)
+    bands = {"period": 0.05, "theta": 0.0, "beat": 4.0, "strength": 0.6, "phase": [0.0, 2.0, 4.0]}
+    out = D.moire(white, bands).astype(int)
+    assert (out <= 250).all() and out.min() < 150  # darkened by up to the strength, never brightened
+    assert np.ptp(out[..., 0].mean(axis=0)) > 30  # bands across the image (theta 0: along x)
+    assert not np.array_equal(out[..., 0], out[..., 1])  # colour fringes
+
+
+def test_a_free_rotation_counts_as_its_nearest_quarter_turn_beyond_45_degrees():
+    assert [D.quarter_turns(a) for a in (0.0, 20.0, -45.0, 45.0, 46.0, 100.0, 135.0, 136.0, -100.0, 180.0)] == \
+        [0, 0, 0, 0, 1, 1, 1, 2, 3, 2]
+    assert D.element_of({"flip": True, "rot90": 1}).name == "hflip_rot90"  # True: as a left-right flip is drawn
+    assert D.element_of({"flip": "v"}).name == "hflip_rot180"  # top-bottom = left-right, turned twice
+    assert D.element_of({"angle": 95.0}).name == "rot90"
+    assert D.element_of({"angle": 20.0, "blur": 0.01}).name == "identity"
+    assert D.element_of(None).name == "identity"
+
+
+def _marked_page() -> np.ndarray:
+    """A square page, white but for a dark top-left corner and a grey band down its left edge (so
+    every turn and mirror image of it looks different)."""
+    page = np.full((48, 48, 3), 240, np.uint8)
+    page[:, :6] = 128
+    page[:14, :14] = 20
+    return page
+
+
+def _where_the_corner_is(image: np.ndarray) -> str:
+    q = image.shape[0] // 4
+    corners = {"top-left": image[:q, :q], "top-right": image[:q, -q:], "bottom-left": image[-q:, :q],
+               "bottom-right": image[-q:, -q:]}
+    return min(corners, key=lambda c: corners[c].mean())
+
+
+@pytest.mark.parametrize("params", [{"flip": "h"}, {"flip": "v"}, {"rot90": 3}, {"flip": "v", "rot90": 1},
+                                    {"angle": 100.0}, {"flip": "h", "rot90": 2, "angle": -80.0}])
+def test_element_of_is_what_the_steps_do_to_the_pixels(params):
+    """Undoing element_of(params) on the distorted page gives back the page: exactly for the exact
+    steps, and with the dark corner back at the top left (and the grey band on the left) after a
+    free rotation beyond 45 degrees."""
+    from docclassify.data.orientation import apply_numpy, inverse
+
+    page = _marked_page()
+    back = apply_numpy(D.apply_params(page, params, np.random.default_rng(0)), inverse(D.element_of(params)))
+    if "angle" not in params:
+        np.testing.assert_array_equal(back, page)
+    assert _where_the_corner_is(back) == "top-left"
+    h = back.shape[0]
+    assert back[h // 3:2 * h // 3, :h // 8].mean() < back[h // 3:2 * h // 3, -(h // 8):].mean()  # the band: left

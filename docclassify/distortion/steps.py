@@ -1,52 +1,40 @@
-"""Distortions of a document image: the one home of the distortion profile (``validation.distort``).
+"""The steps: one pure function per distortion, ``(image uint8 HxWx3, value, rng) -> new image``.
 
-One family of pure functions ``(image uint8 HxWx3, value, rng) -> new image``, one per profile
-key, applied in the order a page meets them on its way to a test photo::
+``value`` is what the step's sampler drew (draw.py); ``rng`` feeds the steps that draw per pixel
+(noise) and is ignored by the others. A step never modifies its input. In the order a page meets
+them on its way to a test photo (draw.py's STEPS applies them in this order)::
 
     occlusion      things lying on the page (a thumb, a sticker, a shadow): opaque ellipses
-    flip           the file is mirrored left-right
+    flip           the file is mirrored (left-right, or top-bottom)
     rot90          the file is turned by an exact quarter turn (k counter-clockwise turns)
-    background     (a setting, not a step) what the uncovered corners of a rotation or a
-                   perspective show: a drawn solid colour or texture instead of the border colour
     angle          the page lies skewed (any angle; canvas expanded, corners filled)
     perspective    the page is photographed at a slant (corners pulled inwards, filled)
     desk           the page photographed lying on a desk: smaller than the frame, tilted, the
                    desk (a drawn colour or texture) all around it
     crop           the photo cuts the page's edges
+    moire          interference bands of a photographed screen or halftone print
     shadow         a shadow band across the photo (a soft-edged darker stripe)
     glare          a glare spot (a soft disc brightened towards white)
     color          brightness (additive) and contrast (around the image mean)
     channel        per-channel contrast (each colour channel scaled around its own mean)
     blur           defocus: Gaussian blur, sigma relative to the long side
+    motion         camera shake: a straight motion streak, length relative to the long side
+    exposure       over- or under-exposure: light multiplied, contrast around mid-grey, a gamma
     noise          sensor noise: Gaussian, std a share of full scale
     jpeg           re-encoding at a low quality
 
-:func:`sample_params` draws the values of one distorted copy from a profile (a mapping with the
-keys of ``config_schema.DistortProfile``); :func:`apply_params` applies them; :func:`distort`
-does both. Every step draws from its own generator (derived from one draw of ``rng`` and the
-step's stream number, fixed per step), so changing one key of a profile (e.g. ``noise_p=0``)
-leaves every other step's draws, and thus the other distortions of each copy, unchanged:
-profiles can be compared key by key on the same copies, and a step added later leaves the
-copies of a profile without it byte for byte as they were.
-
-Sizes are shares of the image's long side and colours shares of full scale, so a profile means
-the same at any resolution; what does depend on resolution is physical (noise and JPEG blocks
-average out when an image is shrunk), which is why robust validation copies are distorted at
-the images' own resolution (``data.validation``). Training augmentation (``data.match``)
-distorts images already at the working size and passes ``scale`` (working size / the image's
-own size): the noise and the JPEG step then act as they would have at the image's own size.
-Corners uncovered by a rotation or a perspective are filled with the image's border colour (the
-median of its outermost pixels: the paper, or the desk around a photographed page), not black,
-unless a background (or a desk) was drawn.
-
-The functions do not know about validation: training augmentation draws from the same profile
-(each step is an OpenCV/numpy call on the image, fast at working size).
+Sizes are shares of the image's long side and colours shares of full scale, so a value means the
+same at any resolution; what does depend on resolution is physical (noise and JPEG blocks average
+out when an image is shrunk): ``scale`` (the image's size as a share of its own resolution) lets
+those two act at a working size as they would have at the image's own size. Corners uncovered by a
+rotation or a perspective take the image's border colour (the median of its outermost pixels: the
+paper, or the desk around a photographed page), unless a ``surround`` (a drawn background or the
+desk) is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -54,11 +42,13 @@ import numpy as np
 
 from docclassify.data.orientation import Element, apply_numpy
 
-Params = dict[str, Any]  # step name -> drawn value; a step absent from the dict is not applied
 # JPEG at a working size below the image's own size: encoded larger, at most this many times and
 # at most JPEG_MAX_SIDE px on the long side (cost), e.g. a 64 px page of a 600 px scan at 256 px:
 # blocks of 2 px instead of the 0.85 px they have on the shrunk copy (and 8 px without this).
 JPEG_MAX_UPSAMPLE, JPEG_MAX_SIDE = 4.0, 512
+# The mirror images a flip can be: left-right (True, as drawn, or "h"), or top-bottom ("v": a
+# left-right mirror turned twice).
+MIRRORS = {True: Element(0, True), "h": Element(0, True), "v": Element(2, True)}
 
 
 # -------------------------------------------------------------------------------------- helpers
@@ -126,10 +116,10 @@ def occlude(image: np.ndarray, blobs: Mapping[str, Any] | list, rng: np.random.G
     return out
 
 
-def mirror(image: np.ndarray, on: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Left-right mirror: the group element the hflip TTA view and orientation augmentation apply
-    (data/orientation.py). A flip then ``k`` turns is the element ``Element(k, mirror=True)``."""
-    return apply_numpy(image, Element(0, True)) if on else image.copy()
+def mirror(image: np.ndarray, axis: bool | str = True, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Mirror image: True or ``h`` left-right (the group element the hflip TTA view and orientation
+    augmentation apply, data/orientation.py), ``v`` top-bottom (``Element(2, mirror=True)``)."""
+    return apply_numpy(image, MIRRORS[axis])
 
 
 def rotate90(image: np.ndarray, k: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -244,11 +234,59 @@ def channel_contrast(image: np.ndarray, factors: list[float], rng: np.random.Gen
 
 
 def blur(image: np.ndarray, sigma: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Gaussian blur with sigma = ``sigma`` x the long side (in pixels)."""
+    """Gaussian blur with sigma = ``sigma`` x the long side (in pixels). Also takes a grey (HxW) image
+    (the shift measurement calibrates its blur fit with this step)."""
     px = float(sigma) * long_side(image)
     if px < 0.2:  # below a fifth of a pixel the kernel is the identity
         return image.copy()
     return cv2.GaussianBlur(image, (0, 0), sigmaX=px, sigmaY=px, borderType=cv2.BORDER_REFLECT)
+
+
+def motion(image: np.ndarray, streak: Mapping[str, Any], rng: np.random.Generator | None = None) -> np.ndarray:
+    """Motion blur: the mean along a straight streak ``length`` (share of the long side) long at
+    ``theta`` degrees (counter-clockwise from the x axis) through each pixel."""
+    n = int(round(float(streak["length"]) * long_side(image)))
+    if n < 2:
+        return image.copy()
+    size = n | 1  # odd: the streak is centred on the pixel
+    kernel = np.zeros((size, size), np.float32)
+    t = np.deg2rad(float(streak["theta"]))
+    for s in np.linspace(-(n - 1) / 2.0, (n - 1) / 2.0, 2 * n):  # sub-pixel steps along the streak
+        x, y = int(round(size // 2 + s * np.cos(t))), int(round(size // 2 - s * np.sin(t)))
+        kernel[y, x] = 1.0
+    return cv2.filter2D(image, -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def exposed(image: np.ndarray, gain: float, contrast: float, gamma: float) -> np.ndarray:
+    """The exposure's arithmetic (float32, 0-255, not rounded): contrast around mid-grey, light times
+    ``gain``, clipped, then the ``gamma`` curve. The synthetic test split (synthetic_test.py) adds
+    its noise to this before rounding."""
+    x = image.astype(np.float32) / 255.0
+    x = np.clip(((x - 0.5) * contrast + 0.5) * gain, 0.0, 1.0) ** gamma
+    return x * 255.0
+
+
+def exposure(image: np.ndarray, ggc: list[float], rng: np.random.Generator | None = None) -> np.ndarray:
+    """``(gain, contrast, gamma)``: an over- or under-exposed photo (gain < 1 and gamma > 1: low light)."""
+    gain, contrast, gamma = (float(v) for v in ggc)
+    return _uint8(exposed(image, gain, contrast, gamma))
+
+
+def moire(image: np.ndarray, bands: Mapping[str, Any], rng: np.random.Generator | None = None) -> np.ndarray:
+    """Moire: two fine gratings of ``period`` (share of the long side) at ``theta`` and ``theta`` +
+    ``beat`` degrees beat into coarse bands; each channel (its own ``phase``) is darkened by up to
+    ``strength`` where they meet (colour fringes, as on a photographed screen)."""
+    h, w = image.shape[:2]
+    k = np.float32(2 * np.pi / max(float(bands["period"]) * long_side(image), 2.0))
+    xs, ys = np.arange(w, dtype=np.float32)[None, :], np.arange(h, dtype=np.float32)[:, None]
+    out = image.astype(np.float32)
+    for c, phase in enumerate(bands["phase"]):
+        wave = np.zeros((h, w), np.float32)
+        for theta in (float(bands["theta"]), float(bands["theta"]) + float(bands["beat"])):
+            t = np.deg2rad(theta)
+            wave += np.cos(k * (xs * np.float32(np.cos(t)) + ys * np.float32(np.sin(t))) + np.float32(phase))
+        out[..., c] *= 1.0 - float(bands["strength"]) * (0.5 + 0.25 * wave)
+    return _uint8(out)
 
 
 def noise(image: np.ndarray, std: float, rng: np.random.Generator, *, scale: float = 1.0) -> np.ndarray:
@@ -279,219 +317,3 @@ def jpeg(image: np.ndarray, quality: int, rng: np.random.Generator | None = None
         return _jpeg_roundtrip(image, quality)
     big = cv2.resize(image, (int(round(w * up)), int(round(h * up))), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(_jpeg_roundtrip(big, quality), (w, h), interpolation=cv2.INTER_AREA)
-
-
-# -------------------------------------------------------------------------------------- sampling
-def _fires(rng: np.random.Generator, p: float) -> bool:
-    return bool(rng.random() < float(p))
-
-
-def _span(rng: np.random.Generator, pair) -> float:
-    lo, hi = (float(v) for v in pair)
-    return float(rng.uniform(lo, hi))
-
-
-def _blob(profile: Mapping, rng: np.random.Generator) -> dict:
-    radius = float(profile["occlusion_size"]) / 2.0  # the size is the blob's diameter
-    return {"cx": float(rng.random()), "cy": float(rng.random()), "ax": radius * float(rng.uniform(0.3, 1.0)),
-            "ay": radius * float(rng.uniform(0.3, 1.0)), "theta": float(rng.uniform(0, 180)),
-            "rgb": [int(v) for v in rng.integers(0, 256, size=3)]}
-
-
-def sample_occlusion(profile: Mapping, rng: np.random.Generator) -> list[dict] | None:
-    """1 to ``occlusion_count`` blobs (the first drawn as with a count of 1)."""
-    if not _fires(rng, profile["occlusion_p"]) or profile["occlusion_size"] <= 0:
-        return None
-    blobs = [_blob(profile, rng)]
-    count = int(profile.get("occlusion_count", 1))
-    if count > 1:
-        blobs += [_blob(profile, rng) for _ in range(int(rng.integers(0, count)))]
-    return blobs
-
-
-def sample_flip(profile: Mapping, rng: np.random.Generator) -> bool | None:
-    return True if _fires(rng, profile["flip_p"]) else None
-
-
-def sample_rot90(profile: Mapping, rng: np.random.Generator) -> int | None:
-    return int(rng.integers(1, 4)) if _fires(rng, profile["rot90_p"]) else None
-
-
-def sample_surface(profile: Mapping, rng: np.random.Generator) -> dict:
-    """A solid colour, or (share ``background_texture``) a texture in that colour."""
-    spec: dict[str, Any] = {"rgb": [int(v) for v in rng.integers(0, 256, size=3)], "texture": None}
-    if _fires(rng, profile["background_texture"]):
-        spec["texture"] = {"seed": int(rng.integers(2**31)), "cells": int(rng.integers(2, 9)),
-                           "amplitude": float(rng.uniform(0.1, 0.4)), "streaks": float(rng.uniform(0.0, 1.5))}
-    return spec
-
-
-def sample_background(profile: Mapping, rng: np.random.Generator) -> dict | None:
-    return sample_surface(profile, rng) if _fires(rng, profile["background_p"]) else None
-
-
-def sample_angle(profile: Mapping, rng: np.random.Generator) -> float | None:
-    a = float(profile["angle"])
-    return float(rng.uniform(-a, a)) if _fires(rng, profile["angle_p"]) and a > 0 else None
-
-
-def sample_perspective(profile: Mapping, rng: np.random.Generator) -> list[float] | None:
-    s = float(profile["perspective"])
-    return [float(v) for v in rng.uniform(0, s, size=8)] if _fires(rng, profile["perspective_p"]) and s > 0 else None
-
-
-def sample_desk(profile: Mapping, rng: np.random.Generator) -> dict | None:
-    if not _fires(rng, profile["desk_p"]):
-        return None
-    tilt = float(profile["desk_tilt"])
-    return {"scale": _span(rng, profile["desk_scale"]), "x": float(rng.random()), "y": float(rng.random()),
-            "corners": [float(v) for v in rng.uniform(-tilt, tilt, size=8)], "surface": sample_surface(profile, rng)}
-
-
-def sample_crop(profile: Mapping, rng: np.random.Generator) -> list[float] | None:
-    s = float(profile["crop"])
-    return [float(v) for v in rng.uniform(0, s, size=4)] if _fires(rng, profile["crop_p"]) and s > 0 else None
-
-
-def sample_shadow(profile: Mapping, rng: np.random.Generator) -> dict | None:
-    """A band 0.1-0.4 of the long side wide, soft edge 0.2-1 x its half width, darkening by
-    0.3-1 x ``shadow_strength``."""
-    if not _fires(rng, profile["shadow_p"]) or profile["shadow_strength"] <= 0:
-        return None
-    return {"cx": float(rng.random()), "cy": float(rng.random()), "theta": float(rng.uniform(0, 180)),
-            "width": float(rng.uniform(0.1, 0.4)), "soft": float(rng.uniform(0.2, 1.0)),
-            "strength": float(profile["shadow_strength"]) * float(rng.uniform(0.3, 1.0))}
-
-
-def sample_glare(profile: Mapping, rng: np.random.Generator) -> dict | None:
-    """A spot 0.3-1 x ``glare_size`` in radius, brightening by 0.5-1 x ``glare_strength``."""
-    if not _fires(rng, profile["glare_p"]) or profile["glare_strength"] <= 0 or profile["glare_size"] <= 0:
-        return None
-    return {"cx": float(rng.random()), "cy": float(rng.random()),
-            "radius": float(profile["glare_size"]) * float(rng.uniform(0.3, 1.0)),
-            "strength": float(profile["glare_strength"]) * float(rng.uniform(0.5, 1.0))}
-
-
-def sample_color(profile: Mapping, rng: np.random.Generator) -> tuple[float, float] | None:
-    if not _fires(rng, profile["color_p"]):
-        return None
-    return _span(rng, profile["brightness"]), _span(rng, profile["contrast"])
-
-
-def sample_channel(profile: Mapping, rng: np.random.Generator) -> list[float] | None:
-    if not _fires(rng, profile["channel_p"]):
-        return None
-    return [_span(rng, profile["channel_contrast"]) for _ in range(3)]
-
-
-def sample_blur(profile: Mapping, rng: np.random.Generator) -> float | None:
-    s = float(profile["blur_sigma"])
-    return float(rng.uniform(0, s)) if _fires(rng, profile["blur_p"]) and s > 0 else None
-
-
-def sample_noise(profile: Mapping, rng: np.random.Generator) -> float | None:
-    s = float(profile["noise_std"])
-    return float(rng.uniform(0, s)) if _fires(rng, profile["noise_p"]) and s > 0 else None
-
-
-def sample_jpeg(profile: Mapping, rng: np.random.Generator) -> int | None:
-    lo, hi = (int(v) for v in profile["jpeg_quality"])
-    return int(rng.integers(lo, hi + 1)) if _fires(rng, profile["jpeg_p"]) else None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One distortion: how its value is drawn from a profile, and how it is applied.
-
-    ``stream``: the number of the step's own generator (fixed per step, never reused, so a step
-    added later leaves every existing step's draws unchanged). ``uses``: what the step reads of
-    the copy's context (``surround``: the drawn background or desk; ``scale``: working size / own
-    size). ``apply`` None: a setting other steps read, not a step of its own."""
-
-    name: str
-    stream: int
-    sample: Callable[[Mapping, np.random.Generator], Any]
-    apply: Callable[..., np.ndarray] | None
-    uses: tuple[str, ...] = ()
-
-
-# In the order they are applied. Streams 0-9 are the first ten steps' positions before the later
-# steps were inserted: a profile without the later steps gives the copies it always gave.
-STEPS: tuple[Step, ...] = (
-    Step("occlusion", 0, sample_occlusion, occlude),
-    Step("flip", 1, sample_flip, mirror),
-    Step("rot90", 2, sample_rot90, rotate90),
-    Step("background", 10, sample_background, None),
-    Step("angle", 3, sample_angle, rotate, ("surround",)),
-    Step("perspective", 4, sample_perspective, perspective, ("surround",)),
-    Step("desk", 11, sample_desk, desk),
-    Step("crop", 5, sample_crop, crop),
-    Step("shadow", 12, sample_shadow, shadow),
-    Step("glare", 13, sample_glare, glare),
-    Step("color", 6, sample_color, color),
-    Step("channel", 14, sample_channel, channel_contrast),
-    Step("blur", 7, sample_blur, blur),
-    Step("noise", 8, sample_noise, noise, ("scale",)),
-    Step("jpeg", 9, sample_jpeg, jpeg, ("scale",)),
-)
-STEP_NAMES = tuple(s.name for s in STEPS)
-
-
-def _step_seed(rng: np.random.Generator) -> int:
-    """The one draw of ``rng`` that every step's generator derives from."""
-    return int(rng.integers(2**63))
-
-
-def _step_rng(seed: int, step: Step) -> np.random.Generator:
-    return np.random.default_rng([seed, step.stream])
-
-
-def sample_params(profile: Mapping, rng: np.random.Generator) -> Params:
-    """The drawn values of one distorted copy (only the steps that fire); JSON-serialisable.
-
-    Takes exactly one draw from ``rng``. A step whose probability is 0 draws nothing (its generator
-    is not even made: they cost more than most steps at a training image's size)."""
-    seed = _step_seed(rng)
-    params: Params = {}
-    for step in STEPS:
-        if float(profile.get(f"{step.name}_p", 1.0)) <= 0.0:
-            continue
-        value = step.sample(profile, _step_rng(seed, step))
-        if value is not None:
-            params[step.name] = value
-    return params
-
-
-def context(params: Mapping[str, Any], scale: float = 1.0) -> dict[str, Any]:
-    """What steps read besides their own value: the surround of the page (on a desk: the desk;
-    else the drawn background; else None: the border colour) and the scale."""
-    photo = params.get("desk")
-    return {"surround": photo["surface"] if photo else params.get("background"), "scale": float(scale)}
-
-
-def apply_params(image: np.ndarray, params: Mapping[str, Any], rng: np.random.Generator,
-                 scale: float = 1.0) -> np.ndarray:
-    """Apply the drawn ``params`` to ``image`` in the steps' order (the input is not modified).
-
-    ``rng`` feeds the steps that draw per pixel (noise); takes exactly one draw from it.
-    ``scale``: the image's size as a share of its own resolution (1: distorted at its own size)."""
-    unknown = sorted(set(params) - set(STEP_NAMES))
-    if unknown:
-        raise ValueError(f"unknown distortion step(s) {unknown}; known: {', '.join(STEP_NAMES)}")
-    ctx = context(params, scale)
-    seed = _step_seed(rng)
-    out = np.ascontiguousarray(image)
-    for step in STEPS:
-        if step.apply is not None and step.name in params:
-            out = step.apply(out, params[step.name], _step_rng(seed, step), **{k: ctx[k] for k in step.uses})
-    return out if out is not image else image.copy()
-
-
-def distort(image: np.ndarray, profile: Mapping, rng: np.random.Generator,
-            scale: float = 1.0) -> tuple[np.ndarray, Params]:
-    """One distorted copy of ``image`` drawn from ``profile``: (new image, the drawn params).
-    ``scale``: see :func:`apply_params`."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"distort expects a uint8 HxWx3 image, got {image.dtype} {image.shape}")
-    params = sample_params(profile, rng)
-    return apply_params(image, params, rng, scale), params
