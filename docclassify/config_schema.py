@@ -71,6 +71,7 @@ class TrainerConfig:
     lr: float = key(1.0e-3, ge=0.0)
     optimizer: str = "adamw"
     device: str = "auto"
+    threads: int | None = key(None, ge=1, le=1024)
     amp: str = key("none", choices=AMP)
     grad_clip: float | None = key(None, gt=0.0)
     accum_steps: int = key(1, ge=1)
@@ -124,7 +125,7 @@ class FolderData(DataCommon):
 class CompetitionData(FolderData):
     name: str = "competition"
     train_csv: str = "train.csv"
-    meta_csv: str = "meta.csv"
+    meta_csv: str | None = "meta.csv"  # optional: null or a missing file = classes class_0, class_1, ...
     sample_submission: str | None = "sample_submission.csv"
 
 
@@ -478,6 +479,9 @@ class SubmitInfer:
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"
+    # A folder of images to predict (every image file in it, sorted by name), instead of the
+    # test set of the runs' data (predict/inference.py loose_folder).
+    inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     overrides: list[str] = field(default_factory=list)
 

@@ -26,7 +26,7 @@ from docclassify.data.augment import TrainTransform
 from docclassify.data.match import build_match
 from docclassify.data.pseudo import TrainingSet, fold_training_set
 from docclassify.data.validation import copy_rows
-from docclassify.engine import distributed
+from docclassify.engine import distributed, share
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
 from docclassify.engine.evaluate import (
     monitored_value,
@@ -302,6 +302,7 @@ def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
     # how many epochs ran in this process, so a resumed run equals an uninterrupted one.
     # Each rank draws its own dropout/mixup numbers (rank 0 = a single-process run).
     seed_everything(run.seed + 1009 * job.fold + epoch + 100_003 * distributed.rank())
+    share.refresh()  # another job started or ended on this machine: follow the share of the cores
     job.sampler.set_epoch(epoch)
     job.transform.set_epoch(epoch)
     if job.parts.mixup is not None:

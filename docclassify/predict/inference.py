@@ -139,6 +139,7 @@ def _plain(value):
 class DataSet:
     source: DataSource
     cache: bool
+    has_train: bool = True  # False: a loose input folder, the training images not found here
 
 
 def run_data_config(run: Run, overrides: dict) -> dict:
@@ -157,7 +158,48 @@ def run_data_config(run: Run, overrides: dict) -> dict:
     return data
 
 
-def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]:
+def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
+    """The folder of images to predict as it is (every image file in it, sorted), or None for the
+    run's own test set: ``inputs=FOLDER``, or ``data.test_dir=FOLDER`` when no sample submission
+    lists the test IDs (an imagefolder run, or a competition root without sample_submission.csv).
+    A relative ``data.test_dir`` is looked up in the data root first, then in the working dir."""
+    if inputs:
+        return Path(str(inputs)).expanduser()
+    test_dir = overrides.get("test_dir")
+    if not test_dir:
+        return None
+    root, sample = data.get("root"), data.get("sample_submission")
+    if data.get("name") != "imagefolder" and root and sample and (Path(str(root)) / sample).is_file():
+        return None
+    in_root = Path(str(root)).expanduser() / test_dir if root and root != "???" else None
+    return in_root if in_root is not None and in_root.is_dir() else Path(str(test_dir)).expanduser()
+
+
+def loose_source(data: dict, run: Run, folder: Path, what: str, cache_dir: str) -> tuple[DataSource, bool]:
+    """A test set of the images in ``folder`` for ``run``, and whether the run's training rows were
+    found too (they are re-predicted with the TTA views; without them the saved OOF predictions
+    are used)."""
+    from docclassify.data.sources import loose_test_set, read_csv_checked
+
+    test, sample = loose_test_set(folder, what)
+    train, has_train = pd.DataFrame(columns=["ID", "path", "target"]), False
+    try:
+        train, has_train = load_source(OmegaConf.create({**data, "test_dir": run.data_config.get("test_dir") or "test"}),
+                                     cache_dir).train, True
+    except DataError as exc:
+        log.info("%s: the training images of %s are not here (%s): its saved OOF predictions are used as they "
+                 "are", what, run.path, str(exc).splitlines()[0])
+    labels = None
+    if data.get("test_labels"):
+        path = Path(str(data["test_labels"])).expanduser()
+        path = path if path.is_absolute() or path.is_file() else folder / path
+        labels = read_csv_checked(path, ("ID", "target"), "test labels")
+        labels["target"] = labels["target"].astype(int)
+    log.info("%s: predicting the %d image(s) in %s (sorted by file name)", what, len(test), folder)
+    return DataSource(str(data.get("name")), folder, run.classes, train, test, sample, labels), has_train
+
+
+def load_data(runs: list[Run], overrides: dict, cache_dir: str, inputs=None) -> list[DataSet]:
     """One DataSet per run (runs with equal data configs share it); all must share one test set."""
     by_key: dict[str, DataSet] = {}
     per_run = []
@@ -165,12 +207,19 @@ def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]
         data = run_data_config(run, overrides)
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in by_key:
+            folder = loose_folder(data, overrides, inputs)
+            if folder is not None:
+                source, has_train = loose_source(data, run, folder, "inputs" if inputs else "data.test_dir",
+                                                 cache_dir)
+                by_key[key] = DataSet(source, bool(data.get("cache", True)), has_train)
+                per_run.append(by_key[key])
+                continue
             source = load_source(OmegaConf.create(data), cache_dir)
             if source.test is None or source.sample_submission is None:
                 raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has "
                                 "no test set: no sample_submission.csv / test/ folder; point "
                                 "data.root (or data.test_dir, data.sample_submission) at the test "
-                                "data")
+                                "data, or predict a folder of images with inputs=FOLDER")
             by_key[key] = DataSet(source, bool(data.get("cache", True)))
         ds = by_key[key]
         if ds.source.classes != run.classes:
@@ -811,7 +860,12 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     settings.fit_on = resolve_fit_on(runs, settings.fit_on)
     runs = select_top_k(runs, cfg.top_k, settings.fit_on)
     cache_dir = str(cfg.paths.cache_dir)
-    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
+    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir, cfg.get("inputs"))
+    if not all(ds.has_train for ds in datasets):  # a loose folder without the training images
+        if auto_tta:
+            raise DataError("tta=auto chooses the views on the runs' OOF rows, re-predicted from their training "
+                            "images, which are not found here: give data.root=<the training data> or a tta name")
+        settings.oof_tta = False
     source = datasets[0].source
     y_test = load_test_labels(source)
     device = resolve_device(cfg.device)

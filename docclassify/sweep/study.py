@@ -31,6 +31,19 @@ TRIAL_FILE, EXPERIMENT_FILE = "sweep_trial.json", "experiment.yaml"
 SQLITE = "sqlite:///"
 
 
+def instantiate_trusted(spec: Any, targets: tuple[str, ...], **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(spec, **kwargs)``, its ``_target_`` limited to ``targets`` on
+    hydra 1.4 (which warns, and from 1.5 refuses, when a caller names no execution whitelist);
+    hydra 1.3 has no whitelist."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    if "_execution_whitelist_" in inspect.signature(instantiate).parameters:
+        kwargs["_execution_whitelist_"] = targets
+    return instantiate(spec, **kwargs)
+
+
 def prepare_storage(storage: Any) -> Any:
     """Make a sqlite URL absolute (jobs may run elsewhere) and create its folder; others pass through."""
     if not isinstance(storage, str) or not storage.startswith(SQLITE):
