@@ -418,7 +418,8 @@ class EnsembleConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING
-    output_dir: str = MISSING
+    # Hydra's runtime.output_dir: null while no job runs (--cfg job --resolve prints the config then)
+    output_dir: str | None = MISSING
 
 
 # ------------------------------------------------------------------------------------------ hparams_search
@@ -479,9 +480,6 @@ class SubmitInfer:
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"
-    # A folder of images to predict (every image file in it, sorted by name), instead of the
-    # test set of the runs' data (predict/inference.py loose_folder).
-    inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     overrides: list[str] = field(default_factory=list)
 
@@ -549,6 +547,9 @@ class InferConfig:
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"
+    # A folder of images to predict (every image file in it, sorted by name), instead of the
+    # test set of the runs' data (predict/inference.py loose_folder).
+    inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     paths: Any = MISSING
     tta: Any = MISSING

@@ -338,7 +338,10 @@ def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, m
                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """TTA predictions of ``images[rows]`` normalised like training: one forward per view per
     batch."""
+    from docclassify.tracking.progress import logged_batches
+
     batches = normalised_batches(images, rows, meta, batch_size, device)
+    batches = logged_batches(batches, len(rows), f"  {meta.get('model_option', 'model')} x {len(views)} view(s)")
     return predict_tta_batches(model, batches, views, average, device)
 
 

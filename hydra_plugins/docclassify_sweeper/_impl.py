@@ -146,8 +146,14 @@ class DocclassifySweeperImpl:
         distributions, fixed_params, fixed_overrides = self._search_space(arguments)
         directions = directions_of(self.direction)
         storage = S.prepare_storage(self.storage)
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
-                                    directions=directions, load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
+                                        directions=directions, load_if_exists=True)
+        except RuntimeError as exc:  # a storage of the other Optuna stack (docs/tuning.md)
+            advice = S.storage_version_advice(exc, storage)
+            if advice is None:
+                raise
+            raise S.StorageVersionError(advice) from exc
         n_before = self._reseed_for_resume(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ import pytest
 from conftest import REPO
 from optuna.trial import TrialState
 
-pytestmark = pytest.mark.slow  # two sweep processes train trials
+# Two sweep processes train trials; also in the modern-Optuna smoke subset (.ci/run).
+pytestmark = [pytest.mark.slow, pytest.mark.optuna_stack]
 
 PG_URL = os.environ.get("DOCCLASSIFY_TEST_PG_URL", "postgresql://docclassify:docclassify@127.0.0.1:5432/optuna")
 
