@@ -160,15 +160,22 @@ def run_data_config(run: Run, overrides: dict) -> dict:
 
 def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
     """The folder of images to predict as it is (every image file in it, sorted), or None for the
-    run's own test set: ``inputs=FOLDER``, or ``data.test_dir=FOLDER`` when no sample submission
-    lists the test IDs (an imagefolder run, or a competition root without sample_submission.csv).
-    A relative ``data.test_dir`` is looked up in the data root first, then in the working dir."""
+    run's own test set: ``inputs=FOLDER``; ``data.test_dir=FOLDER`` when no sample submission
+    lists the test IDs (an imagefolder run, or a competition root without sample_submission.csv;
+    a relative one is looked up in the data root first, then in the working dir); or
+    ``data.root=FOLDER`` of image files without a sample submission (not a data set's root)."""
+    from docclassify.data.sources import list_images
+
     if inputs:
         return Path(str(inputs)).expanduser()
     test_dir = overrides.get("test_dir")
-    if not test_dir:
-        return None
     root, sample = data.get("root"), data.get("sample_submission")
+    if not test_dir:
+        folder = Path(str(overrides["root"])).expanduser() if overrides.get("root") else None
+        if folder is not None and folder.is_dir() and not (folder / str(sample or "sample_submission.csv")).is_file() \
+                and list_images(folder):
+            return folder
+        return None
     if data.get("name") != "imagefolder" and root and sample and (Path(str(root)) / sample).is_file():
         return None
     in_root = Path(str(root)).expanduser() / test_dir if root and root != "???" else None
@@ -183,9 +190,11 @@ def loose_source(data: dict, run: Run, folder: Path, what: str, cache_dir: str) 
 
     test, sample = loose_test_set(folder, what)
     train, has_train = pd.DataFrame(columns=["ID", "path", "target"]), False
+    # The training rows: where the run had them, or in data.root when that is not the folder itself.
+    train_cfg = run.data_config if data.get("root") and Path(str(data["root"])).expanduser() == folder else \
+        {**data, "test_dir": run.data_config.get("test_dir") or "test"}
     try:
-        train, has_train = load_source(OmegaConf.create({**data, "test_dir": run.data_config.get("test_dir") or "test"}),
-                                     cache_dir).train, True
+        train, has_train = load_source(OmegaConf.create(train_cfg), cache_dir).train, True
     except DataError as exc:
         log.info("%s: the training images of %s are not here (%s): its saved OOF predictions are used as they "
                  "are", what, run.path, str(exc).splitlines()[0])
@@ -209,8 +218,8 @@ def load_data(runs: list[Run], overrides: dict, cache_dir: str, inputs=None) -> 
         if key not in by_key:
             folder = loose_folder(data, overrides, inputs)
             if folder is not None:
-                source, has_train = loose_source(data, run, folder, "inputs" if inputs else "data.test_dir",
-                                                 cache_dir)
+                what = "inputs" if inputs else "data.test_dir" if overrides.get("test_dir") else "data.root"
+                source, has_train = loose_source(data, run, folder, what, cache_dir)
                 by_key[key] = DataSet(source, bool(data.get("cache", True)), has_train)
                 per_run.append(by_key[key])
                 continue

@@ -119,6 +119,10 @@ def test_a_loose_folder_is_predicted(tree_run, tiny_data):
     assert "saved OOF predictions are used" in proc2.stdout + proc2.stderr
     summary = json.loads((tree_run.root / "inf_dir" / "summary.json").read_text())
     assert summary["runs"][0]["dir"] == str(moved)
+    # data.root=FOLDER of images (no train.csv, train/, sample_submission.csv): the same folder
+    _, sub3, probs3 = _infer(tree_run, tree_run.root / "inf_root", [f"data.root={folder}", "tta=flip"])
+    assert sub3["ID"].tolist() == names
+    assert np.allclose(probs3.iloc[:, 1:].to_numpy(), probs.iloc[:, 1:].to_numpy(), atol=1e-6)
 
 
 @pytest.mark.slow
