@@ -117,4 +117,21 @@ def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> 
 
 
 OmegaConf.register_new_resolver("docclassify_groups", help_groups, replace=True)
-OmegaConf.register_new_resolver("docclassify_about", lambda name: ABOUT.get(str(name), ""), replace=True)
+# The other Hydra entrypoints' first line of --help (not train/infer: no foreign-group checks for them).
+ABOUT_MORE = {
+    "shift": "how the test images differ from the training images (brightness, contrast, blur, noise, "
+             "skew, JPEG quality): a table, shift.png, shift.json and the distortion profile it fits "
+             "(distort_profile.yaml, what validation.distort=auto uses; docs/shift.md)",
+}
+
+
+def _prog(config_name) -> str:
+    from docclassify.utils.prog import prog
+
+    return prog(f"docclassify.{config_name}")
+
+
+OmegaConf.register_new_resolver("docclassify_about", lambda name: {**ABOUT, **ABOUT_MORE}.get(str(name), ""),
+                                replace=True)
+# The command's name in --help: the console script it was started as, else python -m docclassify.<name>.
+OmegaConf.register_new_resolver("docclassify_prog", _prog, replace=True)

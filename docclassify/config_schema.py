@@ -72,6 +72,7 @@ class TrainerConfig:
     lr: float = key(1.0e-3, ge=0.0)
     optimizer: str = "adamw"
     device: str = "auto"
+    threads: int | None = key(None, ge=1, le=1024)
     amp: str = key("none", choices=AMP)
     grad_clip: float | None = key(None, gt=0.0)
     accum_steps: int = key(1, ge=1)
@@ -125,7 +126,7 @@ class FolderData(DataCommon):
 class CompetitionData(FolderData):
     name: str = "competition"
     train_csv: str = "train.csv"
-    meta_csv: str = "meta.csv"
+    meta_csv: str | None = "meta.csv"  # optional: null or a missing file = classes class_0, class_1, ...
     sample_submission: str | None = "sample_submission.csv"
 
 
@@ -468,7 +469,8 @@ class EnsembleConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING
-    output_dir: str = MISSING
+    # Hydra's runtime.output_dir: null while no job runs (--cfg job --resolve prints the config then)
+    output_dir: str | None = MISSING
 
 
 # ------------------------------------------------------------------------------------------ hparams_search
@@ -596,6 +598,9 @@ class InferConfig:
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"
+    # A folder of images to predict (every image file in it, sorted by name), instead of the
+    # test set of the runs' data (predict/inference.py loose_folder).
+    inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     paths: Any = MISSING
     tta: Any = MISSING

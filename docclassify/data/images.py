@@ -17,6 +17,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from docclassify.errors import UserError
 
 RESIZE_POLICIES = ("pad", "stretch")
+# PIL's resize first reduces by an integer factor (box filter) while the image stays >= this many
+# times the target, then resamples bilinearly: the exact transform, stated in docs/inference.md and
+# in every checkpoint's header (models/checkpoint.py preprocessing()).
+REDUCING_GAP = 3.0
+RESAMPLE = "bilinear"
 
 
 class BadImageError(UserError):
@@ -92,10 +97,10 @@ def resize_image(img: np.ndarray, size: int, policy: str = "pad", pad_value: int
     h, w = img.shape[:2]
     pil = Image.fromarray(img)
     if policy == "stretch":
-        return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+        return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP))
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0))
+    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=REDUCING_GAP))
     out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = resized
