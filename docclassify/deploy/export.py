@@ -86,6 +86,11 @@ def infer_step(cfg: DictConfig, run_dir: Path) -> Path:
     if not runs:
         raise ExportError("runs=[]: give training run dirs (runs=[outputs/train/RUN]) or one infer run dir")
     if len(runs) == 1 and is_infer_dir(runs[0]):
+        made_with = json.loads((runs[0] / "summary.json").read_text()).get("tta", {}).get("name")
+        if str(cfg.tta.name) not in ("none", made_with):
+            raise ExportError(f"tta={cfg.tta.name}: {runs[0]} is an infer run made with tta={made_with}, and export "
+                              "takes its decisions as they are; drop tta=..., or give its training runs to run "
+                              "infer again with it")
         log.info("export: the decisions of infer run %s (nothing predicted again)", runs[0])
         return runs[0]
     if any(is_infer_dir(r) for r in runs):
