@@ -15,8 +15,7 @@ Requests are batched: a worker thread takes every image waiting (up to ``max_bat
 concurrent requests share forward passes and never see each other's images.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
 import asyncio
 import contextlib
 import io
