@@ -73,7 +73,8 @@ class OpenVinoModel:
         except ImportError:
             raise missing_package("openvino", "openvino", f"{path}: an OpenVINO bundle") from None
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": int(threads or default_threads())}
+        # f32: a CPU with bf16 units would otherwise run float32 models in bf16 (INT8 models stay INT8)
+        config = {"INFERENCE_NUM_THREADS": int(threads or default_threads()), "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.n_outputs = len(self.compiled.outputs)
 

@@ -105,3 +105,19 @@ def test_refusals_name_the_key(deployed, tmp_path):
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     proc = run_cli("docclassify.export", [f"runs=[{deployed.infer}]", "model=tiny"], env=deployed.env, check=False)
     assert proc.returncode == 2 and "model is an option of python -m docclassify.train" in proc.stderr
+
+
+def test_openvino_bundle_fp32_and_int8(deployed, tmp_path):
+    pytest.importorskip("openvino")
+    want, _ = deployed.infer_probs(10)
+    export(deployed, tmp_path, "format=openvino", "exporter=torchscript", "check_images=10")
+    spec = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert spec["backend"] == "openvino" and spec["members"][0]["folds"][0]["file"].endswith(".xml")
+    got = Predictor.from_bundle(tmp_path / "b").predict(deployed.test_paths(10))
+    assert np.abs(got.probabilities - want).max() < 1e-4
+    out = tmp_path / "q"
+    out.mkdir()
+    export(deployed, out, "format=openvino", "quantize=int8", "exporter=torchscript", "calibration_images=40",
+           "check_images=10")
+    spec = json.loads((out / "b" / "bundle.json").read_text())
+    assert spec["quantize"] == "int8" and spec["check"]["max_abs_diff"] < 0.05
