@@ -152,31 +152,33 @@ def main() -> None:
     t0 = time.time()
     teacher = once(work / "teacher", "docclassify.train", [*common, f"hydra.run.dir={work / 'teacher'}"], env,
                    "results.json")
-    infer = once(work / "infer", "docclassify.infer", [f"runs=[{teacher}]", "tta=none",
-                                                        f"hydra.run.dir={work / 'infer'}"], env, "summary.json")
+    infer_args = [f"runs=[{teacher}]", "tta=none", f"hydra.run.dir={work / 'infer'}"]
+    infer = once(work / "infer", "docclassify.infer", infer_args, env, "summary.json")
     bundles = {}
-    for name, extra in (("torchscript", ["format=torchscript"]), ("onnx_fp32", []), ("onnx_int8", ["quantize=int8"]),
-                        ("openvino_fp32", ["format=openvino"]), ("openvino_int8", ["format=openvino", "quantize=int8"])):
+    paths_to_export = (("torchscript", ["format=torchscript"]), ("onnx_fp32", []), ("onnx_int8", ["quantize=int8"]),
+                       ("openvino_fp32", ["format=openvino"]), ("openvino_int8", ["format=openvino", "quantize=int8"]))
+    for name, extra in paths_to_export:
         if name.startswith("openvino"):
             try:
                 import openvino  # noqa: F401
             except ImportError:
                 continue
         out = work / f"bundle_{name}"
-        once(out, "docclassify.export", [f"runs=[{infer}]", *extra, "exporter=torchscript", f"output={out}",
-                                         f"hydra.run.dir={work / ('export_' + name)}"], env, "bundle.json")
+        export_args = [f"runs=[{infer}]", *extra, "exporter=torchscript", f"output={out}",
+                       f"hydra.run.dir={work / ('export_' + name)}"]
+        once(out, "docclassify.export", export_args, env, "bundle.json")
         bundles[name] = out
-    student = once(work / "student", "docclassify.distill", [f"runs=[{teacher}]", *common,
-                                                              f"hydra.run.dir={work / 'student'}"], env, "results.json")
+    distill_args = [f"runs=[{teacher}]", *common, f"hydra.run.dir={work / 'student'}"]
+    student = once(work / "student", "docclassify.distill", distill_args, env, "results.json")
     # the student as one model: its best fold (a 1/K-cost deployment of the distilled ensemble)
     student_run = json.loads((student / "results.json").read_text())
     best = max(student_run["folds"], key=lambda f: f["best_macro_f1"])["fold"]
-    once(work / "student_infer", "docclassify.infer", [f"runs=[{student}]", "tta=none",
-                                                        f"hydra.run.dir={work / 'student_infer'}"], env, "summary.json")
+    student_infer = [f"runs=[{student}]", "tta=none", f"hydra.run.dir={work / 'student_infer'}"]
+    once(work / "student_infer", "docclassify.infer", student_infer, env, "summary.json")
     student_bundle = work / "bundle_student"
-    once(student_bundle, "docclassify.export", [f"runs=[{work / 'student_infer'}]", "exporter=torchscript",
-                                                f"output={student_bundle}", f"hydra.run.dir={work / 'export_student'}"],
-         env, "bundle.json")
+    student_export = [f"runs=[{work / 'student_infer'}]", "exporter=torchscript", f"output={student_bundle}",
+                      f"hydra.run.dir={work / 'export_student'}"]
+    once(student_bundle, "docclassify.export", student_export, env, "bundle.json")
     one_fold = work / "bundle_student_1fold"
     if not (one_fold / "bundle.json").is_file():
         import shutil
@@ -219,8 +221,9 @@ def main() -> None:
         diff = "" if r["max_diff_vs_infer"] is None else f"{r['max_diff_vs_infer']:.1e}"
         print(f"| {r['path']} | {r['img_s_b1']:.1f} | {r['img_s_b32']:.1f} | {r['macro_f1']:.4f} | {mb} | {diff} |")
     base = rows[0]
-    print("\nratios to torch eager: " + ", ".join(f"{r['path']}: x{r['img_s_b1'] / base['img_s_b1']:.2f} (b1), "
-                                              f"x{r['img_s_b32'] / base['img_s_b32']:.2f} (b32)" for r in rows[1:]))
+    ratios = [f"{r['path']}: x{r['img_s_b1'] / base['img_s_b1']:.2f} (b1), x{r['img_s_b32'] / base['img_s_b32']:.2f} "
+              "(b32)" for r in rows[1:]]
+    print("\nratios to torch eager: " + ", ".join(ratios))
     print(f"\nservice (docclassify-serve, the 1-model student bundle, one image per request): "
           f"1 client p50 {service['1_clients']['p50_ms']:.1f} ms / p95 {service['1_clients']['p95_ms']:.1f} ms; "
           f"8 clients p50 {service['8_clients']['p50_ms']:.1f} ms / p95 {service['8_clients']['p95_ms']:.1f} ms; "
