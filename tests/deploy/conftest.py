@@ -57,12 +57,16 @@ def deployed(tmp_path_factory, isolated_env) -> Deployed:
     run_cli("docclassify.export", [f"runs=[{run}]", "exporter=torchscript", f"output={bundle}",
                                    f"hydra.run.dir={root / 'export'}"], env=env)
     keep = os.environ.get("DOCCLASSIFY_KEEP_BUNDLE")  # .ci/run predicts this bundle in a torch-free venv
-    if keep:
+    if keep and not Path(keep).exists():  # the first test process to get here (pytest-xdist runs two)
         import shutil
 
-        shutil.rmtree(keep, ignore_errors=True)
-        shutil.copytree(bundle, keep)
-        shutil.copytree(tiny_data / "test", Path(keep) / "_test_images")
+        staging = Path(f"{keep}.{os.getpid()}")
+        shutil.copytree(bundle, staging / "bundle")
+        shutil.copytree(tiny_data / "test", staging / "images")
+        try:
+            os.rename(staging, keep)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return Deployed(tiny_data, run, infer, bundle, env)
 
 
