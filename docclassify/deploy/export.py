@@ -314,6 +314,17 @@ def move_into_place(staging: Path, output: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def data_overrides(cfg: DictConfig, infer_dir: Path) -> dict:
+    """infer's data.* overrides the check and the INT8 calibration read the data with: export's own, else
+    (an infer run dir given) the ones that infer run had."""
+    from docclassify.deploy.runs import infer_config
+    from docclassify.predict.inference import DATA_OVERRIDES
+
+    given = {k: cfg.data.get(k) for k in DATA_OVERRIDES}
+    made_with = infer_config(infer_dir).get("data") or {}
+    return {k: given[k] if given[k] is not None else made_with.get(k) for k in DATA_OVERRIDES}
+
+
 def run_export(cfg: DictConfig, run_dir: Path) -> dict:
     """The whole export (see the module docstring); returns the bundle's spec as a dict."""
     settings = ExportSettings.of(cfg)
@@ -321,7 +332,7 @@ def run_export(cfg: DictConfig, run_dir: Path) -> dict:
     prepare_output(output)
     infer_dir = infer_step(cfg, run_dir)
     spec = spec_from_infer(infer_dir)
-    data = {k: cfg.data.get(k) for k in ("root", "sample_submission", "test_dir", "test_labels", "cache")}
+    data = data_overrides(cfg, infer_dir)
     cache_dir = str(cfg.paths.cache_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(str(output) + f".partial-{os.getpid()}")

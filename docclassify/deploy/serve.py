@@ -169,7 +169,11 @@ def create_app(predictor, limits: Limits | None = None, max_batch: int = 32, max
         try:
             form = await request.form(max_files=limits.max_files + 1, max_fields=limits.max_files + 1)
         except Exception as exc:  # noqa: BLE001 - the multipart parser's errors
-            raise HTTPException(422, f"cannot parse the multipart body ({exc})") from None
+            detail = getattr(exc, "detail", None) or str(exc)
+            status = 413 if "Too many" in detail else 422
+            raise HTTPException(status, f"cannot take the multipart body: {detail} (at most {limits.max_files} "
+                                        "image parts)" if status == 413 else
+                                f"cannot parse the multipart body ({detail})") from None
         names, data = [], []
         for field, value in form.multi_items():
             if not isinstance(value, UploadFile):

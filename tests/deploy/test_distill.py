@@ -83,7 +83,8 @@ def test_a_student_distilled_from_the_teacher_is_a_normal_run(deployed, tmp_path
     run_cli("docclassify.distill", [f"runs=[{deployed.run}]", "data=competition", f"data.root={deployed.data}",
                                     "model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epochs=1",
                                     "trainer.batch_size=16", "data.num_workers=0", "folds.n=2", "distill.temperature=2",
-                                    "distill.label_weight=0.25", f"hydra.run.dir={student}"], env=deployed.env)
+                                    "distill.label_weight=0.25", "distill.teacher_tta=flip",
+                                    f"hydra.run.dir={student}"], env=deployed.env)
     results = json.loads((student / "results.json").read_text())
     assert results["loss"] == {"_target_": "docclassify.deploy.distill.DistillationLoss", "temperature": 2.0}
     assert results["pseudo"]["train_targets"] == TRAIN_PROBS_FILE and results["pseudo"]["n_added"] == 34
@@ -92,11 +93,19 @@ def test_a_student_distilled_from_the_teacher_is_a_normal_run(deployed, tmp_path
     assert len(targets) == 102 and np.allclose(targets.drop(columns="ID").sum(axis=1), 1.0)
     assert (targets.drop(columns="ID").max(axis=1) >= 0.25).all()  # a quarter of each row is its true label
     assert (student / "teacher" / "test_probs.csv").is_file()
+    assert json.loads((student / "teacher" / "summary.json").read_text())["tta"]["name"] == "flip"
     run_cli("docclassify.export", [f"runs=[{student}]", "exporter=torchscript", "check_images=5",
                                    f"output={tmp_path / 'bundle'}", f"hydra.run.dir={tmp_path / 'export'}"],
             env=deployed.env)
     spec = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert spec["check"]["max_abs_diff"] < 1e-4
+    alone = tmp_path / "no_test_images"  # distill.test_images=false: the training rows' soft targets only
+    run_cli("docclassify.distill", [f"runs=[{deployed.run}]", "data=competition", f"data.root={deployed.data}",
+                                    "model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epochs=1",
+                                    "data.num_workers=0", "folds.n=2", "folds.run=[0]", "distill.test_images=false",
+                                    f"hydra.run.dir={alone}"], env=deployed.env)
+    results = json.loads((alone / "results.json").read_text())
+    assert results["pseudo"]["n_added"] == 0 and results["pseudo"]["train_targets"] == TRAIN_PROBS_FILE
     proc = run_cli("docclassify.distill", ["runs=[]", f"hydra.run.dir={tmp_path / 'bad'}"], env=deployed.env,
                    check=False)
     assert proc.returncode == 2 and "runs=[]: give the teacher's training run dirs" in proc.stderr

@@ -70,6 +70,12 @@ def test_torchscript_format_and_the_dynamo_exporter(deployed, tmp_path):
     spec = json.loads((out / "b" / "bundle.json").read_text())
     assert spec["check"]["exports"][0]["exporter"] == "dynamo" and spec["check"]["max_abs_diff"] < 1e-4
     assert onnx.load(out / "b" / spec["members"][0]["folds"][0]["file"]).opset_import[0].version == 18
+    old = tmp_path / "old"
+    old.mkdir()
+    export(deployed, old, "exporter=torchscript", "opset=16", "check_images=0")
+    spec = json.loads((old / "b" / "bundle.json").read_text())
+    assert onnx.load(old / "b" / spec["members"][0]["folds"][0]["file"]).opset_import[0].version == 16
+    assert "images" not in spec["check"]  # check_images=0: no comparison made
 
 
 def test_orient_bundle_turns_images_back_like_infer(deployed, tmp_path):
@@ -121,3 +127,13 @@ def test_openvino_bundle_fp32_and_int8(deployed, tmp_path):
            "check_images=10")
     spec = json.loads((out / "b" / "bundle.json").read_text())
     assert spec["quantize"] == "int8" and spec["check"]["max_abs_diff"] < 0.05
+
+
+def test_calibration_images_is_how_many_training_images_calibrate(deployed):
+    from docclassify.deploy.export import calibration_batches
+    from docclassify.deploy.runs import spec_from_infer
+
+    fold = spec_from_infer(deployed.infer).folds[0]
+    for n in (7, 40):
+        batches = calibration_batches(deployed.run, fold, n, {}, deployed.env["DOCCLASSIFY_CACHE"])
+        assert sum(len(b) for b in batches) == n and batches[0].shape[1:] == (3, 32, 32)
