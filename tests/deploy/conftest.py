@@ -116,3 +116,27 @@ class Server:
 def server_class():
     """:class:`Server` (test modules cannot import this conftest by name)."""
     return Server
+
+
+def export_here(overrides: list[str], run_dir: Path) -> dict:
+    """`python -m docclassify.export <overrides>` in this process (the same compose and code, no start-up
+    of a new interpreter); a refusal raises its UserError. Returns the bundle's spec."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from docclassify.config import CONF_DIR
+    from docclassify.export import export
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("export", overrides=[*overrides, f"hydra.run.dir={run_dir}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return export(cfg, run_dir)
+
+
+@pytest.fixture(scope="session")
+def exporter():
+    """:func:`export_here` (test modules cannot import this conftest by name)."""
+    return export_here

@@ -13,6 +13,7 @@ from scipy.special import softmax
 from conftest import run_cli
 
 from docclassify import Predictor
+from docclassify.deploy.export import ExportError
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +43,15 @@ def test_from_run_of_the_infer_dir_is_infer_with_torch(deployed):
     np.testing.assert_allclose(plain.probabilities, softmax(temperature * np.log(want[:5]), axis=1), atol=1e-6)
 
 
-def export(deployed, tmp_path, *args, check=True):
-    return run_cli("docclassify.export", [f"runs=[{deployed.infer}]", f"output={tmp_path / 'b'}",
-                                          f"hydra.run.dir={tmp_path / 'run'}", *args], env=deployed.env, check=check)
+@pytest.fixture
+def export(exporter):
+    """export(deployed, folder, *overrides): the infer run of the fixture exported into folder/b."""
+    def run(deployed, tmp_path, *args):
+        return exporter([f"runs=[{deployed.infer}]", f"output={tmp_path / 'b'}", *args], tmp_path / "run")
+    return run
 
 
-def test_int8_quantises_every_conv_and_stays_close(deployed, tmp_path):
+def test_int8_quantises_every_conv_and_stays_close(deployed, tmp_path, export):
     export(deployed, tmp_path, "quantize=int8", "exporter=torchscript", "calibration_images=40", "check_images=10")
     spec = json.loads((tmp_path / "b" / "bundle.json").read_text())
     fold = spec["members"][0]["folds"][0]
@@ -59,7 +63,7 @@ def test_int8_quantises_every_conv_and_stays_close(deployed, tmp_path):
     assert np.isfinite(got.probabilities).all()
 
 
-def test_torchscript_format_and_the_dynamo_exporter(deployed, tmp_path):
+def test_torchscript_format_and_the_dynamo_exporter(deployed, tmp_path, export):
     want, _ = deployed.infer_probs(10)
     export(deployed, tmp_path, "format=torchscript", "check_images=10")
     got = Predictor.from_bundle(tmp_path / "b").predict(deployed.test_paths(10))
@@ -78,10 +82,10 @@ def test_torchscript_format_and_the_dynamo_exporter(deployed, tmp_path):
     assert "images" not in spec["check"]  # check_images=0: no comparison made
 
 
-def test_orient_bundle_turns_images_back_like_infer(deployed, tmp_path):
+def test_orient_bundle_turns_images_back_like_infer(deployed, tmp_path, exporter):
     """tta=orient through the head: export runs infer itself on the training run."""
-    run_cli("docclassify.export", [f"runs=[{deployed.run}]", "tta=orient", "exporter=torchscript",
-                                   f"output={tmp_path / 'b'}", f"hydra.run.dir={tmp_path / 'run'}"], env=deployed.env)
+    exporter([f"runs=[{deployed.run}]", "tta=orient", "exporter=torchscript", f"output={tmp_path / 'b'}"],
+             tmp_path / "run")
     spec = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert spec["tta"]["mode"] == "orient" and spec["check"]["max_abs_diff"] < 1e-4
     infer_dir = tmp_path / "run" / "infer"
@@ -92,28 +96,31 @@ def test_orient_bundle_turns_images_back_like_infer(deployed, tmp_path):
     assert bundle.orientation == torch_side.orientation and all(o is not None for o in bundle.orientation)
 
 
-def test_a_tolerance_it_cannot_meet_writes_no_bundle(deployed, tmp_path):
-    proc = export(deployed, tmp_path, "exporter=torchscript", "tolerance=1e-30", "check_images=5", check=False)
-    assert proc.returncode == 2 and "tolerance=1e-30" in proc.stderr and "no bundle was written" in proc.stderr
+def test_a_tolerance_it_cannot_meet_writes_no_bundle(deployed, tmp_path, export):
+    with pytest.raises(ExportError, match=r"tolerance=1e-30\); no bundle was written"):
+        export(deployed, tmp_path, "exporter=torchscript", "tolerance=1e-30", "check_images=5")
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob("b.partial*"))
 
 
-def test_refusals_name_the_key(deployed, tmp_path):
-    proc = export(deployed, tmp_path, "format=torchscript", "quantize=int8", check=False)
-    assert proc.returncode == 2 and "quantize=int8 with format=torchscript" in proc.stderr
-    proc = export(deployed, tmp_path, "tta=dihedral", check=False)
-    assert proc.returncode == 2 and "made with tta=none" in proc.stderr
+def test_refusals_name_the_key(deployed, tmp_path, export, exporter):
+    with pytest.raises(ExportError, match="quantize=int8 with format=torchscript"):
+        export(deployed, tmp_path, "format=torchscript", "quantize=int8")
+    with pytest.raises(ExportError, match="made with tta=none"):
+        export(deployed, tmp_path, "tta=dihedral")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    proc = run_cli("docclassify.export", [f"runs=[{deployed.infer}]", f"output={tmp_path / 'taken'}",
-                                          f"hydra.run.dir={tmp_path / 'r2'}"], env=deployed.env, check=False)
-    assert proc.returncode == 2 and "is not a bundle folder" in proc.stderr
+    with pytest.raises(ExportError, match="is not a bundle folder"):
+        exporter([f"runs=[{deployed.infer}]", f"output={tmp_path / 'taken'}"], tmp_path / "r2")
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+    # the command line: a refusal is one line on stderr and exit code 2
+    proc = run_cli("docclassify.export", [f"runs=[{deployed.infer}]", "format=torchscript", "quantize=int8",
+                                          f"hydra.run.dir={tmp_path / 'r3'}"], env=deployed.env, check=False)
+    assert proc.returncode == 2 and "docclassify.export: error: quantize=int8 with format=torchscript" in proc.stderr
     proc = run_cli("docclassify.export", [f"runs=[{deployed.infer}]", "model=tiny"], env=deployed.env, check=False)
     assert proc.returncode == 2 and "model is an option of python -m docclassify.train" in proc.stderr
 
 
-def test_openvino_bundle_fp32_and_int8(deployed, tmp_path):
+def test_openvino_bundle_fp32_and_int8(deployed, tmp_path, export):
     pytest.importorskip("openvino")
     want, _ = deployed.infer_probs(10)
     export(deployed, tmp_path, "format=openvino", "exporter=torchscript", "check_images=10")
