@@ -91,13 +91,38 @@ def png_of(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def png_header_of(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels and holds none (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(deployed):
+    from docclassify.data.images import ImageTooLargeError, decode_bytes
+
+    bomb = png_header_of(30000, 30000)  # 900M pixels: over PIL's own limit too
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        decode_bytes(bomb, "bomb.png")
+    with pytest.raises(ImageTooLargeError, match="wide.png: 2000 x 1000 pixels, more than the limit of 1000000"):
+        Predictor.from_bundle(deployed.bundle).predict([png_header_of(2000, 1000)], names=["wide.png"],
+                                                       max_pixels=10**6)
+
+
 def test_bad_uploads_get_4xx_and_the_server_goes_on(server, deployed):
     good = Path(deployed.test_paths(1)[0]).read_bytes()
     cases = {
         "corrupt": (upload(("a.jpg", good), ("torn.jpg", good[:80])), 422, "torn.jpg"),
         "not an image": (upload(("notes.txt", b"hello, I am text")), 422, "notes.txt"),
         "too many bytes": (upload(("big.bin", b"\0" * 60_000)), 413, "big.bin"),
-        "too many pixels": (upload(("bomb.png", png_of(2000, 1000))), 413, "2000 x 1000 pixels"),
+        "too many pixels": (upload(("wide.png", png_of(2000, 1000))), 413, "2000 x 1000 pixels"),
+        "a bomb's header": (upload(("bomb.png", png_header_of(30000, 30000))), 413, "bomb.png"),
         "too many parts": (upload(*[(f"{i}.jpg", good) for i in range(9)]), 413, "9 parts"),
     }
     for what, (files, status, named) in cases.items():
