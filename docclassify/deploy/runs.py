@@ -147,6 +147,9 @@ def spec_of_runs(runs: str | Path | Sequence[str | Path], tta: str = "none", upr
         if len(paths) > 1:
             raise BundleError(f"runs: {infer_dirs[0]} is an infer run dir; give it alone (it names its own "
                               "training runs), or training run dirs only")
+        if tta != "none" or deskew:
+            raise BundleError(f"tta={tta}, deskew={deskew}: {paths[0]} is an infer run dir, whose own TTA and deskew "
+                              "are used; leave them out, or give its training run dirs")
         return spec_from_infer(paths[0].expanduser())
     return spec_from_training_runs(paths, tta, upright_flip, deskew)
 
