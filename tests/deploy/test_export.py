@@ -13,6 +13,7 @@ from scipy.special import softmax
 from conftest import run_cli
 
 from docclassify import Predictor
+from docclassify.deploy.bundle import BundleError
 from docclassify.deploy.export import ExportError
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,8 @@ def test_from_run_of_the_infer_dir_is_infer_with_torch(deployed):
     want, _ = deployed.infer_probs()
     got = Predictor.from_run(deployed.infer).predict(deployed.test_paths())
     assert np.abs(got.probabilities - want).max() < 1e-6
+    with pytest.raises(BundleError, match="is an infer run dir, whose own TTA"):
+        Predictor.from_run(deployed.infer, tta="flip")
     # a training run dir: its folds averaged, no temperature: infer's probabilities with its temperature undone
     temperature = json.loads((deployed.bundle / "bundle.json").read_text())["temperature"]
     plain = Predictor.from_run(deployed.run).predict(deployed.test_paths(5))
