@@ -29,7 +29,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_WORK, REPO, ensure_data, load_average, machine_line, rss_mb
+from _common import DEFAULT_WORK, REPO, load_average, machine_line, rss_mb
+
+
+def ensure_data(root: Path | None, per_class: int, test_per_class: int, long_side: int, work: Path) -> Path:
+    """``root``, else a synthetic competition-layout data set with a labelled distorted test split (made once)."""
+    if root is not None:
+        return Path(root).expanduser()
+    from docclassify.data.synthetic import SyntheticSpec, generate
+
+    out = work / f"data-{per_class}x{test_per_class}x{long_side}"
+    if not (out / "train.csv").is_file():
+        print(f"generating benchmark data set in {out} ...", flush=True)
+        generate(out, SyntheticSpec(n_train_per_class=per_class, n_test_per_class=test_per_class, long_side=long_side,
+                                    seed=1), progress=False)
+    return out
 
 
 def run(module: str, args: list[str], env: dict) -> None:
@@ -129,16 +143,18 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--per-class", type=int, default=100, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=30, help="distorted test images per class")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--student-folds", default=None,
                         help="folds of the student to train, e.g. 0 (default: all; the best one is the 1-model bundle)")
     parser.add_argument("--quick", action="store_true",
-                        help="20 images per class, 64 px, 2 epochs, the student's fold 0 only, 200 requests")
+                        help="20 + 10 test images per class, 64 px, 2 epochs, the student's fold 0 only, 200 requests")
     args = parser.parse_args()
     if args.quick:
-        args.per_class, args.img_size, args.epochs, args.requests, args.student_folds = 20, 64, 2, 200, "0"
+        args.per_class, args.test_per_class, args.img_size, args.epochs = 20, 10, 64, 2
+        args.requests, args.student_folds = 200, "0"
         args.work = args.work.with_name(args.work.name + "-quick")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["DOCCLASSIFY_THREADS"] = str(args.threads)
@@ -146,7 +162,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    data = ensure_data(args.data, n_per_class=args.per_class, long_side=400 if args.quick else 600)
+    data = ensure_data(args.data, args.per_class, args.test_per_class, 400 if args.quick else 600, DEFAULT_WORK)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     common = ["data=competition", f"data.root={data}", f"model={args.model}", "model.pretrained=false",
