@@ -24,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,12 +109,15 @@ def serve_latency(bundle: Path, paths: list[str], requests: int, threads: int, e
         payloads = [Path(p).read_bytes() for p in paths]
         rss, sent = [], 0
 
+        local = threading.local()  # one keep-alive connection per client thread, as a real client keeps
+
         def one(i: int) -> float:
-            with httpx.Client(timeout=60) as client:
-                t0 = time.perf_counter()
-                reply = client.post(f"{url}/predict", files=[("file", (f"{i}.jpg", payloads[i % len(payloads)]))])
-                reply.raise_for_status()
-                return time.perf_counter() - t0
+            client = getattr(local, "client", None) or httpx.Client(timeout=60)
+            local.client = client
+            t0 = time.perf_counter()
+            reply = client.post(f"{url}/predict", files=[("file", (f"{i}.jpg", payloads[i % len(payloads)]))])
+            reply.raise_for_status()
+            return time.perf_counter() - t0
 
         out = {}
         for clients in (1, 8):
@@ -145,7 +149,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--per-class", type=int, default=100, help="training images per class")
     parser.add_argument("--test-per-class", type=int, default=30, help="distorted test images per class")
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=None, help="requests to the service (1000; quick: 200)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--student-folds", default=None,
                         help="folds of the student to train, e.g. 0 (default: all; the best one is the 1-model bundle)")
@@ -154,8 +158,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.per_class, args.test_per_class, args.img_size, args.epochs = 20, 10, 64, 2
-        args.requests, args.student_folds = 200, "0"
+        args.requests, args.student_folds = args.requests or 200, "0"
         args.work = args.work.with_name(args.work.name + "-quick")
+    args.requests = args.requests or 1000
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ["DOCCLASSIFY_THREADS"] = str(args.threads)
     import torch
