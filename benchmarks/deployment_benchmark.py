@@ -89,9 +89,9 @@ def evaluate(name: str, predictor, paths, y, images, want, bundle: Path | None, 
 
 def serve_latency(bundle: Path, paths: list[str], requests: int, threads: int, env: dict) -> dict:
     """docclassify-serve on ``bundle``: per-request latency (1 image) at 1 and 8 clients, RSS every 100."""
-    import httpx
-
     import socket
+
+    import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,7 +4,6 @@ configs stay in step with infer's and train's; their --help and foreign-group re
 from __future__ import annotations
 
 import tomllib
-
 from conftest import REPO, run_cli
 from omegaconf import OmegaConf
 

@@ -12,7 +12,12 @@ import pytest
 import torch
 from conftest import run_cli
 
-from docclassify.data.pseudo import TRAIN_PROBS_FILE, PseudoSet, fold_training_set, read_train_targets
+from docclassify.data.pseudo import (
+    TRAIN_PROBS_FILE,
+    PseudoSet,
+    fold_training_set,
+    read_train_targets,
+)
 from docclassify.data.sources import DataSource
 from docclassify.deploy.distill import DistillationLoss, teacher_train
 from docclassify.engine.losses import LossContext

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from scipy.special import softmax
 from conftest import run_cli
+from scipy.special import softmax
 
 from docclassify import Predictor
 from docclassify.deploy.bundle import BundleError
