@@ -47,6 +47,10 @@ ABOUT = {
              "(cv macro F1), oof.csv, checkpoints/ and a report",
     "infer": "turn training runs (runs=[RUN_DIR ...]) into a submission: submission.csv, test_probs.csv, "
              "summary.json in the run dir",
+    "export": "turn runs (or an infer run) into a bundle that predicts without the training stack: "
+              "bundle.json + ONNX / TorchScript / OpenVINO model files in output=DIR",
+    "distill": "train one student model (model=...) on the soft targets of a teacher ensemble (runs=[RUN_DIR ...]); "
+               "the run dir is a training run's",
 }
 
 
@@ -104,7 +108,7 @@ def foreign_group_errors(config_name: str, argv: list[str], hint: str = "") -> l
 @functools.lru_cache(maxsize=None)
 def _top_level_keys(config_name: str) -> frozenset[str]:
     """The top-level keys of an entrypoint's config (its groups and its own blocks, e.g. train's pseudo)."""
-    schema = {"train": config_schema.TrainConfig, "infer": config_schema.InferConfig}[config_name]
+    schema = config_schema.PRIMARY[config_name]
     return frozenset({f.name for f in dataclasses.fields(schema)} | set(primary_groups(config_name)))
 
 

@@ -607,6 +607,40 @@ class InferConfig:
     logger: Any = MISSING
 
 
+@dataclass
+class ExportConfig(InferConfig):
+    """Top level of ``conf/export.yaml``: infer's keys (the infer step whose decisions a bundle holds) plus
+    the bundle's own (docclassify/deploy/export.py). ``output`` is the bundle folder."""
+
+    task_name: str = "export"
+    format: str = key("onnx", choices=("onnx", "torchscript", "openvino"))
+    quantize: str = key("none", choices=("none", "int8"))
+    exporter: str = key("auto", choices=("auto", "dynamo", "torchscript"))
+    opset: int | None = key(None, ge=13, le=23)
+    calibration_images: int = key(256, ge=1)
+    check_images: int = key(20, ge=0)
+    tolerance: float = key(1.0e-4, gt=0.0)
+
+
+@dataclass
+class DistillSettings:
+    """``distill.*`` of conf/distill.yaml (docclassify/deploy/distill.py)."""
+
+    temperature: float = key(4.0, gt=0.0, le=100.0)
+    label_weight: float = key(0.0, ge=0.0, le=1.0)
+    test_images: bool = True
+    teacher_tta: str = key("none", choices=TTA_SETS)
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Top level of ``conf/distill.yaml``: train's keys (the student's run) plus the teacher runs."""
+
+    task_name: str = "distill"
+    runs: Any = field(default_factory=list)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+
+
 # (group, option) -> schema; a group whose options differ in keys maps each option.
 SCHEMAS: dict[tuple[str, str], Any] = {
     ("trainer", "default"): TrainerConfig,
@@ -633,7 +667,8 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("validation", "clean"): CleanValidation,
     ("validation", "robust"): RobustValidation,
 }
-PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig}
+PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig, "export": ExportConfig,
+           "distill": DistillConfig}
 
 
 def register() -> None:

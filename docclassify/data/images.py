@@ -28,6 +28,10 @@ class BadImageError(UserError):
     """An image file that cannot be decoded (empty, truncated, not an image)."""
 
 
+class ImageTooLargeError(BadImageError):
+    """An image with more pixels than allowed (a decompression bomb, or over a service's limit)."""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: scale the full range to 8 bits instead of clipping.
@@ -59,17 +63,32 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read ({exc})") from exc
+    return decode_bytes(data, str(path), draft_size)
+
+
+def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
+                 max_pixels: int | None = None) -> np.ndarray:
+    """:func:`decode_image` of a file's bytes (an upload, docclassify.deploy); ``name`` names it in
+    errors. ``max_pixels``: refuse (ImageTooLargeError) an image with more pixels, read from its header
+    before any pixel is decoded (PIL's own decompression-bomb limit also raises that error)."""
     if not data:
-        raise BadImageError(f"{path}: file is empty (0 bytes)")
+        raise BadImageError(f"{name}: file is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                raise ImageTooLargeError(f"{name}: {img.size[0]} x {img.size[1]} pixels, more than the limit of "
+                                         f"{max_pixels}")
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img)
             return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path}: cannot decode image ({exc})") from exc
+        raise BadImageError(f"{name}: cannot decode image ({exc})") from exc
 
 
 def image_size(path: str | Path) -> tuple[int, int] | None:
