@@ -175,7 +175,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                                                       orientation_labels=head != "none",
                                                       sampler_mode=str(cfg.data.get("sampler", "natural")),
                                                       train_images=training.images, target_rows=training.target_rows,
-                                                      sample_weights=training.weights)
+                                                      sample_weights=training.weights,
+                                                      unknown_orientation=training.unknown_orientation)
     ctx = step_context(cfg.trainer, run, mean, std)
     parts = build_fold_parts(model, cfg, ctx, class_counts(training.targets[training.rows], data.num_classes),
                              len(train_loader))

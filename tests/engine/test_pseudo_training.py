@@ -125,6 +125,31 @@ def test_pseudo_rows_train_every_fold_never_validate_and_reach_the_loss(pool_dat
             assert sorted(targets[pseudo].tolist()) == sorted(expected["target"].tolist())
 
 
+def test_pseudo_rows_never_reach_the_orientation_head_loss(pool_data, teacher, tmp_path, monkeypatch):
+    """Issue 26 item 2: with an orientation head, a pseudo-labelled test page reaches the step with an
+    unknown element (its starting turn is unknown), every training row with the augmentation's."""
+    import docclassify.engine.epoch as epoch
+
+    seen, real = [], epoch.forward_losses
+
+    def recording(parts, images, targets, ctx, elements=None, weights=None):
+        seen.append((elements.clone(), weights.clone()))
+        return real(parts, images, targets, ctx, elements, weights)
+
+    monkeypatch.setattr(epoch, "forward_losses", recording)
+    results = run_kfold(compose_train(train_args(pool_data, f"pseudo.source={teacher}", "pseudo.threshold=0.6",
+                                                 "pseudo.weight=0.25", "model.orientation_head=rot4",
+                                                 "augment.orientation=rot90", "augment.orientation_p=1.0",
+                                                 "folds.run=[0]", "validation=clean", "trainer.batch_size=128"),
+                                      tmp_path))  # one batch: no row dropped (drop_last)
+    elements = torch.cat([e for e, _ in seen])
+    pseudo = torch.cat([w for _, w in seen]) == 0.25
+    assert int(pseudo.sum()) == results["pseudo"]["n_added"] > 0
+    assert (elements[pseudo] == -1).all() and (elements[~pseudo] >= 0).all()
+    assert len(set(elements[~pseudo].tolist())) > 1  # the training rows' turns, as drawn
+    assert results["folds"][0]["history"][0]["train_orientation_loss"] > 0
+
+
 def test_weight_and_soft_change_the_trained_model(pool_data, teacher, tmp_path):
     def oof_logits(name, *pseudo):
         run_kfold(compose_train(train_args(pool_data, f"pseudo.source={teacher}", "pseudo.threshold=0.6",
