@@ -616,12 +616,15 @@ def fit_decision_on_oof(oof_probs: np.ndarray, y: np.ndarray, rule: str, groups:
     return fit
 
 
-def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray],
+                        average: str = "prob") -> tuple[list[np.ndarray], list[float]]:
     """Each run's OOF log-probabilities scaled by its averaging factor (predict.calibration): an OOF
     row is predicted by one fold model, a test row by the average of the run's folds, which is
     less confident; the scaled OOF rows look like that average, so what is fitted on them (weights,
-    stacker, temperature, biases) fits what it is applied to. Returns (scaled logits, factors)."""
-    alphas = [averaging_factor(m.fold_test_logits) if m.fold_test_logits is not None else 1.0 for m in members]
+    stacker, temperature, biases) fits what it is applied to. ``average``: how predict_run averages
+    the folds (ensemble.average), which the factor measures. Returns (scaled logits, factors)."""
+    alphas = [averaging_factor(m.fold_test_logits, average) if m.fold_test_logits is not None else 1.0
+              for m in members]
     scaled = [a * log_softmax(np.asarray(z, dtype=np.float64), axis=1) for a, z in zip(alphas, oof_logits)]
     log.info("OOF rows scaled to mimic fold averages: averaging factor per run %s", [round(a, 3) for a in alphas])
     return scaled, alphas
@@ -642,7 +645,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
     alphas = None
     if mimic:
-        oof_logits, alphas = mimic_fold_averages(members, oof_logits)
+        oof_logits, alphas = mimic_fold_averages(members, oof_logits, average)
     groups = image_groups(oof_ids, oof.view)
     stacker = None
     if weights_mode == "stack" and len(members) > 1:
