@@ -546,8 +546,9 @@ def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, sett
 
 def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
                 groups: np.ndarray | None = None):
-    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
-    OOF F1 >= equal; ``greedy``: forward selection with a held-out check (predict.ensemble)."""
+    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if their
+    cross-fitted OOF F1 beats equal weights'; ``greedy``: forward selection with a held-out check
+    (predict.ensemble). ``groups``: the image of each row (copies of one image on one side of a split)."""
     if mode == "equal" or n_runs == 1:
         if mode != "equal":
             log.info("ensemble.weights=%s with one run: its weight is 1", mode)
@@ -560,11 +561,10 @@ def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str
                  len(y), fit["counts"], fit["f1_fitted"], fit["f1_equal"], fit["f1_best_single"], held["greedy"],
                  held["equal"], "" if fit["accepted"] else " -> equal weights kept")
         return fit["weights"], fit
-    fit = fit_oof_weights(oof_members, y, average)
-    log.info("ensemble weights fitted on %d OOF rows: %s "
-             "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
-             len(y), [round(w, 4) for w in fit["weights"]], fit["f1_equal"], fit["f1_fitted"],
-             "" if fit["accepted"] else "; fitted weights scored lower, equal weights kept")
+    fit = fit_oof_weights(oof_members, y, average, groups)
+    log.info("ensemble weights fitted on %d OOF rows: %s; %d-fold cross-fitted OOF macro F1 %.4f vs equal weights "
+             "%.4f%s", len(y), [round(w, 4) for w in fit["optimized_weights"]], fit["folds"], fit["f1_cross_fitted"],
+             fit["f1_equal"], "" if fit["accepted"] else " -> equal weights kept")
     return fit["weights"], fit
 
 
