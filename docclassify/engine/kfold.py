@@ -38,7 +38,7 @@ from docclassify.engine.epoch import StopRequested
 from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
 from docclassify.engine.losses import check_loss_config
-from docclassify.engine.oof import RESULTS_FILE, pool_oof
+from docclassify.engine.oof import RESULTS_FILE, copies_recipe, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
 from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
@@ -347,7 +347,9 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         **pooled,
         "monitor": monitor, "objective": run_objective(pooled, monitor),
         "validation": {"name": str(validation.name) if validation is not None else "clean",
-                       **(robust.as_dict() if robust is not None else {})},
+                       **(robust.as_dict() if robust is not None else {}),
+                       **({"copies_recipe": copies_recipe(robust, [o["img_size"] for o in outcomes])}
+                          if robust is not None else {})},
         "n_folds": int(cfg.folds.n),
         "data": data_info,
         "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),

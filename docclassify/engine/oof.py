@@ -9,12 +9,15 @@ as separate jobs are merged into one run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from docclassify import metrics
+from docclassify.data.validation import COPIES_FORMAT, working_side
 from docclassify.engine.orientation import pooled_orientation
 from docclassify.utils.io import atomic_write, atomic_write_csv
 
@@ -122,3 +125,25 @@ def pool_oof(run_dir: Path, train: pd.DataFrame, classes: list[str], outcomes: l
         # (engine/orientation.py); None when the run neither turns images nor has a head.
         "orientation": pooled_orientation(outcomes),
     }
+
+
+# --------------------------------------------------------------------------------------------- copies' recipe
+def profile_digest(profile: dict) -> str:
+    """sha256 of a resolved distortion profile (keys sorted): equal digests, equal draws."""
+    return hashlib.sha256(json.dumps(dict(profile), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def copies_recipe(spec, img_sizes, recorded: bool = True) -> dict:
+    """What made a run's robust copies (results.json ``validation.copies_recipe``): their seed, the
+    digest of the resolved profile, the copy count, the code's format version of a copy's pixels, and
+    the image sizes the folds validated them at (with the working side each was distorted at).
+
+    Two runs' robust OOF rows ``ID#copy`` are the same copy, and may be paired (inference: weights,
+    temperature, biases, tta=auto), when seed, profile digest and format agree: copy ``c`` is a pure
+    function of (seed, ID, c) and the profile. The image size is recorded, not compared: another
+    size sees the same distorted page at its own resolution, as it sees the clean page.
+    ``recorded``: False for a recipe derived from an older results.json (format unknown)."""
+    sizes = sorted({int(s) for s in img_sizes})
+    return {"seed": int(spec.seed), "profile_sha256": profile_digest(spec.profile), "copies": int(spec.copies),
+            "format": COPIES_FORMAT if recorded else None, "img_sizes": sizes,
+            "working_sides": sorted({working_side(s) for s in sizes}), "recorded": bool(recorded)}

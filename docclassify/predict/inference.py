@@ -64,6 +64,7 @@ from docclassify.predict.orientation import ORIENT_MODES, OrientPredictor, orien
 from docclassify.predict.runs import (
     Run,
     RunError,
+    check_same_robust_copies,
     discover_runs,
     fold_of_ids,
     load_view_oof,
@@ -813,6 +814,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     runs = discover_runs(_plain(cfg.runs))
     settings.fit_on = resolve_fit_on(runs, settings.fit_on)
     runs = select_top_k(runs, cfg.top_k, settings.fit_on)
+    if settings.fit_on == "robust" and len(runs) > 1 and (needs_oof(settings, len(runs)) or auto_tta):
+        check_same_robust_copies(runs)  # their robust rows are paired by ID#copy below
     cache_dir = str(cfg.paths.cache_dir)
     datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
     source = datasets[0].source

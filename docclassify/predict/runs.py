@@ -274,8 +274,44 @@ def load_oof_robust(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
             oof["target"].to_numpy(dtype=np.int64), logits)
 
 
+def copies_recipe_of(run: Run) -> dict:
+    """What made ``run``'s robust copies (engine.oof.copies_recipe): as results.json records it, or,
+    for a run from before that record existed, derived from its ``validation`` entry (seed, copies,
+    profile, with the keys added since at their off values) and its folds' image sizes; the code's
+    format version of those copies is then unknown (None) and not compared."""
+    from docclassify.data.validation import RobustSpec
+    from docclassify.engine.oof import copies_recipe
+
+    validation = run.results.get("validation") or {}
+    if validation.get("copies_recipe"):
+        return dict(validation["copies_recipe"])
+    sizes = [f.get("img_size") for f in run.results.get("folds", []) if f.get("img_size") is not None]
+    return copies_recipe(RobustSpec.from_dict(validation), sizes, recorded=False)
+
+
+def check_same_robust_copies(runs: list[Run]) -> None:
+    """Runs whose robust OOF rows are paired by ``ID#copy`` (anything fitted on them jointly) must hold
+    the same copies behind each key: the same validation.seed, the same resolved profile and, where
+    both runs record it, the same copies format. Otherwise one clear error, naming both runs."""
+    first, base = runs[0], copies_recipe_of(runs[0])
+    for run in runs[1:]:
+        other = copies_recipe_of(run)
+        differ = [k for k in ("seed", "profile_sha256", "format")
+                  if base.get(k) is not None and other.get(k) is not None and base[k] != other[k]]
+        if not differ:
+            continue
+        what = {"seed": f"validation.seed {base['seed']} vs {other['seed']}",
+                "profile_sha256": "other validation.distort profiles",
+                "format": f"copies format {base['format']} vs {other['format']} (made by another docclassify version)"}
+        raise RunError(f"fit_on=robust: {first.path} and {run.path} were validated on different robust copies "
+                       f"({'; '.join(what[k] for k in differ)}), so their oof_robust.csv rows ID#copy hold different "
+                       f"pixels; retrain one with the other's validation settings (validation.seed={base['seed']} and "
+                       "the same validation.distort), or infer with fit_on=clean")
+
+
 def robust_key(ids, copies) -> np.ndarray:
-    """Row keys of robust OOF rows, ``ID#copy``: what aligns the rows of several runs."""
+    """Row keys of robust OOF rows, ``ID#copy``: what aligns the rows of several runs (runs checked by
+    :func:`check_same_robust_copies` first: the same key is then the same copy)."""
     return np.asarray([f"{i}#{int(c)}" for i, c in zip(ids, copies)], dtype=str)
 
 

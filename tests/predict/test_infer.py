@@ -56,6 +56,14 @@ def clean_run(tiny_data, tmp_path_factory, cache_dir):
         "folds.n=2", "seed=3", "validation=clean"])
 
 
+@pytest.fixture(scope="module")
+def reseeded_run(tiny_data, tmp_path_factory, cache_dir):
+    """multi_run's folds (seed 1, 2 folds: the same OOF rows), validated on other robust copies
+    (validation.seed=1): the same ID#copy keys, different pixels behind them."""
+    return _train(tiny_data, tmp_path_factory.mktemp("reseeded") / "run", cache_dir, [
+        "folds.n=2", "seed=1", "validation.seed=1"])
+
+
 def compose_infer(overrides):
     from hydra import compose, initialize_config_dir
 
@@ -277,6 +285,35 @@ def test_fit_on_decides_on_robust_or_clean_rows(multi_run, clean_run, tmp_path):
     with pytest.raises(RunError, match=f"fit_on=robust.*{clean_run}"):
         infer([multi_run, clean_run], tmp_path / "refused", "fit_on=robust")
     assert_nothing_written(tmp_path / "refused")
+
+
+def test_runs_validated_on_other_robust_copies_are_not_paired(multi_run, reseeded_run, tmp_path):
+    """Issue 26 item 3: results.json records what made the robust copies; infer refuses to fit on the
+    robust rows of runs whose copies differ (one line: both runs, what differs, the fix), also for a
+    run recorded before the record existed, and pairs them as before where nothing is fitted."""
+    message = (rf"fit_on=robust: {multi_run} and {reseeded_run} were validated on different robust copies "
+               r"\(validation.seed 0 vs 1\).*validation.seed=0.*or infer with fit_on=clean")
+    for settings in (["calibrate=true"], ["calibrate=false", "decision=macro_f1"], ["calibrate=false", "tta=auto"]):
+        with pytest.raises(RunError, match=message):
+            infer([multi_run, reseeded_run], tmp_path / "refused", *settings)
+        assert_nothing_written(tmp_path / "refused")
+    recipes = [json.loads((r / "results.json").read_text())["validation"]["copies_recipe"]
+               for r in (multi_run, reseeded_run)]
+    assert [r["seed"] for r in recipes] == [0, 1] and recipes[0]["profile_sha256"] == recipes[1]["profile_sha256"]
+    assert recipes[0]["img_sizes"] == [32, 48] and recipes[1]["img_sizes"] == [32] and recipes[0]["copies"] == 2
+    old = _copy_run(reseeded_run, tmp_path / "old")  # a results.json from before the record
+    results = json.loads((old / "results.json").read_text())
+    del results["validation"]["copies_recipe"]
+    (old / "results.json").write_text(json.dumps(results))
+    with pytest.raises(RunError, match=rf"{multi_run} and {old} .*validation.seed 0 vs 1"):
+        infer([multi_run, old], tmp_path / "refused", "calibrate=true")
+    # the clean rows are the same images in both runs; nothing fitted: nothing paired
+    assert infer([multi_run, reseeded_run], tmp_path / "clean", "calibrate=true", "fit_on=clean")["fit_on"] == "clean"
+    plain = infer([multi_run, reseeded_run], tmp_path / "plain", "calibrate=false", "decision=argmax")
+    assert plain["oof"] is None
+    # the same copies (the run with itself under another path) are paired as before
+    again = _copy_run(multi_run, tmp_path / "again")
+    assert infer([multi_run, again], tmp_path / "same", "calibrate=true")["oof"]["fit_on"] == "robust"
 
 
 def test_top_k_ranks_by_the_robust_figure(multi_run, partial_run, tmp_path):
