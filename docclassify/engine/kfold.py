@@ -333,9 +333,12 @@ def run_info(run: RunContext, data: RunData) -> dict:
 
 
 def run_objective(pooled: dict, monitor: str) -> float:
-    """The run's objective (what a sweep optimises): the pooled value ``monitor`` picks."""
+    """The run's objective (what a sweep optimises): the pooled value ``monitor`` picks (for the robust
+    view the selecting copies', which already picked the epochs: a sweep picks among trials on them too,
+    and cv_macro_f1_robust stays a figure nothing was chosen on)."""
     return monitored_value({"val_macro_f1": pooled["cv_macro_f1"],
-                            "val_macro_f1_robust": pooled.get("cv_macro_f1_robust")}, monitor)
+                            "val_macro_f1_robust": pooled.get("cv_macro_f1_robust"),
+                            "val_macro_f1_robust_select": pooled.get("cv_macro_f1_robust_select")}, monitor)
 
 
 def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outcomes: list[dict],

@@ -737,6 +737,7 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
     return {
         "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1),
                   "cv_macro_f1_robust": _json_float(m.run.cv_macro_f1_robust),
+                  "cv_macro_f1_robust_select": _json_float(m.run.cv_macro_f1_robust_select),
                   "weight": float(w), "folds": m.folds}
                  for m, w in zip(members, oof_fit.weights)],
         "models": sorted({f["model"] for m in members for f in m.folds}),

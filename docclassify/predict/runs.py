@@ -7,10 +7,12 @@ skipped with a warning). Everything is checked before any prediction: results an
 checkpoints present, every checkpoint a docclassify checkpoint with the run's class list, all
 runs with one class list. Every problem found is listed in one error.
 
-A run trained with a robust view (``validation=robust|both``) also has ``oof_robust.csv``: its
-OOF rows' distorted copies. Inference decides on that view by default (``fit_on``): ``top_k``
-ranks runs by ``cv_macro_f1_robust``, and weights, temperature and ``tta=auto`` are fitted on the
-robust rows (:func:`load_view_oof`).
+A run trained with a robust view (``validation=robust|both``) also has ``oof_robust.csv``: the
+distorted copies of its OOF rows that chose nothing in training (engine.evaluate.robust_roles).
+Inference decides on that view by default (``fit_on``): ``top_k`` ranks runs by
+``cv_macro_f1_robust_select`` (the selecting copies', the run's objective), and weights,
+temperature and ``tta=auto`` are fitted on the estimating rows of oof_robust.csv
+(:func:`load_view_oof`).
 """
 
 from __future__ import annotations
@@ -76,9 +78,18 @@ class Run:
         return self.results.get("cv_macro_f1_robust") is not None and \
             "profile" in (self.results.get("validation") or {})
 
+    @property
+    def cv_macro_f1_robust_select(self) -> float:
+        """The robust figure of the copies that picked the run's best epochs (its objective); a run
+        from before the select/estimate split has only cv_macro_f1_robust (every copy selected)."""
+        value = self.results.get("cv_macro_f1_robust_select", self.results.get("cv_macro_f1_robust"))
+        return float(value) if value is not None else math.nan
+
     def score(self, view: str) -> float:
-        """The run's pooled OOF macro F1 on ``view`` (robust or clean)."""
-        return self.cv_macro_f1_robust if view == "robust" else self.cv_macro_f1
+        """What ``top_k`` ranks the run by on ``view``: the pooled clean OOF macro F1, or for robust the
+        selecting copies' (a choice among runs is made on the copies that make choices; the
+        estimating copies, oof_robust.csv, stay for what inference fits and reports)."""
+        return self.cv_macro_f1_robust_select if view == "robust" else self.cv_macro_f1
 
     @property
     def data_config(self) -> dict:

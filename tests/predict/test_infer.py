@@ -228,7 +228,8 @@ def test_robust_copies_rebuilt_at_inference_reproduce_training_logits(multi_run,
     (run,) = discover_runs([multi_run])
     (ds,) = inference.load_data([run], {}, str(cache_dir))
     keys, _, saved = load_view_oof(run, "robust")
-    assert len(keys) == 2 * len(ds.source.train) and keys[0].endswith("#0") and keys[1].endswith("#1")
+    # oof_robust.csv: the estimating copy (copy 1 of 2) of every OOF row
+    assert len(keys) == len(ds.source.train) and all(k.endswith("#1") for k in keys)
     rows, folds = inference.plan_view_oof(run, ds, keys, "robust")
     store = inference.ImageStore(str(cache_dir))
     views, _ = inference.resolve_tta({"name": "none"})
@@ -272,7 +273,8 @@ def test_fit_on_decides_on_robust_or_clean_rows(multi_run, clean_run, tmp_path):
     clean = infer([multi_run], tmp_path / "clean", "fit_on=clean")
     assert robust["fit_on"] == "robust" and clean["fit_on"] == "clean"
     n_train = json.loads((multi_run / "results.json").read_text())["n_oof_rows"]
-    assert robust["oof"]["rows"] == 2 * n_train and clean["oof"]["rows"] == n_train
+    # the robust rows: one estimating copy (copy 1) of each OOF row, oof_robust.csv
+    assert robust["oof"]["rows"] == n_train and clean["oof"]["rows"] == n_train
     assert robust["temperature"] != pytest.approx(clean["temperature"], rel=1e-4)  # fitted on other rows
     assert robust["runs"][0]["cv_macro_f1_robust"] is not None
 
@@ -317,11 +319,13 @@ def test_runs_validated_on_other_robust_copies_are_not_paired(multi_run, reseede
 
 
 def test_top_k_ranks_by_the_robust_figure(multi_run, partial_run, tmp_path):
-    """Two runs whose clean and robust figures rank them the other way round."""
+    """Two runs whose clean and robust figures rank them the other way round. The robust ranking is
+    the selecting copies' figure (the objective); the estimating copies' ranks them the other way and
+    decides nothing."""
     a, b = _copy_run(multi_run, tmp_path / "a"), _copy_run(partial_run, tmp_path / "b")
-    for run, clean, robust in ((a, 0.9, 0.2), (b, 0.5, 0.4)):
+    for run, clean, robust, estimate in ((a, 0.9, 0.2, 0.6), (b, 0.5, 0.4, 0.1)):
         results = json.loads((run / "results.json").read_text())
-        results.update(cv_macro_f1=clean, cv_macro_f1_robust=robust)
+        results.update(cv_macro_f1=clean, cv_macro_f1_robust_select=robust, cv_macro_f1_robust=estimate)
         (run / "results.json").write_text(json.dumps(results))
     assert [r.path for r in discover_runs([a, b], top_k=1)] == [b]
     assert [r.path for r in discover_runs([a, b], top_k=1, by="clean")] == [a]
