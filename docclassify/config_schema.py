@@ -380,7 +380,7 @@ class FoldsConfig:
     # A list of fold indices, or one int (folds_to_run accepts both and validates the range).
     run: Any | None = None
     # Near-duplicate training images share a fold (StratifiedGroupKFold; data/duplicates.py).
-    group_duplicates: bool = False
+    group_duplicates: bool = True
     duplicate_distance: int = key(12, ge=0, le=64)
     duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
 

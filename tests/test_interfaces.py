@@ -37,7 +37,7 @@ def test_the_options_compose_from_training_to_a_pseudo_label_round(tiny_data, tm
                                   "augment.match_validation=true", "validation=both", "validation.distort=auto",
                                   "trainer.deterministic=true", f"hydra.run.dir={robust_run}"], env=isolated_env)
     robust = _check_run(robust_run)
-    assert robust["monitor"] == "robust" and robust["objective"] == robust["cv_macro_f1_robust"]
+    assert robust["monitor"] == "robust" and robust["objective"] == robust["cv_macro_f1_robust_select"]
     assert robust["orientation"] is not None  # the head's accuracy, accuracy by orientation
     run_cli("docclassify.train", [*data, *COMMON, "ensemble=multi_model",
                                   "ensemble.fold_models={0:tiny,1:tiny_convnext}", "folds.run=[0,1]",
