@@ -43,7 +43,8 @@ def test_infer_options_become_the_infer_command_line(tiny_data, tmp_path):
 
 def test_submit_false_submits_nothing(tiny_data, tmp_path):
     assert prepare_submission(_train_cfg(tiny_data, tmp_path)) is None
-    assert prepare_submission(_train_cfg(tiny_data, tmp_path, "submit=true")) is not None
+    submission = prepare_submission(_train_cfg(tiny_data, tmp_path, "submit=true"))
+    assert submission.cfg.submit is True and submission.cfg.data.root == str(tiny_data)  # the run's own config
 
 
 @pytest.mark.parametrize("extra, match", [
@@ -86,7 +87,8 @@ def test_submit_equals_the_two_command_path_with_multirun_and_resume(tiny_data, 
     run_dir = sweep / "0"
     ours = run_dir / "infer"
     summary = json.loads((ours / "summary.json").read_text())
-    assert summary["tta"]["views"] == ["identity", "hflip"] and summary["calibration"] is not None
+    assert summary["tta"]["views"] == ["identity", "hflip"]
+    assert summary["temperature"] == summary["calibration"]["temperature"] > 0  # infer.calibrate=true reached infer
     assert summary["runs"][0]["dir"] == str(run_dir.resolve()) and summary["test_metrics"] is None
     assert not (ours / "report.md").exists()  # no test labels: no test report
 

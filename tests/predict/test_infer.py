@@ -276,7 +276,8 @@ def test_fit_on_decides_on_robust_or_clean_rows(multi_run, clean_run, tmp_path):
     # the robust rows: one estimating copy (copy 1) of each OOF row, oof_robust.csv
     assert robust["oof"]["rows"] == n_train and clean["oof"]["rows"] == n_train
     assert robust["temperature"] != pytest.approx(clean["temperature"], rel=1e-4)  # fitted on other rows
-    assert robust["runs"][0]["cv_macro_f1_robust"] is not None
+    assert robust["runs"][0]["cv_macro_f1_robust"] == json.loads((multi_run / "results.json").read_text())[
+        "cv_macro_f1_robust"]
 
     # A run without a robust view keeps working (auto -> clean) and fit_on=robust names it.
     alone = infer([clean_run], tmp_path / "alone", "tta=auto")
