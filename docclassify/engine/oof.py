@@ -107,6 +107,7 @@ def robust_results(run_dir: Path, outcomes: list[dict], ids: np.ndarray, targets
         write_oof(run_dir, frames["select"], logits[~estimate], (OOF_ROBUST_SELECT_FILE, OOF_ROBUST_SELECT_LOGITS_FILE))
     score = {k: (metrics.macro_f1(f["target"].to_numpy(), f["pred"].to_numpy()),
                  metrics.accuracy(f["target"].to_numpy(), f["pred"].to_numpy())) for k, f in frames.items()}
+
     def fold_mean(key: str) -> float | None:  # None: a fold without the figure (an older fold, no such row)
         values = [o.get(key) for o in outcomes]
         return float(np.mean(values)) if values and None not in values else None
