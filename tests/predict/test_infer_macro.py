@@ -107,7 +107,7 @@ def test_greedy_selection_over_two_runs(runs, tmp_path, monkeypatch, forced):
     summary = infer([runs["a"], runs["b"]], tmp_path / "greedy", "ensemble.weights=greedy")
     fit = summary["ensemble"]["oof_fit"]
     w = np.asarray(summary["ensemble"]["weights"])
-    assert w.sum() == pytest.approx(1.0) and len(fit["counts"]) == 2 and sum(fit["counts"]) >= 10
+    assert w.sum() == pytest.approx(1.0) and len(fit["counts"]) == 2 and sum(fit["counts"]) >= 1
     assert fit["held_out"]["rows"] == summary["oof"]["rows"]
     assert fit["accepted"] == (forced == "accepted")
     if forced == "accepted":  # selected on the OOF rows: >= the best single run and >= equal weights there
