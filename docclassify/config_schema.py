@@ -472,7 +472,7 @@ class SubmitInfer:
     tta: str = key("none", choices=TTA_SETS)
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
-    calibrate: bool = True
+    calibrate: bool = False
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
     oof_tta: bool = True
     output: str | None = None
@@ -538,7 +538,7 @@ class InferConfig:
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
-    calibrate: bool = True
+    calibrate: bool = False
     # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True

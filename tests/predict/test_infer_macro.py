@@ -166,8 +166,8 @@ def test_oof_rows_scaled_like_fold_averages(runs, tmp_path, cache_dir):
     before anything is fitted, so the temperature is that factor times the unscaled fit's."""
     from docclassify.predict.calibration import averaging_factor
 
-    plain = infer([runs["a"]], tmp_path / "plain", "mimic_fold_average=false")
-    mimic = infer([runs["a"]], tmp_path / "mimic")
+    plain = infer([runs["a"]], tmp_path / "plain", "mimic_fold_average=false", "calibrate=true")
+    mimic = infer([runs["a"]], tmp_path / "mimic", "calibrate=true")
     (alpha,) = mimic["oof"]["averaging_factors"]
     assert plain["oof"]["averaging_factors"] is None and 0.05 < alpha < 1.0  # two folds that disagree
     assert mimic["temperature"] == pytest.approx(alpha * plain["temperature"], rel=1e-3)
