@@ -88,6 +88,7 @@ def run(cmd: list[str], log_path: Path) -> None:
 
 def train_and_score(root: Path, grouped: bool, args) -> dict:
     run_dir = args.work / "group_duplicates" / f"{root.name}-grouped{grouped}-{args.folds}f-{args.epochs}ep"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "results.json").is_file():
         run([sys.executable, "-m", "docclassify.train", "data=competition", f"data.root={root}",
              f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
