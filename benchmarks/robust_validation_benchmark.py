@@ -12,7 +12,7 @@ each cv figure is from the test figure, and whether robust cv ranks the recipes 
     python benchmarks/robust_validation_benchmark.py                  # resnet18 from scratch, 64 px, 3 folds, 8 epochs
     python benchmarks/robust_validation_benchmark.py --epochs 10 --recipes basic advanced
     python benchmarks/robust_validation_benchmark.py --train-override validation.distort.noise_p=0  # a profile variant
-    python benchmarks/robust_validation_benchmark.py --recipes default highperf --folds 5 --epochs 6  # the default command
+    python benchmarks/robust_validation_benchmark.py --recipes default highperf --folds 5 --epochs 6  # default command
 
 Runs already trained under --work are reused (delete the folder to retrain).
 """

@@ -162,7 +162,6 @@ def test_weight_and_soft_change_the_trained_model(pool_data, teacher, tmp_path):
     assert not np.allclose(base, oof_logits("soft", "pseudo.soft=true"))
 
 
-
 def test_a_stopped_pseudo_run_resumes_exactly(pool_data, teacher, tmp_path):
     args = train_args(pool_data, f"pseudo.source={teacher}", "pseudo.threshold=0.5", "pseudo.soft=true",
                       "pseudo.weight=0.5", "augment.mixup_alpha=0.4", "trainer.epochs=2", "trainer.deterministic=true")

@@ -263,5 +263,3 @@ def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
     data = types.SimpleNamespace(source="SOURCE", fitted_profile={"angle": 7.5})
     profile = kfold.resolve_distort_profile(run, data)
     assert profile["angle"] == 7.5 and profile["rot90_p"] == 0.5
-
-

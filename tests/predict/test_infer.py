@@ -153,8 +153,9 @@ def test_dihedral_views_change_predictions_deterministically(multi_run, tmp_path
 @pytest.mark.parametrize("fit_on,oof_file,keys", [("clean", "oof.csv", ["ID"]),
                                                  ("robust", "oof_robust.csv", ["ID", "copy"])])
 def test_oof_weights_and_calibration_on_aligned_rows(multi_run, partial_run, tmp_path, fit_on, oof_file, keys):
+    # the OOF rows as saved, recomputed below
     summary = infer([multi_run, partial_run], tmp_path / "out", "ensemble.weights=oof", "oof_tta=false",
-                    f"fit_on={fit_on}", "mimic_fold_average=false", "calibrate=true")  # the OOF rows as saved, recomputed below
+                    f"fit_on={fit_on}", "mimic_fold_average=false", "calibrate=true")
     assert summary["fit_on"] == summary["oof"]["fit_on"] == fit_on
     fit = summary["ensemble"]["oof_fit"]
     assert fit["f1_fitted"] >= fit["f1_equal"]

@@ -64,7 +64,8 @@ def test_every_trial_trains_with_its_own_params(tuned):
         run_dir = tuned.sweep_dir / str(t.number)  # trial dirs are named by the trial's number in the study
         results = json.loads((run_dir / "results.json").read_text())
         # The objective is what training measured: the monitored pooled value (robust by default).
-        assert results["monitor"] == "robust" and t.value == results["objective"] == results["cv_macro_f1_robust_select"]
+        assert results["monitor"] == "robust"
+        assert t.value == results["objective"] == results["cv_macro_f1_robust_select"]
         assert results["folds_run"] == [0] and results["folds"][0]["epochs_run"] == 2
         assert results["folds"][0]["img_size"] == t.params["data.img_size"]
         ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
