@@ -18,7 +18,7 @@ not depend on T; test_probs.csv, the decision rule's biases and ensemble weights
 
     python benchmarks/calibration_benchmark.py                        # seeds 42 43 44
     python benchmarks/calibration_benchmark.py --seeds 42 --fit-on clean
-    python benchmarks/calibration_benchmark.py --work /tmp/bench      # runs under /tmp/bench/calibration/seed<S>
+    python benchmarks/calibration_benchmark.py --work BENCH_DIR      # runs under BENCH_DIR/calibration/seed<S>
 
 Trained runs are reused when their results.json exists (delete the folder to retrain).
 """
