@@ -432,7 +432,7 @@ class FoldsConfig:
     # A list of fold indices, or one int (folds_to_run accepts both and validates the range).
     run: Any | None = None
     # Near-duplicate training images share a fold (StratifiedGroupKFold; data/duplicates.py).
-    group_duplicates: bool = False
+    group_duplicates: bool = True
     duplicate_distance: int = key(12, ge=0, le=64)
     duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
 
@@ -525,7 +525,7 @@ class SubmitInfer:
     tta: str = key("none", choices=TTA_SETS)
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
-    calibrate: bool = True
+    calibrate: bool = False
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
     oof_tta: bool = True
     output: str | None = None
@@ -591,7 +591,7 @@ class InferConfig:
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
-    calibrate: bool = True
+    calibrate: bool = False
     # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True
