@@ -186,6 +186,8 @@ def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
         return None
     if data.get("name") != "imagefolder" and root and sample and (Path(str(root)) / sample).is_file():
         return None
+    if data.get("name") == "synthetic" and not Path(str(test_dir)).expanduser().is_dir():
+        return None  # a split of the generated data set (test_phone): data/sources.py finds it there
     in_root = Path(str(root)).expanduser() / test_dir if root and root != "???" else None
     return in_root if in_root is not None and in_root.is_dir() else Path(str(test_dir)).expanduser()
 
