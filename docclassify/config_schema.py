@@ -145,6 +145,11 @@ class SyntheticData(DataCommon):
     n_test_per_class: int = key(20, ge=0)
     long_side: int = key(256, ge=32, le=4096)
     generator_seed: int = key(0, ge=0)
+    # Which labelled test split the run sees (its shift report, validation.distort=auto, submit=true):
+    # null = test/ (test_labels.csv, sample_submission.csv); the phone-photo split is test_phone/.
+    test_dir: str | None = None
+    test_labels: str | None = None
+    sample_submission: str | None = None
     # Not a key of the synthetic data: declared so that `data.root=DIR` without `data=...` gets
     # an error naming data=competition / data=imagefolder instead of Hydra's "use +data.root".
     root: str | None = None

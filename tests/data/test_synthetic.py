@@ -304,3 +304,20 @@ def test_cli(tmp_path: Path):
     info = json.loads((out / "synthetic_spec.json").read_text())
     assert info["spec"] == {"n_train_per_class": 2, "n_test_per_class": 1, "long_side": 64,
                             "seed": 3, "imbalance": True}
+
+
+def test_a_training_run_can_see_the_phone_split(tmp_path: Path):
+    """data.test_dir / test_labels / sample_submission of data=synthetic pick the test split a train
+    command sees (its shift report, validation.distort=auto, submit=true), as infer's data.* do."""
+    from conftest import compose_train
+
+    from docclassify.data.sources import load_source
+
+    keys = ["data.n_train_per_class=2", "data.n_test_per_class=2", "data.long_side=48"]
+    phone = ["data.test_dir=test_phone", "data.test_labels=test_phone_labels.csv",
+             "data.sample_submission=test_phone_sample_submission.csv"]
+    default = load_source(compose_train(keys, tmp_path / "a").data, tmp_path)
+    other = load_source(compose_train([*keys, *phone], tmp_path / "b").data, tmp_path)
+    assert {Path(p).parent.name for p in default.test["path"]} == {"test"}
+    assert {Path(p).parent.name for p in other.test["path"]} == {"test_phone"}
+    assert set(other.test["ID"]) == set(other.test_labels["ID"]) and not set(other.test["ID"]) & set(default.test["ID"])
