@@ -74,7 +74,7 @@ def test_a_named_profile_draws_its_own_copies(tiny_data, tmp_path):
 def test_an_unknown_profile_name_is_refused_naming_the_shipped_ones(tmp_path):
     cfg = compose_train([*TINY, "validation.distort=no_such_profile"], tmp_path)
     with pytest.raises(ConfigError, match="validation.distort=no_such_profile: no shipped profile of that name and no "
-                                          "such file; shipped: phone_photo, synthetic_test"):
+                                          "such file; shipped: competition, phone_photo, synthetic_test"):
         check_config(cfg)
 
 
