@@ -40,8 +40,8 @@ MOMENTUM = 0.9
 
 
 def norm_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(BatchNorm layers, LayerNorm / GroupNorm layers) of ``model``."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """(BatchNorm layers that keep running statistics, LayerNorm / GroupNorm layers) of ``model``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     lns = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
     return bns, lns
 

@@ -877,7 +877,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
         if SecondPassSettings.of(cfg.get("second_pass")).enabled:
             second["second_pass"] = run_second_pass(stage, SecondPassSettings.of(cfg.second_pass))
         # [second stage 4/4] specialists.enabled: top-2 in a confused class group -> the group's specialist
-        if cfg.specialists.get("enabled"):
+        if (cfg.get("specialists") or {}).get("enabled"):
             second["specialists"] = run_specialists(stage)
         probs = stage.test_probs
         refit_decision(stage, oof_fit, settings.decision)
