@@ -15,9 +15,10 @@ sharpness, noise and skew as distortion/measure.py defines them, plus the share 
 page covers) against the same statistics of clean training images at the same size
 (:class:`Reference`): a statistic in the outer ``tail`` of the clean images' range names its
 restoration (:func:`diagnose`); the range is the page's class's when the caller knows it (inference
-passes the ensemble's top class), since some classes are dark photos or small cards by nature. Images are measured and restored at the size the model sees them
-(the decoded, resized arrays): the test images and the robust copies a guard is fitted on then go
-through exactly the same operations. The pad bars of ``data.resize=pad`` are no part of the page:
+passes the ensemble's top class), since some classes are dark photos or small cards by nature.
+Images are measured and restored at the size the model sees them (the decoded, resized arrays):
+the test images and the robust copies a guard is fitted on then go through exactly the same
+operations. The pad bars of ``data.resize=pad`` are no part of the page:
 each restoration acts on the content inside them and the result is padded again as training
 images are.
 """

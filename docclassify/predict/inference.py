@@ -51,6 +51,7 @@ from docclassify.distortion.copies import RobustSpec, copy_rows
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
+from docclassify.predict.adapt import run_adapt
 from docclassify.predict.calibration import apply_temperature, averaging_factor, calibration_report
 from docclassify.predict.decision import DECISIONS, DecisionFit, fit_decision
 from docclassify.predict.ensemble import (
@@ -72,6 +73,9 @@ from docclassify.predict.runs import (
     select_top_k,
     split_robust_key,
 )
+from docclassify.predict.second_pass import SecondPassSettings, run_second_pass
+from docclassify.predict.specialists import run_specialists
+from docclassify.predict.stage import OofRows, build_stage, refit_decision
 from docclassify.predict.submission import (
     build_probability_frame,
     build_submission,
@@ -86,11 +90,13 @@ from docclassify.predict.tta import (
     predict_tta_batches,
     resolve_tta,
 )
-from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, run_per_class, set_logits
-from docclassify.predict.adapt import run_adapt
-from docclassify.predict.second_pass import SecondPassSettings, run_second_pass
-from docclassify.predict.specialists import run_specialists
-from docclassify.predict.stage import OofRows, build_stage, refit_decision
+from docclassify.predict.tta_auto import (
+    TtaChoice,
+    candidate_views,
+    pick_best,
+    run_per_class,
+    set_logits,
+)
 from docclassify.utils.io import atomic_group, atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -154,7 +154,9 @@ class OofRows:
 @dataclass
 class Combiner:
     """Per-run logits -> final probabilities, as the first pass combines them: OOF rows scaled by the
-    runs' averaging factors, the members' weights (or the stacker), the temperature."""
+    runs' averaging factors, the members' weights (or the stacker), the temperature. (With a stacker
+    the first pass stands for its OOF rows with the stacker's cross-fitted probabilities; here the
+    stacker fitted on every row predicts them, for the first pass and an option alike.)"""
 
     weights: list[float]
     average: str

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from docclassify.metrics import macro_f1
-from docclassify.predict.tta import VIEW_SETS, View, combine_views, normalised_batches, predict_tta_batches
+from docclassify.predict.tta import (
+    VIEW_SETS,
+    View,
+    combine_views,
+    normalised_batches,
+    predict_tta_batches,
+)
 
 log = logging.getLogger(__name__)
 POLICY_PASSES = 2  # passes over the classes when a policy is fitted

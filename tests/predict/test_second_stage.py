@@ -20,7 +20,15 @@ from docclassify.metrics import macro_f1
 from docclassify.predict import adapt as A
 from docclassify.predict import specialists as S
 from docclassify.predict.second_pass import SecondPassSettings, margins, run_second_pass
-from docclassify.predict.stage import Combiner, FoldInput, FoldSet, OofRows, StageData, cross_fit, fold_average
+from docclassify.predict.stage import (
+    Combiner,
+    FoldInput,
+    FoldSet,
+    OofRows,
+    StageData,
+    cross_fit,
+    fold_average,
+)
 from docclassify.predict.tta import View, normalised_batches, predict_tta_batches
 from docclassify.predict.tta_auto import apply_policy, policy_guard
 

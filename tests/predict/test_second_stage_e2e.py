@@ -89,5 +89,5 @@ def test_submit_true_uses_the_specialists_it_trains(run, isolated_env):
     assert "specialists.enabled=true" in overrides
     summary = json.loads((run / "infer" / "summary.json").read_text())
     used = summary["second_stage"]["specialists"]["groups"][0]["specialists"]
-    assert [Path(p).resolve() for p in used] == [p.resolve() for p in sorted((run / "specialists").iterdir())
-                                                    if p.is_dir()]
+    trained = [p.resolve() for p in sorted((run / "specialists").iterdir()) if p.is_dir()]
+    assert [Path(p).resolve() for p in used] == trained
