@@ -63,6 +63,9 @@ def train(run_dir: Path, recipe: str, seed: int, args) -> Path:
 
 
 def infer(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
+    """The inference's summary.json (an out_dir with one already is reused: --work keeps what ran)."""
+    if (out_dir / "summary.json").is_file():
+        return json.loads((out_dir / "summary.json").read_text())
     from hydra import compose, initialize_config_dir
 
     from docclassify.config import CONF_DIR
@@ -70,10 +73,7 @@ def infer(run_dir: Path, overrides: list[str], out_dir: Path) -> dict:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("infer", overrides=[f"runs=[{run_dir}]", *overrides])
-    t0 = time.time()
-    summary = run_inference(cfg, out_dir)
-    summary["wall_seconds"] = time.time() - t0
-    return summary
+    return run_inference(cfg, out_dir)
 
 
 def touched_and_seconds(summary: dict) -> tuple[int, int, float]:
@@ -128,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK / "second_stage")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (--small: 0)")
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
     parser.add_argument("--adapt", default="bn", choices=("bn", "tent"), help="the adapt option of the variants")
     parser.add_argument("--epochs", type=int, default=None, help="trainer.epochs of every run (default: the recipe's)")
@@ -141,7 +141,7 @@ def main() -> None:
         args.train_override = ["data.n_train_per_class=12", "data.n_test_per_class=6", "data.long_side=128",
                                "data.img_size=48", "folds.n=3", "specialists.max_groups=2", *args.train_override]
         args.epochs = args.epochs or 3
-        args.seeds = args.seeds if args.seeds != [0, 1, 2] else [0]
+    args.seeds = args.seeds or ([0] if args.small else [0, 1, 2])
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     import pandas as pd
