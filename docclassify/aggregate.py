@@ -38,6 +38,7 @@ from docclassify.distortion.copies import RobustSpec
 from docclassify.engine.kfold import run_results
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from docclassify.utils.prog import prog
 
 log = logging.getLogger("docclassify.aggregate")
 
@@ -194,7 +195,7 @@ class AggregateFolds(_HydraCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m docclassify.aggregate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("docclassify.aggregate"), description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="hydra.sweep.dir of the multirun (holds the job dirs)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the merged run (default: SWEEP_DIR)")
     args = parser.parse_args(argv)

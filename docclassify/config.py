@@ -47,6 +47,10 @@ ABOUT = {
              "(cv macro F1), oof.csv, checkpoints/ and a report",
     "infer": "turn training runs (runs=[RUN_DIR ...]) into a submission: submission.csv, test_probs.csv, "
              "summary.json in the run dir",
+    "export": "turn runs (or an infer run) into a bundle that predicts without the training stack: "
+              "bundle.json + ONNX / TorchScript / OpenVINO model files in output=DIR",
+    "distill": "train one student model (model=...) on the soft targets of a teacher ensemble (runs=[RUN_DIR ...]); "
+               "the run dir is a training run's",
 }
 
 
@@ -104,7 +108,7 @@ def foreign_group_errors(config_name: str, argv: list[str], hint: str = "") -> l
 @functools.lru_cache(maxsize=None)
 def _top_level_keys(config_name: str) -> frozenset[str]:
     """The top-level keys of an entrypoint's config (its groups and its own blocks, e.g. train's pseudo)."""
-    schema = {"train": config_schema.TrainConfig, "infer": config_schema.InferConfig}[config_name]
+    schema = config_schema.PRIMARY[config_name]
     return frozenset({f.name for f in dataclasses.fields(schema)} | set(primary_groups(config_name)))
 
 
@@ -117,4 +121,21 @@ def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> 
 
 
 OmegaConf.register_new_resolver("docclassify_groups", help_groups, replace=True)
-OmegaConf.register_new_resolver("docclassify_about", lambda name: ABOUT.get(str(name), ""), replace=True)
+# The other Hydra entrypoints' first line of --help (not train/infer: no foreign-group checks for them).
+ABOUT_MORE = {
+    "shift": "how the test images differ from the training images (brightness, contrast, blur, noise, "
+             "skew, JPEG quality): a table, shift.png, shift.json and the distortion profile it fits "
+             "(distort_profile.yaml, what validation.distort=auto uses; docs/shift.md)",
+}
+
+
+def _prog(config_name) -> str:
+    from docclassify.utils.prog import prog
+
+    return prog(f"docclassify.{config_name}")
+
+
+OmegaConf.register_new_resolver("docclassify_about", lambda name: {**ABOUT, **ABOUT_MORE}.get(str(name), ""),
+                                replace=True)
+# The command's name in --help: the console script it was started as, else python -m docclassify.<name>.
+OmegaConf.register_new_resolver("docclassify_prog", _prog, replace=True)

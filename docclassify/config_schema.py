@@ -72,6 +72,7 @@ class TrainerConfig:
     lr: float = key(1.0e-3, ge=0.0)
     optimizer: str = "adamw"
     device: str = "auto"
+    threads: int | None = key(None, ge=1, le=1024)
     amp: str = key("none", choices=AMP)
     grad_clip: float | None = key(None, gt=0.0)
     accum_steps: int = key(1, ge=1)
@@ -125,7 +126,7 @@ class FolderData(DataCommon):
 class CompetitionData(FolderData):
     name: str = "competition"
     train_csv: str = "train.csv"
-    meta_csv: str = "meta.csv"
+    meta_csv: str | None = "meta.csv"  # optional: null or a missing file = classes class_0, class_1, ...
     sample_submission: str | None = "sample_submission.csv"
 
 
@@ -470,7 +471,8 @@ class EnsembleConfig:
 @dataclass
 class PathsConfig:
     cache_dir: str = MISSING
-    output_dir: str = MISSING
+    # Hydra's runtime.output_dir: null while no job runs (--cfg job --resolve prints the config then)
+    output_dir: str | None = MISSING
 
 
 # ------------------------------------------------------------------------------------------ hparams_search
@@ -655,6 +657,9 @@ class InferConfig:
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"
+    # A folder of images to predict (every image file in it, sorted by name), instead of the
+    # test set of the runs' data (predict/inference.py loose_folder).
+    inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     # The second stage (docs/second-stage.md), each off by default.
     second_pass: SecondPassConfig = field(default_factory=SecondPassConfig)
@@ -663,6 +668,40 @@ class InferConfig:
     tta: Any = MISSING
     logger: Any = MISSING
     adapt: Any = MISSING
+
+
+@dataclass
+class ExportConfig(InferConfig):
+    """Top level of ``conf/export.yaml``: infer's keys (the infer step whose decisions a bundle holds) plus
+    the bundle's own (docclassify/deploy/export.py). ``output`` is the bundle folder."""
+
+    task_name: str = "export"
+    format: str = key("onnx", choices=("onnx", "torchscript", "openvino"))
+    quantize: str = key("none", choices=("none", "int8"))
+    exporter: str = key("auto", choices=("auto", "dynamo", "torchscript"))
+    opset: int | None = key(None, ge=13, le=23)
+    calibration_images: int = key(256, ge=1)
+    check_images: int = key(20, ge=0)
+    tolerance: float = key(1.0e-4, gt=0.0)
+
+
+@dataclass
+class DistillSettings:
+    """``distill.*`` of conf/distill.yaml (docclassify/deploy/distill.py)."""
+
+    temperature: float = key(4.0, gt=0.0, le=100.0)
+    label_weight: float = key(0.0, ge=0.0, le=1.0)
+    test_images: bool = True
+    teacher_tta: str = key("none", choices=TTA_SETS)
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Top level of ``conf/distill.yaml``: train's keys (the student's run) plus the teacher runs."""
+
+    task_name: str = "distill"
+    runs: Any = field(default_factory=list)
+    distill: DistillSettings = field(default_factory=DistillSettings)
 
 
 # (group, option) -> schema; a group whose options differ in keys maps each option.
@@ -695,7 +734,8 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("specialists", "none"): NoSpecialists,
     ("specialists", "auto"): AutoSpecialists,
 }
-PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig}
+PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig, "export": ExportConfig,
+           "distill": DistillConfig}
 
 
 def register() -> None:

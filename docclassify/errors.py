@@ -28,7 +28,10 @@ USAGE_EXIT_CODE = 2
 # What a run dir holds before any training: Hydra's files and what a run writes before its
 # first epoch (engine.resume's run_config.yaml / run_overrides.yaml, engine.kfold's folds.csv and pseudo_labels.csv).
 HYDRA_FILES = (".hydra",)
-SETUP_FILES = ("run_config.yaml", "run_overrides.yaml", "folds.csv", "pseudo_labels.csv")
+# The pre-flight shift check (distortion/report.py run_shift_check) writes its report before the image
+# checks that may still refuse the run: those files alone do not keep a refused run's dir either.
+SETUP_FILES = ("run_config.yaml", "run_overrides.yaml", "folds.csv", "pseudo_labels.csv",
+               "shift.json", "shift.png", "shift_images.csv", "distort_profile.yaml")
 
 # Run dirs named on the command line (hydra.run.dir=...) that existed before Hydra started:
 # never removed, whatever they hold.

@@ -18,8 +18,9 @@ Select an option of a group with `group=option` and override any key with `group
 
     python -m docclassify.train data=competition data.root=/data model=convnext_atto trainer.epochs=20
 
-The primary configs are `conf/train.yaml` (training), `conf/infer.yaml` (inference) and
-`conf/shift.yaml` (the train-vs-test shift report). Presets
+The primary configs are `conf/train.yaml` (training), `conf/infer.yaml` (inference),
+`conf/shift.yaml` (the train-vs-test shift report), `conf/export.yaml` (runs -> a bundle) and
+`conf/distill.yaml` (a student on a teacher ensemble; its groups are train's). Presets
 (`pipeline/`, `experiment/`) are `@package _global_` files that select options of other groups and
 set their keys; command-line overrides win over them.
 """
@@ -63,7 +64,7 @@ def describe(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
 
 def main() -> None:
     print(INTRO)
-    for primary in ("train.yaml", "infer.yaml", "shift.yaml"):
+    for primary in ("train.yaml", "infer.yaml", "shift.yaml", "export.yaml", "distill.yaml"):
         if (CONF / primary).is_file():
             _print_file(f"`conf/{primary}`", CONF / primary, level="##")
     for group in sorted(p for p in CONF.iterdir() if p.is_dir()):

@@ -56,3 +56,4 @@ lock() {
 }
 
 lock dev requirements/lock.txt
+lock dev,optuna5 requirements/lock-optuna5.txt

@@ -236,6 +236,8 @@ EXEMPT: dict[str, tuple[str, str | None]] = {
     "trainer.eval_batch_size": ("prediction batch size: the same logits in any batch size (eval mode); it also "
                                 "sizes limit_val_batches", "tests/engine/test_debug.py::test_debug_rows"),
     "trainer.device": ("where the model runs (cpu / cuda), not what it computes", None),
+    "trainer.threads": ("torch intra-op threads of the job: speed only, the same numbers",
+                        "tests/engine/test_share.py::test_trainer_threads_sets_the_runs_threads"),
     "trainer.deterministic": ("bitwise reproducibility of a run, not different numbers",
                               "tests/reliability/test_resume.py::test_same_seed_identical_and_other_seed_differs"),
     "trainer.channels_last": ("memory format: speed only, the same model",

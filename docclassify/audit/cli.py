@@ -27,6 +27,7 @@ from docclassify.audit.rundir import OOF_VIEWS, AuditError, AuditRun, read_oof, 
 from docclassify.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_SIMILARITY
 from docclassify.data.sources import DataError, DataSource
 from docclassify.utils.io import atomic_write_csv, atomic_write_json
+from docclassify.utils.prog import prog
 
 log = logging.getLogger("docclassify.audit")
 AUDIT_JSON = "audit.json"
@@ -85,7 +86,7 @@ def run_audit(run_dir: Path, out: Path | None = None, method: str = "self_confid
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m docclassify.audit", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=prog("docclassify.audit"), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a finished run dir of docclassify.train (all folds)")
     p.add_argument("--out", type=Path, default=None, help="where to write the audit files (default: RUN_DIR)")

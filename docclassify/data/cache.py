@@ -72,6 +72,37 @@ def content_key(paths: Sequence[Path], size: int, policy: str, pad_value: int) -
     return h.hexdigest()
 
 
+class MappedArray(np.memmap):
+    """A cache file's read-only memory map that pickles as its file, not its bytes nor its map.
+
+    A DataLoader worker started by spawn or forkserver (Hydra's joblib launcher runs jobs in loky
+    processes, whose workers start that way; Python 3.14 defaults to forkserver) receives the
+    dataset pickled: a plain ``np.memmap`` fails there (``cannot pickle 'mmap.mmap' object``),
+    this one is reopened from the same file on unpickle. Only the array opened on the file
+    pickles so; a view of it (a slice) pickles its values like any array."""
+
+    _file_spec: tuple | None = None  # (filename, shape, offset) of the array opened on the file
+
+    def __reduce__(self):
+        if self._file_spec is not None:
+            return _reopen_mapped, self._file_spec
+        return np.array(self).__reduce__()
+
+
+def _reopen_mapped(filename: str, shape: tuple[int, ...], offset: int) -> MappedArray:
+    arr = np.memmap(filename, dtype=np.uint8, mode="r", shape=tuple(shape), offset=offset).view(MappedArray)
+    arr._file_spec = (filename, tuple(shape), offset)
+    return arr
+
+
+def open_mapped(path: Path) -> MappedArray:
+    """The uint8 ``.npy`` file ``path`` memory-mapped read-only, as a picklable MappedArray."""
+    arr = np.load(path, mmap_mode="r")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{path}: dtype {arr.dtype}, expected uint8")
+    return _reopen_mapped(str(Path(arr.filename).resolve()), arr.shape, int(arr.offset))
+
+
 def _valid_file(path: Path, shape: tuple[int, ...]) -> bool:
     try:
         arr = np.load(path, mmap_mode="r")
@@ -164,7 +195,7 @@ def _open_existing(data_path: Path, meta_path: Path, shape: tuple[int, ...]) -> 
     if not (data_path.exists() and meta_path.exists() and _valid_file(data_path, shape)):
         return None
     try:
-        return np.load(data_path, mmap_mode="r"), json.loads(meta_path.read_text())
+        return open_mapped(data_path), json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None
 
@@ -226,7 +257,7 @@ def _build_file(where: Path, key: str, shape: tuple[int, ...], build, what: str)
         raise
     atomic_write_json(meta_path, meta)
     log.info("%s: built in %.1fs", what, time.time() - t0)
-    return np.load(data_path, mmap_mode="r"), meta
+    return open_mapped(data_path), meta
 
 
 def _reserve(path: str) -> None:

@@ -17,10 +17,19 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from docclassify.errors import UserError
 
 RESIZE_POLICIES = ("pad", "stretch")
+# PIL's resize first reduces by an integer factor (box filter) while the image stays >= this many
+# times the target, then resamples bilinearly: the exact transform, stated in docs/inference.md and
+# in every checkpoint's header (models/checkpoint.py preprocessing()).
+REDUCING_GAP = 3.0
+RESAMPLE = "bilinear"
 
 
 class BadImageError(UserError):
     """An image file that cannot be decoded (empty, truncated, not an image)."""
+
+
+class ImageTooLargeError(BadImageError):
+    """An image with more pixels than allowed (a decompression bomb, or over a service's limit)."""
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -54,17 +63,32 @@ def decode_image(path: str | Path, draft_size: int | None = None) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read ({exc})") from exc
+    return decode_bytes(data, str(path), draft_size)
+
+
+def decode_bytes(data: bytes, name: str, draft_size: int | None = None,
+                 max_pixels: int | None = None) -> np.ndarray:
+    """:func:`decode_image` of a file's bytes (an upload, docclassify.deploy); ``name`` names it in
+    errors. ``max_pixels``: refuse (ImageTooLargeError) an image with more pixels, read from its header
+    before any pixel is decoded (PIL's own decompression-bomb limit also raises that error)."""
     if not data:
-        raise BadImageError(f"{path}: file is empty (0 bytes)")
+        raise BadImageError(f"{name}: file is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+                raise ImageTooLargeError(f"{name}: {img.size[0]} x {img.size[1]} pixels, more than the limit of "
+                                         f"{max_pixels}")
             if draft_size and img.format == "JPEG":
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
             img = ImageOps.exif_transpose(img)
             return np.asarray(_to_rgb(img), dtype=np.uint8).copy()
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImageError(f"{path}: cannot decode image ({exc})") from exc
+        raise BadImageError(f"{name}: cannot decode image ({exc})") from exc
 
 
 def image_size(path: str | Path) -> tuple[int, int] | None:
@@ -92,10 +116,10 @@ def resize_image(img: np.ndarray, size: int, policy: str = "pad", pad_value: int
     h, w = img.shape[:2]
     pil = Image.fromarray(img)
     if policy == "stretch":
-        return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=3.0))
+        return np.asarray(pil.resize((size, size), Image.BILINEAR, reducing_gap=REDUCING_GAP))
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0))
+    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR, reducing_gap=REDUCING_GAP))
     out = np.full((size, size, 3), pad_value, dtype=np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top : top + nh, left : left + nw] = resized

@@ -32,6 +32,10 @@ from docclassify.data.sources import DataError, DataSource
 log = logging.getLogger(__name__)
 
 PROBS_FILE, SUMMARY_FILE = "test_probs.csv", "summary.json"
+# Optional in pseudo.source: the teacher's probabilities of the *training* rows (ID + class columns), the
+# soft targets those rows train on (with pseudo.soft) instead of their one-hot labels; what
+# `python -m docclassify.distill` writes (the teacher runs' out-of-fold rows). Absent: one-hot labels.
+TRAIN_PROBS_FILE = "train_probs.csv"
 SELECTION_FILE = "pseudo_labels.csv"  # in the training run dir: what was added (checked on resume)
 
 
@@ -54,6 +58,7 @@ class PseudoSet:
     teacher: dict = field(default_factory=dict)  # from summary.json: runs, models, tta
     sha256: str = ""               # of test_probs.csv
     images_by_size: dict[int, object] = field(default_factory=dict)  # decoded test images per size
+    train_probs: np.ndarray | None = None  # (n_train, K) targets of the training rows (TRAIN_PROBS_FILE)
 
     @property
     def targets(self) -> np.ndarray:
@@ -71,7 +76,7 @@ class PseudoSet:
         return {"source": str(self.source), "probs_sha256": self.sha256, "teacher": self.teacher,
                 "n_pool": self.n_pool, "n_added": len(self), "per_class": self.counts(classes),
                 "mean_confidence": float(self.probs.max(axis=1).mean()) if len(self) else None,
-                **self.settings}
+                "train_targets": TRAIN_PROBS_FILE if self.train_probs is not None else None, **self.settings}
 
     def drop(self, keep: np.ndarray) -> None:
         """Keep only the rows where ``keep`` is True (undecodable test images are left out)."""
@@ -91,9 +96,9 @@ def teacher_dir(source) -> Path:
     return path
 
 
-def read_teacher(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
-    """(IDs, (N, K) probabilities with columns in ``classes`` order) of ``path``/test_probs.csv."""
-    csv = path / PROBS_FILE
+def read_teacher(path: Path, classes: list[str], name: str = PROBS_FILE) -> tuple[list[str], np.ndarray]:
+    """(IDs, (N, K) probabilities with columns in ``classes`` order) of ``path``/test_probs.csv (or ``name``)."""
+    csv = path / name
     try:
         frame = pd.read_csv(csv, dtype={"ID": str})
     except Exception as exc:  # noqa: BLE001 - pandas raises many kinds
@@ -180,10 +185,30 @@ def load_pseudo_set(pseudo_cfg, source: DataSource) -> PseudoSet | None:
     pseudo = PseudoSet(path.resolve(), [ids[i] for i in keep], rows[keep], probs[keep].astype(np.float32),
                        bool(settings["soft"]), float(settings["weight"]), len(ids), settings,
                        teacher_summary(path), hashlib.sha256((path / PROBS_FILE).read_bytes()).hexdigest())
-    if not len(pseudo):
+    pseudo.train_probs = read_train_targets(path, source) if pseudo.soft else None
+    if not len(pseudo) and pseudo.train_probs is None:
         log.warning("pseudo.source=%s: no test image passes the selection (threshold=%s, top_fraction=%s); "
                     "training without pseudo-labels", path, settings["threshold"], settings["top_fraction"])
     return pseudo
+
+
+def read_train_targets(path: Path, source: DataSource) -> np.ndarray | None:
+    """TRAIN_PROBS_FILE of ``path`` as one row per training row (source.train order); a training row it does
+    not list keeps its one-hot label. None when there is no such file."""
+    if not (path / TRAIN_PROBS_FILE).is_file():
+        return None
+    ids, probs = read_teacher(path, source.classes, TRAIN_PROBS_FILE)
+    rows = np.eye(source.num_classes, dtype=np.float32)[source.train["target"].to_numpy()]
+    where = {str(i): n for n, i in enumerate(source.train["ID"])}
+    listed = [(where[i], k) for k, i in enumerate(ids) if i in where]
+    if not listed:
+        raise PseudoLabelError(f"{path / TRAIN_PROBS_FILE}: none of its IDs is a training row of data={source.name} "
+                               f"({source.root}); use the teacher's targets of this data")
+    at, of = (np.array(v, dtype=np.int64) for v in zip(*listed))
+    rows[at] = probs[of]
+    log.info("pseudo.source: %d of %d training rows train on the soft targets of %s", len(at), len(rows),
+             path / TRAIN_PROBS_FILE)
+    return rows
 
 
 def selection_frame(pseudo: PseudoSet, classes: list[str]) -> pd.DataFrame:
@@ -242,9 +267,13 @@ class TrainingSet:
 
 def fold_training_set(images, targets: np.ndarray, train_rows: np.ndarray, pseudo: PseudoSet | None,
                       img_size: int, num_classes: int) -> TrainingSet:
-    """The fold's training rows plus every pseudo row (appended after the training data's rows)."""
-    if pseudo is None or not len(pseudo):
+    """The fold's training rows plus every pseudo row (appended after the training data's rows); with the
+    teacher's training-row targets (TRAIN_PROBS_FILE) those rows train on them."""
+    if pseudo is None or (not len(pseudo) and pseudo.train_probs is None):
         return TrainingSet(images, train_rows, targets)
+    first = pseudo.train_probs if pseudo.train_probs is not None else np.eye(num_classes, dtype=np.float32)[targets]
+    if not len(pseudo):  # training-row targets only; weights of 1 route them like soft pseudo-labels (mixup)
+        return TrainingSet(images, train_rows, targets, first.astype(np.float32), np.ones(len(targets), np.float32))
     n = len(targets)
     joined = JoinedImages(images, pseudo.images_by_size[img_size], pseudo.test_rows)
     all_targets = np.concatenate([targets, pseudo.targets]).astype(np.int64)
@@ -252,5 +281,5 @@ def fold_training_set(images, targets: np.ndarray, train_rows: np.ndarray, pseud
     rows = np.concatenate([train_rows, n + np.arange(len(pseudo))])
     target_rows = None
     if pseudo.soft:  # the training data's rows as one-hot rows, the pseudo rows as the teacher's probabilities
-        target_rows = np.concatenate([np.eye(num_classes, dtype=np.float32)[targets], pseudo.probs])
+        target_rows = np.concatenate([first.astype(np.float32), pseudo.probs])
     return TrainingSet(joined, rows, all_targets, target_rows, weights, len(pseudo))

@@ -150,6 +150,19 @@ def resolve_image_paths(ids: pd.Series, folder: Path, what: str) -> list[Path]:
     return paths
 
 
+def numbered_classes(n: int) -> list[str]:
+    """Class names when nothing names the classes: class_0 .. class_<n-1>."""
+    return [f"class_{k}" for k in range(n)]
+
+
+def _targets_without_meta(train: pd.DataFrame, path: Path) -> int:
+    """The class count a train.csv implies (max target + 1), checked like targets against a meta.csv."""
+    bad_type = [v for v in train["target"].unique() if not v.isdigit()]
+    if bad_type:
+        raise DataError(f"{path}: column 'target' must hold class indices 0, 1, ...; got {_listing(bad_type)}")
+    return int(train["target"].astype(int).max()) + 1
+
+
 def read_meta(path: Path) -> list[str]:
     meta = read_csv_checked(path, ("target", "class_name"), "meta.csv")
     ids = _parse_targets(meta["target"], path, set(range(10**6)))
@@ -174,8 +187,14 @@ def load_competition(
     name: str = "competition",
 ) -> DataSource:
     root = _check_root(root)
-    classes = read_meta(root / meta_csv)
     train = read_csv_checked(root / train_csv, ("ID", "target"), "train.csv")
+    if meta_csv and (root / meta_csv).is_file():
+        classes = read_meta(root / meta_csv)
+    else:  # meta.csv is optional: the classes are then numbered (the submission uses indices anyway)
+        classes = numbered_classes(_targets_without_meta(train, root / train_csv))
+        why = "data.meta_csv=null" if not meta_csv else f"no {meta_csv} in {root}"
+        log.info("%s: class names class_0..class_%d from train.csv's targets (a meta.csv with "
+                 "target,class_name names them)", why, len(classes) - 1)
     train["target"] = _parse_targets(train["target"], root / train_csv, set(range(len(classes))))
     train["path"] = resolve_image_paths(train["ID"], root / train_dir, f"train.csv ({root / train_csv})")
 
@@ -192,26 +211,60 @@ def load_competition(
     return DataSource(name, root, classes, train[["ID", "path", "target"]], test, sample, labels)
 
 
+def _subfolders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def imagefolder_layout(root: Path, train_dir: str = "train") -> tuple[Path, str]:
+    """(folder of the class sub-folders, layout name) of an ImageFolder tree.
+
+    ``root/<train_dir>/<class>/`` (a split tree, test images optionally in ``root/<test_dir>/``)
+    when ``root/<train_dir>`` has sub-folders, else torchvision's ``root/<class>/`` (no test
+    folder: every sub-folder of root is a class)."""
+    train_root = root / train_dir
+    if train_root.is_dir() and _subfolders(train_root):
+        return train_root, f"{train_dir}/<class>/"
+    return root, "<class>/ (torchvision ImageFolder)"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_image(p))
+
+
+def loose_test_set(folder: Path, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(test rows, submission template) of a loose folder of images: every image file in it,
+    in sorted order, its file name the ID (the template's targets 0)."""
+    if not folder.is_dir():
+        raise DataError(f"{what}: folder not found: {folder}")
+    files = list_images(folder)
+    if not files:
+        raise DataError(f"{what}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    test = pd.DataFrame({"ID": [p.name for p in files], "path": files})
+    return test, test[["ID"]].assign(target=0)
+
+
 def load_imagefolder(root: str | Path, train_dir: str = "train", test_dir: str = "test",
                      test_labels: str | None = None) -> DataSource:
     root = _check_root(root)
-    train_root = root / train_dir
-    if not train_root.is_dir():
-        raise DataError(f"data=imagefolder: folder {train_root} not found (expected {train_dir}/<class_name>/*.jpg)")
-    classes = sorted(p.name for p in train_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    train_root, layout = imagefolder_layout(root, train_dir)
+    classes = _subfolders(train_root)
     if len(classes) < 2:
-        raise DataError(f"data=imagefolder: {train_root} needs at least 2 class sub-folders, found {classes}")
+        raise DataError(f"data=imagefolder: {train_root} needs at least 2 class sub-folders, found {classes} "
+                        f"(expected {root}/<class>/*.jpg or {root}/{train_dir}/<class>/*.jpg)")
     rows = []
     for target, cls in enumerate(classes):
-        for p in sorted((train_root / cls).iterdir()):
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                rows.append((f"{cls}/{p.name}", p, target))
+        for p in list_images(train_root / cls):
+            rows.append((f"{cls}/{p.name}", p, target))
     train = pd.DataFrame(rows, columns=["ID", "path", "target"])
-    test = None
-    if (root / test_dir).is_dir():
-        files = sorted(p for p in (root / test_dir).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        test = pd.DataFrame({"ID": [p.name for p in files], "path": files})
-    sample = test[["ID"]].assign(target=0) if test is not None else None
+    test = sample = None
+    if train_root != root and (root / test_dir).is_dir():
+        test = pd.DataFrame({"ID": [p.name for p in list_images(root / test_dir)],
+                             "path": list_images(root / test_dir)})
+        sample = test[["ID"]].assign(target=0)
+    log.info("data=imagefolder: layout %s in %s: %d classes from the folder names, %d images%s", layout, root,
+             len(classes), len(train), f", {len(test)} test images in {test_dir}/" if test is not None else
+             " (no test folder: infer inputs=FOLDER predicts any folder of images)")
     labels = None
     if test_labels:
         labels_path = Path(test_labels) if Path(test_labels).is_absolute() else root / test_labels

@@ -7,7 +7,8 @@
 
 The fold's resumable state is a :class:`FoldState`, saved after every epoch (and at a stop
 request part-way through one) in ``checkpoints/fold{k}_last.pt``; the best weights go to
-``checkpoints/fold{k}_best.safetensors`` (models.checkpoint: safetensors, meta in the header).
+``checkpoints/fold{k}_best.safetensors`` (models.checkpoint: safetensors, meta in the header),
+kept as ``fold{k}_best.partial.safetensors`` until the fold has finished.
 """
 
 from __future__ import annotations
@@ -26,14 +27,8 @@ from docclassify.data.augment import TrainTransform
 from docclassify.data.pseudo import TrainingSet, fold_training_set
 from docclassify.distortion.copies import copy_rows
 from docclassify.distortion.match import build_match
-from docclassify.engine import distributed
-from docclassify.engine.epoch import (
-    EpochProgress,
-    FoldParts,
-    StepContext,
-    StopRequested,
-    train_one_epoch,
-)
+from docclassify.engine import distributed, share
+from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
 from docclassify.engine.evaluate import (
     monitored_value,
     predict_logits,
@@ -58,12 +53,15 @@ from docclassify.engine.sampling import class_counts
 from docclassify.engine.setup import seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
+    current_best,
+    finish_best,
     load_best_weights,
     load_resume_state,
     model_meta,
     save_best,
     save_resume_state,
     trained_orientations,
+    unfinished_path,
 )
 from docclassify.models.factory import normalization_of
 from docclassify.models.heads import orientation_head_of
@@ -311,6 +309,7 @@ def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
     # how many epochs ran in this process, so a resumed run equals an uninterrupted one.
     # Each rank draws its own dropout/mixup numbers (rank 0 = a single-process run).
     seed_everything(run.seed + 1009 * job.fold + epoch + 100_003 * distributed.rank())
+    share.refresh()  # another job started or ended on this machine: follow the share of the cores
     job.sampler.set_epoch(epoch)
     job.transform.set_epoch(epoch)
     if job.parts.mixup is not None:
@@ -377,7 +376,7 @@ def predict_clean_with_best(job: FoldJob, state: FoldState) -> None:
     if state.best_epoch < 0:
         return
     distributed.barrier()  # rank 0 wrote the best checkpoint
-    best = load_best_weights(job.best_path)
+    best = load_best_weights(current_best(job.best_path))
     (job.parts.model if job.parts.ema is None else job.parts.ema.module).load_state_dict(best)
     model = eval_model(job.parts)
     state.best_logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
@@ -404,7 +403,7 @@ def keep_best(job: FoldJob, state: FoldState, epoch: int, scores: EpochScores, t
     # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
     weights = (job.parts.model if job.parts.ema is None else job.parts.ema.module).state_dict()
     if distributed.is_main():
-        save_best(job.best_path, {k: v.detach().cpu() for k, v in weights.items()}, job.meta, fold=job.fold,
+        save_best(unfinished_path(job.best_path), {k: v.detach().cpu() for k, v in weights.items()}, job.meta, fold=job.fold,
                   epoch=epoch, macro_f1=metrics["val_macro_f1"], macro_f1_robust=metrics["val_macro_f1_robust"],
                   monitor=job.monitor, weights=weights_kind(job.parts))
 
@@ -466,6 +465,7 @@ def finish_fold(job: FoldJob, outcome: dict, run: RunContext, data: RunData) -> 
     """Write the fold's outcome (fold{k}.json last: with the logits, the "fold finished" marker)
     and tell the callbacks (with the decoded rows, for misclassified-image grids)."""
     if distributed.is_main():
+        finish_best(job.best_path)  # fold<k>_best.partial.safetensors -> fold<k>_best.safetensors
         with atomic_write(run.fold_dir / f"fold{job.fold}_val_logits.npy", "wb") as fh:
             np.save(fh, outcome["val_logits"])
         if outcome["val_logits_robust"] is not None:

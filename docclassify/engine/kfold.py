@@ -49,13 +49,8 @@ from docclassify.engine.losses import check_loss_config
 from docclassify.engine.oof import RESULTS_FILE, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
-from docclassify.engine.setup import (
-    AmpSettings,
-    amp_settings,
-    resolve_device,
-    seed_everything,
-    set_deterministic,
-)
+from docclassify.engine import share
+from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
 from docclassify.engine.signals import StopFlag
 from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
@@ -161,6 +156,7 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
         raise
     finally:
         run.stop.uninstall()
+        share.stop()
     try:
         results = finish_run(run, data, outcomes, time.time() - t_start)
         run.callback.on_run_end(results)
@@ -186,6 +182,7 @@ def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     set_deterministic(bool(cfg.trainer.deterministic))
     seed_everything(int(cfg.seed))
     device = distributed.device_for(resolve_device(cfg.trainer.device))
+    share.start(cfg.trainer.get("threads"), cfg.paths.cache_dir)  # this job's threads and loader workers
     return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(cfg.trainer.amp, device),
                       StopFlag(), callback)
 

@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import ctypes
 import gc
+import multiprocessing as mp
 import os
 import signal
 import weakref
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from docclassify.data.dataset import ImageDataset
-from docclassify.engine import distributed
+from docclassify.engine import distributed, share
 from docclassify.engine.resume import ResumableSampler
 from docclassify.engine.sampling import row_weights
 
@@ -114,9 +115,28 @@ atexit.register(shutdown_workers)  # after torch.utils.data's (imported above): 
 
 
 def default_num_workers(requested) -> int:
+    """``data.num_workers``; null = this job's share of the cores (engine/share.py)."""
     if requested is not None:
         return int(requested)
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    return share.default_workers()
+
+
+def worker_context():
+    """The start method of the loader workers: the process's default, except under a default
+    that pickles with its own reducers: loky (Hydra's joblib launcher runs each job in a loky
+    process, whose default start method is loky), which cannot pickle the decode cache's map or
+    the augmentation's shared epoch counter (``cannot pickle 'mmap.mmap' object``). Those get
+    fork where the platform has it (nothing is pickled), else spawn."""
+    method = mp.get_start_method(allow_none=True)
+    if method in (None, "fork", "spawn", "forkserver"):
+        return None
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+def _worker_options(workers: int, device: torch.device) -> dict:
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0,
+            "prefetch_factor": 4 if workers > 0 else None,
+            "multiprocessing_context": worker_context() if workers > 0 else None}
 
 
 def release_freed_memory() -> None:
@@ -168,13 +188,13 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     orientation head's labels, data/augment.py).
 
     ``images``: the decoded rows (cache array or LazyImages); ``num_workers``: data.num_workers
-    (None = one per core but one, at most 4); ``sampler_mode``: data.sampler (engine.sampling).
+    (None = this job's share of the cores but one, at most 4: engine/share.py); ``sampler_mode``:
+    data.sampler (engine.sampling).
     trainer.limit_train_batches cuts every epoch's order; trainer.overfit_batches trains on the
     same rows in the same order, not augmented (and not re-sampled)."""
     release_freed_memory()  # before any worker of this fold is forked
-    workers = default_num_workers(num_workers)
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    share.refresh()  # the fold's workers follow this job's current share of the cores
+    common = _worker_options(default_num_workers(num_workers), device)
     batch = int(trainer_cfg.batch_size)
     overfit = int(trainer_cfg.overfit_batches) > 0
     train_ds = ImageDataset(images if train_images is None else train_images, train_idx, targets,
@@ -199,13 +219,11 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
 def build_eval_loader(images, rows, targets, trainer_cfg, num_workers, seed: int, device: torch.device):
     """A validation loader over ``images[rows]`` (no augmentation, in order); under DDP over this
     rank's contiguous share of ``rows`` (the fold gathers the shares back)."""
-    workers = default_num_workers(num_workers)
-    common = dict(num_workers=workers, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+    common = _worker_options(default_num_workers(num_workers), device)
     eval_bs = eval_batch_size(trainer_cfg)
     # Validation from the decode cache on CPU: nothing to decode or augment and the model uses the
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
     if device.type == "cpu" and isinstance(images, np.ndarray):
-        common = {**common, "num_workers": 0, "persistent_workers": False, "prefetch_factor": None}
+        common = _worker_options(0, device)
     return Loader(ImageDataset(images, distributed.shard(rows), targets), batch_size=eval_bs,
                   shuffle=False, generator=torch.Generator().manual_seed(seed), **common)

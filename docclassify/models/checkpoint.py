@@ -45,6 +45,68 @@ def best_checkpoint_name(fold: int) -> str:
     return f"fold{fold}_best{BEST_SUFFIX}"
 
 
+def unfinished_path(best: str | Path) -> Path:
+    """Where a fold still training keeps its best weights so far (``fold<k>_best.partial.safetensors``):
+    nothing named like a finished fold's weights exists before the fold has finished."""
+    best = Path(best)
+    return best.with_name(best.name[: -len(BEST_SUFFIX)] + ".partial" + BEST_SUFFIX)
+
+
+def current_best(best: str | Path) -> Path:
+    """The fold's best weights so far: the unfinished file while training, else the finished one
+    (a fold of an older run resumed with its weights under the finished name)."""
+    partial = unfinished_path(best)
+    return partial if partial.is_file() else Path(best)
+
+
+def finish_best(best: str | Path) -> None:
+    """The fold finished: its unfinished weights take the finished name (atomic rename)."""
+    import os
+
+    partial = unfinished_path(best)
+    if partial.is_file():
+        os.replace(partial, best)
+
+
+def preprocessing(meta: dict) -> dict[str, Any]:
+    """The exact input transform of a checkpoint (docs/inference.md#preprocessing), for its header."""
+    from docclassify.data.images import REDUCING_GAP, RESAMPLE
+
+    size = int(meta["img_size"])
+    return {
+        "decode": "PIL.Image.open; a JPEG gets img.draft('RGB', (S, S)) before loading (DCT scaling by 1/2, 1/4 "
+                  "or 1/8 while both sides stay >= S); ImageOps.exif_transpose; converted to RGB (alpha "
+                  "composited on white, 16-bit grey scaled to 8 bits)",
+        "size": size, "resize": meta["resize"], "resample": RESAMPLE, "reducing_gap": REDUCING_GAP,
+        "pad": ("long side to S: (h, w) -> (max(1, round(h * S / max(h, w))), max(1, round(w * S / max(h, w)))), "
+                "PIL resize(..., BILINEAR, reducing_gap); centred on an S x S canvas of pad_value: "
+                "top = (S - h') // 2, left = (S - w') // 2") if meta["resize"] == "pad"
+               else "both sides to S: PIL resize((S, S), BILINEAR, reducing_gap)",
+        "pad_value": int(meta["pad_value"]),
+        "normalize": "x = uint8 RGB / 255, then (x - mean) / std per channel, NCHW float32",
+        "mean": list(meta["mean"]), "std": list(meta["std"]),
+    }
+
+
+def timm_pretrained_cfg(meta: dict) -> dict[str, Any]:
+    """A timm ``pretrained_cfg`` (timm.models.PretrainedCfg's fields only) for these weights:
+    ``timm.create_model(cfg["architecture"], pretrained=True, pretrained_cfg={**cfg, "file": PATH})``
+    builds the model with them, and ``timm.data.resolve_data_config(model=model)`` the nearest timm
+    eval transform (crop_pct 1.0; border = keep the ratio and pad, squash = stretch). timm pads with
+    the mean colour and resizes without JPEG draft decoding and PIL's reducing_gap: the exact
+    transform is the header's ``preprocessing``."""
+    size = int(meta["img_size"])
+    return {
+        "architecture": meta["timm_name"], "input_size": [3, size, size],
+        "fixed_input_size": bool(meta.get("fixed_input_size", False)), "interpolation": "bilinear",
+        "crop_pct": 1.0, "crop_mode": "border" if meta["resize"] == "pad" else "squash",
+        "mean": list(meta["mean"]), "std": list(meta["std"]), "num_classes": int(meta["num_classes"]),
+        "label_names": list(meta["classes"]), "classifier": meta.get("classifier"),
+        "notes": ["docclassify weights; the exact input transform is the safetensors header's 'preprocessing' "
+                  "(docs/inference.md#preprocessing)"],
+    }
+
+
 def model_meta(timm_name: str, model_option: str, num_classes: int, img_size: int, resize: str,
                pad_value: int, mean, std, classes: list[str], orientation_head: str = "none",
                trained_orientations: dict | None = None) -> dict[str, Any]:
@@ -86,7 +148,8 @@ def save_best(path: str | Path, state_dict: dict, meta: dict, **extra: Any) -> N
     """Write the best weights of a fold (safetensors) with their meta in the header (atomically)."""
     import safetensors.torch
 
-    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(meta)}
+    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(meta),
+              "pretrained_cfg": json.dumps(timm_pretrained_cfg(meta)), "preprocessing": json.dumps(preprocessing(meta))}
     header.update({k: json.dumps(v) for k, v in extra.items()})
     if meta.get("orientation_head", "none") != "none":
         state_dict = to_file_layout(state_dict)

@@ -35,6 +35,7 @@ from docclassify.models.checkpoint import (
     unshared_tensors,
 )
 from docclassify.utils.io import atomic_write_json
+from docclassify.utils.prog import prog
 
 log = logging.getLogger("docclassify.convert_checkpoint")
 
@@ -122,7 +123,7 @@ def convert_weights(src: Path, dst: Path | None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m docclassify.models.convert_checkpoint",
+    parser = argparse.ArgumentParser(prog=prog("docclassify.models.convert_checkpoint"),
                                      description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="*", type=Path, help="run dirs (or multirun folders) to convert")
     parser.add_argument("--weights", type=Path, help="a pickled weights file to write as safetensors")

@@ -32,6 +32,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.beit import Beit
 from timm.models.beit import checkpoint_filter_fn as beit_filter_fn
 
+from docclassify.utils.prog import prog
+
 DIT_ARCH = "dit_base_patch16_224"
 # Parts of the DiT checkpoints that a classifier does not use (masked-image-modelling head).
 MIM_ONLY = ("mask_token", "lm_head.weight", "lm_head.bias")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import timm
     from timm.models import load_state_dict
 
-    parser = argparse.ArgumentParser(prog="python -m docclassify.models.convert_dit", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=prog("docclassify.models.convert_dit"), description=main.__doc__)
     parser.add_argument("src", help="unilm dit-base-224-p16-500k .pth, or microsoft/dit-base's weights file")
     parser.add_argument("dst", help="output .safetensors (timm dit_base_patch16_224 keys)")
     args = parser.parse_args(argv)

@@ -167,6 +167,7 @@ def _plain(value):
 class DataSet:
     source: DataSource
     cache: bool
+    has_train: bool = True  # False: a loose input folder, the training images not found here
 
 
 def run_data_config(run: Run, overrides: dict) -> dict:
@@ -185,7 +186,57 @@ def run_data_config(run: Run, overrides: dict) -> dict:
     return data
 
 
-def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]:
+def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
+    """The folder of images to predict as it is (every image file in it, sorted), or None for the
+    run's own test set: ``inputs=FOLDER``; ``data.test_dir=FOLDER`` when no sample submission
+    lists the test IDs (an imagefolder run, or a competition root without sample_submission.csv;
+    a relative one is looked up in the data root first, then in the working dir); or
+    ``data.root=FOLDER`` of image files without a sample submission (not a data set's root)."""
+    from docclassify.data.sources import list_images
+
+    if inputs:
+        return Path(str(inputs)).expanduser()
+    test_dir = overrides.get("test_dir")
+    root, sample = data.get("root"), data.get("sample_submission")
+    if not test_dir:
+        folder = Path(str(overrides["root"])).expanduser() if overrides.get("root") else None
+        if folder is not None and folder.is_dir() and not (folder / str(sample or "sample_submission.csv")).is_file() \
+                and list_images(folder):
+            return folder
+        return None
+    if data.get("name") != "imagefolder" and root and sample and (Path(str(root)) / sample).is_file():
+        return None
+    in_root = Path(str(root)).expanduser() / test_dir if root and root != "???" else None
+    return in_root if in_root is not None and in_root.is_dir() else Path(str(test_dir)).expanduser()
+
+
+def loose_source(data: dict, run: Run, folder: Path, what: str, cache_dir: str) -> tuple[DataSource, bool]:
+    """A test set of the images in ``folder`` for ``run``, and whether the run's training rows were
+    found too (they are re-predicted with the TTA views; without them the saved OOF predictions
+    are used)."""
+    from docclassify.data.sources import loose_test_set, read_csv_checked
+
+    test, sample = loose_test_set(folder, what)
+    train, has_train = pd.DataFrame(columns=["ID", "path", "target"]), False
+    # The training rows: where the run had them, or in data.root when that is not the folder itself.
+    train_cfg = run.data_config if data.get("root") and Path(str(data["root"])).expanduser() == folder else \
+        {**data, "test_dir": run.data_config.get("test_dir") or "test"}
+    try:
+        train, has_train = load_source(OmegaConf.create(train_cfg), cache_dir).train, True
+    except DataError as exc:
+        log.info("%s: the training images of %s are not here (%s): its saved OOF predictions are used as they "
+                 "are", what, run.path, str(exc).splitlines()[0])
+    labels = None
+    if data.get("test_labels"):
+        path = Path(str(data["test_labels"])).expanduser()
+        path = path if path.is_absolute() or path.is_file() else folder / path
+        labels = read_csv_checked(path, ("ID", "target"), "test labels")
+        labels["target"] = labels["target"].astype(int)
+    log.info("%s: predicting the %d image(s) in %s (sorted by file name)", what, len(test), folder)
+    return DataSource(str(data.get("name")), folder, run.classes, train, test, sample, labels), has_train
+
+
+def load_data(runs: list[Run], overrides: dict, cache_dir: str, inputs=None) -> list[DataSet]:
     """One DataSet per run (runs with equal data configs share it); all must share one test set."""
     by_key: dict[str, DataSet] = {}
     per_run = []
@@ -193,12 +244,19 @@ def load_data(runs: list[Run], overrides: dict, cache_dir: str) -> list[DataSet]
         data = run_data_config(run, overrides)
         key = json.dumps(data, sort_keys=True, default=str)
         if key not in by_key:
+            folder = loose_folder(data, overrides, inputs)
+            if folder is not None:
+                what = "inputs" if inputs else "data.test_dir" if overrides.get("test_dir") else "data.root"
+                source, has_train = loose_source(data, run, folder, what, cache_dir)
+                by_key[key] = DataSet(source, bool(data.get("cache", True)), has_train)
+                per_run.append(by_key[key])
+                continue
             source = load_source(OmegaConf.create(data), cache_dir)
             if source.test is None or source.sample_submission is None:
                 raise DataError(f"data {data.get('name')} at {source.root} (from {run.path}) has "
                                 "no test set: no sample_submission.csv / test/ folder; point "
                                 "data.root (or data.test_dir, data.sample_submission) at the test "
-                                "data")
+                                "data, or predict a folder of images with inputs=FOLDER")
             by_key[key] = DataSet(source, bool(data.get("cache", True)))
         ds = by_key[key]
         if ds.source.classes != run.classes:
@@ -317,7 +375,10 @@ def predict_rows(model: torch.nn.Module, images: np.ndarray, rows: np.ndarray, m
                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """TTA predictions of ``images[rows]`` normalised like training: one forward per view per
     batch."""
+    from docclassify.tracking.progress import logged_batches
+
     batches = normalised_batches(images, rows, meta, batch_size, device)
+    batches = logged_batches(batches, len(rows), f"  {meta.get('model_option', 'model')} x {len(views)} view(s)")
     return predict_tta_batches(model, batches, views, average, device)
 
 
@@ -846,7 +907,16 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     settings.fit_on = resolve_fit_on(runs, settings.fit_on)
     runs = select_top_k(runs, cfg.top_k, settings.fit_on)
     cache_dir = str(cfg.paths.cache_dir)
-    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir)
+    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir, cfg.get("inputs"))
+    if not all(ds.has_train for ds in datasets):  # a loose folder without the training images
+        if auto_tta:
+            raise DataError("tta=auto chooses the views on the runs' OOF rows, re-predicted from their training "
+                            "images, which are not found here: give data.root=<the training data> or a tta name")
+        if settings.second_stage:  # issue 32: every second-stage guard re-predicts the OOF rows
+            raise DataError("adapt, second_pass and specialists are fitted on the runs' OOF rows, re-predicted from "
+                            "their training images, which are not found here: give data.root=<the training data> or "
+                            "leave them off")
+        settings.oof_tta = False
     source = datasets[0].source
     y_test = load_test_labels(source)
     device = resolve_device(cfg.device)

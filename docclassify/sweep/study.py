@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from docclassify.errors import UserError
 from docclassify.utils.io import atomic_write_csv, atomic_write_text
 from docclassify.utils.redact import redact
 
@@ -29,6 +30,36 @@ ATTR_PREFIX = "docclassify:"
 # Written by the trial job into its run dir (docclassify.sweep.trial).
 TRIAL_FILE, EXPERIMENT_FILE = "sweep_trial.json", "experiment.yaml"
 SQLITE = "sqlite:///"
+
+
+def instantiate_trusted(spec: Any, targets: tuple[str, ...], **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(spec, **kwargs)``, its ``_target_`` limited to ``targets`` on
+    hydra 1.4 (which warns, and from 1.5 refuses, when a caller names no execution whitelist);
+    hydra 1.3 has no whitelist."""
+    import inspect
+
+    from hydra.utils import instantiate
+
+    if "_execution_whitelist_" in inspect.signature(instantiate).parameters:
+        kwargs["_execution_whitelist_"] = targets
+    return instantiate(spec, **kwargs)
+
+
+class StorageVersionError(UserError):
+    """A study storage made by another Optuna version (the message says what to do)."""
+
+
+def storage_version_advice(exc: BaseException, storage: Any) -> str | None:
+    """What to do when Optuna refuses a storage made by another Optuna version (the storage-upgrade
+    trap, docs/tuning.md#two-optuna-stacks); None for other errors."""
+    text = str(exc)
+    if "no longer compatible with the table schema" not in text:
+        return None
+    return (f"{text.strip()}\nThe study storage {redact(storage)} was made by another Optuna version than this "
+            "environment's. `optuna storage upgrade` changes it one way (optuna 2.10, the default stack, cannot "
+            "open it afterwards): upgrade a copy (cp optuna.db optuna5.db; optuna storage upgrade --storage "
+            "sqlite:///optuna5.db) and point hydra.sweeper.storage at it, or give this stack its own storage "
+            "(docs/tuning.md#two-optuna-stacks).")
 
 
 def prepare_storage(storage: Any) -> Any:

@@ -77,11 +77,12 @@ def trial_storage(storage: str) -> str | None:
 def build_pruner(spec: Any):
     """An Optuna pruner from ``hparams_search.pruner`` (``_target_`` + kwargs); null = never prune."""
     import optuna
-    from hydra.utils import instantiate
+
+    from docclassify.sweep.study import instantiate_trusted
 
     if spec is None:
         return optuna.pruners.NopPruner()
-    pruner = instantiate(spec)
+    pruner = instantiate_trusted(spec, ("optuna.pruners.*",))
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise TypeError(f"hparams_search.pruner: {type(pruner).__name__} is not an optuna pruner")
     return pruner

@@ -32,6 +32,27 @@ def interactive_stderr() -> bool:
         return False
 
 
+def _clock() -> float:
+    return time.perf_counter()
+
+
+def logged_batches(batches, total: int, what: str, every_s: float = 10.0):
+    """Yield ``batches`` (each a tensor of images, or a tuple led by one), logging every
+    ``every_s`` seconds how many of ``total`` images are done, the rate and the time left: a long
+    prediction (infer's folds, tens of seconds each on a CPU) is not silent."""
+    t0 = last = _clock()
+    done = 0
+    for batch in batches:
+        yield batch
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        done += len(first)
+        now = _clock()
+        if now - last >= every_s and done < total:
+            last = now
+            rate = done / max(now - t0, 1e-9)
+            log.info("%s: %d/%d images (%.0f img/s, %.0f s left)", what, done, total, rate, (total - done) / rate)
+
+
 def epoch_line(fold: int, epoch: int, epochs: int, m: dict) -> str:
     """One epoch: train loss, the clean and robust validation views (those validated), lr, speed and
     the best monitored value so far (``best robust 0.8123`` names what trainer.monitor picks)."""
@@ -115,15 +136,17 @@ class Progress(Callback):
             epoch = (max(int(step), 1) - 1) // per_epoch if per_epoch else 0
             self._step_bar = tqdm(total=self._steps_per_epoch or None, desc=f"  epoch {epoch + 1}/{self.epochs}",
                                   unit="step", position=1, dynamic_ncols=True, leave=False)
-            self._t0, self._loss_ema = time.perf_counter(), None
+            self._t0, self._loss_ema = _clock(), None
         self._loss_ema = loss if self._loss_ema is None or not math.isfinite(self._loss_ema) \
             else 0.9 * self._loss_ema + 0.1 * loss
         bar = self._step_bar
         bar.update(1)
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
         post = {"loss": f"{self._loss_ema:.4f}", "lr": f"{metrics['train/lr']:.3g}"}
-        if self.batch_size:
-            post["img/s"] = f"{bar.n * self.batch_size / elapsed:.0f}"
+        if self.batch_size and bar.n >= 2:
+            # Timed from the end of the epoch's first step (the bar starts there): the steps after it.
+            # Counting the first step's images over the microseconds since gave img/s=1848429.
+            elapsed = max(_clock() - self._t0, 1e-9)
+            post["img/s"] = f"{(bar.n - 1) * self.batch_size / elapsed:.0f}"
         bar.set_postfix(post, refresh=False)  # drawn at tqdm's own refresh rate
 
     def _close_step_bar(self):

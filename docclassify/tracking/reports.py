@@ -33,6 +33,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from docclassify import metrics
 from docclassify.engine.callbacks import Callback
 from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_text
+from docclassify.utils.prog import prog
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap = argparse.ArgumentParser(prog=prog("docclassify.tracking.reports"), description=main.__doc__)
     ap.add_argument("run_dir", type=Path)
     args = ap.parse_args(argv)
     results = json.loads((args.run_dir / "results.json").read_text())

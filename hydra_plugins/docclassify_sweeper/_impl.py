@@ -10,6 +10,12 @@ overrides on the command line), with what the plugin lacks:
 - ``enqueue_trials`` runs given parameter sets first;
 - after every batch ``trials.csv`` (all trials of the study) is written, and at the end the
   best trial is exported as an experiment config plus a printed override list.
+
+It runs on both Optuna stacks (docs/tuning.md#two-optuna-stacks): hydra-optuna-sweeper 1.3 +
+optuna 2.10 and hydra-optuna-sweeper 1.4 + optuna 4.9-5.x. It subclasses nothing of the
+plugin; it uses Optuna's public ask-and-tell API and, from the plugin, only what both lines
+share: the config node (config.py), the sampler configs and ``create_params_from_overrides``
+(the override -> distribution parsing, whose distribution classes follow the Optuna version).
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ import functools
 import logging
 import math
 import shlex
+from collections.abc import MutableSequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import OmegaConf
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from docclassify.sweep import study as S
@@ -33,51 +41,126 @@ from docclassify.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+# Where a sampler's _target_ may point (hydra 1.4 instantiates only whitelisted targets).
+SAMPLER_TARGETS = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+
 
 def _save_yaml(content: dict, path: Path) -> None:
     """Atomically: sweep processes sharing one sweep dir may write it at the same time."""
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(content)))
 
 
-class DocclassifySweeperImpl(OptunaSweeperImpl):
-    def __init__(self, *args: Any, enqueue_trials: Any = None) -> None:
-        super().__init__(*args)
+def build_sampler(sampler: Any, **kwargs: Any) -> Any:
+    """The Optuna sampler of ``hydra.sweeper.sampler``: hydra 1.3 instantiates the sweeper's
+    nodes recursively (an object arrives), hydra 1.4 does not (a config arrives); GridSampler
+    comes as a partial either way (its search space is known only at sweep time)."""
+    if OmegaConf.is_config(sampler) or isinstance(sampler, dict):
+        return S.instantiate_trusted(sampler, SAMPLER_TARGETS, **kwargs)
+    return sampler
+
+
+def grid_choices(distribution: Any) -> list:
+    """The GridSampler values of a discrete distribution, both ends included (Optuna 2.x and 3+ classes)."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return list(distribution.choices)
+    step = getattr(distribution, "step", None) or getattr(distribution, "q", None)
+    if step is None or getattr(distribution, "log", False):
+        raise ValueError(f"GridSampler only supports discrete distributions, got {distribution}")
+    n = round((distribution.high - distribution.low) / step)
+    values = [distribution.low + i * step for i in range(n + 1)]
+    return [int(v) for v in values] if isinstance(distribution.low, int) and isinstance(step, int) else values
+
+
+def directions_of(direction: Any) -> list[str]:
+    """``hydra.sweeper.direction`` (a name, a Direction enum or a list of either) as names."""
+    items = list(direction) if isinstance(direction, MutableSequence) or OmegaConf.is_list(direction) else [direction]
+    return [d if isinstance(d, str) else d.name for d in items]
+
+
+class DocclassifySweeperImpl:
+    def __init__(self, sampler: Any, direction: Any, storage: Any | None, study_name: str | None, n_trials: int,
+                 n_jobs: int, max_failure_rate: float, params: DictConfig | None,
+                 custom_search_space: str | None = None, enqueue_trials: Any = None) -> None:
+        self.sampler_spec = sampler
+        self.sampler = build_sampler(sampler)
+        self.direction, self.storage, self.study_name = direction, storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = int(n_trials), int(n_jobs), float(max_failure_rate)
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: expected a value in [0, 1]")
+        self.params = params
+        self.custom_search_space = None
+        if custom_search_space:  # Callable[[DictConfig, optuna.Trial], None], as the plugin's key
+            from hydra.utils import get_method
+
+            self.custom_search_space = get_method(custom_search_space)
         self.enqueue_trials = [dict(e) for e in (OmegaConf.to_container(enqueue_trials, resolve=True)
                                                  if OmegaConf.is_config(enqueue_trials) else enqueue_trials or [])]
+        self.job_idx = 0
+        self.config: DictConfig | None = None
+        self.launcher = None
 
-    def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
-        """(distributions, fixed params) from hydra.sweeper.params and the command line (as the plugin)."""
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config()
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.job_idx = 0
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
+                                                                task_function=task_function)
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict, list[str]]:
+        """(distributions, fixed params, fixed overrides) from hydra.sweeper.params and the command line.
+
+        The plugin's parser returns (distributions, fixed) on the 1.3 line and adds the delete
+        overrides (``~key``, passed through as they are) on the 1.4 line."""
+        params_conf = [f"{k!s}={v}" for k, v in (self.params or {}).items()]
         params_conf.extend(arguments)
-        override_distributions, fixed_params = create_params_from_overrides(params_conf)
-        distributions = dict(self.search_space_distributions or {})
-        distributions.update(override_distributions)
+        parsed = create_params_from_overrides(params_conf)
+        distributions, fixed_params = dict(parsed[0]), dict(parsed[1])
+        fixed_overrides = list(parsed[2]) if len(parsed) > 2 else []
         if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
+            grid = {name: grid_choices(d) for name, d in distributions.items() if name not in fixed_params}
             self.sampler = self.sampler(grid)
-            n_points = 1
-            for values in grid.values():
-                n_points *= len(values)
+            n_points = math.prod(len(v) for v in grid.values())
             self.n_trials = min(self.n_trials, n_points)
             log.info("Updating num of trials to %d due to using GridSampler.", self.n_trials)
         for name in fixed_params:  # a plain value on the command line pins that parameter
             distributions.pop(name, None)
-        return distributions, fixed_params
+        return distributions, fixed_params, fixed_overrides
+
+    def _ask(self, study: optuna.Study, distributions: dict, fixed_params: dict, fixed_overrides: list[str],
+             storage: Any) -> tuple[optuna.Trial, tuple[str, ...]]:
+        """A new trial of ``study`` (an enqueued one first) and its job's overrides."""
+        trial = study.ask(fixed_distributions=distributions)
+        for name, value in fixed_params.items():  # kept on the trial: the best trial's override list
+            trial.set_user_attr(name, value)
+        if self.custom_search_space is not None:
+            self.custom_search_space(self.config, trial)
+        overlap = trial.params.keys() & trial.user_attrs.keys()
+        if overlap:
+            raise ValueError(f"Overlapping fixed parameters and search space parameters found: {sorted(overlap)}")
+        params = {**trial.params, **fixed_params}
+        overrides = (*(f"{name}={value}" for name, value in params.items()), *fixed_overrides,
+                     *S.trial_overrides(study.study_name, trial.number, storage))
+        return trial, overrides
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
-        distributions, fixed_params = self._search_space(arguments)
-        directions = self._get_directions()
+        distributions, fixed_params, fixed_overrides = self._search_space(arguments)
+        directions = directions_of(self.direction)
         storage = S.prepare_storage(self.storage)
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
-                                    directions=directions, load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
+                                        directions=directions, load_if_exists=True)
+        except RuntimeError as exc:  # a storage of the other Optuna stack (docs/tuning.md)
+            advice = S.storage_version_advice(exc, storage)
+            if advice is None:
+                raise
+            raise S.StorageVersionError(advice) from exc
         n_before = self._reseed_for_resume(study)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         queued = S.enqueue_missing(study, self.enqueue_trials, distributions)
-        log.info("Study %s (%d trials so far) in %s; sampler %s, directions %s, %d trial(s) queued",
-                 study.study_name, n_before, S.redact(storage), type(study.sampler).__name__, directions, queued)
+        log.info("Study %s (%d trials so far) in %s; sampler %s, directions %s, %d trial(s) queued; optuna %s",
+                 study.study_name, n_before, S.redact(storage), type(study.sampler).__name__, directions, queued,
+                 optuna.__version__)
         if storage is None:
             log.warning("hydra.sweeper.storage is null: the study lives in memory, trials cannot report to "
                         "it (no pruning) and it is lost when the sweep ends")
@@ -86,10 +169,8 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
         n_to_go = self.n_trials
         while n_to_go > 0:
             batch = min(n_to_go, max(1, int(self.n_jobs)))
-            trials = [study.ask() for _ in range(batch)]
-            overrides = self._configure_trials(trials, distributions, fixed_params)
-            overrides = [(*o, *S.trial_overrides(study.study_name, t.number, storage))
-                         for o, t in zip(overrides, trials)]
+            asked = [self._ask(study, distributions, fixed_params, fixed_overrides, storage) for _ in range(batch)]
+            trials, overrides = [a[0] for a in asked], [a[1] for a in asked]
             try:
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException as exc:
@@ -133,9 +214,9 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
         """
         spec = self.config.hydra.sweeper.get("sampler")
         n_done = len(study.get_trials(deepcopy=False))
-        if n_done == 0 or spec is None or spec.get("seed") is None or isinstance(self.sampler, functools.partial):
+        if n_done == 0 or spec is None or spec.get("seed") is None or spec.get("_partial_"):
             return n_done
-        study.sampler = instantiate(spec, seed=int(spec.seed) + n_done)
+        study.sampler = S.instantiate_trusted(spec, SAMPLER_TARGETS, seed=int(spec.seed) + n_done)
         log.info("Resuming study %s at trial %d: sampler seed %d + %d", study.study_name, n_done, int(spec.seed),
                  n_done)
         return n_done
@@ -162,7 +243,11 @@ class DocclassifySweeperImpl(OptunaSweeperImpl):
             study.tell(trial, state=TrialState.FAIL)
             log.warning("Trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             return exc
-        study.tell(trial, values=values)
+        try:
+            study.tell(trial, values=values)
+        except RuntimeError as exc:  # optuna 3+ GridSampler: the grid is used up (the plugin ignores it too)
+            if "Study.stop" not in str(exc):
+                raise
         log.info("Trial %d complete: value %s", trial.number, values if n_objectives > 1 else values[0])
         return None
 

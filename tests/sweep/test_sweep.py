@@ -21,6 +21,9 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# The smoke subset CI runs again on the modern Optuna stack (.ci/run: pytest -m optuna_stack).
+pytestmark = pytest.mark.optuna_stack
+MODERN = int(optuna.__version__.split(".")[0]) >= 3
 
 # A learning-rate range in which the tiny model learns within 2 epochs (so the objective
 # values differ), and image sizes a CPU test can afford; the rest is the config's space.
@@ -133,7 +136,7 @@ def pruned(tiny_data, tmp_path_factory, isolated_env):
         "hparams_search.pruner.n_startup_trials=2", "hparams_search.pruner.n_warmup_steps=0",
         "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.2", f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=pruning", f"hydra.sweep.dir={sweep_dir}"], env=isolated_env, check=False)
-    return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, study=_study(storage, "pruning"))
+    return SimpleNamespace(proc=proc, sweep_dir=sweep_dir, storage=storage, study=_study(storage, "pruning"))
 
 
 @pytest.mark.slow
@@ -168,7 +171,83 @@ def test_a_bad_trial_is_pruned_by_the_median_pruner(pruned):
     assert json.loads((run_dir / "sweep_trial.json").read_text())["state"] == "pruned"
 
 
+def _dashboard_get(app, path: str) -> dict:
+    """GET ``path`` from optuna-dashboard's WSGI app in this process (what its web UI reads)."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:500])
+    return json.loads(body)
+
+
+def dashboard_trials(storage: str, study_name: str) -> dict[int, dict]:
+    """Every trial of ``study_name`` as optuna-dashboard serves it (its WSGI app, as
+    `optuna-dashboard sqlite:///...` runs it): number -> state, params, intermediate values, values."""
+    import optuna_dashboard
+
+    app = optuna_dashboard.wsgi(storage)
+    (entry,) = [s for s in _dashboard_get(app, "/api/studies")["study_summaries"] if s["study_name"] == study_name]
+    detail = _dashboard_get(app, f"/api/studies/{entry['study_id']}")
+    return {t["number"]: {"state": t["state"].upper(),
+                          "params": {p["name"]: p["param_external_value"] for p in t["params"]},
+                          "steps": {int(v["step"]): float(v["value"]) for v in t["intermediate_values"]},
+                          "values": t.get("values")} for t in detail["trials"]}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MODERN, reason="optuna-dashboard needs optuna>=3.6: the modern stack (.[optuna5])")
+def test_optuna_dashboard_reads_every_trial_of_a_sweep(tuned, pruned):
+    """optuna-dashboard's storage API lists the sweeps' studies and reads every trial, param and
+    intermediate value that the sweeps (and their trial jobs) wrote."""
+    pytest.importorskip("optuna_dashboard")
+    for sweep, name in ((tuned, "tiny_study"), (pruned, "pruning")):
+        shown = dashboard_trials(sweep.storage, name)
+        assert sorted(shown) == [t.number for t in sweep.study.trials]
+        for t in sweep.study.trials:
+            got = shown[t.number]
+            assert got["state"] == t.state.name
+            assert got["params"] == {k: str(v) for k, v in t.params.items()}
+            assert got["steps"] == pytest.approx(t.intermediate_values)
+            if t.state == TrialState.COMPLETE:
+                assert got["values"] == pytest.approx(t.values)
+        assert any(got["steps"] for got in shown.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MODERN, reason="the GP and QMC samplers are Optuna 3+ (the modern stack)")
+def test_a_new_sampler_is_configurable(tiny_data, tmp_path, isolated_env):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    proc = run_cli("docclassify.train", [
+        *_base(tiny_data), "trainer.epochs=1", "data.img_size=32", "hydra/sweeper/sampler=qmc",
+        "hydra.sweeper.params=null", "trainer.lr=tag(log, interval(3e-3, 3e-2))", "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=qmc", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        env=isolated_env)
+    assert "sampler QMCSampler" in proc.stdout + proc.stderr
+    trials = _study(storage, "qmc").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert len({t.params["trainer.lr"] for t in trials}) == 2
+
+
 # --- the pieces, without a sweep process ------------------------------------------------------
+
+def test_grid_choices_and_directions_on_this_optuna():
+    from hydra_plugins.docclassify_sweeper._impl import directions_of, grid_choices
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction
+
+    parsed = create_params_from_overrides(["a=range(10,31,step=5)", "b=choice(x,y)", "c=interval(0.0,1.0)", "d=3"])
+    space, fixed = parsed[0], parsed[1]
+    assert grid_choices(space["a"]) == [10, 15, 20, 25, 30] and grid_choices(space["b"]) == ["x", "y"]
+    with pytest.raises(ValueError, match="discrete"):
+        grid_choices(space["c"])
+    assert fixed == {"d": "3"}
+    assert directions_of("maximize") == ["maximize"]
+    assert directions_of([Direction.minimize, "maximize"]) == ["minimize", "maximize"]
+
+
 
 def test_trial_callback_reports_running_mean_and_prunes(tmp_path):
     from docclassify.sweep.trial import OptunaTrialCallback, TrialInfo, build_pruner, open_trial

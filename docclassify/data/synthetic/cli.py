@@ -9,11 +9,12 @@ from pathlib import Path
 
 from docclassify.data.synthetic.generator import generate
 from docclassify.data.synthetic.spec import SyntheticSpec
+from docclassify.utils.prog import prog
 
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(
-        prog="python -m docclassify.data.synthetic",
+        prog=prog("docclassify.data.synthetic"),
         description="Write the synthetic 17-class document data set into OUT_DIR.")
     d = SyntheticSpec()
     ap.add_argument("out_dir", metavar="OUT_DIR")
