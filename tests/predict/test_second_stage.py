@@ -324,3 +324,30 @@ def test_the_combiner_is_the_first_pass_arithmetic():
                        ensemble_test_probs(members, oof_fit, "prob", True))
     oof_probs = combiner.oof(oof_fit.rows.logits)
     assert macro_f1(y, oof_probs.argmax(1)) == pytest.approx(oof_fit.summary["macro_f1"])
+
+
+def test_second_pass_keys_change_what_it_considers(pages):
+    """second_pass.max_share bounds the unsure rows it looks at; second_pass.tail how far out of the
+    clean pages' range a statistic must be to name a restoration."""
+    oof, test = half_dark(pages.oof), half_dark(pages.test)
+    reports = {}
+    for share, tail in ((1.0, 0.05), (0.2, 0.05), (1.0, 0.4)):
+        stage = make_stage(InkReader(), test, oof, pages.y, pages.clean, pages.clean_y)
+        reports[share, tail] = run_second_pass(stage, SecondPassSettings(True, share, tail))
+    assert reports[0.2, 0.05]["oof_rows_considered"] < reports[1.0, 0.05]["oof_rows_considered"]
+    assert reports[1.0, 0.4]["oof_rows_restorable"] > reports[1.0, 0.05]["oof_rows_restorable"]
+
+
+def test_adapt_lr_sets_the_tent_step():
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.LayerNorm(8), nn.Linear(8, 4)).eval()
+    images = np.random.default_rng(0).integers(0, 255, (16, 4, 4, 3)).astype(np.uint8)
+    meta = {**META, "img_size": 4}
+    weights = []
+    for lr in (1e-3, 0.5):
+        cfg = OmegaConf.create({"name": "tent", "lr": lr})
+        adapted = A.adapted(model, images, np.arange(16), meta, cfg.name, float(cfg.lr), 8, CPU)
+        weights.append(adapted[2].weight.detach().clone())
+    assert not torch.allclose(weights[0], weights[1])

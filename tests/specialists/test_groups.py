@@ -54,3 +54,30 @@ def test_folds_file_gives_each_row_its_fold_and_names_what_is_wrong(tmp_path):
     pd.DataFrame({"ID": ["a"]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DataError, match="needs columns ID and fold"):
         folds_from_file(tmp_path / "bad.csv", ["a"], 3)
+
+
+def test_a_specialist_is_its_runs_config_on_the_groups_rows_with_the_runs_folds(tiny_data, tmp_path):
+    """specialists.size_scale and specialists.epochs set the specialist's input size and epochs;
+    data.exclude leaves only the group's rows; folds.file is the run's folds.csv."""
+    import json
+
+    from conftest import TINY, compose_train
+
+    from docclassify.specialists.groups import Group
+    from docclassify.specialists.train import specialist_config
+
+    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "specialists=auto",
+                         "specialists.size_scale=1.5", "specialists.epochs=7"], tmp_path / "run")
+    run_dir, spec_dir = tmp_path / "run", tmp_path / "run" / "specialists" / "g3-7"
+    spec_dir.mkdir(parents=True)
+    train = pd.read_csv(tiny_data / "train.csv", dtype={"ID": str})
+    pd.DataFrame({"ID": train["ID"], "target": train["target"], "fold": np.arange(len(train)) % 5}).to_csv(
+        run_dir / "folds.csv", index=False)
+    results = {"folds": [{"img_size": 32}], "validation": {"profile": {}}}
+    spec, overrides = specialist_config(cfg, run_dir, spec_dir, Group((3, 7), 0, 0), results, cfg.specialists)
+    assert spec.data.img_size == 48 and spec.trainer.epochs == 7 and spec.specialists.name == "none"
+    assert spec.folds.file == str((run_dir / "folds.csv").resolve()) and not spec.submit
+    excluded = set(pd.read_csv(spec.data.exclude, dtype={"ID": str})["ID"])
+    assert set(train["ID"]) - excluded == set(train["ID"][train["target"].isin([3, 7])])
+    assert "data.img_size=48" in overrides and json.dumps(overrides)
+    assert cfg.data.img_size == 32 and cfg.specialists.name == "auto"  # the run's own config is untouched
