@@ -196,6 +196,8 @@ def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
 
     if inputs:
         return Path(str(inputs)).expanduser()
+    if data.get("name") == "synthetic":  # data.test_dir picks one of the generated splits (test, test_phone)
+        return None
     test_dir = overrides.get("test_dir")
     root, sample = data.get("root"), data.get("sample_submission")
     if not test_dir:
