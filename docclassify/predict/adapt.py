@@ -11,7 +11,9 @@ guarded on the robust OOF rows.
   LayerNorm backbones adapt their LayerNorm scales and shifts. A model with no norm layer is left
   as trained.
 
-The adaptation works on a copy of the weights in memory: the run dir is never written. The guard:
+The adaptation works on a copy of the weights in memory: the run dir is never written. A kept
+run's adapted norm layers (a few tensors per fold) are kept in memory, so the later options
+(second_pass, specialists' gating) predict with the adapted models too. The guard:
 each fold model is adapted the same way to the copies of the OOF rows it did not train on (the
 rows decisions are fitted on, fit_on: the robust copies by default) and predicts them; a run's
 adapted models are used for the test set only when the adapted OOF predictions beat the trained
@@ -36,6 +38,7 @@ from docclassify.predict.stage import FoldInput, cross_fit, fold_average, fold_i
 log = logging.getLogger(__name__)
 
 MODES = ("none", "bn", "tent")
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 MOMENTUM = 0.9
 
 
@@ -44,6 +47,13 @@ def norm_layers(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     lns = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.GroupNorm))]
     return bns, lns
+
+
+def norm_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The norm layers' parameters and buffers (all that adaptation changes), copied to the CPU: kept
+    per fold model so the later options predict with the adapted model without a second pass."""
+    names = {name for name, m in model.named_modules() if isinstance(m, NORMS)}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.rpartition(".")[0] in names}
 
 
 def kind_of(model: nn.Module) -> str:
@@ -132,6 +142,7 @@ class Adapted:
     report: dict
     test_folds: list[np.ndarray] | None = None
     oof: np.ndarray | None = None
+    states: dict[int, dict[str, dict]] | None = None  # per fold: the norm state adapted to "test" and to "oof"
 
 
 def adapt_folds(folds: list[FoldInput], rows: np.ndarray, fold_of: np.ndarray, y: np.ndarray, groups: np.ndarray,
@@ -144,7 +155,7 @@ def adapt_folds(folds: list[FoldInput], rows: np.ndarray, fold_of: np.ndarray, y
 
     n, k = len(rows), int(len(folds[0].meta["classes"]))
     base = np.asarray(base, dtype=np.float64) if base is not None else np.full((n, k), np.nan)
-    oof_adapted, test_folds, kinds = np.full((n, k), np.nan), [], set()
+    oof_adapted, test_folds, kinds, states = np.full((n, k), np.nan), [], set(), {}
     for f in folds:
         model = f.load()
         kinds.add(kind_of(model))
@@ -157,9 +168,11 @@ def adapt_folds(folds: list[FoldInput], rows: np.ndarray, fold_of: np.ndarray, y
                 base[mine] = predict(model, oof_images, rows[mine], f.meta)
             on_oof = adapted(model, oof_images, rows[mine], f.meta, mode, lr, batch_size, device)
             oof_adapted[mine] = predict(on_oof, oof_images, rows[mine], f.meta)
+            states.setdefault(f.fold, {})["oof"] = norm_state(on_oof)
             del on_oof
         on_test = adapted(model, test, np.arange(len(test)), f.meta, mode, lr, batch_size, device)
         test_folds.append(predict(on_test, test, np.arange(len(test)), f.meta))
+        states.setdefault(f.fold, {})["test"] = norm_state(on_test)
         del model, on_test
     report = {"mode": mode, "norm_layers": sorted(kinds), "applied": False}
     if len(test_folds) != len(folds):
@@ -177,22 +190,23 @@ def adapt_folds(folds: list[FoldInput], rows: np.ndarray, fold_of: np.ndarray, y
     log.info("adapt=%s: %s (%s): OOF macro F1 %.4f trained vs %.4f adapted, cross-fitted %.4f -> %.4f: %s", mode,
              label, ", ".join(sorted(kinds)), guard.base_f1, report["oof_macro_f1_adapted"], guard.base_f1,
              guard.crossed_f1, "adapted models predict the test set" if applied else "trained models kept")
-    return Adapted(report, test_folds, oof_adapted) if applied else Adapted(report)
+    return Adapted(report, test_folds, oof_adapted, states) if applied else Adapted(report)
 
 
 def run_adapt(adapt_cfg, runs, datasets, store, members, oof, predict, average: str, batch_size: int,
-              device) -> dict | None:
+              device) -> tuple[dict | None, dict[int, dict]]:
     """``adapt=bn|tent`` over every run (see the module doc): a kept run's member gets the adapted test
-    logits, and its OOF rows the adapted predictions. Returns summary.json's entry (None for adapt=none)."""
+    logits, and its OOF rows the adapted predictions. Returns (summary.json's entry, None for adapt=none;
+    the kept runs' adapted norm states: run index -> fold -> {"test", "oof"}, for the later options)."""
     from docclassify.predict.inference import plan_view_oof
     from docclassify.predict.runs import split_robust_key
 
     mode = str(adapt_cfg.name) if adapt_cfg is not None else "none"
     if mode == "none":
-        return None
+        return None, {}
     t0 = time.time()
     lr = float(adapt_cfg.get("lr", 1e-3))
-    reports = []
+    reports, states = [], {}
     for i, (run, ds, member) in enumerate(zip(runs, datasets, members)):
         keys, y, _ = oof.saved[i]
         rows, fold_of = plan_view_oof(run, ds, keys, oof.view)
@@ -203,6 +217,7 @@ def run_adapt(adapt_cfg, runs, datasets, store, members, oof, predict, average: 
         reports.append({"run": str(run.path), **result.report})
         if result.oof is None:
             continue
+        states[i] = result.states
         member.fold_test_logits = np.stack([np.asarray(z, dtype=np.float32) for z in result.test_folds])
         member.test_logits = fold_average(result.test_folds, average)
         if oof.repredict:
@@ -210,4 +225,4 @@ def run_adapt(adapt_cfg, runs, datasets, store, members, oof, predict, average: 
         else:
             oof.saved[i] = (keys, y, result.oof)
     return {"mode": mode, "runs": reports, "applied": any(r["applied"] for r in reports),
-            "seconds": round(time.time() - t0, 2)}
+            "seconds": round(time.time() - t0, 2)}, states

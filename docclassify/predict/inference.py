@@ -939,13 +939,13 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
             member.oof_logits = logits
     second = {}  # --- issue 32, the second stage (docs/second-stage.md): each option guarded on the OOF rows ---
     # [second stage 1/4] adapt=bn|tent: the fold models adapted to the test images (before the ensemble is fitted)
-    second["adapt"] = run_adapt(cfg.get("adapt"), runs, datasets, store, members, oof,
-                                lambda m, im, r, meta: predictor.predict(m, im, r, meta)[1], settings.average,
-                                settings.batch_size, device) if settings.second_stage else None
+    second["adapt"], adapted = run_adapt(cfg.get("adapt"), runs, datasets, store, members, oof,
+                                         lambda m, im, r, meta: predictor.predict(m, im, r, meta)[1], settings.average,
+                                         settings.batch_size, device) if settings.second_stage else (None, {})
     oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision,
                          settings.mimic_fold_average)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
-    stage = build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device) \
+    stage = build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device, adapted) \
         if settings.second_stage else None
     if stage is not None:
         # [second stage 2/4] tta=auto tta.per_class=true: a view set per predicted class

@@ -80,6 +80,14 @@ class FoldInput:
     get_oof: Callable[[], np.ndarray]     # the training images or their robust copies at this size
     get_clean: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # clean training images, their classes
     label: str = ""
+    # adapt kept for this fold: its norm layers' state adapted to the test images ("test") and to the OOF rows' ("oof")
+    states: dict[str, dict] | None = None
+
+    def ready(self, model: torch.nn.Module, kind: str) -> torch.nn.Module:
+        """``model`` as it predicts ``kind`` (test or oof) images: with its adapted norm layers, if any."""
+        if self.states and self.states.get(kind):
+            model.load_state_dict(self.states[kind], strict=False)
+        return model
 
 
 @dataclass
@@ -120,10 +128,10 @@ def predict_both(fs: FoldSet, test_rows: np.ndarray, oof_pos: np.ndarray, fn: Fo
             continue
         model = f.load()
         if len(test_rows):
-            test_parts[f.member].append(fn(f, model, f.get_test(), test_rows, "test", test_rows))
+            test_parts[f.member].append(fn(f, f.ready(model, "test"), f.get_test(), test_rows, "test", test_rows))
         if len(mine):
             at = [index[int(p)] for p in mine]
-            oof[f.member][at] = fn(f, model, f.get_oof(), rows, "oof", mine)
+            oof[f.member][at] = fn(f, f.ready(model, "oof"), f.get_oof(), rows, "oof", mine)
             covered[f.member, at] = True
         del model
     for m in range(fs.n_members):
@@ -253,23 +261,27 @@ class StageData:
         return self.oof_probs.argmax(axis=1)
 
 
-def fold_inputs(models_run, ds, store, data_run, view: str, device, member: int, label: str) -> list[FoldInput]:
+def fold_inputs(models_run, ds, store, data_run, view: str, device, member: int, label: str,
+                states: dict[int, dict] | None = None) -> list[FoldInput]:
     """FoldInputs of ``models_run``'s fold models (a run, or a specialist of one) on ``data_run``'s data
     (predict/inference.py's DataSet ``ds`` and ImageStore ``store``): its test images, and the images
-    its OOF rows of ``view`` index (the training images or their robust copies), at each model's size."""
+    its OOF rows of ``view`` index (the training images or their robust copies), at each model's size;
+    ``states``: adapt's norm states per fold (predict/adapt.py)."""
     from docclassify.models.checkpoint import load_checkpoint
 
     return [FoldInput(member, fm.fold, fm.meta, lambda p=fm.checkpoint: load_checkpoint(p, device)[0],
                       lambda meta=fm.meta: store.get(ds, "test", meta),
                       lambda meta=fm.meta: store.oof_images(ds, meta, data_run, view),
                       lambda meta=fm.meta: (store.get(ds, "train", meta), ds.source.train["target"].to_numpy()),
-                      f"{label} fold {fm.fold}")
+                      f"{label} fold {fm.fold}", (states or {}).get(fm.fold))
             for fm in models_run.folds]
 
 
-def build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device) -> StageData | None:
+def build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device,
+                adapted: dict[int, dict] | None = None) -> StageData | None:
     """StageData of one inference (predict/inference.py's objects: runs, their DataSets, the ImageStore,
-    the Members, the OofFit, Settings and the predictor); None without OOF rows."""
+    the Members, the OofFit, Settings and the predictor; ``adapted``: adapt's kept norm states per run
+    and fold); None without OOF rows."""
     from docclassify.predict.inference import plan_view_oof
 
     rows = getattr(oof_fit, "rows", None)
@@ -280,7 +292,8 @@ def build_stage(runs, datasets, store, members, oof_fit, settings, predictor, de
         rr, ff = plan_view_oof(run, ds, rows.keys, rows.view)
         image_rows.append(rr)
         fold_of.append(ff)
-        folds += fold_inputs(run, ds, store, run, rows.view, device, r, f"run {r + 1} ({run.path.name})")
+        folds += fold_inputs(run, ds, store, run, rows.view, device, r, f"run {r + 1} ({run.path.name})",
+                             (adapted or {}).get(r))
     fs = FoldSet(folds, len(runs), settings.average, image_rows, fold_of)
     alphas = (oof_fit.summary or {}).get("averaging_factors")
     combiner = Combiner(list(oof_fit.weights), settings.average, float(oof_fit.temperature) if settings.calibrate

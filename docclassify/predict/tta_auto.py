@@ -148,7 +148,7 @@ def policy_test_logits(stage, views: list[View], sets: list[str], tta_average: s
     needed = list({v.key: v for name in sets for v in VIEW_SETS[name]}.values())
     per_set: dict[str, list[list[np.ndarray]]] = {n: [[] for _ in range(stage.members.n_members)] for n in sets}
     for f in stage.members.folds:
-        model, test = f.load(), f.get_test()
+        model, test = f.ready(f.load(), "test"), f.get_test()
         per_view = np.stack([predict_tta_batches(model, normalised_batches(test, np.arange(len(test)), f.meta,
                                                                            stage.batch_size, stage.device),
                                                  [v], "logit", stage.device)[1] for v in needed])

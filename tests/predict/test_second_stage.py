@@ -28,6 +28,8 @@ from docclassify.predict.stage import (
     StageData,
     cross_fit,
     fold_average,
+    predict_both,
+    predictor_fn,
 )
 from docclassify.predict.tta import View, normalised_batches, predict_tta_batches
 from docclassify.predict.tta_auto import apply_policy, policy_guard
@@ -173,14 +175,19 @@ def colour_model():
     return ColourNet(x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2)))
 
 
+def colour_folds(model, test, oof, states=None):
+    meta = {**META, "img_size": 8}
+    return [FoldInput(0, k, meta, lambda: copy.deepcopy(model), lambda: test, lambda: oof,
+                      states=(states or {}).get(k)) for k in (0, 1)]
+
+
 def adapt_case(model, shift: int, mode: str = "bn"):
     oof, y = colour_pages(12, shift, 1)
     test, test_y = colour_pages(8, shift, 2)
-    meta = {**META, "img_size": 8}
-    folds = [FoldInput(0, k, meta, lambda: copy.deepcopy(model), lambda: test, lambda: oof) for k in (0, 1)]
     rows, fold_of = np.arange(len(oof)), np.arange(len(oof)) % 2
-    result = A.adapt_folds(folds, rows, fold_of, y, rows.astype(str), predict, mode, 1e-3, 16, CPU, "colour")
-    trained = predict(model, test, np.arange(len(test)), meta).argmax(1)
+    result = A.adapt_folds(colour_folds(model, test, oof), rows, fold_of, y, rows.astype(str), predict, mode, 1e-3,
+                           16, CPU, "colour")
+    trained = predict(model, test, np.arange(len(test)), {**META, "img_size": 8}).argmax(1)
     return result, test_y, trained
 
 
@@ -193,6 +200,14 @@ def test_adapt_re_estimates_batchnorm_on_shifted_pages_and_keeps_it(colour_model
     adapted = np.mean([softmax_rows(z) for z in result.test_folds], axis=0).argmax(1)
     assert (adapted == test_y).all()
     assert all(torch.equal(weights[k], v) for k, v in colour_model.state_dict().items())  # a copy was adapted
+    # the later options predict with the adapted norm layers (kept per fold), test and OOF rows alike
+    oof, _ = colour_pages(12, 50, 1)
+    test, _ = colour_pages(8, 50, 2)
+    fs = FoldSet(colour_folds(colour_model, test, oof, result.states), 1, "prob", [np.arange(len(oof))],
+                 [np.arange(len(oof)) % 2])
+    test_z, oof_z = predict_both(fs, np.arange(len(test)), np.arange(len(oof)), predictor_fn(predict), 4)
+    assert np.allclose(test_z[0], fold_average(result.test_folds, "prob"), atol=1e-5)
+    assert np.allclose(oof_z[0], result.oof, atol=1e-5)
 
 
 def softmax_rows(z):
