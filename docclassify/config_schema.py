@@ -48,9 +48,12 @@ class ConfigError(UserError):
 
 def key(default: Any = MISSING, *, choices: tuple[str, ...] | None = None, ge: float | None = None,
         gt: float | None = None, le: float | None = None, lt: float | None = None, hint: str | None = None,
-        factory=None):
-    """A schema field with its allowed values (checked by check_config) and a hint for the fix."""
+        factory=None, each: bool = False):
+    """A schema field with its allowed values (checked by check_config) and a hint for the fix. A list
+    value is a [low, high] range, or with ``each`` a list of any length whose every item is checked."""
     meta = {k: v for k, v in dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt, hint=hint).items() if v is not None}
+    if each:
+        meta["each"] = True
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -333,7 +336,7 @@ class DistortProfile:
     # Added for the shipped test profiles (docclassify/distortion/profiles/); off by default.
     angle_min: float = key(0.0, ge=0.0, le=180.0)      # |angle| at least this (0: uniform in +-angle)
     flip_vertical: float = key(0.0, ge=0.0, le=1.0)    # share of the mirror images that are top-bottom
-    background_tones: list[int] = key(factory=list)    # drawn backgrounds: one of these greys (0-255) ...
+    background_tones: list[int] = key(factory=list, ge=0, le=255, each=True, hint="grey levels 0-255")    # drawn backgrounds: one of these greys (0-255) ...
     background_jitter: float = key(0.0, ge=0.0, le=128.0)  # ... each channel jittered by this std (grey levels)
     blur_min: float = key(0.0, ge=0.0, le=0.1)         # blur sigma at least this share of the long side
     noise_min: float = key(0.0, ge=0.0, le=1.0)        # noise std at least this share of full scale
@@ -376,8 +379,6 @@ def profile_errors(node: Any, where: str) -> list[str]:
     for low, high in _PROFILE_MINIMA:
         if profile[low] > profile[high]:
             errors.append(f"{where}.{low}={profile[low]}: must not exceed {where}.{high}={profile[high]}")
-    if not all(isinstance(t, int) and 0 <= t <= 255 for t in profile.background_tones):
-        errors.append(f"{where}.background_tones={list(profile.background_tones)}: expected grey levels 0-255")
     return errors
 
 
@@ -432,7 +433,7 @@ class FoldsConfig:
     # A list of fold indices, or one int (folds_to_run accepts both and validates the range).
     run: Any | None = None
     # Near-duplicate training images share a fold (StratifiedGroupKFold; data/duplicates.py).
-    group_duplicates: bool = False
+    group_duplicates: bool = True
     duplicate_distance: int = key(12, ge=0, le=64)
     duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
     # A folds.csv (ID,fold: another run's) whose folds are taken instead of drawing them (data/folds.py).
@@ -583,7 +584,7 @@ class SubmitInfer:
     tta: str = key("none", choices=TTA_SETS)
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
-    calibrate: bool = True
+    calibrate: bool = False
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
     oof_tta: bool = True
     output: str | None = None
@@ -650,7 +651,7 @@ class InferConfig:
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
-    calibrate: bool = True
+    calibrate: bool = False
     # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True
@@ -757,6 +758,8 @@ def _describe(meta: dict) -> str:
 
 
 def _allowed(value: Any, meta: dict) -> bool:
+    if isinstance(value, ListConfig) and meta.get("each"):  # a list of allowed values
+        return all(_allowed(v, meta) for v in value)
     if isinstance(value, ListConfig):  # a [low, high] range: both ends allowed, low <= high
         return len(value) == 2 and all(_allowed(v, meta) for v in value) and value[0] <= value[1]
     if "choices" in meta:
@@ -793,7 +796,8 @@ def value_errors(name: str, value: Any, f: dataclasses.Field) -> list[str]:
         return []
     hint = f" ({f.metadata['hint']})" if "hint" in f.metadata else ""
     what = _describe(f.metadata)
-    what = f"[low, high] with low <= high, each {what}" if isinstance(value, ListConfig) else what
+    if isinstance(value, ListConfig):
+        what = f"a list of values, each {what}" if f.metadata.get("each") else f"[low, high] with low <= high, each {what}"
     return [f"{name}={value!r}: expected {what}{hint}"]
 
 

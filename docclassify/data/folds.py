@@ -1,8 +1,10 @@
 """Stratified fold assignment (sklearn), checked before any training starts.
 
-With ``folds.group_duplicates=true`` near-duplicate images (data/duplicates.py) form groups that
-StratifiedGroupKFold keeps in one fold: a copy in another fold than its original would be
-validated on an image the model trained on, inflating cv.
+With ``folds.group_duplicates=true`` (the default) near-duplicate images (data/duplicates.py) form
+groups that StratifiedGroupKFold keeps in one fold: a copy in another fold than its original would
+be validated on an image the model trained on, inflating cv. Where the search finds no duplicate,
+every group is one image and the folds are exactly StratifiedKFold's: grouping changes a run only
+where it has something to group (docs/data-audit.md has the figures).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 
 def assign_folds(targets: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Return the validation fold of every row (0..n_folds-1): StratifiedKFold(shuffle, seed), or
-    StratifiedGroupKFold with ``groups`` (rows of one group share a fold).
+    StratifiedGroupKFold with ``groups`` (rows of one group share a fold; groups of one row each:
+    StratifiedKFold's folds, the same as without groups).
 
     A single hold-out split is one fold of K (``folds.run=[0]``: 1/K of the rows validate)."""
     targets = np.asarray(targets)
@@ -39,6 +42,8 @@ def assign_folds(targets: np.ndarray, n_folds: int, seed: int, groups: np.ndarra
             f"splitting; too few in {listing}. Lower folds.n or add data."
         )
     folds = np.full(len(targets), -1, dtype=np.int64)
+    if groups is not None and len(np.unique(groups)) == len(targets):
+        groups = None  # nothing to keep together: the ungrouped splitter's folds, not another splitter's
     if groups is None:
         splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(targets)),
                                                                                          targets)

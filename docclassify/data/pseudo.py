@@ -255,7 +255,8 @@ class JoinedImages:
 class TrainingSet:
     """What one fold's training loader draws from: ``rows`` of ``images``, each row's hard target
     (``targets``), and with pseudo-labels each row's probability target (``target_rows``, soft
-    mode) and loss weight (``weights``)."""
+    mode), loss weight (``weights``) and whether its starting orientation is unknown
+    (``unknown_orientation``: True for the pseudo rows, see data/dataset.py)."""
 
     images: object
     rows: np.ndarray
@@ -263,12 +264,19 @@ class TrainingSet:
     target_rows: np.ndarray | None = None
     weights: np.ndarray | None = None
     n_pseudo: int = 0
+    unknown_orientation: np.ndarray | None = None
 
 
 def fold_training_set(images, targets: np.ndarray, train_rows: np.ndarray, pseudo: PseudoSet | None,
                       img_size: int, num_classes: int) -> TrainingSet:
     """The fold's training rows plus every pseudo row (appended after the training data's rows); with the
-    teacher's training-row targets (TRAIN_PROBS_FILE) those rows train on them."""
+    teacher's training-row targets (TRAIN_PROBS_FILE, docclassify.distill) those rows train on them.
+
+    A test page arrives turned and mirrored by an element nobody recorded (the teacher's
+    ``test_probs.csv`` holds classes only; an orientation estimate exists only under tta=orient and
+    is not saved per image), so the orientation head cannot be told what a pseudo row's pixels went
+    through: those rows are marked ``unknown_orientation`` and left out of the head's loss (they
+    still train the classifier)."""
     if pseudo is None or (not len(pseudo) and pseudo.train_probs is None):
         return TrainingSet(images, train_rows, targets)
     first = pseudo.train_probs if pseudo.train_probs is not None else np.eye(num_classes, dtype=np.float32)[targets]
@@ -282,4 +290,5 @@ def fold_training_set(images, targets: np.ndarray, train_rows: np.ndarray, pseud
     target_rows = None
     if pseudo.soft:  # the training data's rows as one-hot rows, the pseudo rows as the teacher's probabilities
         target_rows = np.concatenate([first.astype(np.float32), pseudo.probs])
-    return TrainingSet(joined, rows, all_targets, target_rows, weights, len(pseudo))
+    unknown = np.concatenate([np.zeros(n, bool), np.ones(len(pseudo), bool)])
+    return TrainingSet(joined, rows, all_targets, target_rows, weights, len(pseudo), unknown)

@@ -173,17 +173,26 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
     head and the batch's ``elements``, the head's loss (weighted) is added; its targets are mixed
     like the class targets (engine/orientation.py). ``weights`` (pseudo-labels): each sample's loss
     weight, passed to the loss as ``weight=``; ``targets`` may then be (N, K) probability rows
-    (soft pseudo-labels), see :func:`mix_weighted`."""
+    (soft pseudo-labels), see :func:`mix_weighted`. An element of ``UNKNOWN_ELEMENT`` (a
+    pseudo-labelled test page, data/dataset.py) leaves its row, and every mixed row it is part
+    of, out of the head's loss."""
     x = to_model_input(images, ctx)
     y = targets.to(ctx.device, non_blocking=True)
     head = parts.orientation if elements is not None else None
-    o = None if head is None else element_labels(elements.to(ctx.device, non_blocking=True), head.head)
+    o = known = None
+    if head is not None:
+        known_cpu = elements >= 0  # decided on the loader's CPU tensor (no device sync per step)
+        if not bool(known_cpu.all()):
+            known = known_cpu.to(ctx.device, non_blocking=True)
+            if weights is None:  # the weighted path mixes by matrix, which also mixes the mask
+                weights = torch.ones(len(elements))
+        o = element_labels(elements.clamp_min(0).to(ctx.device, non_blocking=True), head.head)
     mixup, w = parts.mixup, None
     if weights is not None:
         # Decided on the loader's CPU tensor (no device sync per step): all-1 weights stay 1 after mixing,
         # so the loss is called without weight= (a torch.nn loss without it still trains with pseudo.weight=1).
         unit = bool((weights == 1).all())
-        x, y, o, w = mix_weighted(parts, x, y, o, weights.to(ctx.device, non_blocking=True).float())
+        x, y, o, w, known = mix_weighted(parts, x, y, o, weights.to(ctx.device, non_blocking=True).float(), known)
         w = None if unit else w
     elif mixup is not None and len(x) % 2 == 0:
         x, y, o = mix_with_orientation(mixup, x, y, o, head.n) if head is not None else (*mixup(x, y), None)
@@ -194,8 +203,20 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
         if head is None:
             return class_loss(parts, parts.train_model(x).float(), y, w), None
         logits, head_logits = parts.train_model(x, orientation=True)
-        head_loss = orientation_loss(head_logits.float(), o)
+        head_loss = masked_orientation_loss(head_logits.float(), o, known)
         return class_loss(parts, logits.float(), y, w) + head.weight * head_loss, head_loss
+
+
+def masked_orientation_loss(head_logits: torch.Tensor, o: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
+    """The head's loss (engine.orientation.orientation_loss) averaged over the rows whose label is
+    known (every row when ``known`` is None); 0 for a batch without one. A weighted mean, not an
+    index: no device sync per step."""
+    if known is None:
+        return orientation_loss(head_logits, o)
+    per_row = F.cross_entropy(head_logits, o, reduction="none") if o.ndim == 1 else \
+        torch.sum(-o * F.log_softmax(head_logits, dim=-1), dim=-1)
+    k = known.float()
+    return (per_row * k).sum() / k.sum().clamp_min(1.0)
 
 
 def class_loss(parts: FoldParts, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
@@ -203,22 +224,32 @@ def class_loss(parts: FoldParts, logits: torch.Tensor, y: torch.Tensor, w: torch
     return parts.loss_fn(logits, y) if w is None else parts.loss_fn(logits, y, weight=w)
 
 
-def mix_weighted(parts: FoldParts, x: torch.Tensor, y: torch.Tensor, o: torch.Tensor | None, w: torch.Tensor):
+def mix_weighted(parts: FoldParts, x: torch.Tensor, y: torch.Tensor, o: torch.Tensor | None, w: torch.Tensor,
+                 known: torch.Tensor | None = None):
     """A batch with per-sample weights (pseudo-labels): (images, class targets, orientation targets,
-    weights) after mixup/cutmix, which mixes targets *and* weights of each pair by its lambda, as
-    timm mixes hard targets. Probability-row targets (soft pseudo-labels) get
+    weights, orientation known) after mixup/cutmix, which mixes targets *and* weights of each pair by
+    its lambda, as timm mixes hard targets. Probability-row targets (soft pseudo-labels) get
     regularization.label_smoothing here (``(1 - s) * row + s / K``), as class indices get it in the
-    loss or in timm's Mixup."""
+    loss or in timm's Mixup.
+
+    One rule for both targets: whatever the batch's mixup smooths its class rows with, it smooths
+    its mixed orientation rows with too (``(1 - s) * row + s / n``), exactly what
+    engine.orientation.mix_with_orientation gives a batch without weights; hard labels (no mixup, or
+    an odd batch) stay hard for both heads' losses as they do there. ``known`` (per row, or None):
+    a mixed row's orientation label is known only when every image it is made of has a known one."""
     mixup = parts.mixup
     if mixup is None:
-        return x, smooth_rows(y, parts.label_smoothing), o, w
+        return x, smooth_rows(y, parts.label_smoothing), o, w, known
     # timm's batch mixup needs an even batch (an odd one: smoothed one-hot rows, as forward_losses does)
     y = y.float() if y.ndim == 2 else F.one_hot(y, int(mixup.num_classes)).float()
     if len(x) % 2 == 0:
         x, m = mixing_matrix(mixup, x)
         y, w = m @ y, m @ w
-        o = None if o is None else m @ F.one_hot(o, parts.orientation.n).float()
-    return x, smooth_rows(y, mixup.label_smoothing), o, w
+        if o is not None:
+            o = smooth_rows(m @ F.one_hot(o, parts.orientation.n).float(), mixup.label_smoothing)
+        if known is not None:  # a share of an unknown image in the mix: the row's label is unknown
+            known = (m @ known.float()) > 1.0 - 1e-6
+    return x, smooth_rows(y, mixup.label_smoothing), o, w, known
 
 
 def smooth_rows(y: torch.Tensor, smoothing: float) -> torch.Tensor:

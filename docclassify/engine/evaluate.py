@@ -3,7 +3,14 @@ clean view (the validation images) and of the robust view (their distorted copie
 data/validation.py), and the monitored value that picks the best epoch.
 
 ``validation`` decides which views are validated every epoch; ``trainer.monitor`` which value
-decides (auto: robust when the robust view is validated, else clean; mean: their average)."""
+decides (auto: robust when the robust view is validated, else clean; mean: their average).
+
+**Select and estimate.** The robust copies are split into two disjoint sets (:func:`robust_roles`):
+the *selecting* copies decide (best epoch, early stopping, pruning, the run's objective, ``top_k``),
+the *estimating* copies decide nothing and give the reported robust figure (``val_macro_f1_robust``,
+``cv_macro_f1_robust``, ``oof_robust.csv``) and the rows inference fits on. A figure measured on the
+rows that picked the epoch is the maximum of several noisy measurements: optimistic by construction.
+The selecting copies' figures carry the suffix ``_robust_select``."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from docclassify import metrics
+from docclassify.distortion.copies import id_hash
 from docclassify.engine.epoch import StepContext, autocast, to_model_input
 
 
@@ -54,19 +62,64 @@ def resolve_monitor(validation_cfg, monitor: str) -> str:
 
 
 def monitored_value(metrics: dict, monitor: str) -> float:
-    """The value ``monitor`` picks from an epoch's (or a run's) metrics."""
+    """The value ``monitor`` picks from an epoch's (or a run's) metrics: for the robust view the
+    selecting copies' macro F1 (``val_macro_f1_robust_select``; metrics without it, of a run from
+    before the split: ``val_macro_f1_robust``)."""
     if monitor == "clean":
         return float(metrics["val_macro_f1"])
+    robust = metrics.get("val_macro_f1_robust_select")
+    robust = float(metrics["val_macro_f1_robust"] if robust is None else robust)
     if monitor == "robust":
-        return float(metrics["val_macro_f1_robust"])
-    return 0.5 * (float(metrics["val_macro_f1"]) + float(metrics["val_macro_f1_robust"]))
+        return robust
+    return 0.5 * (float(metrics["val_macro_f1"]) + robust)
+
+
+# How the robust copies split into selecting and estimating ones (results.json robust_split.rule).
+SPLIT_RULES = {"copy": "copy parity: even copy indices select, odd ones estimate",
+               "image": "validation.copies=1: half of each fold's images (by a stable hash of the ID) select, the "
+                        "other half estimate"}
+
+
+def robust_split_rule(copies: int) -> str:
+    return "copy" if int(copies) >= 2 else "image"
+
+
+def robust_roles(val_ids, copies: int) -> np.ndarray:
+    """Which robust rows of a fold *estimate* (True) rather than select (False), in the order the
+    fold's copies are predicted (data.validation.copy_rows: each validation image's copies together,
+    in ``val_ids`` order).
+
+    With 2+ copies per image (the default 2) every image is in both sets: its even copies select,
+    its odd copies estimate, so both sets cover every validation image and cost nothing extra (the
+    copies are predicted anyway). With one copy, the fold's images are split in two halves by a
+    stable hash of their IDs (the lower ``ceil(n / 2)`` select). A pure function of the fold's IDs
+    and the copy count: training, ``docclassify.aggregate`` and a resumed run draw the same split."""
+    n, copies = len(val_ids), int(copies)
+    if copies >= 2:
+        return np.tile(np.arange(copies) % 2 == 1, n)
+    order = np.argsort(np.asarray([id_hash(str(i)) for i in val_ids], dtype=np.uint64), kind="stable")
+    estimate = np.zeros(n, dtype=bool)
+    estimate[order[(n + 1) // 2:]] = True
+    return estimate
+
+
+def robust_view_metrics(logits: np.ndarray | None, targets: np.ndarray, num_classes: int,
+                        estimate: np.ndarray | None) -> dict:
+    """The robust view's metrics: ``*_robust`` on the estimating copies, ``*_robust_select`` on the
+    selecting ones (``estimate``: :func:`robust_roles`); every value None without the view."""
+    if logits is None or estimate is None:
+        return {**view_metrics(None, targets, num_classes, "robust"),
+                **view_metrics(None, targets, num_classes, "robust_select")}
+    targets = np.asarray(targets)
+    return {**view_metrics(logits[estimate], targets[estimate], num_classes, "robust"),
+            **view_metrics(logits[~estimate], targets[~estimate], num_classes, "robust_select")}
 
 
 def view_metrics(logits: np.ndarray | None, targets: np.ndarray, num_classes: int, view: str) -> dict:
     """classification_metrics of one view, keys suffixed ``_robust`` for the robust view; every
     value None when the view was not validated (``logits`` None)."""
     suffix = "" if view == "clean" else f"_{view}"
-    if logits is None:
+    if logits is None or not len(logits):  # not validated, or no row of this set in the fold
         return {f"{k}{suffix}": None for k in ("val_loss", "val_macro_f1", "val_accuracy", "val_per_class_f1")}
     return {f"{k}{suffix}": v for k, v in classification_metrics(logits, targets, num_classes).items()}
 

@@ -33,6 +33,8 @@ from docclassify.engine.evaluate import (
     monitored_value,
     predict_logits,
     resolve_monitor,
+    robust_roles,
+    robust_view_metrics,
     validated_views,
     view_metrics,
 )
@@ -121,6 +123,7 @@ class FoldJob:
     copies: int = 0            # robust copies per validation image (0: no robust view)
     robust_loader: Any = None  # ... and their loader
     robust_targets: np.ndarray | None = None
+    robust_estimate: np.ndarray | None = None  # per robust row: estimates (True) or selects (evaluate.robust_roles)
     orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation.py)
 
 
@@ -182,7 +185,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                                                       orientation_labels=head != "none",
                                                       sampler_mode=str(cfg.data.get("sampler", "natural")),
                                                       train_images=training.images, target_rows=training.target_rows,
-                                                      sample_weights=training.weights)
+                                                      sample_weights=training.weights,
+                                                      unknown_orientation=training.unknown_orientation)
     ctx = step_context(cfg.trainer, run, mean, std)
     parts = build_fold_parts(model, cfg, ctx, class_counts(training.targets[training.rows], data.num_classes),
                              len(train_loader))
@@ -227,6 +231,7 @@ def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int)
     n = job.copies = data.robust.copies
     rows = copy_rows(job.val_idx, n)
     job.robust_targets = np.repeat(job.val_targets, n)
+    job.robust_estimate = robust_roles(data.ids[job.val_idx], n)
     job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.cfg.trainer,
                                           run.cfg.data.num_workers, run.seed + job.fold, run.device)
     job.info["n_val_robust"] = len(rows)
@@ -278,6 +283,7 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
     return {
         "fold": job.fold, "best_macro_f1": state.best_scores.get("val_macro_f1"),
         "best_macro_f1_robust": state.best_scores.get("val_macro_f1_robust"),
+        "best_macro_f1_robust_select": state.best_scores.get("val_macro_f1_robust_select"),
         "best_monitored": float(state.best_f1), "monitor": job.monitor, "best_epoch": int(state.best_epoch),
         "epochs_run": int(state.epoch), "history": state.history, "val_logits": state.best_logits,
         "val_logits_robust": state.best_robust_logits,
@@ -361,7 +367,7 @@ def validate(job: FoldJob) -> EpochScores:
         if "robust" in job.views else None
     k = job.meta["num_classes"]
     metrics = {**view_metrics(logits, job.val_targets, k, "clean"),
-               **view_metrics(robust, job.robust_targets, k, "robust")}
+               **robust_view_metrics(robust, job.robust_targets, k, job.robust_estimate)}
     metrics["val_monitored"] = monitored_value(metrics, job.monitor)
     return EpochScores(logits, robust, metrics)
 
@@ -399,7 +405,8 @@ def keep_best(job: FoldJob, state: FoldState, epoch: int, scores: EpochScores, t
     state.best_f1, state.best_epoch, state.stale = metrics["val_monitored"], epoch, 0
     state.best_tiebreak = -1.0 if tiebreak is None else float(tiebreak)
     state.best_logits, state.best_robust_logits = scores.logits, scores.robust_logits
-    state.best_scores = {k: metrics[k] for k in ("val_macro_f1", "val_macro_f1_robust")}
+    state.best_scores = {k: metrics.get(k) for k in ("val_macro_f1", "val_macro_f1_robust",
+                                                     "val_macro_f1_robust_select")}
     # The unwrapped module's keys (no DDP "module." / torch.compile "_orig_mod." prefix).
     weights = (job.parts.model if job.parts.ema is None else job.parts.ema.module).state_dict()
     if distributed.is_main():
@@ -416,6 +423,8 @@ def epoch_record(job: FoldJob, state: FoldState, epoch: int, stats: dict, metric
         "val_macro_f1": metrics["val_macro_f1"], "val_accuracy": metrics["val_accuracy"],
         "val_loss_robust": metrics["val_loss_robust"], "val_macro_f1_robust": metrics["val_macro_f1_robust"],
         "val_accuracy_robust": metrics["val_accuracy_robust"],
+        # the robust copies that pick the best epoch (val_monitored); the keys above: those that estimate
+        "val_macro_f1_robust_select": metrics.get("val_macro_f1_robust_select"),
         "monitor": job.monitor, "val_monitored": metrics["val_monitored"], "best_monitored": state.best_f1,
         "lr": job.parts.optimizer.param_groups[0]["lr"], "img_per_s": stats["img_per_s"],
         "epoch_s": stats["epoch_s"], "best_macro_f1": state.best_scores.get("val_macro_f1"),

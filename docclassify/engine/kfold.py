@@ -46,7 +46,7 @@ from docclassify.engine.epoch import StopRequested
 from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
 from docclassify.engine.losses import check_loss_config
-from docclassify.engine.oof import RESULTS_FILE, pool_oof
+from docclassify.engine.oof import RESULTS_FILE, copies_recipe, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
 from docclassify.engine import share
@@ -351,9 +351,12 @@ def run_info(run: RunContext, data: RunData) -> dict:
 
 
 def run_objective(pooled: dict, monitor: str) -> float:
-    """The run's objective (what a sweep optimises): the pooled value ``monitor`` picks."""
+    """The run's objective (what a sweep optimises): the pooled value ``monitor`` picks (for the robust
+    view the selecting copies', which already picked the epochs: a sweep picks among trials on them too,
+    and cv_macro_f1_robust stays a figure nothing was chosen on)."""
     return monitored_value({"val_macro_f1": pooled["cv_macro_f1"],
-                            "val_macro_f1_robust": pooled.get("cv_macro_f1_robust")}, monitor)
+                            "val_macro_f1_robust": pooled.get("cv_macro_f1_robust"),
+                            "val_macro_f1_robust_select": pooled.get("cv_macro_f1_robust_select")}, monitor)
 
 
 def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outcomes: list[dict],
@@ -365,7 +368,9 @@ def run_results(pooled: dict, cfg, data_info: dict, skipped_ids: list[str], outc
         **pooled,
         "monitor": monitor, "objective": run_objective(pooled, monitor),
         "validation": {"name": str(validation.name) if validation is not None else "clean",
-                       **(robust.as_dict() if robust is not None else {})},
+                       **(robust.as_dict() if robust is not None else {}),
+                       **({"copies_recipe": copies_recipe(robust, [o["img_size"] for o in outcomes])}
+                          if robust is not None else {})},
         "n_folds": int(cfg.folds.n),
         "data": data_info,
         "pipeline": cfg.get("pipeline"), "experiment": cfg.get("experiment"), "debug": cfg.get("debug"),

@@ -176,13 +176,14 @@ def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: in
 
 def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, num_workers, seed: int,
                   device: torch.device, orientation_labels: bool = False, sampler_mode: str = "natural",
-                  train_images=None, target_rows=None, sample_weights=None):
+                  train_images=None, target_rows=None, sample_weights=None, unknown_orientation=None):
     """(train loader, validation loader, train sampler) of one fold.
 
     With pseudo-labels (data/pseudo.py TrainingSet): ``train_images`` the store the training rows
     index (the training data's images, then the selected test images; ``images`` still serves the
     validation rows), ``targets`` covers both, ``sample_weights`` every row's loss weight and
-    ``target_rows`` (soft pseudo-labels) every row's probability target.
+    ``target_rows`` (soft pseudo-labels) every row's probability target, ``unknown_orientation``
+    the rows whose orientation head label is unknown (the pseudo rows).
 
     ``orientation_labels``: training batches also carry each image's dihedral element (the
     orientation head's labels, data/augment.py).
@@ -199,7 +200,8 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     overfit = int(trainer_cfg.overfit_batches) > 0
     train_ds = ImageDataset(images if train_images is None else train_images, train_idx, targets,
                             None if overfit else transform, orientation_labels=orientation_labels,
-                            target_rows=target_rows, weights=sample_weights)
+                            target_rows=target_rows, weights=sample_weights,
+                            unknown_orientation=unknown_orientation)
     # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready); resumable
     # part-way through an epoch.
     world, rank = distributed.world_size(), distributed.rank()

@@ -144,12 +144,17 @@ def unshared_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
     return out
 
 
+# The meta keys timm_pretrained_cfg and preprocessing read.
+_DESCRIBES_A_MODEL = {"timm_name", "img_size", "resize", "pad_value", "mean", "std", "num_classes", "classes"}
+
+
 def save_best(path: str | Path, state_dict: dict, meta: dict, **extra: Any) -> None:
     """Write the best weights of a fold (safetensors) with their meta in the header (atomically)."""
     import safetensors.torch
 
-    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(meta),
-              "pretrained_cfg": json.dumps(timm_pretrained_cfg(meta)), "preprocessing": json.dumps(preprocessing(meta))}
+    header = {"format": CHECKPOINT_FORMAT, "meta": json.dumps(meta)}
+    if _DESCRIBES_A_MODEL <= meta.keys():  # model_meta's (a hand-made meta of a test may be partial)
+        header.update(pretrained_cfg=json.dumps(timm_pretrained_cfg(meta)), preprocessing=json.dumps(preprocessing(meta)))
     header.update({k: json.dumps(v) for k, v in extra.items()})
     if meta.get("orientation_head", "none") != "none":
         state_dict = to_file_layout(state_dict)

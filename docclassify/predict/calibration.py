@@ -149,23 +149,32 @@ def calibration_report(logits: np.ndarray, y: np.ndarray, n_bins: int = 15) -> d
 # Calibration that matches what it is applied to: fold averages
 # ---------------------------------------------------------------------------------------------
 
-def averaging_factor(fold_logits: np.ndarray) -> float:
-    """How much averaging the folds' probabilities softens them, measured without labels.
+def averaging_factor(fold_logits: np.ndarray, average: str = "prob") -> float:
+    """How much averaging the folds softens them, measured without labels.
 
     ``fold_logits``: (F, N, K), each fold model's logits (or log-probabilities) of the same rows
-    (test rows: every fold predicts them). Returns the scale ``alpha`` for which ``softmax(alpha *
-    z_f)`` is closest (mean KL divergence) to the fold average ``mean_f softmax(z_f)``: a fold
+    (test rows: every fold predicts them). ``average``: how the folds are averaged, as the
+    ensemble averages them (``ensemble.average``): ``prob`` = the mean of the folds' probabilities,
+    ``logit`` = the softmax of the mean of their logits (a normalised geometric mean of the
+    probabilities, which softens less when one fold is unsure). Returns the scale ``alpha`` for
+    which ``softmax(alpha * z_f)`` is closest (mean KL divergence) to that fold average: a fold
     average behaves like one fold's logits scaled by ``alpha`` (< 1: less confident).
 
     An out-of-fold row is predicted by one fold, a test row by the average of all of them; OOF
     logits scaled by ``alpha`` mimic that average, and a temperature fitted on them is ``alpha``
     times the one fitted on the plain OOF logits (``softmax(alpha * z / T') == softmax(z / T)``
     for ``T' = alpha * T``)."""
+    if average not in ("prob", "logit"):
+        raise ValueError(f"average must be prob or logit, got {average!r}")
     logp = log_softmax(np.asarray(fold_logits, dtype=np.float64), axis=-1)
     if logp.ndim != 3 or logp.shape[0] < 2:
         return 1.0
-    mean = softmax(logp, axis=-1).mean(axis=0)
-    log_mean = np.log(np.clip(mean, np.finfo(np.float64).tiny, None))
+    if average == "prob":
+        mean = softmax(logp, axis=-1).mean(axis=0)
+        log_mean = np.log(np.clip(mean, np.finfo(np.float64).tiny, None))
+    else:
+        log_mean = log_softmax(logp.mean(axis=0), axis=-1)
+        mean = np.exp(log_mean)
 
     def kl(log_alpha: float) -> float:
         logq = log_softmax(math.exp(log_alpha) * logp, axis=-1)

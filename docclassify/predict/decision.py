@@ -103,10 +103,12 @@ def fit_biases(scores: np.ndarray, y: np.ndarray, max_passes: int = MAX_PASSES) 
 
 def split_rows(y: np.ndarray, n_splits: int, groups: np.ndarray | None = None, seed: int = 0) -> list:
     """``n_splits`` (train, held-out) index pairs, stratified by class, rows of one group (the copies
-    of one image) on the same side; fewer splits when the rows are too few."""
+    of one image) on the same side; fewer splits when the rows (or the largest class's rows) are too
+    few."""
     y = np.asarray(y)
     n_groups = len(np.unique(groups)) if groups is not None else len(y)
-    n_splits = int(max(2, min(n_splits, n_groups)))
+    largest = int(np.unique(y, return_counts=True)[1].max()) if len(y) else 0  # splitters refuse more splits
+    n_splits = int(max(2, min(n_splits, n_groups, largest)))
     with warnings.catch_warnings():  # a class with fewer rows than splits: still split, no warning
         warnings.simplefilter("ignore", UserWarning)
         if groups is None:

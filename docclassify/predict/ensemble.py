@@ -138,21 +138,33 @@ def fit_oof_weights(
     oof_probs_list: Sequence[np.ndarray],
     y: np.ndarray,
     average: str = "prob",
+    groups: np.ndarray | None = None,
+    folds: int = 5,
+    seed: int = 0,
 ) -> dict:
-    """Fit ensemble weights on out-of-fold predictions.
+    """Fit ensemble weights on out-of-fold predictions, kept only when they beat equal weights on
+    rows they were not fitted on.
 
     Weights are ``softmax(theta)`` (so non-negative and summing to 1), with ``theta``
     found by L-BFGS from ``theta = 0`` (equal weights; deterministic) minimising the NLL of
-    :func:`combine` ``(members, w, average)``. If the fitted weights' OOF macro F1 is lower
-    than that of equal weights, the equal weights are kept: so the returned ``f1_fitted``
-    (the OOF macro F1 of the *returned* weights) is ``>= f1_equal`` by construction.
+    :func:`combine` ``(members, w, average)`` on every OOF row. Whether to use them is decided by
+    **cross-fitting**, as ``decision=macro_f1`` decides on its biases (predict/decision.py): the
+    rows are split into ``folds`` parts (stratified; ``groups``, the robust copies of one image,
+    on one side), each part predicted with weights fitted on the others, and the pooled macro F1
+    of those predictions (``f1_cross_fitted``) is compared with equal weights' on the same rows.
+    The fitted weights are kept only when it is higher; otherwise equal weights are used
+    (``accepted`` False). Comparing on the rows the weights were fitted on would favour them by
+    construction.
 
     Returns a dict: ``weights`` (list of floats, the ones to use), ``f1_equal``,
-    ``f1_fitted``, ``nll_equal``, ``nll_fitted`` (NLL of the returned weights),
-    ``accepted`` (True when the optimised weights were kept) and ``optimized_weights``
-    (what the optimiser found, kept or not). OOF predictions only: weights fitted on
-    predictions of training data favour the most over-fitted member.
+    ``f1_cross_fitted``, ``folds``, ``f1_in_sample`` (the optimised weights on the rows they were
+    fitted on: optimistic), ``f1_fitted`` (in-sample OOF macro F1 of the *returned* weights),
+    ``nll_equal``, ``nll_fitted`` (NLL of the returned weights), ``accepted`` and
+    ``optimized_weights`` (what the optimiser found on every row, kept or not). OOF predictions
+    only: weights fitted on predictions of training data favour the most over-fitted member.
     """
+    from docclassify.predict.decision import split_rows
+
     stacked = _stack(oof_probs_list, average)
     y = np.asarray(y).astype(np.int64)
     m, n, k = stacked.shape
@@ -165,16 +177,25 @@ def fit_oof_weights(
     p_equal = combine(list(stacked), equal, average)
     f1_equal, nll_equal = macro_f1_of_probs(p_equal, y), _nll(p_equal, y)
     if m == 1:
-        optimized = equal
+        optimized, f1_crossed, splits = equal, f1_equal, []
     else:
         optimized = _optimize_weights(stacked, y, average)
+        splits = split_rows(y, folds, groups, seed)
+        pred = np.empty(n, dtype=np.int64)
+        for train, held in splits:
+            w = _optimize_weights(stacked[:, train], y[train], average)
+            pred[held] = combine(list(stacked[:, held]), w, average).argmax(1)
+        f1_crossed = macro_f1(y, pred)
     p_opt = combine(list(stacked), optimized, average)
     f1_opt, nll_opt = macro_f1_of_probs(p_opt, y), _nll(p_opt, y)
-    accepted = m > 1 and f1_opt >= f1_equal
+    accepted = m > 1 and f1_crossed > f1_equal
     chosen = optimized if accepted else equal
     return {
         "weights": [float(v) for v in chosen],
         "f1_equal": f1_equal,
+        "f1_cross_fitted": float(f1_crossed),
+        "folds": len(splits),
+        "f1_in_sample": f1_opt,
         "f1_fitted": f1_opt if accepted else f1_equal,
         "nll_equal": nll_equal,
         "nll_fitted": nll_opt if accepted else nll_equal,

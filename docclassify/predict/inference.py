@@ -66,6 +66,7 @@ from docclassify.predict.orientation import ORIENT_MODES, OrientPredictor, orien
 from docclassify.predict.runs import (
     Run,
     RunError,
+    check_same_robust_copies,
     discover_runs,
     fold_of_ids,
     load_view_oof,
@@ -638,8 +639,9 @@ def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, sett
 
 def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
                 groups: np.ndarray | None = None):
-    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if
-    OOF F1 >= equal; ``greedy``: forward selection with a held-out check (predict.ensemble)."""
+    """(weights, fit report or None). ``oof``: non-negative weights fitted on OOF, kept only if their
+    cross-fitted OOF F1 beats equal weights'; ``greedy``: forward selection with a held-out check
+    (predict.ensemble). ``groups``: the image of each row (copies of one image on one side of a split)."""
     if mode == "equal" or n_runs == 1:
         if mode != "equal":
             log.info("ensemble.weights=%s with one run: its weight is 1", mode)
@@ -652,11 +654,10 @@ def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str
                  len(y), fit["counts"], fit["f1_fitted"], fit["f1_equal"], fit["f1_best_single"], held["greedy"],
                  held["equal"], "" if fit["accepted"] else " -> equal weights kept")
         return fit["weights"], fit
-    fit = fit_oof_weights(oof_members, y, average)
-    log.info("ensemble weights fitted on %d OOF rows: %s "
-             "(OOF macro F1 %.4f with equal weights -> %.4f%s)",
-             len(y), [round(w, 4) for w in fit["weights"]], fit["f1_equal"], fit["f1_fitted"],
-             "" if fit["accepted"] else "; fitted weights scored lower, equal weights kept")
+    fit = fit_oof_weights(oof_members, y, average, groups)
+    log.info("ensemble weights fitted on %d OOF rows: %s; %d-fold cross-fitted OOF macro F1 %.4f vs equal weights "
+             "%.4f%s", len(y), [round(w, 4) for w in fit["optimized_weights"]], fit["folds"], fit["f1_cross_fitted"],
+             fit["f1_equal"], "" if fit["accepted"] else " -> equal weights kept")
     return fit["weights"], fit
 
 
@@ -709,12 +710,15 @@ def fit_decision_on_oof(oof_probs: np.ndarray, y: np.ndarray, rule: str, groups:
     return fit
 
 
-def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+def mimic_fold_averages(members: list[Member], oof_logits: list[np.ndarray],
+                        average: str = "prob") -> tuple[list[np.ndarray], list[float]]:
     """Each run's OOF log-probabilities scaled by its averaging factor (predict.calibration): an OOF
     row is predicted by one fold model, a test row by the average of the run's folds, which is
     less confident; the scaled OOF rows look like that average, so what is fitted on them (weights,
-    stacker, temperature, biases) fits what it is applied to. Returns (scaled logits, factors)."""
-    alphas = [averaging_factor(m.fold_test_logits) if m.fold_test_logits is not None else 1.0 for m in members]
+    stacker, temperature, biases) fits what it is applied to. ``average``: how predict_run averages
+    the folds (ensemble.average), which the factor measures. Returns (scaled logits, factors)."""
+    alphas = [averaging_factor(m.fold_test_logits, average) if m.fold_test_logits is not None else 1.0
+              for m in members]
     scaled = [a * log_softmax(np.asarray(z, dtype=np.float64), axis=1) for a, z in zip(alphas, oof_logits)]
     log.info("OOF rows scaled to mimic fold averages: averaging factor per run %s", [round(a, 3) for a in alphas])
     return scaled, alphas
@@ -735,7 +739,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
     per_run_logits, alphas = oof_logits, None
     if mimic:
-        oof_logits, alphas = mimic_fold_averages(members, oof_logits)
+        oof_logits, alphas = mimic_fold_averages(members, oof_logits, average)
     groups = image_groups(oof_ids, oof.view)
     stacker = None
     if weights_mode == "stack" and len(members) > 1:
@@ -827,6 +831,7 @@ def build_summary(members: list[Member], oof_fit: OofFit, settings: Settings, tt
     return {
         "runs": [{"dir": str(m.run.path), "cv_macro_f1": _json_float(m.run.cv_macro_f1),
                   "cv_macro_f1_robust": _json_float(m.run.cv_macro_f1_robust),
+                  "cv_macro_f1_robust_select": _json_float(m.run.cv_macro_f1_robust_select),
                   "weight": float(w), "folds": m.folds}
                  for m, w in zip(members, oof_fit.weights)],
         "models": sorted({f["model"] for m in members for f in m.folds}),
@@ -908,6 +913,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     runs = discover_runs(_plain(cfg.runs))
     settings.fit_on = resolve_fit_on(runs, settings.fit_on)
     runs = select_top_k(runs, cfg.top_k, settings.fit_on)
+    if settings.fit_on == "robust" and len(runs) > 1 and (needs_oof(settings, len(runs)) or auto_tta):
+        check_same_robust_copies(runs)  # their robust rows are paired by ID#copy below
     cache_dir = str(cfg.paths.cache_dir)
     datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir, cfg.get("inputs"))
     if not all(ds.has_train for ds in datasets):  # a loose folder without the training images

@@ -7,10 +7,12 @@ skipped with a warning). Everything is checked before any prediction: results an
 checkpoints present, every checkpoint a docclassify checkpoint with the run's class list, all
 runs with one class list. Every problem found is listed in one error.
 
-A run trained with a robust view (``validation=robust|both``) also has ``oof_robust.csv``: its
-OOF rows' distorted copies. Inference decides on that view by default (``fit_on``): ``top_k``
-ranks runs by ``cv_macro_f1_robust``, and weights, temperature and ``tta=auto`` are fitted on the
-robust rows (:func:`load_view_oof`).
+A run trained with a robust view (``validation=robust|both``) also has ``oof_robust.csv``: the
+distorted copies of its OOF rows that chose nothing in training (engine.evaluate.robust_roles).
+Inference decides on that view by default (``fit_on``): ``top_k`` ranks runs by
+``cv_macro_f1_robust_select`` (the selecting copies', the run's objective), and weights,
+temperature and ``tta=auto`` are fitted on the estimating rows of oof_robust.csv
+(:func:`load_view_oof`).
 """
 
 from __future__ import annotations
@@ -76,9 +78,18 @@ class Run:
         return self.results.get("cv_macro_f1_robust") is not None and \
             "profile" in (self.results.get("validation") or {})
 
+    @property
+    def cv_macro_f1_robust_select(self) -> float:
+        """The robust figure of the copies that picked the run's best epochs (its objective); a run
+        from before the select/estimate split has only cv_macro_f1_robust (every copy selected)."""
+        value = self.results.get("cv_macro_f1_robust_select", self.results.get("cv_macro_f1_robust"))
+        return float(value) if value is not None else math.nan
+
     def score(self, view: str) -> float:
-        """The run's pooled OOF macro F1 on ``view`` (robust or clean)."""
-        return self.cv_macro_f1_robust if view == "robust" else self.cv_macro_f1
+        """What ``top_k`` ranks the run by on ``view``: the pooled clean OOF macro F1, or for robust the
+        selecting copies' (a choice among runs is made on the copies that make choices; the
+        estimating copies, oof_robust.csv, stay for what inference fits and reports)."""
+        return self.cv_macro_f1_robust_select if view == "robust" else self.cv_macro_f1
 
     @property
     def data_config(self) -> dict:
@@ -274,8 +285,44 @@ def load_oof_robust(run: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
             oof["target"].to_numpy(dtype=np.int64), logits)
 
 
+def copies_recipe_of(run: Run) -> dict:
+    """What made ``run``'s robust copies (engine.oof.copies_recipe): as results.json records it, or,
+    for a run from before that record existed, derived from its ``validation`` entry (seed, copies,
+    profile, with the keys added since at their off values) and its folds' image sizes; the code's
+    format version of those copies is then unknown (None) and not compared."""
+    from docclassify.distortion.copies import RobustSpec
+    from docclassify.engine.oof import copies_recipe
+
+    validation = run.results.get("validation") or {}
+    if validation.get("copies_recipe"):
+        return dict(validation["copies_recipe"])
+    sizes = [f.get("img_size") for f in run.results.get("folds", []) if f.get("img_size") is not None]
+    return copies_recipe(RobustSpec.from_dict(validation), sizes, recorded=False)
+
+
+def check_same_robust_copies(runs: list[Run]) -> None:
+    """Runs whose robust OOF rows are paired by ``ID#copy`` (anything fitted on them jointly) must hold
+    the same copies behind each key: the same validation.seed, the same resolved profile and, where
+    both runs record it, the same copies format. Otherwise one clear error, naming both runs."""
+    first, base = runs[0], copies_recipe_of(runs[0])
+    for run in runs[1:]:
+        other = copies_recipe_of(run)
+        differ = [k for k in ("seed", "profile_sha256", "format")
+                  if base.get(k) is not None and other.get(k) is not None and base[k] != other[k]]
+        if not differ:
+            continue
+        what = {"seed": f"validation.seed {base['seed']} vs {other['seed']}",
+                "profile_sha256": "other validation.distort profiles",
+                "format": f"copies format {base['format']} vs {other['format']} (made by another docclassify version)"}
+        raise RunError(f"fit_on=robust: {first.path} and {run.path} were validated on different robust copies "
+                       f"({'; '.join(what[k] for k in differ)}), so their oof_robust.csv rows ID#copy hold different "
+                       f"pixels; retrain one with the other's validation settings (validation.seed={base['seed']} and "
+                       "the same validation.distort), or infer with fit_on=clean")
+
+
 def robust_key(ids, copies) -> np.ndarray:
-    """Row keys of robust OOF rows, ``ID#copy``: what aligns the rows of several runs."""
+    """Row keys of robust OOF rows, ``ID#copy``: what aligns the rows of several runs (runs checked by
+    :func:`check_same_robust_copies` first: the same key is then the same copy)."""
     return np.asarray([f"{i}#{int(c)}" for i, c in zip(ids, copies)], dtype=str)
 
 

@@ -17,6 +17,10 @@ SCRIPTS = {
     "docclassify.audit": "docclassify-audit",
     "docclassify.models.convert_checkpoint": "docclassify-convert-checkpoint",
     "docclassify.models.convert_dit": "docclassify-convert-dit",
+    "docclassify.export": "docclassify-export",
+    "docclassify.distill": "docclassify-distill",
+    "docclassify.deploy.cli": "docclassify-predict",
+    "docclassify.deploy.serve": "docclassify-serve",
 }
 
 

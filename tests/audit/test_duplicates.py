@@ -157,3 +157,29 @@ def test_training_data_load_groups_duplicates_and_records_them(planted_data, tmp
         table = pd.read_csv(run_dir / "folds.csv").set_index("ID")["fold"]
         folds[grouped] = [table[c] == table[s] for c, s in zip(copies["ID"], copies["source"])]
     assert all(folds[True]) and not all(folds[False])
+
+
+def test_the_default_run_groups_duplicates_and_changes_nothing_without_them(planted_data, tiny_data, tmp_path):
+    """Issue 26 item 9: the default config keeps each copy with its original (a copy in another fold
+    validates an image the model trained on); a data set without duplicates gets exactly the folds it
+    got without grouping (StratifiedKFold's), so grouping by default costs the search only."""
+    from docclassify.engine.callbacks import CallbackList
+    from docclassify.engine.kfold import load_run_data, start_run
+
+    root, planted = planted_data
+    copies = planted[planted["split"] == "train"]
+    run_dir = tmp_path / "default"
+    cfg = compose_train(["data=competition", f"data.root={root}", *TINY, "folds.n=4",
+                         f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)  # no folds.* override
+    assert cfg.folds.group_duplicates is True
+    run_data = load_run_data(start_run(cfg, CallbackList([])))
+    table = pd.read_csv(run_dir / "folds.csv").set_index("ID")["fold"]
+    assert all(table[c] == table[s] for c, s in zip(copies["ID"], copies["source"]))
+    assert run_data.duplicate_groups["pairs"] >= len(copies)
+    # no duplicate found: the folds of the ungrouped splitter, row for row
+    train = load_competition(tiny_data).train
+    targets = train["target"].to_numpy()
+    groups, summary = duplicate_groups_for(cfg.folds, list(train["path"]), tmp_path / "cache")
+    assert summary["pairs"] == 0
+    np.testing.assert_array_equal(assign_folds(targets, 4, 7, groups), assign_folds(targets, 4, 7))
+    np.testing.assert_array_equal(assign_folds(targets, 4, 7, np.arange(len(targets))), assign_folds(targets, 4, 7))

@@ -4,6 +4,8 @@ and what the loss sees (hard / soft targets, weights, mixup) in engine.epoch.for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +30,7 @@ from docclassify.engine.resume import check_resume_compatible
 from docclassify.engine.setup import amp_settings
 
 K = 17
+CONF = Path(__file__).resolve().parents[2] / "docclassify" / "conf"
 
 
 def teacher(tmp_path, source, probs: np.ndarray, ids=None, classes=None, name: str = "teacher"):
@@ -164,6 +167,28 @@ def test_pseudo_rows_follow_the_training_rows_with_their_targets_and_weights(sou
     assert weight == 1.0 and target.numpy().argmax() == targets[0] and target.sum() == 1.0
 
 
+def test_pseudo_rows_report_an_unknown_orientation_through_the_augmentation(source, tmp_path):
+    """A test page is already turned by an element nobody recorded: whatever the augmentation turns
+    it by on top, its head label is unknown (-1); a training row reports the augmentation's element."""
+    from docclassify.data.augment import TrainTransform
+    from docclassify.data.dataset import UNKNOWN_ELEMENT
+
+    n = len(source.test)
+    probs = peaked(n, np.arange(n) % K, np.linspace(0.5, 0.99, n))
+    pseudo = load_pseudo_set(cfg(teacher(tmp_path, source, probs), top_fraction=0.5), source)
+    pseudo.images_by_size[8] = np.zeros((n, 8, 8, 3), np.uint8)
+    targets = source.train["target"].to_numpy()
+    ts = fold_training_set(np.zeros((len(targets), 8, 8, 3), np.uint8), targets, np.arange(len(targets)), pseudo, 8, K)
+    assert ts.unknown_orientation.tolist() == [False] * len(targets) + [True] * len(pseudo)
+    augment = OmegaConf.merge(OmegaConf.load(CONF / "augment" / "basic.yaml"),
+                              {"orientation": "dihedral", "orientation_p": 1.0})
+    ds = ImageDataset(ts.images, ts.rows, ts.targets, TrainTransform(augment, 8, 1, 0, 0), orientation_labels=True,
+                      weights=ts.weights, unknown_orientation=ts.unknown_orientation)
+    elements = [ds[i][2] for i in range(len(ds))]
+    assert all(e == UNKNOWN_ELEMENT for e in elements[len(targets):])
+    assert all(0 <= e < 8 for e in elements[:len(targets)]) and len(set(elements[:len(targets)])) > 1
+
+
 # ----------------------------------------------------------------------------------------- what the loss sees
 class Recording(CrossEntropy):
     def __init__(self):
@@ -264,3 +289,80 @@ def test_mixup_mixes_targets_and_weights_like_the_images(soft_targets):
     assert torch.allclose(targets, 0.9 * expected + 0.1 / K, atol=1e-4)  # mixed, then smoothed
     assert torch.allclose(weight, lam * weights + (1 - lam) * weights.flip(0), atol=1e-4)
     assert not torch.allclose(weight, weights)  # a pseudo row's weight spreads to its partner
+
+
+# ----------------------------------------------------------------------------------------- the orientation head
+class WithHead(torch.nn.Module):
+    """A linear classifier with a linear orientation head (models/heads.py's call signature)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Flatten()
+        self.cls, self.head = torch.nn.Linear(3 * 4 * 4, K), torch.nn.Linear(3 * 4 * 4, n)
+
+    def forward(self, x, orientation: bool = False):
+        z = self.body(x)
+        return (self.cls(z), self.head(z)) if orientation else self.cls(z)
+
+
+def head_parts(head: str, mixup=None, smoothing: float = 0.0) -> FoldParts:
+    from docclassify.engine.orientation import OrientationTraining
+
+    training = OrientationTraining(head, 1.0)
+    model = WithHead(training.n)
+    loss = CrossEntropy()
+    loss.setup(LossContext(K, np.ones(K), np.full(K, 1 / K), smoothing))
+    return FoldParts(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, loss, mixup=mixup,
+                     orientation=training, label_smoothing=smoothing)
+
+
+def test_weighted_mixup_smooths_the_orientation_rows_like_the_class_rows():
+    """Issue 26 item 5: one rule for both targets. A batch with weights (pseudo-labels) is mixed by
+    matrix (mix_weighted), a batch without by timm's joint label (mix_with_orientation); with unit
+    weights and hard targets both must give the same images, class rows and orientation rows: mixed
+    with one lambda, then smoothed by the same label smoothing."""
+    from docclassify.engine.epoch import mix_weighted
+    from docclassify.engine.orientation import mix_with_orientation
+
+    images, hard, _, _ = batch()
+    x = images.float() / 255
+    o = torch.tensor([0, 3, 5, 7, 1, 2])
+    for mode in ("batch", "elem"):
+        mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=1.0, mode=mode, label_smoothing=0.1, num_classes=K)
+        np.random.seed(3)
+        x1, y1, o1 = mix_with_orientation(mixup, x.clone(), hard, o, 8)
+        np.random.seed(3)
+        out = mix_weighted(head_parts("dihedral8", mixup, 0.1), x.clone(), hard, o, torch.ones(6))
+        assert torch.allclose(out[0], x1) and torch.allclose(out[1], y1, atol=1e-6)
+        assert torch.allclose(out[2], o1, atol=1e-6), (mode, out[2], o1)  # smoothed: every entry >= 0.1 / 8
+        assert float(out[2].min()) >= 0.1 / 8 - 1e-6
+
+
+def test_rows_of_unknown_orientation_leave_the_head_loss():
+    """Issue 26 item 2: a pseudo row's element is UNKNOWN_ELEMENT; the head's loss is the mean over the
+    other rows, and a mixed row made partly of a pseudo row counts as unknown too."""
+    import torch.nn.functional as F
+
+    images, hard, _, weights = batch()
+    unknown = torch.tensor([-1, -1, -1, 2, 1, 0])  # rows 0-2 pseudo (weight 0.25), rows 3-5 training rows
+    parts = head_parts("rot4")
+    _, head_loss = forward_losses(parts, images, hard, CTX, unknown, weights)
+    _, head_logits = parts.model(images.float() / 255, orientation=True)
+    assert head_loss.item() == pytest.approx(F.cross_entropy(head_logits[3:], unknown[3:]).item(), rel=1e-6)
+    # all known: the plain mean over every row, as before
+    known = torch.tensor([3, 0, 1, 2, 1, 0])
+    _, all_rows = forward_losses(parts, images, hard, CTX, known, weights)
+    assert all_rows.item() == pytest.approx(F.cross_entropy(head_logits, known).item(), rel=1e-6)
+    # mixup pairs row i with row 5 - i: each pair holds one pseudo row, so no mixed row is known
+    mixup = Mixup(mixup_alpha=0.4, cutmix_alpha=0.0, prob=1.0, mode="elem", num_classes=K)
+    parts = head_parts("rot4", mixup)
+    np.random.seed(3)
+    loss, head_loss = forward_losses(parts, images, hard, CTX, unknown, weights)
+    loss.backward()
+    assert head_loss.item() == 0.0 and float(parts.model.head.weight.grad.abs().max()) == 0.0
+    # pairs (0, 5) unknown, (1, 4) and (2, 3) known: the head learns from rows 1-4 only
+    parts = head_parts("rot4", mixup)
+    np.random.seed(3)
+    _, head_loss = forward_losses(parts, images, hard, CTX, torch.tensor([-1, 2, 1, 1, 2, -1]), weights)
+    assert head_loss.item() > 0.0

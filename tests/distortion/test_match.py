@@ -265,4 +265,4 @@ def test_match_validation_with_distort_auto_trains_with_the_fitted_profile(darke
     seen = sum(2 * (f["n_train"] // 16) * 16 for f in results["folds"])  # 2 epochs of full batches of 16
     assert len(fired) == seen and np.mean(fired) == pytest.approx(0.5, abs=0.12)
     losses = [h["train_loss"] for f in results["folds"] for h in f["history"]]
-    assert all(np.isfinite(losses)) and results["objective"] == results["cv_macro_f1_robust"]
+    assert all(np.isfinite(losses)) and results["objective"] == results["cv_macro_f1_robust_select"]

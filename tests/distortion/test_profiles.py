@@ -90,5 +90,5 @@ def test_a_bad_profile_file_is_refused_naming_the_file_and_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"angle_min=30.0: must not exceed .*angle=10.0"):
         check_config(compose_train([*TINY, f"validation.distort={bad}"], tmp_path / "c"))
     bad.write_text("background_tones: [30, 300]\n")
-    with pytest.raises(ConfigError, match=r"background_tones=\[30, 300\]: expected grey levels 0-255"):
+    with pytest.raises(ConfigError, match=r"background_tones=\[30, 300\]: expected a list of values, each a number >= 0 and <= 255 \(grey levels 0-255\)"):
         load_profile(bad)

@@ -81,9 +81,10 @@ def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
 
     # The robust copies are sharded and gathered like the clean rows: each row's 2 copies once, in
     # order, with the logits one process gets from the saved weights on the cached copies.
-    robust = pd.read_csv(run_dir / "oof_robust.csv")
-    assert list(robust["ID"]) == list(np.repeat(val_ids.to_numpy(), 2))
-    assert list(robust["copy"]) == [0, 1] * len(val_ids)
+    robust = pd.read_csv(run_dir / "oof_robust.csv")  # the estimating copy of each row; the selecting
+    select = pd.read_csv(run_dir / "oof_robust_select.csv")  # copy in oof_robust_select.csv
+    assert list(robust["ID"]) == list(select["ID"]) == list(val_ids)
+    assert list(robust["copy"]) == [1] * len(val_ids) and list(select["copy"]) == [0] * len(val_ids)
     assert results["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
     from docclassify.data.validation import robust_copies
     from docclassify.distortion.copies import RobustSpec, copy_rows
@@ -97,7 +98,8 @@ def test_torchrun_two_processes_one_output_exact_oof(tiny_data, tmp_path):
     x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
     with torch.inference_mode():
         expected = model(x).numpy()
-    np.testing.assert_allclose(np.load(run_dir / "oof_robust_logits.npy"), expected, atol=1e-4, rtol=1e-4)
+    got = np.stack([np.load(run_dir / "oof_robust_select_logits.npy"), np.load(run_dir / "oof_robust_logits.npy")], 1)
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_lr_scale_rules_and_single_process_scaling():

@@ -59,16 +59,17 @@ def test_jobs_merge_into_one_k_fold_run(fold_sweep, tmp_path):
     cfg = yaml.safe_load((fold_sweep / "run_config.yaml").read_text())
     assert cfg["folds"]["run"] == [0, 1] and cfg["seed"] == 5
 
-    # The robust view (validation=both by default) merges the same way: every row's 2 copies.
-    robust = pd.read_csv(fold_sweep / "oof_robust.csv", dtype={"ID": str})
-    assert list(robust["ID"]) == list(np.repeat(folds["ID"].to_numpy(), 2))
-    assert list(robust["copy"]) == [0, 1] * len(folds)
-    assert merged["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
-    assert merged["objective"] == merged["cv_macro_f1_robust"] and merged["monitor"] == "robust"
-    robust_logits = np.load(fold_sweep / "oof_robust_logits.npy")
-    for k, job in enumerate(jobs):
-        rows = np.repeat((folds["fold"] == k).to_numpy(), 2)
-        np.testing.assert_array_equal(robust_logits[rows], np.load(job / "oof_robust_logits.npy"))
+    # The robust view (validation=both by default) merges the same way: every row's estimating copy
+    # (copy 1) in oof_robust.csv, its selecting copy (copy 0) in oof_robust_select.csv.
+    for name, copy, key in (("oof_robust", 1, ""), ("oof_robust_select", 0, "_select")):
+        robust = pd.read_csv(fold_sweep / f"{name}.csv", dtype={"ID": str})
+        assert list(robust["ID"]) == list(folds["ID"]) and list(robust["copy"]) == [copy] * len(folds)
+        assert merged[f"cv_macro_f1_robust{key}"] == f1_score(robust["target"], robust["pred"], average="macro")
+        robust_logits = np.load(fold_sweep / f"{name}_logits.npy")
+        for k, job in enumerate(jobs):
+            rows = (folds["fold"] == k).to_numpy()
+            np.testing.assert_array_equal(robust_logits[rows], np.load(job / f"{name}_logits.npy"))
+    assert merged["objective"] == merged["cv_macro_f1_robust_select"] and merged["monitor"] == "robust"
     assert merged["validation"] == job_results[0]["validation"] and merged["validation"]["copies"] == 2
 
     # Checkpoints resolve relative to the merged dir (hard links to the jobs' files here).

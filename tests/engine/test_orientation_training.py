@@ -7,6 +7,7 @@ Real training on real (synthetic) document images; the tiny timm test model at 3
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,11 @@ def test_the_head_learns_which_turn_was_applied(head_run):
     assert last["val_orientation_accuracy"] >= 0.45, [h["val_orientation_accuracy"] for h in history]
     orientation = results["orientation"]
     assert orientation["head"] == "rot4" and orientation["head_chance"] == 0.25
-    assert orientation["head_accuracy"] is not None and set(orientation["accuracy_by_orientation"]) == {
-        "upright", "turned"}  # rot90: no mirror images among the validation copies
+    # the pooled figure is the best epoch's (one fold here), and above the 1-in-4 guess
+    best = next(h for h in history if h["epoch"] == results["folds"][0]["best_epoch"])
+    assert orientation["head_accuracy"] == pytest.approx(best["val_orientation_accuracy"])
+    assert orientation["head_accuracy"] > orientation["head_chance"]
+    assert set(orientation["accuracy_by_orientation"]) == {"upright", "turned"}  # rot90: no mirrors among the copies
     meta = read_checkpoint(head_run / "checkpoints" / "fold0_best.safetensors")["meta"]
     assert meta["orientation_head"] == "rot4"
     assert meta["trained_orientations"] == {"group": "rot90", "p": 0.75, "mirrors": False}
@@ -67,7 +71,9 @@ def test_tta_orient_uses_the_head_and_reports_orientation(head_run, tmp_path, is
     o = orient["orientation"]
     assert o["estimator"] == "head" and sum(o["turned_back"].values()) == pytest.approx(1.0)
     assert o["by"] == "test_distortions.csv" and set(o["accuracy"]) <= {"upright", "turned", "mirrored"}
-    assert 0.0 <= o["estimate_matches_known"] <= 1.0
+    # a whole element can only match where its quarter turns match; the head (above chance on its
+    # validation copies) names the known turn more often than a 1-in-4 guess
+    assert o["turns_match_known"] >= o["estimate_matches_known"] and o["turns_match_known"] > 0.25
     # A rot4 head turns back by quarter turns only: never a mirror image.
     assert all(v == 0 for k, v in o["turned_back"].items() if k.startswith("hflip"))
     assert plain["orientation"]["by"] == "test_distortions.csv" and "turned_back" not in plain["orientation"]
@@ -93,11 +99,13 @@ def test_highperf_dihedral_head_then_tta_orient_end_to_end(tiny_data, tmp_path, 
             env=isolated_env)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["orientation"]["head"] == "dihedral8"
-    assert all(f["history"][-1]["train_orientation_loss"] > 0 for f in results["folds"])
+    # the loss of an 8-way head that starts from chance (ln 8), with mixed (soft) targets
+    assert all(abs(f["history"][0]["train_orientation_loss"] - math.log(8)) < 0.5 for f in results["folds"])
     # Robust validation (the default validation=both): the head and accuracy by orientation on the
     # distorted copies too, by the turn/mirror each copy was drawn with.
     robust = results["orientation"]["robust"]
-    assert robust["head_accuracy"] is not None
+    hits = [f["orientation"]["val_orientation_head_robust"] for f in results["folds"]]  # per fold: [right, n]
+    assert robust["head_accuracy"] == pytest.approx(sum(h[0] for h in hits) / sum(h[1] for h in hits))
     assert sum(n for _, n in robust["counts"].values()) == 2 * results["n_oof_rows"]  # 2 copies per row
     assert "val_orientation_accuracy_robust" in results["folds"][0]["history"][-1]
     assert "robust copies" in (run_dir / "report.md").read_text()

@@ -125,6 +125,31 @@ def test_pseudo_rows_train_every_fold_never_validate_and_reach_the_loss(pool_dat
             assert sorted(targets[pseudo].tolist()) == sorted(expected["target"].tolist())
 
 
+def test_pseudo_rows_never_reach_the_orientation_head_loss(pool_data, teacher, tmp_path, monkeypatch):
+    """Issue 26 item 2: with an orientation head, a pseudo-labelled test page reaches the step with an
+    unknown element (its starting turn is unknown), every training row with the augmentation's."""
+    import docclassify.engine.epoch as epoch
+
+    seen, real = [], epoch.forward_losses
+
+    def recording(parts, images, targets, ctx, elements=None, weights=None):
+        seen.append((elements.clone(), weights.clone()))
+        return real(parts, images, targets, ctx, elements, weights)
+
+    monkeypatch.setattr(epoch, "forward_losses", recording)
+    results = run_kfold(compose_train(train_args(pool_data, f"pseudo.source={teacher}", "pseudo.threshold=0.6",
+                                                 "pseudo.weight=0.25", "model.orientation_head=rot4",
+                                                 "augment.orientation=rot90", "augment.orientation_p=1.0",
+                                                 "folds.run=[0]", "validation=clean", "trainer.batch_size=128"),
+                                      tmp_path))  # one batch: no row dropped (drop_last)
+    elements = torch.cat([e for e, _ in seen])
+    pseudo = torch.cat([w for _, w in seen]) == 0.25
+    assert int(pseudo.sum()) == results["pseudo"]["n_added"] > 0
+    assert (elements[pseudo] == -1).all() and (elements[~pseudo] >= 0).all()
+    assert len(set(elements[~pseudo].tolist())) > 1  # the training rows' turns, as drawn
+    assert results["folds"][0]["history"][0]["train_orientation_loss"] > 0
+
+
 def test_weight_and_soft_change_the_trained_model(pool_data, teacher, tmp_path):
     def oof_logits(name, *pseudo):
         run_kfold(compose_train(train_args(pool_data, f"pseudo.source={teacher}", "pseudo.threshold=0.6",
@@ -135,7 +160,6 @@ def test_weight_and_soft_change_the_trained_model(pool_data, teacher, tmp_path):
     assert np.array_equal(base, oof_logits("again"))  # deterministic: a difference below is the key's doing
     assert not np.allclose(base, oof_logits("w0.1", "pseudo.weight=0.1"))
     assert not np.allclose(base, oof_logits("soft", "pseudo.soft=true"))
-
 
 
 def test_a_stopped_pseudo_run_resumes_exactly(pool_data, teacher, tmp_path):
@@ -172,7 +196,13 @@ def test_train_infer_train_with_pseudo_labels_infer(pool_data, tmp_path):
     assert list(chosen["ID"]) == list(top)  # the most confident half, most confident first
     assert (chosen["target"].to_numpy() == probs.loc[top].to_numpy().argmax(1)).all()
     run_cli("docclassify.infer", [f"runs=[{b}]", "data.test_labels=test_labels.csv", f"hydra.run.dir={b}/infer"])
-    assert json.loads((b / "infer" / "summary.json").read_text())["test_metrics"]["macro_f1"] >= 0
+    from sklearn.metrics import f1_score
+
+    # the student's test score is its own submission's macro F1 against the labels
+    submitted = pd.read_csv(b / "infer" / "submission.csv", dtype={"ID": str})
+    truth = pd.read_csv(pool_data / "test_labels.csv", dtype={"ID": str}).set_index("ID").loc[submitted["ID"], "target"]
+    assert json.loads((b / "infer" / "summary.json").read_text())["test_metrics"]["macro_f1"] == pytest.approx(
+        f1_score(truth.to_numpy(), submitted["target"].to_numpy(), average="macro"))
 
     # an ensemble of both runs as the next teacher
     run_cli("docclassify.infer", [f"runs=[{a},{b}]", f"hydra.run.dir={tmp_path}/ens"])

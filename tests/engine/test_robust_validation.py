@@ -75,31 +75,40 @@ def test_every_epoch_scores_both_views_and_monitor_picks(runs):
             best = f["history"][f["best_epoch"]]
             assert f["best_macro_f1"] == best["val_macro_f1"]
             assert f["best_macro_f1_robust"] == best["val_macro_f1_robust"]
+            assert f["best_macro_f1_robust_select"] == best["val_macro_f1_robust_select"]
     _, mean = runs["mean"]
     h = mean["folds"][0]["history"][0]
     assert h["monitor"] == "mean" and h["val_monitored"] == pytest.approx(
-        (h["val_macro_f1"] + h["val_macro_f1_robust"]) / 2)
-    assert mean["objective"] == pytest.approx((mean["cv_macro_f1"] + mean["cv_macro_f1_robust"]) / 2)
+        (h["val_macro_f1"] + h["val_macro_f1_robust_select"]) / 2)
+    assert mean["objective"] == pytest.approx((mean["cv_macro_f1"] + mean["cv_macro_f1_robust_select"]) / 2)
     _, both = runs["both"]
-    assert both["monitor"] == "robust" and both["objective"] == both["cv_macro_f1_robust"]
+    assert both["monitor"] == "robust" and both["objective"] == both["cv_macro_f1_robust_select"]
+    for f in both["folds"]:  # the selecting copies pick the epoch; the estimating ones are only reported
+        assert [h["val_monitored"] for h in f["history"]] == [h["val_macro_f1_robust_select"] for h in f["history"]]
 
 
 @pytest.mark.slow
 def test_oof_robust_csv_recomputes_cv_macro_f1_robust(runs, tiny_data):
+    """oof_robust.csv: the copies that chose nothing (copy 1 of each OOF row); oof_robust_select.csv:
+    those that picked the best epochs (copy 0). Each file recomputes its figure."""
     run_dir, res = runs["both"]
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"ID": str})
-    robust = pd.read_csv(run_dir / "oof_robust.csv", dtype={"ID": str})
-    assert list(robust.columns[:4]) == ["ID", "copy", "target", "pred"] and list(robust.columns[4:]) == res["classes"]
-    assert list(robust["ID"]) == list(np.repeat(oof["ID"].to_numpy(), 2)) and set(robust["copy"]) == {0, 1}
-    assert res["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"], average="macro")
-    probs = robust[res["classes"]].to_numpy()
-    assert (probs.argmax(1) == robust["pred"].to_numpy()).all()
-    np.testing.assert_allclose(softmax(np.load(run_dir / "oof_robust_logits.npy")), probs, atol=1e-6)
-    assert res["n_oof_robust_rows"] == 2 * res["n_oof_rows"] and res["robust_copies"] == 2
     folds = pd.read_csv(run_dir / "folds.csv", dtype={"ID": str}).set_index("ID")["fold"]
-    for f in res["folds"]:  # each fold's robust F1 is the one of its own rows' copies
-        rows = robust[robust["ID"].map(folds) == f["fold"]]
-        assert f["best_macro_f1_robust"] == pytest.approx(f1_score(rows["target"], rows["pred"], average="macro"))
+    for name, copy, key in (("oof_robust", 1, ""), ("oof_robust_select", 0, "_select")):
+        robust = pd.read_csv(run_dir / f"{name}.csv", dtype={"ID": str})
+        assert list(robust.columns[:4]) == ["ID", "copy", "target", "pred"]
+        assert list(robust.columns[4:]) == res["classes"]
+        assert list(robust["ID"]) == list(oof["ID"]) and set(robust["copy"]) == {copy}
+        assert res[f"cv_macro_f1_robust{key}"] == f1_score(robust["target"], robust["pred"], average="macro")
+        probs = robust[res["classes"]].to_numpy()
+        assert (probs.argmax(1) == robust["pred"].to_numpy()).all()
+        np.testing.assert_allclose(softmax(np.load(run_dir / f"{name}_logits.npy")), probs, atol=1e-6)
+        for f in res["folds"]:  # each fold's robust F1 is the one of its own rows' copies
+            rows = robust[robust["ID"].map(folds) == f["fold"]]
+            assert f[f"best_macro_f1_robust{key}"] == pytest.approx(
+                f1_score(rows["target"], rows["pred"], average="macro"))
+    assert res["n_oof_robust_rows"] == res["n_oof_robust_select_rows"] == res["n_oof_rows"]
+    assert res["robust_copies"] == 2 and res["robust_split"]["rule"] == "copy"
     assert res["validation"]["name"] == "both" and res["validation"]["copies"] == 2
     assert set(res["validation"]["profile"]) >= {"rot90_p", "jpeg_quality"}
 
@@ -171,8 +180,66 @@ def test_competition_data_with_and_without_test_images(data, tmp_path):
     (data / "sample_submission.csv").unlink()
     run_dir, without = train(tmp_path, "without", data, "folds.run=[0]", "trainer.epochs=1")
     assert without["cv_macro_f1_robust"] == with_test["cv_macro_f1_robust"]
-    assert without["n_oof_robust_rows"] == 2 * without["n_oof_rows"]
-    assert json.loads((run_dir / "results.json").read_text())["objective"] == without["cv_macro_f1_robust"]
+    assert without["n_oof_robust_rows"] == without["n_oof_rows"]
+    assert json.loads((run_dir / "results.json").read_text())["objective"] == without["cv_macro_f1_robust_select"]
+
+
+def copies_with_odd_ones(kind: str, train_csv):
+    """The real robust copies, the estimating (odd) ones replaced: ``clean`` by the undistorted image,
+    ``permuted`` by an image of the next class (a view that disagrees with everything)."""
+    train = pd.read_csv(train_csv, dtype={"ID": str})
+    target = dict(zip(train["ID"], train["target"]))
+    real = kfold.robust_copies
+
+    def build(paths, ids, spec, size, resize, pad_value, cache_dir):
+        out = np.array(real(paths, ids, spec, size, resize, pad_value, None))
+        first = {}
+        for i, p in zip(ids, paths):
+            first.setdefault(target[i], p)
+        for row, (i, p) in enumerate(zip(ids, paths)):
+            shown = p if kind == "clean" else first[(target[i] + 1) % 17]
+            out[row * spec.copies + 1] = load_image(shown, size, resize, pad_value)
+        return out
+    return build
+
+
+@pytest.mark.slow
+def test_the_reported_robust_figure_comes_from_copies_that_chose_nothing(tiny_data, tmp_path, monkeypatch):
+    """Issue 26 item 6: two runs that differ only in the pixels of the estimating copies (copy 1) make
+    exactly the same choices (best epochs, checkpoints, objective, early stop) and report different
+    robust figures: the estimate chose nothing. cv_macro_f1_robust is on those copies alone."""
+    common = ["model=tiny_convnext", "trainer.epochs=3", "trainer.lr=0.01", "folds.run=[0]",
+              "trainer.early_stopping_patience=1"]
+    out = {}
+    for kind in ("clean", "permuted"):
+        monkeypatch.setattr(kfold, "robust_copies", copies_with_odd_ones(kind, tiny_data / "train.csv"))
+        monkeypatch.setattr(cache, "_OPEN", {})
+        out[kind] = train(tmp_path, kind, tiny_data, *common)
+    (a_dir, a), (b_dir, b) = out["clean"], out["permuted"]
+    fa, fb = a["folds"][0], b["folds"][0]
+    assert a["objective"] == b["objective"]
+    assert a["objective"] == a["cv_macro_f1_robust_select"]
+    assert (fa["best_epoch"], fa["best_monitored"], fa["epochs_run"]) == (fb["best_epoch"], fb["best_monitored"],
+                                                                          fb["epochs_run"])
+    assert [h["val_monitored"] for h in fa["history"]] == [h["val_monitored"] for h in fb["history"]]
+    assert (a_dir / "oof.csv").read_bytes() == (b_dir / "oof.csv").read_bytes()
+    assert (a_dir / "oof_robust_select.csv").read_bytes() == (b_dir / "oof_robust_select.csv").read_bytes()
+    # the estimating copies: clean images score far above images of the wrong class
+    assert a["cv_macro_f1_robust"] > b["cv_macro_f1_robust"] + 0.2
+    robust = pd.read_csv(b_dir / "oof_robust.csv", dtype={"ID": str})
+    assert set(robust["copy"]) == {1} and b["cv_macro_f1_robust"] == f1_score(robust["target"], robust["pred"],
+                                                                              average="macro")
+
+
+def test_robust_roles_split_every_fold_in_two_disjoint_sets():
+    from docclassify.engine.evaluate import robust_roles
+
+    ids = [f"img_{i:03d}.jpg" for i in range(9)]
+    assert robust_roles(ids, 2).tolist() == [False, True] * 9  # copy 0 selects, copy 1 estimates
+    assert robust_roles(ids, 3).reshape(9, 3).tolist() == [[False, True, False]] * 9
+    one = robust_roles(ids, 1)  # one copy: half of the images (by a stable ID hash) estimate
+    assert one.sum() == 4 and (~one).sum() == 5 and robust_roles(ids, 1).tolist() == one.tolist()
+    assert robust_roles(ids[::-1], 1).tolist() == one[::-1].tolist()  # a pure function of each ID and the fold
 
 
 def test_monitor_without_its_view_is_refused_before_any_work(tmp_path):
@@ -196,5 +263,3 @@ def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
     data = types.SimpleNamespace(source="SOURCE", fitted_profile={"angle": 7.5})
     profile = kfold.resolve_distort_profile(run, data)
     assert profile["angle"] == 7.5 and profile["rot90_p"] == 0.5
-
-

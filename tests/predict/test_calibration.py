@@ -85,3 +85,55 @@ def test_averaging_factor_measures_how_much_fold_averaging_softens():
     assert averaging_factor(z[None]) == 1.0  # one fold: no average
     alphas = [averaging_factor(np.stack([z + rng.normal(0, s, z.shape) for _ in range(5)])) for s in (0.5, 1.5, 3.0)]
     assert 1.0 > alphas[0] > alphas[1] > alphas[2] > 0.05  # the more the folds disagree, the softer the average
+
+
+def _kl_to(target_logp, logp, alpha):
+    """Mean KL(target || softmax(alpha * logp_f)) over folds and rows."""
+    logq = log_softmax(alpha * logp, axis=-1)
+    return float((np.exp(target_logp) * (target_logp - logq)).sum(-1).mean())
+
+
+def test_averaging_factor_measures_the_average_the_ensemble_uses():
+    """Issue 26 item 4: with ensemble.average=logit the folds are averaged as logits (softmax of the
+    mean), which softens far less than the mean of probabilities when one fold is unsure; the factor
+    must be the scale that best mimics *that* average."""
+    from docclassify.predict.calibration import averaging_factor
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 300)
+    sure = 8.0 * np.eye(5)[y] + rng.normal(0, 0.3, (300, 5))  # one fold sure of each row
+    unsure = rng.normal(0, 0.3, (300, 5))                        # the other nearly uniform
+    folds = np.stack([sure, unsure])
+    logp = log_softmax(folds, axis=-1)
+    targets = {"prob": np.log(softmax(logp, axis=-1).mean(0)), "logit": log_softmax(logp.mean(0), axis=-1)}
+    grid = np.exp(np.linspace(np.log(0.05), np.log(2.0), 2001))
+    found = {}
+    for average, target in targets.items():
+        found[average] = averaging_factor(folds, average)
+        best = grid[np.argmin([_kl_to(target, logp, a) for a in grid])]
+        assert found[average] == pytest.approx(best, rel=5e-3), average  # the minimiser of its own average
+    assert found["logit"] > 1.5 * found["prob"]  # the two averages differ: one factor cannot serve both
+    assert averaging_factor(folds) == found["prob"]  # prob stays the default
+    with pytest.raises(ValueError, match="prob or logit"):
+        averaging_factor(folds, "median")
+
+
+def test_fit_on_oof_scales_by_the_factor_of_ensemble_average():
+    """mimic_fold_average with ensemble.average=logit scales the OOF rows by the logit average's factor
+    (summary.json oof.averaging_factors), so the fitted temperature matches what the test rows get."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from docclassify.predict.calibration import averaging_factor
+    from docclassify.predict.inference import Member, OofInputs, fit_on_oof
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 200)
+    folds = np.stack([8.0 * np.eye(5)[y] + rng.normal(0, 1, (200, 5)), rng.normal(0, 1, (200, 5))])
+    member = Member(SimpleNamespace(path=Path("run")), log_softmax(folds.mean(0), axis=1), fold_test_logits=folds)
+    oof = OofInputs([(np.array([f"r{i}" for i in range(200)]), y, 3.0 * np.eye(5)[y] + rng.normal(0, 1, (200, 5)))],
+                    False, [None], "clean")
+    for average in ("prob", "logit"):
+        fit = fit_on_oof([member], oof, average, "equal", True)
+        assert fit.summary["averaging_factors"] == [pytest.approx(averaging_factor(folds, average))]
+    assert averaging_factor(folds, "logit") > averaging_factor(folds, "prob") + 0.1

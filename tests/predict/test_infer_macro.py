@@ -58,8 +58,18 @@ def _frame(out_dir, name):
     return pd.read_csv(out_dir / name, dtype={"ID": str}).set_index("ID")
 
 
-def test_decision_rule_moves_only_the_rows_its_biases_move(runs, tmp_path):
+@pytest.mark.parametrize("forced", ["applied", "kept"])
+def test_decision_rule_moves_only_the_rows_its_biases_move(runs, tmp_path, monkeypatch, forced):
+    """Both outcomes of the cross-fitted check on real runs, each forced: the biases are applied only
+    when the cross-fitted gain is positive, and then the submission moves exactly where they move the
+    argmax; kept out, the submission is the argmax of test_probs.csv."""
+    from docclassify.predict import decision as decision_module
+
+    def crossed(scores, y, folds=5, groups=None, seed=0):  # what the held-out parts "predict"
+        return np.asarray(y).copy() if forced == "applied" else np.asarray(scores).argmax(1)
+
     plain = infer([runs["a"], runs["b"]], tmp_path / "argmax")
+    monkeypatch.setattr(decision_module, "cross_fit_biases", crossed)
     biased = infer([runs["a"], runs["b"]], tmp_path / "macro", "decision=macro_f1")
     probs = _frame(tmp_path / "macro", "test_probs.csv")
     pd.testing.assert_frame_equal(probs, _frame(tmp_path / "argmax", "test_probs.csv"))  # probabilities untouched
@@ -72,23 +82,35 @@ def test_decision_rule_moves_only_the_rows_its_biases_move(runs, tmp_path):
     sub = _frame(tmp_path / "macro", "submission.csv")["target"]
     p = probs.loc[sub.index].to_numpy()
     assert np.array_equal(sub_plain.to_numpy(), p.argmax(1))
-    if decision["applied"]:
+    if forced == "applied":
+        assert decision["applied"] and decision["cross_fitted_gain"] > 0 and decision["oof_macro_f1"] == 1.0
+        assert decision["biases"] == decision["fitted_biases"] and any(b != 0 for b in decision["biases"])
         expected = (np.log(np.clip(p, 1e-300, None)) + np.asarray(decision["biases"])).argmax(1)
-        assert decision["cross_fitted_gain"] > 0
     else:
+        assert not decision["applied"] and decision["biases"] is None and decision["cross_fitted_gain"] == 0
+        assert "argmax kept" in decision["message"]
         expected = p.argmax(1)
-        assert decision["cross_fitted_gain"] <= 0 and "argmax kept" in decision["message"]
     assert np.array_equal(sub.to_numpy(), expected)  # changed exactly where the biases move the argmax
 
 
-def test_greedy_selection_over_two_runs(runs, tmp_path):
+@pytest.mark.parametrize("forced", ["accepted", "refused"])
+def test_greedy_selection_over_two_runs(runs, tmp_path, monkeypatch, forced):
+    """Greedy selection over two real runs, its held-out check forced each way: accepted, the weights
+    are the selection counts; refused, equal weights."""
+    from docclassify.predict import ensemble as ensemble_module
+
+    def held_out(stacked, y, average, groups, seed):
+        scores = (1.0, 0.0) if forced == "accepted" else (0.0, 1.0)
+        return {"rows": int(len(y)), "greedy": scores[0], "best_single": 0.5, "equal": scores[1]}
+
+    monkeypatch.setattr(ensemble_module, "_cross_selection", held_out)
     summary = infer([runs["a"], runs["b"]], tmp_path / "greedy", "ensemble.weights=greedy")
     fit = summary["ensemble"]["oof_fit"]
     w = np.asarray(summary["ensemble"]["weights"])
-    assert w.sum() == pytest.approx(1.0) and len(fit["counts"]) == 2
-    assert set(fit["held_out"]) == {"rows", "greedy", "best_single", "equal"}
+    assert w.sum() == pytest.approx(1.0) and len(fit["counts"]) == 2 and sum(fit["counts"]) >= 1
     assert fit["held_out"]["rows"] == summary["oof"]["rows"]
-    if fit["accepted"]:  # selected on the OOF rows: >= the best single run and >= equal weights there
+    assert fit["accepted"] == (forced == "accepted")
+    if forced == "accepted":  # selected on the OOF rows: >= the best single run and >= equal weights there
         assert fit["f1_fitted"] >= fit["f1_best_single"] and fit["f1_fitted"] >= fit["f1_equal"]
         assert np.allclose(w, np.asarray(fit["counts"]) / sum(fit["counts"]))
     else:
@@ -96,19 +118,29 @@ def test_greedy_selection_over_two_runs(runs, tmp_path):
     assert summary["oof"]["macro_f1"] == pytest.approx(fit["f1_fitted"])
 
 
-def test_stacking_is_saved_and_reproduces_the_test_probabilities(runs, tmp_path):
+@pytest.mark.parametrize("forced", [True, False])
+def test_stacking_is_saved_and_reproduces_the_test_probabilities(runs, tmp_path, monkeypatch, forced):
+    """Stacking over two real runs, its cross-fitted check forced each way: accepted, stacker.npz is
+    saved and reproduces test_probs.csv; refused, equal weights and no stacker file."""
+    real = inference.fit_stacker
+
+    def gated(probs, y, groups=None, *a, **k):
+        stacker, report = real(probs, y, groups, *a, **k)
+        return stacker, {**report, "accepted": forced}
+
+    monkeypatch.setattr(inference, "fit_stacker", gated)
     singles = [infer([runs[k]], tmp_path / k, "calibrate=false") for k in ("a", "b")]
     assert all(s["ensemble"]["weights"] == [1.0] for s in singles)
     summary = infer([runs["a"], runs["b"]], tmp_path / "stack", "ensemble.weights=stack", "calibrate=false")
     report = summary["ensemble"]["oof_fit"]
-    assert report["C"] in report["Cs"] and report["folds"] >= 2
+    assert report["C"] in report["Cs"] and report["folds"] >= 2 and report["accepted"] == forced
     probs = _frame(tmp_path / "stack", "test_probs.csv")
     members = [_frame(tmp_path / k, "test_probs.csv").loc[probs.index].to_numpy() for k in ("a", "b")]
-    if report["accepted"]:
+    if forced:
         stacker = Stacker.load(tmp_path / "stack" / STACKER_FILE)
         assert summary["ensemble"]["stacked"] and report["file"] == STACKER_FILE
         np.testing.assert_allclose(probs.to_numpy(), stacker.predict_proba(members), atol=1e-6)
-        assert report["f1_cross_fitted"] >= report["f1_equal"]
+        assert not np.allclose(probs.to_numpy(), combine(members), atol=1e-3)  # not the equal average
     else:  # stacking scored below equal weights out of fold: equal weights, no stacker file
         assert not (tmp_path / "stack" / STACKER_FILE).exists() and not summary["ensemble"]["stacked"]
         np.testing.assert_allclose(probs.to_numpy(), combine(members), atol=1e-6)
@@ -134,8 +166,8 @@ def test_oof_rows_scaled_like_fold_averages(runs, tmp_path, cache_dir):
     before anything is fitted, so the temperature is that factor times the unscaled fit's."""
     from docclassify.predict.calibration import averaging_factor
 
-    plain = infer([runs["a"]], tmp_path / "plain", "mimic_fold_average=false")
-    mimic = infer([runs["a"]], tmp_path / "mimic")
+    plain = infer([runs["a"]], tmp_path / "plain", "mimic_fold_average=false", "calibrate=true")
+    mimic = infer([runs["a"]], tmp_path / "mimic", "calibrate=true")
     (alpha,) = mimic["oof"]["averaging_factors"]
     assert plain["oof"]["averaging_factors"] is None and 0.05 < alpha < 1.0  # two folds that disagree
     assert mimic["temperature"] == pytest.approx(alpha * plain["temperature"], rel=1e-3)

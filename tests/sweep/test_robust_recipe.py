@@ -44,14 +44,15 @@ def test_every_trial_trains_one_fold_with_its_augmentation_on_the_robust_objecti
         assert set(t.params) == SPACE
         run_dir = recipe.sweep_dir / str(t.number)
         results = json.loads((run_dir / "results.json").read_text())
-        assert results["monitor"] == "robust" and t.value == results["objective"] == results["cv_macro_f1_robust"]
+        assert results["monitor"] == "robust"
+        assert t.value == results["objective"] == results["cv_macro_f1_robust_select"]
         assert results["folds_run"] == [0] and results["folds"][0]["epochs_run"] == t.params["trainer.epochs"]
         assert results["folds"][0]["img_size"] == t.params["data.img_size"]
         ran = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
         for key in SPACE - {"data.img_size", "trainer.epochs"}:
             assert OmegaConf.select(ran, key) == t.params[key], key
         history = results["folds"][0]["history"]
-        assert t.intermediate_values[len(history) - 1] == pytest.approx(history[-1]["val_macro_f1_robust"])
+        assert t.intermediate_values[len(history) - 1] == pytest.approx(history[-1]["val_macro_f1_robust_select"])
     log = recipe.proc.stdout + recipe.proc.stderr
     matched = sum(bool(t.params["augment.match_validation"]) for t in trials)
     assert ("augment.match_validation:" in log) == (matched > 0) and "Trials of study recipe" in log
