@@ -1,6 +1,7 @@
 """Training the class-group specialists of a finished run (``specialists=auto``).
 
-For each group (groups.py, from the run's pooled OOF rows: the robust copies' when it has them) a
+For each group (groups.py, from the run's pooled OOF rows: its robust selecting copies' when it has
+them, so the copies inference fits the specialist's weight on chose nothing) a
 specialist is the run's own resolved config with these changes, trained by
 engine.kfold.run_kfold into ``<run dir>/specialists/<group>/``:
 
@@ -35,11 +36,16 @@ log = logging.getLogger(__name__)
 
 
 def oof_predictions(run_dir: Path, results: dict) -> tuple[pd.Series, pd.Series, str]:
-    """(targets, predictions, view) of the run's pooled OOF rows: its robust copies' when it has them."""
-    robust = run_dir / "oof_robust.csv"
-    view = "robust" if results.get("cv_macro_f1_robust") is not None and robust.is_file() else "clean"
-    oof = pd.read_csv(robust if view == "robust" else run_dir / "oof.csv", dtype={"ID": str})
-    return oof["target"], oof["pred"], view
+    """(targets, predictions, view) of the run's pooled OOF rows the groups are chosen on: the robust
+    selecting copies (oof_robust_select.csv: the copies that make choices, so the estimating copies
+    that inference fits the mixing weight on chose nothing), else the robust rows, else the clean."""
+    robust = results.get("cv_macro_f1_robust") is not None
+    for view, name in (("robust_select", "oof_robust_select.csv"), ("robust", "oof_robust.csv"), ("clean", "oof.csv")):
+        path = run_dir / name
+        if path.is_file() and (robust or view == "clean"):
+            oof = pd.read_csv(path, dtype={"ID": str})
+            return oof["target"], oof["pred"], view
+    raise FileNotFoundError(f"{run_dir}: no oof.csv (not a finished run)")
 
 
 def specialist_config(cfg: DictConfig, run_dir: Path, spec_dir: Path, group: Group, results: dict,

@@ -38,7 +38,7 @@ def digests(run_dir: Path) -> dict[str, str]:
 
 def test_a_specialist_trains_on_its_group_with_the_runs_folds_at_twice_the_size(run):
     groups = json.loads((run / "specialists" / "groups.json").read_text())
-    assert groups["fit_on"] == "robust" and len(groups["groups"]) == 1
+    assert groups["fit_on"] == "robust_select" and len(groups["groups"]) == 1  # the copies that make choices
     group = groups["groups"][0]
     spec = run / "specialists" / group["name"]
     info = json.loads((spec / "specialist.json").read_text())
