@@ -441,6 +441,8 @@ class FoldsConfig:
     group_duplicates: bool = True
     duplicate_distance: int = key(12, ge=0, le=64)
     duplicate_similarity: float = key(0.91, ge=-1.0, le=1.0)
+    # A folds.csv (ID,fold: another run's) whose folds are taken instead of drawing them (data/folds.py).
+    file: str | None = None
 
 
 @dataclass
@@ -507,6 +509,8 @@ class TTAConfig:
     deskew: bool = False
     # tta=orient: average the upright view with its mirror (null: when training showed mirror images).
     upright_flip: bool | None = False
+    # tta=auto: the view set chosen per predicted class on the OOF rows, guarded (predict/tta_auto.py).
+    per_class: bool = False
 
 
 @dataclass
@@ -522,6 +526,60 @@ class InferData:
     test_dir: str | None = None
     test_labels: str | None = None
     cache: bool | None = None
+
+
+# ------------------------------------------------------------------------------------------ second stage
+@dataclass
+class SecondPassConfig:
+    """``second_pass.*`` of conf/infer.yaml: unsure images re-predicted after restoration (predict/second_pass.py)."""
+
+    enabled: bool = False
+    max_share: float = key(0.5, gt=0.0, le=1.0)
+    tail: float = key(0.05, gt=0.0, lt=0.5)
+
+
+@dataclass
+class InferSpecialists:
+    """``specialists.*`` of conf/infer.yaml: the runs' class-group specialists (predict/specialists.py)."""
+
+    enabled: bool = False
+
+
+ADAPT_MODES = ("none", "bn", "tent")
+
+
+@dataclass
+class AdaptConfig:
+    """conf/adapt/none.yaml, bn.yaml: test-time adaptation (predict/adapt.py)."""
+
+    name: str = key("none", choices=ADAPT_MODES)
+
+
+@dataclass
+class TentAdaptConfig:
+    """conf/adapt/tent.yaml: entropy minimisation on the norm layers' affine parameters."""
+
+    name: str = key("tent", choices=("tent",))
+    lr: float = key(1.0e-3, gt=0.0, le=1.0)
+
+
+@dataclass
+class NoSpecialists:
+    """conf/specialists/none.yaml (train): no class-group specialists."""
+
+    name: str = key("none", choices=("none",))
+
+
+@dataclass
+class AutoSpecialists:
+    """conf/specialists/auto.yaml (train): specialists for the most confused class groups (docclassify/specialists/)."""
+
+    name: str = key("auto", choices=("auto",))
+    max_groups: int = key(3, ge=1)
+    max_size: int = key(3, ge=2)
+    min_rate: float = key(0.05, ge=0.0, le=1.0)
+    size_scale: float = key(2.0, ge=1.0, le=8.0)
+    epochs: int | None = key(None, ge=1)
 
 
 @dataclass
@@ -583,6 +641,7 @@ class TrainConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     submit: bool = False
     infer: SubmitInfer = field(default_factory=SubmitInfer)
+    specialists: Any = MISSING
 
 
 @dataclass
@@ -608,9 +667,13 @@ class InferConfig:
     # test set of the runs' data (predict/inference.py loose_folder).
     inputs: str | None = None
     data: InferData = field(default_factory=InferData)
+    # The second stage (docs/second-stage.md), each off by default.
+    second_pass: SecondPassConfig = field(default_factory=SecondPassConfig)
+    specialists: InferSpecialists = field(default_factory=InferSpecialists)
     paths: Any = MISSING
     tta: Any = MISSING
     logger: Any = MISSING
+    adapt: Any = MISSING
 
 
 @dataclass
@@ -672,6 +735,10 @@ SCHEMAS: dict[tuple[str, str], Any] = {
     ("tta", "default"): TTAConfig,
     ("validation", "clean"): CleanValidation,
     ("validation", "robust"): RobustValidation,
+    ("adapt", "default"): AdaptConfig,
+    ("adapt", "tent"): TentAdaptConfig,
+    ("specialists", "none"): NoSpecialists,
+    ("specialists", "auto"): AutoSpecialists,
 }
 PRIMARY = {"train": TrainConfig, "infer": InferConfig, "shift": ShiftConfig, "export": ExportConfig,
            "distill": DistillConfig}

@@ -56,6 +56,8 @@ def infer_overrides(cfg: DictConfig, run_dir: Path) -> list[str]:
             f"device={_value(node.device)}", f"output={_value(node.output)}",
             f"paths.cache_dir={_value(cfg.paths.cache_dir)}"]
     out += [f"data.{k}={_value(v)}" for k, v in node.data.items() if v is not None]
+    if cfg.get("specialists") is not None and cfg.specialists.name != "none":  # trained before the infer
+        out.append("specialists.enabled=true")
     if cfg.logger.name == "wandb":  # tracked in the training experiment's group
         out.append("logger=wandb")
     return out + [str(o) for o in node.overrides]

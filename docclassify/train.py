@@ -61,6 +61,10 @@ def train(cfg: DictConfig) -> float:
         phases.freeze_imported_objects()
         phases.mark("imported")
         results = run_kfold(cfg, callbacks)
+        if cfg.get("specialists") is not None and cfg.specialists.name != "none":  # issue 32: after the run
+            from docclassify.specialists.train import train_specialists
+
+            train_specialists(cfg, resolve_run_dir(cfg))
         if submission is not None:
             submission.run(resolve_run_dir(cfg))
     return float(results["objective"])

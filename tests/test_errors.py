@@ -145,7 +145,7 @@ def test_infer_refuses_a_training_group(tmp_path):
     assert proc.returncode == errors.USAGE_EXIT_CODE
     line = proc.stderr.strip()
     assert line.startswith("docclassify.infer: error: model=tiny: model is an option of python -m docclassify.train")
-    assert "Its groups: logger, paths, tta" in line and "+model" not in line
+    assert "Its groups: adapt, logger, paths, tta" in line and "+model" not in line
     assert not (tmp_path / "outputs").exists()
 
 

@@ -56,6 +56,33 @@ def assign_folds(targets: np.ndarray, n_folds: int, seed: int, groups: np.ndarra
     return folds
 
 
+def folds_from_file(path, ids: Sequence[str], n_folds: int) -> np.ndarray:
+    """``folds.file``: the validation fold of every row of ``ids`` from a folds.csv (``ID,fold``, another
+    run's): every ID listed, folds in 0..n_folds-1 (-1: a row that never validates)."""
+    import pandas as pd
+
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise DataError(f"folds.file={path}: file not found (a folds.csv with columns ID, fold, e.g. a run dir's)")
+    try:
+        table = pd.read_csv(path, dtype={"ID": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"folds.file={path}: cannot parse ({exc})") from exc
+    if not {"ID", "fold"} <= set(table.columns):
+        raise DataError(f"folds.file={path}: needs columns ID and fold, found {list(table.columns)}")
+    fold_of = table.drop_duplicates("ID").set_index("ID")["fold"]
+    missing = [i for i in ids if i not in fold_of.index]
+    if missing:
+        raise DataError(f"folds.file={path}: {len(missing)} training row(s) have no fold, e.g. {missing[:5]}; "
+                        "use the folds.csv of a run on the same data")
+    folds = fold_of.loc[list(ids)].to_numpy(dtype=np.int64)
+    bad = sorted(set(folds.tolist()) - set(range(-1, n_folds)))
+    if bad:
+        raise DataError(f"folds.file={path}: fold(s) {bad} outside 0..{n_folds - 1} (folds.n={n_folds})")
+    log.info("folds.file=%s: the folds of %d rows taken from it", path, len(folds))
+    return folds
+
+
 def _check_groups(targets: np.ndarray, groups: np.ndarray, n_folds: int) -> None:
     """Every class must reach every fold: its images must lie in at least n_folds groups."""
     spread = {int(c): len(np.unique(groups[targets == c])) for c in np.unique(targets)}

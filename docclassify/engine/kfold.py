@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from docclassify.config_schema import check_config
 from docclassify.data.cache import handle_bad_images, load_images
-from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_to_run
+from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_from_file, folds_to_run
 from docclassify.data.images import image_size
 from docclassify.data.pseudo import (
     SELECTION_FILE,
@@ -219,9 +219,13 @@ def load_run_data(run: RunContext) -> RunData:
     targets = source.train["target"].to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
-    with distributed.main_first():
-        groups, grouped = duplicate_groups_for(cfg.folds, [paths[i] for i in row_ids], cfg.paths.cache_dir)
-    folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, groups)
+    if cfg.folds.get("file"):  # folds.file: another run's folds (class-group specialists: their run's)
+        grouped = None
+        folds[row_ids] = folds_from_file(cfg.folds.file, source.train["ID"].to_numpy(dtype=str)[row_ids], n_folds)
+    else:
+        with distributed.main_first():
+            groups, grouped = duplicate_groups_for(cfg.folds, [paths[i] for i in row_ids], cfg.paths.cache_dir)
+        folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, groups)
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
                          run.run_dir / "folds.csv")

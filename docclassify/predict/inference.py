@@ -51,6 +51,7 @@ from docclassify.distortion.copies import RobustSpec, copy_rows
 from docclassify.engine.setup import resolve_device
 from docclassify.metrics import accuracy, macro_f1, macro_f1_of_probs, softmax
 from docclassify.models.checkpoint import load_checkpoint
+from docclassify.predict.adapt import run_adapt
 from docclassify.predict.calibration import apply_temperature, averaging_factor, calibration_report
 from docclassify.predict.decision import DECISIONS, DecisionFit, fit_decision
 from docclassify.predict.ensemble import (
@@ -73,6 +74,9 @@ from docclassify.predict.runs import (
     select_top_k,
     split_robust_key,
 )
+from docclassify.predict.second_pass import SecondPassSettings, run_second_pass
+from docclassify.predict.specialists import run_specialists
+from docclassify.predict.stage import OofRows, build_stage, refit_decision
 from docclassify.predict.submission import (
     build_probability_frame,
     build_submission,
@@ -87,7 +91,13 @@ from docclassify.predict.tta import (
     predict_tta_batches,
     resolve_tta,
 )
-from docclassify.predict.tta_auto import TtaChoice, candidate_views, pick_best, set_logits
+from docclassify.predict.tta_auto import (
+    TtaChoice,
+    candidate_views,
+    pick_best,
+    run_per_class,
+    set_logits,
+)
 from docclassify.utils.io import atomic_group, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -112,6 +122,7 @@ class Settings:
     fit_on: str = "auto"  # auto, robust or clean: resolved against the runs in run_inference
     decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
     mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
+    second_stage: bool = False  # adapt, tta.per_class, second_pass or specialists on (they need OOF rows)
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -131,7 +142,17 @@ def read_settings(cfg: DictConfig) -> Settings:
     if output is not None and output.is_dir():
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
-                    str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)))
+                    str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)),
+                    second_stage_on(cfg))
+
+
+def second_stage_on(cfg: DictConfig) -> bool:
+    """Whether any second-stage option is on (docs/second-stage.md)."""
+    adapt = cfg.get("adapt")
+    return bool((adapt is not None and str(adapt.get("name", "none")) != "none")
+                or SecondPassSettings.of(cfg.get("second_pass")).enabled
+                or bool((cfg.get("specialists") or {}).get("enabled", False))
+                or (str(cfg.tta.name) == "auto" and bool(cfg.tta.get("per_class", False))))
 
 
 def _plain(value):
@@ -176,6 +197,8 @@ def loose_folder(data: dict, overrides: dict, inputs) -> Path | None:
 
     if inputs:
         return Path(str(inputs)).expanduser()
+    if data.get("name") == "synthetic":  # data.test_dir picks one of the generated splits (test, test_phone)
+        return None
     test_dir = overrides.get("test_dir")
     root, sample = data.get("root"), data.get("sample_submission")
     if not test_dir:
@@ -411,7 +434,7 @@ def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np
 def needs_oof(settings: Settings, n_runs: int) -> bool:
     """Whether anything is fitted on OOF rows: weights other than equal (2+ runs), the temperature
     (calibrate) or the decision rule (decision=macro_f1)."""
-    return (settings.calibrate or settings.decision != "argmax"
+    return (settings.calibrate or settings.decision != "argmax" or settings.second_stage
             or (settings.weights != "equal" and n_runs > 1))
 
 
@@ -612,7 +635,8 @@ def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, sett
     log.info("tta=auto: %s OOF macro F1 per view set (%d rows, %d distinct views, %.1fs): %s -> %s",
              settings.fit_on, len(y), len(views), time.time() - t0,
              ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), best)
-    return TtaChoice(best, settings.fit_on, len(y), scores, by_set[best])
+    return TtaChoice(best, settings.fit_on, len(y), scores, by_set[best], view_logits, views,
+                     [keys for keys, _, _ in saved])
 
 
 def fit_weights(oof_members: list[np.ndarray] | None, y, mode: str, average: str, n_runs: int,
@@ -659,6 +683,7 @@ class OofFit:
     temperature: float = 1.0
     stacker: Stacker | None = None  # ensemble.weights=stack (when it beat equal weights on the OOF rows)
     decision: DecisionFit | None = None  # decision=macro_f1: the biases and their cross-fitted gain
+    rows: OofRows | None = None  # the aligned OOF rows it was fitted on (the second stage's guards)
 
 
 def fit_stack(oof_logits: list[np.ndarray], y: np.ndarray,
@@ -714,7 +739,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     if weights_mode in SELECTION_MODES and len(members) > 1:
         check_same_oof_rows(per_run, paths, weights_mode)
     oof_ids, y_oof, oof_logits = align_oof(per_run, paths)
-    alphas = None
+    per_run_logits, alphas = oof_logits, None
     if mimic:
         oof_logits, alphas = mimic_fold_averages(members, oof_logits, average)
     groups = image_groups(oof_ids, oof.view)
@@ -733,7 +758,8 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
         calib = fit_temperature_on_oof(oof_probs, y_oof)
         temperature = calib["temperature"]
     decided = fit_decision_on_oof(apply_temperature(safe_log(oof_probs), temperature), y_oof, decision, groups)
-    return OofFit(weights, fit, summary, calib, temperature, stacker, decided)
+    rows = OofRows(oof_ids, y_oof, groups, [np.asarray(z, dtype=np.float64) for z in per_run_logits], oof.view)
+    return OofFit(weights, fit, summary, calib, temperature, stacker, decided, rows)
 
 
 def image_groups(oof_keys: np.ndarray, view: str = "clean") -> np.ndarray:
@@ -897,6 +923,10 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
         if auto_tta:
             raise DataError("tta=auto chooses the views on the runs' OOF rows, re-predicted from their training "
                             "images, which are not found here: give data.root=<the training data> or a tta name")
+        if settings.second_stage:  # issue 32: every second-stage guard re-predicts the OOF rows
+            raise DataError("adapt, second_pass and specialists are fitted on the runs' OOF rows, re-predicted from "
+                            "their training images, which are not found here: give data.root=<the training data> or "
+                            "leave them off")
         settings.oof_tta = False
     source = datasets[0].source
     y_test = load_test_labels(source)
@@ -916,9 +946,28 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
             member.oof_logits = logits
+    second = {}  # --- issue 32, the second stage (docs/second-stage.md): each option guarded on the OOF rows ---
+    # [second stage 1/4] adapt=bn|tent: the fold models adapted to the test images (before the ensemble is fitted)
+    second["adapt"], adapted = run_adapt(cfg.get("adapt"), runs, datasets, store, members, oof,
+                                         lambda m, im, r, meta: predictor.predict(m, im, r, meta)[1], settings.average,
+                                         settings.batch_size, device) if settings.second_stage else (None, {})
     oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision,
                          settings.mimic_fold_average)
     probs = ensemble_test_probs(members, oof_fit, settings.average, settings.calibrate)
+    stage = build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device, adapted) \
+        if settings.second_stage else None
+    if stage is not None:
+        # [second stage 2/4] tta=auto tta.per_class=true: a view set per predicted class
+        if choice is not None and cfg.tta.get("per_class"):
+            second["tta_per_class"] = run_per_class(stage, choice, tta_average, (second["adapt"] or {}).get("applied"))
+        # [second stage 3/4] second_pass.enabled: unsure images re-predicted through restoration views
+        if SecondPassSettings.of(cfg.get("second_pass")).enabled:
+            second["second_pass"] = run_second_pass(stage, SecondPassSettings.of(cfg.second_pass))
+        # [second stage 4/4] specialists.enabled: top-2 in a confused class group -> the group's specialist
+        if (cfg.get("specialists") or {}).get("enabled"):
+            second["specialists"] = run_specialists(stage)
+        probs = stage.test_probs
+        refit_decision(stage, oof_fit, settings.decision)
     # test_probs.csv keeps the probabilities; the decision rule (biases) only moves the submission's argmax
     pred = oof_fit.decision.predict(safe_log(probs)) if oof_fit.decision is not None else probs.argmax(axis=1)
 
@@ -930,6 +979,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
                 **(choice.summary() if choice is not None else {})}
     outputs.summary = build_summary(members, oof_fit, settings, tta_info, classes, pred, y_test,
                                     store.loaded, device)
+    outputs.summary["second_stage"] = {k: v for k, v in second.items() if v is not None} or None
     outputs.summary["orientation"] = orientation_summary(source, [m.orientations for m in members], pred, y_test,
                                                          getattr(predictor, "estimator", None))
     outputs.summary["seconds"] = round(time.time() - t_start, 2)

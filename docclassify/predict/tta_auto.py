@@ -10,16 +10,36 @@ more). summary.json records every set's score and the choice (``tta.auto``).
 
 This module holds the pure part (view bookkeeping, combining, choosing); the predictions are
 made by :func:`docclassify.predict.inference.choose_tta`.
+
+``tta.per_class=true`` extends the choice to a policy: after the set above (the base), each
+predicted class may take another set (the images the base predicts as that class are predicted
+with it), chosen class by class for the macro F1 of the same OOF rows; so that the choice is not
+the noise of fitting, the policy is fitted on part of the rows and scored on the rest
+(cross-fitted, image groups kept together, as decision=macro_f1) and used for the test set only
+when that cross-fitted macro F1 beats the base set's (:func:`run_per_class`). The test images then
+go through every view the policy's sets use.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from docclassify.predict.tta import VIEW_SETS, View, combine_views
+from docclassify.metrics import macro_f1
+from docclassify.predict.tta import (
+    VIEW_SETS,
+    View,
+    combine_views,
+    normalised_batches,
+    predict_tta_batches,
+)
+
+log = logging.getLogger(__name__)
+POLICY_PASSES = 2  # passes over the classes when a policy is fitted
 
 
 def candidate_views() -> list[View]:
@@ -56,6 +76,10 @@ class TtaChoice:
     rows: int
     scores: dict[str, float]
     oof_logits: list[np.ndarray] = field(default_factory=list)
+    # every candidate view's OOF logits (V, N, K) per run, their views and row keys (tta.per_class)
+    view_logits: list[np.ndarray] = field(default_factory=list)
+    candidates: list[View] = field(default_factory=list)
+    keys: list[np.ndarray] = field(default_factory=list)
 
     @property
     def views(self) -> list[View]:
@@ -64,3 +88,113 @@ class TtaChoice:
     def summary(self) -> dict:
         return {"chosen": self.name, "auto": {"fit_on": self.fit_on, "rows": self.rows,
                                               "macro_f1": {k: float(v) for k, v in self.scores.items()}}}
+
+
+# ------------------------------------------------------------------------------------ tta.per_class
+def fit_policy(base: np.ndarray, preds: dict[str, np.ndarray], y: np.ndarray, rows: np.ndarray,
+               base_name: str) -> dict[int, str]:
+    """Per predicted class (by ``base``), the view set whose predictions ``preds[set]`` give the best
+    macro F1 on ``rows``, class by class (the others held), POLICY_PASSES passes; a class keeps the
+    base set unless another scores strictly higher. Returns {class: set} of the classes that changed."""
+    y_r, base_r = y[rows], base[rows]
+    current = base_r.copy()
+    policy: dict[int, str] = {}
+    best = macro_f1(y_r, current)
+    for _ in range(POLICY_PASSES):
+        start = best
+        for c in np.unique(base_r):
+            mine = base_r == c
+            for name, pred in preds.items():
+                trial = current.copy()
+                trial[mine] = pred[rows][mine]
+                score = macro_f1(y_r, trial)
+                if score > best + 1e-12:
+                    best, current = score, trial
+                    policy[int(c)] = name
+        if not best > start + 1e-12:
+            break
+    return {c: n for c, n in policy.items() if n != base_name}
+
+
+def apply_policy(policy: dict[int, str], base: np.ndarray, preds: dict[str, np.ndarray],
+                 rows: np.ndarray) -> np.ndarray:
+    """The classes of ``rows`` under ``policy`` (rows whose base class has no entry keep the base)."""
+    out = base[rows].copy()
+    for c, name in policy.items():
+        mine = base[rows] == c
+        out[mine] = preds[name][rows][mine]
+    return out
+
+
+def policy_guard(base: np.ndarray, preds: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarray | None,
+                 base_name: str):
+    """A per-class policy fitted on every OOF row (``choice``) and its cross-fitted guard (GuardFit)."""
+    from docclassify.predict.stage import cross_fit
+
+    return cross_fit(lambda rows: fit_policy(base, preds, y, rows, base_name),
+                     lambda policy, rows: apply_policy(policy, base, preds, rows), y, groups, base)
+
+
+def _aligned(keys: np.ndarray, aligned: np.ndarray) -> np.ndarray:
+    index = {k: i for i, k in enumerate(np.asarray(keys).tolist())}
+    return np.asarray([index[k] for k in np.asarray(aligned).tolist()], dtype=np.int64)
+
+
+def policy_test_logits(stage, views: list[View], sets: list[str], tta_average: str) -> dict[str, list[np.ndarray]]:
+    """Per view set of ``sets``: each run's test logits (folds averaged like the first pass), every view
+    they need predicted once per fold model."""
+    from docclassify.predict.stage import fold_average
+
+    needed = list({v.key: v for name in sets for v in VIEW_SETS[name]}.values())
+    per_set: dict[str, list[list[np.ndarray]]] = {n: [[] for _ in range(stage.members.n_members)] for n in sets}
+    for f in stage.members.folds:
+        model, test = f.ready(f.load(), "test"), f.get_test()
+        per_view = np.stack([predict_tta_batches(model, normalised_batches(test, np.arange(len(test)), f.meta,
+                                                                           stage.batch_size, stage.device),
+                                                 [v], "logit", stage.device)[1] for v in needed])
+        for name in sets:
+            per_set[name][f.member].append(set_logits(per_view, needed, name, tta_average))
+        del model
+    return {n: [fold_average(z, stage.members.average) for z in zs] for n, zs in per_set.items()}
+
+
+def run_per_class(stage, choice: TtaChoice, tta_average: str, adapted: bool = False) -> dict:
+    """``tta.per_class``: fit, guard and (when it helps) apply a view set per predicted class; updates
+    ``stage.test_probs`` / ``stage.oof_probs``. Returns summary.json's entry. ``adapted``: adapt changed
+    the models after the views were scored, so the policy is not fitted (it would mix the two)."""
+    if adapted:
+        log.info("tta.per_class: not fitted: adapt changed the models after tta=auto scored the views")
+        return {"enabled": True, "applied": False, "note": "adapt changed the models: not fitted"}
+    t0 = time.time()
+    y, base = stage.oof.y, stage.oof_pred
+    positions = [_aligned(k, stage.oof.keys) for k in choice.keys]
+    oof_probs = {name: stage.combiner.oof([set_logits(z, choice.candidates, name, tta_average)[p]
+                                           for z, p in zip(choice.view_logits, positions)])
+                 for name in VIEW_SETS}
+    guard = policy_guard(base, {name: p.argmax(axis=1) for name, p in oof_probs.items()}, y, stage.oof.groups,
+                         choice.name)
+    policy = guard.choice
+    applied = guard.applied and bool(policy)
+    names = stage.runs[0].classes if stage.runs else None
+    report = {"enabled": True, "base": choice.name, **guard.as_dict(), "applied": applied,
+              "policy": {(names[c] if names else str(c)): n for c, n in sorted(policy.items())}}
+    if applied:
+        from docclassify.predict.stage import change_report
+
+        test_base = stage.test_probs.argmax(axis=1)
+        test_logits = policy_test_logits(stage, choice.candidates, sorted(set(policy.values())), tta_average)
+        before = stage.test_probs.copy()
+        touched = np.zeros(len(before), dtype=bool)
+        for c, name in policy.items():
+            mine = test_base == c
+            stage.test_probs[mine] = stage.combiner.test(test_logits[name])[mine]
+            touched |= mine
+            stage.oof_probs[base == c] = oof_probs[name][base == c]
+        stage.changed = True
+        report.update(change_report(before, stage.test_probs, touched))
+    report["seconds"] = round(time.time() - t0, 2)
+    log.info("tta.per_class: a view set per predicted class on %d OOF rows, cross-fitted macro F1 %.4f (%s for "
+             "every class) -> %.4f%s", len(y), guard.base_f1, choice.name, guard.crossed_f1,
+             f": applied {report['policy']}, {report['test_changed']} test predictions changed" if applied
+             else ": not applied")
+    return report
