@@ -121,6 +121,17 @@ def refuse_foreign_groups(config_name: str, argv: list[str], hint: str = "") -> 
 
 
 OmegaConf.register_new_resolver("docclassify_groups", help_groups, replace=True)
+
+
+def pretrained_or(model_pretrained, data_use_pretrained, if_pretrained, from_scratch):
+    """``${docclassify_pretrained_or:${model.pretrained},${oc.select:data.use_pretrained,true},A,B}``:
+    A when the model starts from pretrained weights, B when it trains from scratch (a fine-tuning
+    learning rate and warmup are far too small for random weights: highperf from scratch learned
+    nothing at 2e-4). A command-line value (trainer.lr=...) replaces the whole expression."""
+    return if_pretrained if bool(model_pretrained) and bool(data_use_pretrained) else from_scratch
+
+
+OmegaConf.register_new_resolver("docclassify_pretrained_or", pretrained_or, replace=True)
 # The other Hydra entrypoints' first line of --help (not train/infer: no foreign-group checks for them).
 ABOUT_MORE = {
     "shift": "how the test images differ from the training images (brightness, contrast, blur, noise, "

@@ -639,7 +639,8 @@ class TrainConfig:
     hparams_search: Any = None
     shift: ShiftCheck = field(default_factory=ShiftCheck)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    submit: bool = False
+    # true | false | auto (submit.py: auto = when the data has labelled test images, outside a sweep)
+    submit: Any = key("auto", choices=("auto", "true", "false"))
     infer: SubmitInfer = field(default_factory=SubmitInfer)
     specialists: Any = MISSING
 
@@ -767,8 +768,8 @@ def _allowed(value: Any, meta: dict) -> bool:
         return all(_allowed(v, meta) for v in value)
     if isinstance(value, ListConfig):  # a [low, high] range: both ends allowed, low <= high
         return len(value) == 2 and all(_allowed(v, meta) for v in value) and value[0] <= value[1]
-    if "choices" in meta:
-        return str(value) in meta["choices"]
+    if "choices" in meta:  # a bool among string choices (submit: true | false | auto) as YAML spells it
+        return (str(value).lower() if isinstance(value, bool) else str(value)) in meta["choices"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return False
     return all((("ge" not in meta) or value >= meta["ge"], ("gt" not in meta) or value > meta["gt"],

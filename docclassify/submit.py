@@ -88,8 +88,8 @@ class Submission:
 
     cfg: DictConfig
 
-    def run(self, run_dir: Path) -> Path:
-        """Predict the test set with the trained run; returns the path of its submission.csv."""
+    def run(self, run_dir: Path) -> dict:
+        """Predict the test set with the trained run; returns the infer run's summary."""
         from docclassify.infer import infer
 
         run_dir = Path(run_dir).resolve()
@@ -106,7 +106,22 @@ class Submission:
             log.info("submit: test macro F1 %.4f, accuracy %.4f", scores["macro_f1"], scores["accuracy"])
         print(f"Submission: {submission}" + (f" (also {summary['files']['output']})"
                                              if summary["files"].get("output") else ""), flush=True)
-        return submission
+        return summary
+
+
+def result_line(results: dict, summary: dict | None) -> str:
+    """The run's last line: the cv figures and, when the test labels are known, the test's."""
+    robust = results.get("cv_macro_f1_robust")
+    line = f"Result: cv macro F1 {results['cv_macro_f1']:.4f} (clean OOF rows)"
+    if robust is not None:
+        line += f", {robust:.4f} (robust: their distorted copies, the estimate of a distorted test)"
+    scores = (summary or {}).get("test_metrics")
+    if scores is not None:
+        tta = (summary.get("tta") or {}).get("name", "none")
+        deskew = " + deskew" if (summary.get("tta") or {}).get("deskew") else ""
+        line += (f" | test macro F1 {scores['macro_f1']:.4f} ({summary['n_test']} labelled test images, "
+                 f"tta={tta}{deskew})")
+    return line
 
 
 def check_test_set(cfg: DictConfig) -> None:
@@ -125,13 +140,32 @@ def prepare_submission(cfg: DictConfig) -> Submission | None:
     submit=false, or on a torchrun rank other than 0: rank 0 submits)."""
     from docclassify.engine import distributed
 
-    if not cfg.get("submit"):
+    mode = cfg.get("submit")
+    if mode is None or mode is False or str(mode).lower() == "false":
         return None
+    auto = str(mode).lower() == "auto"
+    if auto and cfg.get("hparams_search") is not None:
+        return None  # every trial would predict the test set; the sweep's objective never reads it
     errors = schema_errors(cfg.infer, "infer")
     if errors:
         raise ConfigError("; ".join(errors))
     compose_infer(infer_overrides(cfg, Path(".")))  # unknown keys in infer.overrides fail here
     if distributed.init_from_env() and not distributed.is_main():
         return None
-    check_test_set(cfg)
+    if auto:
+        if not has_labelled_test_set(cfg):
+            return None
+    else:
+        check_test_set(cfg)
     return Submission(cfg)
+
+
+def has_labelled_test_set(cfg: DictConfig) -> bool:
+    """submit=auto: the data has test images and their labels (the synthetic data's test split)."""
+    from docclassify.data.sources import DataError, load_source
+
+    try:
+        source = load_source(cfg.data, cfg.paths.cache_dir)
+    except DataError:
+        return False  # training reports the data's problem itself, with its own message
+    return source.test is not None and source.sample_submission is not None and source.test_labels is not None

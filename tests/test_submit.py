@@ -107,3 +107,33 @@ def test_submit_equals_the_two_command_path_with_multirun_and_resume(tiny_data, 
     assert (ours / "submission.csv").read_bytes() == before
     assert f"Submission: {(ours / 'submission.csv').resolve()}" in proc.stdout
     assert Path(ours / "infer_overrides.yaml").is_file()
+
+
+def test_submit_auto_predicts_a_labelled_test_set_only_outside_sweeps(tiny_data, data, tmp_path):
+    """The default (submit=auto): a run on data with test labels ends with its test F1; no labels, no submission."""
+    auto = [a for a in TINY if a != "submit=false"]
+    labelled = ["data=competition", f"data.root={tiny_data}", "data.test_labels=test_labels.csv"]
+    cfg = compose_train([*labelled, *auto], tmp_path / "a")
+    assert cfg.submit == "auto" and prepare_submission(cfg) is not None
+    assert prepare_submission(compose_train(["data=competition", f"data.root={tiny_data}", *auto], tmp_path / "d")) \
+        is None  # the competition's test labels are unknown: data.test_labels names them
+    sweep = compose_train([*labelled, *auto, "hparams_search=optuna_single_fold"],
+                          tmp_path / "b")
+    assert prepare_submission(sweep) is None  # every trial would predict the test set for nothing
+    (data / "test_labels.csv").unlink(missing_ok=True)
+    unlabelled = compose_train(["data=competition", f"data.root={data}", *auto, "data.test_labels=null"],
+                               tmp_path / "c")
+    assert prepare_submission(unlabelled) is None
+
+
+def test_the_default_run_prints_its_test_f1_beside_the_cv_figures(tiny_data, tmp_path, isolated_env):
+    auto = [a for a in TINY if a != "submit=false"]
+    proc = run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", "data.test_labels=test_labels.csv",
+                                         *auto, "folds.n=2",
+                                         f"hydra.run.dir={tmp_path}"], env=isolated_env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("Result: ")]
+    assert len(line) == 1, proc.stdout[-2000:]
+    summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert f"cv macro F1 {results['cv_macro_f1']:.4f}" in line[0]
+    assert f"test macro F1 {summary['test_metrics']['macro_f1']:.4f}" in line[0]
