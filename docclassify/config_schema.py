@@ -586,7 +586,7 @@ class AutoSpecialists:
 class SubmitInfer:
     """``infer`` of train.yaml: the docclassify.infer options that ``submit=true`` runs with."""
 
-    tta: str = key("none", choices=TTA_SETS)
+    tta: str = key("orient", choices=TTA_SETS)
     tta_average: str | None = key(None, choices=("prob", "logit"))
     average: str = key("prob", choices=("prob", "logit"))
     calibrate: bool = False
@@ -661,6 +661,9 @@ class InferConfig:
     # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True
+    # One run: predict its OOF rows (robust copies when it has them) as the test is predicted and
+    # report their macro F1 (summary.json "oof") as the estimate of the test figure.
+    estimate: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"

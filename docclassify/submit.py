@@ -115,6 +115,9 @@ def result_line(results: dict, summary: dict | None) -> str:
     line = f"Result: cv macro F1 {results['cv_macro_f1']:.4f} (clean OOF rows)"
     if robust is not None:
         line += f", {robust:.4f} (robust: their distorted copies, the estimate of a distorted test)"
+    oof = (summary or {}).get("oof")
+    if oof:
+        line += f" | estimate {oof['macro_f1']:.4f} (the {oof['fit_on']} OOF rows predicted as the test)"
     scores = (summary or {}).get("test_metrics")
     if scores is not None:
         tta = (summary.get("tta") or {}).get("name", "none")

@@ -21,7 +21,9 @@ def test_infer_options_become_the_infer_command_line(tiny_data, tmp_path):
     run_dir = tmp_path / "my run, [1]"  # any character survives the quoting
     default = compose_infer(infer_overrides(_train_cfg(tiny_data, tmp_path), run_dir))
     assert list(default.runs) == [str(run_dir)]
-    assert (default.tta.name, default.tta.average, default.ensemble.average) == ("none", "prob", "prob")
+    # tta=orient with deskew by default (issue 29: the recipe benchmark's best test-time set)
+    assert (default.tta.name, default.tta.average, default.ensemble.average) == ("orient", "prob", "prob")
+    assert default.tta.deskew is True
     # calibrate off by default, as infer's (issue 26 item 8: the OOF temperature made the test NLL worse)
     assert (default.calibrate, default.oof_tta, default.output, default.batch_size) == (False, True, None, 64)
     assert default.decision == "argmax"

@@ -123,6 +123,7 @@ class Settings:
     decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
     mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
     second_stage: bool = False  # adapt, tta.per_class, second_pass or specialists on (they need OOF rows)
+    estimate: bool = True  # one run: its OOF rows predicted as the test is, their F1 in summary.json's "oof"
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -143,7 +144,7 @@ def read_settings(cfg: DictConfig) -> Settings:
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
                     str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)),
-                    second_stage_on(cfg))
+                    second_stage_on(cfg), bool(cfg.get("estimate", True)))
 
 
 def second_stage_on(cfg: DictConfig) -> bool:
@@ -433,9 +434,10 @@ def plan_oof(run: Run, ds: DataSet, oof_ids: np.ndarray) -> tuple[np.ndarray, np
 
 def needs_oof(settings: Settings, n_runs: int) -> bool:
     """Whether anything is fitted on OOF rows: weights other than equal (2+ runs), the temperature
-    (calibrate) or the decision rule (decision=macro_f1)."""
+    (calibrate) or the decision rule (decision=macro_f1); or, for one run, the estimate of the test
+    figure (estimate=true: its OOF rows predicted with the test's TTA, issue 29 item 3)."""
     return (settings.calibrate or settings.decision != "argmax" or settings.second_stage
-            or (settings.weights != "equal" and n_runs > 1))
+            or (settings.weights != "equal" and n_runs > 1) or (settings.estimate and n_runs == 1))
 
 
 @dataclass
@@ -871,6 +873,10 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
         if output is not None:
             write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
     n_test, metrics = outputs.summary["n_test"], outputs.summary["test_metrics"]
+    oof = outputs.summary.get("oof")
+    if oof:
+        log.info("estimate of the test macro F1: %.4f (%d %s OOF rows, %s predictions)", oof["macro_f1"],
+                 oof["rows"], oof["fit_on"], oof["predictions"])
     if metrics is not None:
         log.info("test macro F1 %.4f, accuracy %.4f (%d labelled test images)", metrics["macro_f1"],
                  metrics["accuracy"], n_test)

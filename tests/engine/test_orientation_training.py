@@ -65,8 +65,8 @@ def _infer(run_dir: Path, out: Path, env, *overrides) -> dict:
 @pytest.mark.slow
 def test_tta_orient_uses_the_head_and_reports_orientation(head_run, tmp_path, isolated_env):
     plain = _infer(head_run, tmp_path / "none", isolated_env, "tta=none")
-    orient = _infer(head_run, tmp_path / "orient", isolated_env, "tta=orient")
-    _infer(head_run, tmp_path / "flip", isolated_env, "tta=orient", "tta.upright_flip=true")
+    orient = _infer(head_run, tmp_path / "orient", isolated_env, "tta=orient", "tta.deskew=false")
+    _infer(head_run, tmp_path / "flip", isolated_env, "tta=orient", "tta.deskew=false", "tta.upright_flip=true")
     soft = _infer(head_run, tmp_path / "soft", isolated_env, "tta=orient_soft", "tta.deskew=true")
     o = orient["orientation"]
     assert o["estimator"] == "head" and sum(o["turned_back"].values()) == pytest.approx(1.0)

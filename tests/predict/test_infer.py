@@ -141,7 +141,7 @@ def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_d
 
 
 def test_dihedral_views_change_predictions_deterministically(multi_run, tmp_path):
-    none = infer([multi_run], tmp_path / "none", "calibrate=false")
+    none = infer([multi_run], tmp_path / "none", "tta=none", "calibrate=false", "estimate=false")
     dihedral = infer([multi_run], tmp_path / "d1", "tta=dihedral", "calibrate=false")
     again = infer([multi_run], tmp_path / "d2", "tta=dihedral", "calibrate=false")
     p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("none", "d1", "d2")}
@@ -187,12 +187,26 @@ def test_calibrate_is_off_by_default(multi_run, tmp_path):
     """Issue 26 item 8: a temperature fitted on the OOF rows made the test NLL and ECE worse in every
     seed measured (docs/macro-f1.md), so infer (and train's infer.calibrate) ship without one: the
     test probabilities are the runs' fold average as predicted, nothing is fitted on OOF rows."""
-    default = infer([multi_run], tmp_path / "default")
+    default = infer([multi_run], tmp_path / "default", "estimate=false")
     assert default["calibration"] is None and default["temperature"] == 1.0 and default["oof"] is None
-    cal = infer([multi_run], tmp_path / "cal", "calibrate=true")
+    cal = infer([multi_run], tmp_path / "cal", "calibrate=true", "estimate=false")
     assert cal["calibration"]["temperature"] == cal["temperature"] != 1.0
     p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("default", "cal")}
     np.testing.assert_allclose(p["cal"], softmax(np.log(p["default"]) / cal["temperature"], axis=1), atol=1e-6)
+
+
+def test_estimate_predicts_the_robust_oof_rows_as_the_test_and_changes_no_prediction(multi_run, tmp_path):
+    """estimate=true (the default, one run): the run's robust estimating rows, re-predicted with the
+    command's TTA, scored in summary.json's "oof"; the test probabilities are those of estimate=false."""
+    off = infer([multi_run], tmp_path / "off", "tta=dihedral", "estimate=false")
+    on = infer([multi_run], tmp_path / "on", "tta=dihedral")
+    robust = pd.read_csv(multi_run / "oof_robust.csv")
+    assert off["oof"] is None and on["oof"]["fit_on"] == "robust" and on["oof"]["predictions"] == "tta"
+    assert on["oof"]["rows"] == len(robust) and on["temperature"] == 1.0 and on["calibration"] is None
+    saved = infer([multi_run], tmp_path / "saved", "tta=none")  # identity: the saved robust logits
+    assert saved["oof"]["predictions"] == "saved"
+    p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("off", "on")}
+    np.testing.assert_allclose(p["on"], p["off"], atol=0)
 
 
 def test_average_and_calibrate_keys_change_the_probabilities(multi_run, partial_run, tmp_path):
@@ -220,7 +234,9 @@ def test_sweep_folder_all_runs_or_top_k(multi_run, partial_run, tmp_path):
     assert [r.path.resolve() for r in found] == [multi_run.resolve(), partial_run.resolve()]
     # Ranked on the robust figure when every run has one, else (or by="clean") on the clean one.
     assert all(r.has_robust for r in found)
-    for by, score in (("auto", "cv_macro_f1_robust"), ("robust", "cv_macro_f1_robust"), ("clean", "cv_macro_f1")):
+    # (robust: the selecting copies' figure, oof_robust_select.csv: the estimating copies choose nothing)
+    for by, score in (("auto", "cv_macro_f1_robust_select"), ("robust", "cv_macro_f1_robust_select"),
+                      ("clean", "cv_macro_f1")):
         best = max(found, key=lambda r: getattr(r, score))
         assert [r.path for r in discover_runs([sweep], top_k=1, by=by)] == [best.path]
     assert len(discover_runs([multi_run, sweep / "0"])) == 1  # the same run named twice counts once
