@@ -135,7 +135,7 @@ class Bench:
     def train_dir(self, recipe: Recipe, seed: int) -> Path:
         extra = [] if recipe.pseudo_from is None else ["pseudo_from", recipe.pseudo_from]
         key = slug([*COMMON, *recipe.train, *self.args.extra_train, *extra])
-        return self.work / f"train-{recipe.name}-s{seed}-{key}"
+        return self.work / f"train-s{seed}-{key}"  # by overrides alone: recipes that differ at infer share it
 
     def train(self, recipe: Recipe, seed: int) -> Path:
         run = self.train_dir(recipe, seed)
