@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -148,3 +148,11 @@ def reported_as_usage_errors(prog: str) -> Iterator[None]:
             _write_to_log_files(prog, message)  # a kept run dir's log says why the run stopped
         print(message, file=sys.stderr, flush=True)
         raise SystemExit(USAGE_EXIT_CODE) from None
+
+
+def format_ids(ids: Iterable, limit: int = 10) -> str:
+    """``"3 ID(s): a, b, c"``; beyond ``limit`` shown: ``"..., and 5 more"`` (for error messages)."""
+    ids = list(ids)
+    shown = ", ".join(repr(str(i)) for i in ids[:limit])
+    more = f", and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f"{len(ids)} ID(s): {shown}{more}"

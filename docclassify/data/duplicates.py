@@ -35,6 +35,7 @@ import pandas as pd
 
 from docclassify.data.cache import content_key, write_cache_file
 from docclassify.data.images import BadImageError, decode_image
+from docclassify.data.orientation import DIHEDRAL, apply_numpy
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,8 @@ class Fingerprints:
 
 
 def _views():
-    from docclassify.predict.tta import apply_view_numpy, get_views
-
-    return [lambda img, v=v: apply_view_numpy(img, v) for v in get_views("dihedral")]
+    # The 8 dihedral elements in index order: tta=dihedral's views, from their one home below predict.
+    return [lambda img, g=g: apply_numpy(img, g) for g in DIHEDRAL]
 
 
 def _phash(gray: np.ndarray) -> np.uint64:

@@ -363,7 +363,7 @@ def peer_stopped(exc: BaseException, wait_s: float = 2.0) -> PeerStopped:
 
 # Exceptions every rank raises at the same point (a collective decision): rank 0 reports them.
 def _collective(exc: BaseException) -> bool:
-    from docclassify.engine.epoch import NonFiniteLossError, StopRequested
+    from docclassify.engine.signals import NonFiniteLossError, StopRequested
 
     return isinstance(exc, (StopRequested, NonFiniteLossError, MainStopped, PeerStopped))
 

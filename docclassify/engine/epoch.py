@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -26,22 +25,11 @@ from docclassify.engine.orientation import (
     mix_with_orientation,
     orientation_loss,
 )
-from docclassify.engine.setup import AmpSettings
 
-
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
-class StopRequested(Exception):
-    """Raised inside the loop after a SIGTERM/SIGINT once the current optimiser update has finished.
-
-    ``progress`` is what the epoch had done by then (an :class:`EpochProgress` as a dict), so the
-    caller can save a mid-epoch state that resumes exactly; None between epochs."""
-
-    def __init__(self, message: str, progress: dict | None = None) -> None:
-        super().__init__(message)
-        self.progress = progress
+# Re-exported: their homes are below epoch (engine.signals, engine.setup), which engine.distributed and
+# engine.orientation import without importing epoch (no import circle; .importlinter).
+from docclassify.engine.setup import AmpSettings, autocast, to_model_input
+from docclassify.engine.signals import NonFiniteLossError, StopRequested
 
 
 @dataclass
@@ -96,21 +84,6 @@ class EpochProgress:
         values = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         values["grad_norms"] = list(values.get("grad_norms", []))
         return cls(**values)
-
-
-def to_model_input(images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-    """uint8 NCHW on the host -> normalised float on the device."""
-    x = images.to(ctx.device, non_blocking=True).float().div_(255.0)
-    x = x.sub_(ctx.mean).div_(ctx.std)
-    if ctx.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def autocast(ctx: StepContext):
-    if not ctx.amp.enabled:
-        return nullcontext()
-    return torch.autocast(device_type=ctx.device.type, dtype=ctx.amp.dtype)
 
 
 def train_one_epoch(parts: FoldParts, loader, ctx: StepContext, epoch: int,

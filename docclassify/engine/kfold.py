@@ -41,7 +41,7 @@ from docclassify.distortion import describe, normalise_profile, resolve_profile
 from docclassify.distortion.copies import RobustSpec
 from docclassify.distortion.report import run_shift_check
 from docclassify.engine import distributed
-from docclassify.engine.callbacks import Callback, CallbackList
+from docclassify.tracking.callbacks import Callback, CallbackList
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
@@ -274,7 +274,7 @@ def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> 
     data.cache=false) at every size the folds train at; an undecodable one stops the run before
     the first epoch (inference would refuse it after training; test rows cannot be skipped)."""
     from docclassify.data.sources import DataError
-    from docclassify.predict.submission import format_ids
+    from docclassify.errors import format_ids
 
     if source.test is None or source.test.empty:
         return

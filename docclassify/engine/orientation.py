@@ -95,7 +95,7 @@ def check_group(augment_cfg, head: str) -> tuple[orientation.Element, ...]:
 def predict_turned(model, loader, ctx, elements: np.ndarray, head: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(class logits, orientation logits or None) of the loader's images, image ``i`` turned by element
     ``elements[i]``. ``loader`` yields batches in order (no shuffling)."""
-    from docclassify.engine.epoch import autocast, to_model_input
+    from docclassify.engine.setup import autocast, to_model_input
 
     model.eval()
     logits, heads, start = [], [], 0

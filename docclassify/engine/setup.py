@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from docclassify.errors import UserError
+
+if TYPE_CHECKING:
+    from docclassify.engine.epoch import StepContext
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -56,3 +61,18 @@ def amp_settings(amp: str | None, device: torch.device) -> AmpSettings:
     if amp == "fp16":
         return AmpSettings(True, torch.float16, True, "fp16")
     raise ValueError(f"trainer.amp={amp!r}: expected none, auto, bf16 or fp16")
+
+
+def to_model_input(images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """uint8 NCHW on the host -> normalised float on the device."""
+    x = images.to(ctx.device, non_blocking=True).float().div_(255.0)
+    x = x.sub_(ctx.mean).div_(ctx.std)
+    if ctx.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(ctx: StepContext):
+    if not ctx.amp.enabled:
+        return nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.amp.dtype)

@@ -14,6 +14,23 @@ from collections.abc import Iterator
 log = logging.getLogger(__name__)
 
 
+# The two exceptions that stop the epoch loop (engine/epoch.py raises them, re-exports them), here so
+# engine.distributed can tell them apart without importing epoch.
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class StopRequested(Exception):
+    """Raised inside the loop after a SIGTERM/SIGINT once the current optimiser update has finished.
+
+    ``progress`` is what the epoch had done by then (an :class:`~docclassify.engine.epoch.EpochProgress`
+    as a dict), so the caller can save a mid-epoch state that resumes exactly; None between epochs."""
+
+    def __init__(self, message: str, progress: dict | None = None) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
 class StopFlag:
     def __init__(self) -> None:
         self.requested = False

@@ -8,12 +8,13 @@ against the sample before it is written (atomically) so that a misaligned file i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from docclassify.errors import format_ids  # re-exported: its home is errors.py (below engine)
 from docclassify.utils.io import atomic_write_csv
 
 __all__ = [
@@ -28,14 +29,6 @@ __all__ = [
 
 ID_COL = "ID"
 TARGET_COL = "target"
-
-
-def format_ids(ids: Iterable, limit: int = 10) -> str:
-    """``"3 ID(s): a, b, c"``; beyond ``limit`` shown: ``"..., and 5 more"``."""
-    ids = list(ids)
-    shown = ", ".join(repr(str(i)) for i in ids[:limit])
-    more = f", and {len(ids) - limit} more" if len(ids) > limit else ""
-    return f"{len(ids)} ID(s): {shown}{more}"
 
 
 def _duplicates(values: Sequence) -> list:

@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from docclassify.engine.callbacks import Callback
 from docclassify.sweep.export import experiment_yaml
 from docclassify.sweep.study import EXPERIMENT_FILE, TRIAL_FILE
+from docclassify.tracking.callbacks import Callback
 from docclassify.utils.io import atomic_write_json, atomic_write_text
 from docclassify.utils.redact import is_redacted, redact
 

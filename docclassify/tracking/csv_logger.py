@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from docclassify.engine.callbacks import Callback
+from docclassify.tracking.callbacks import Callback
 from docclassify.utils.io import atomic_write_csv
 
 log = logging.getLogger(__name__)

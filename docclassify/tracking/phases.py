@@ -30,7 +30,7 @@ import logging
 import os
 import time
 
-from docclassify.engine.callbacks import Callback
+from docclassify.tracking.callbacks import Callback
 
 log = logging.getLogger("docclassify.phases")
 

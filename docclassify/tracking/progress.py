@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from docclassify.engine.callbacks import Callback
+from docclassify.tracking.callbacks import Callback
 
 log = logging.getLogger("docclassify.progress")
 

@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from docclassify import metrics
-from docclassify.engine.callbacks import Callback
+from docclassify.tracking.callbacks import Callback
 from docclassify.utils.io import atomic_write, atomic_write_csv, atomic_write_text
 from docclassify.utils.prog import prog
 

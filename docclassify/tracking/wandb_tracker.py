@@ -36,9 +36,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from docclassify.engine.callbacks import Callback
 from docclassify.metrics import softmax
 from docclassify.tracking import reports
+from docclassify.tracking.callbacks import Callback
 from docclassify.utils.io import atomic_write_json
 from docclassify.utils.redact import has_password, redact_config
 
@@ -150,16 +150,16 @@ def trial_params(hctx: dict[str, Any]) -> dict[str, Any]:
 def run_identity(cfg: DictConfig, run_dir: Path, hctx: dict[str, Any]) -> dict[str, Any]:
     """group, name prefix, tags and the trial (study, number, params) of this experiment's W&B runs.
 
-    In an Optuna sweep the trial comes from docclassify.sweep (``hparams_search.trial``); in a
+    In an Optuna sweep the trial comes from ``hparams_search.trial`` (set by the sweeper); in a
     plain Hydra multirun from the job number and the sweep dir.
     """
-    from docclassify.sweep import trial_info
-
     pipeline, experiment = cfg.get("pipeline"), cfg.get("experiment")
     logger = cfg.logger
-    trial, optuna_trial = None, trial_info(cfg)
-    if optuna_trial is not None:
-        trial = {"study": optuna_trial.study, "number": optuna_trial.number, "params": trial_params(hctx)}
+    # The Optuna trial as sweep.trial_info reads it (only its study and number: the storage is the
+    # sweep callback's); read here so tracking stays below sweep (.importlinter).
+    trial, optuna_trial = None, OmegaConf.select(cfg, "hparams_search.trial", default=None)
+    if optuna_trial is not None and optuna_trial.get("number") is not None:
+        trial = {"study": str(optuna_trial.study), "number": int(optuna_trial.number), "params": trial_params(hctx)}
     elif hctx.get("multirun"):
         study = hctx.get("study_name") or Path(hctx["sweep_dir"]).name
         trial = {"study": str(study), "number": hctx.get("job_num"), "params": trial_params(hctx)}
