@@ -55,11 +55,13 @@ COMMON = ["model.pretrained=false", "logger=none", "data.img_size=64"]
 # Today's quick preset before issue 29 (the README's first command until then), spelled out.
 QUICK_V1 = ["pipeline=quick", "model=resnet18", "folds.n=5", "trainer.epochs=6", "trainer.lr=2e-3",
             "augment.orientation=none", "model.orientation_head=none", "augment.match_validation=false",
-            "validation.distort=competition", "folds.group_duplicates=false"]
+            "validation.distort=competition", "folds.group_duplicates=false", "loss=ce"]
 # Orientation augmentation (turns and mirrors) and the orientation head, in the quick budget.
 ORIENT = ["augment.orientation=dihedral", "model.orientation_head=dihedral8"]
 BUDGET = ["model=resnet18", "folds.n=3", "trainer.epochs=12", "trainer.lr=2e-3"]
-HEAD = ["pipeline=quick", *BUDGET, *ORIENT, "augment.match_validation=false", "validation.distort=competition"]
+HEAD = ["pipeline=quick", *BUDGET, *ORIENT, "loss=ce", "augment.match_validation=false",
+        "validation.distort=competition"]
+HEAD_ANY_LOSS = [a for a in HEAD if a != "loss=ce"]  # a recipe that picks its own loss
 INFER_V1 = ["tta=none", "calibrate=false", "decision=argmax"]
 ORIENT_DESKEW = ["tta=orient", "tta.deskew=true", "calibrate=false", "decision=argmax"]
 SPLITS = {
@@ -83,7 +85,7 @@ class Recipe:
 RECIPES = [
     Recipe("quick_v1", QUICK_V1, note="the quick preset before issue 29"),
     Recipe("head", HEAD, note="+ orientation augmentation (dihedral) and head, 3 folds x 12 epochs"),
-    Recipe("head_orient", HEAD, ["tta=orient", "calibrate=false"], note="+ tta=orient"),
+    Recipe("head_orient", HEAD, ["tta=orient", "tta.deskew=false", "calibrate=false"], note="+ tta=orient"),
     Recipe("head_orient_deskew", HEAD, ORIENT_DESKEW, note="+ tta=orient tta.deskew=true"),
     Recipe("head_orient_soft", HEAD, ["tta=orient_soft", "tta.deskew=true", "calibrate=false"],
            note="+ tta=orient_soft, deskew"),
@@ -91,8 +93,8 @@ RECIPES = [
     Recipe("match_auto", [*HEAD[:-1], "augment.match_validation=true", "validation.distort=auto"],
            ORIENT_DESKEW, note="+ augment.match_validation with validation.distort=auto"),
     Recipe("balanced", [*HEAD, "data.sampler=balanced"], ORIENT_DESKEW, note="+ data.sampler=balanced"),
-    Recipe("focal", [*HEAD, "loss=focal"], ORIENT_DESKEW, note="+ loss=focal"),
-    Recipe("logit_adjusted", [*HEAD, "loss=logit_adjusted"], ORIENT_DESKEW, note="+ loss=logit_adjusted"),
+    Recipe("focal", [*HEAD_ANY_LOSS, "loss=focal"], ORIENT_DESKEW, note="+ loss=focal"),
+    Recipe("logit_adjusted", [*HEAD_ANY_LOSS, "loss=logit_adjusted"], ORIENT_DESKEW, note="+ loss=logit_adjusted"),
     Recipe("pseudo_soft", HEAD, ORIENT_DESKEW, pseudo_from="head_orient_deskew",
            note="+ a round of soft pseudo-labels (threshold off, top half, <= 12 per class)"),
     Recipe("arch2", [*HEAD[:1], "model=resnet10t", *HEAD[2:]], ORIENT_DESKEW,
