@@ -112,9 +112,9 @@ class Submission:
 def result_line(results: dict, summary: dict | None) -> str:
     """The run's last line: the cv figures and, when the test labels are known, the test's."""
     robust = results.get("cv_macro_f1_robust")
-    line = f"Result: cv macro F1 {results['cv_macro_f1']:.4f} (clean OOF rows)"
+    line = f"Result: macro F1, cv {results['cv_macro_f1']:.4f} (clean OOF rows)"
     if robust is not None:
-        line += f", {robust:.4f} (robust: their distorted copies, the estimate of a distorted test)"
+        line += f", {robust:.4f} (robust: their distorted copies)"
     oof = (summary or {}).get("oof")
     if oof:
         line += f" | estimate {oof['macro_f1']:.4f} (the {oof['fit_on']} OOF rows predicted as the test)"
@@ -122,7 +122,7 @@ def result_line(results: dict, summary: dict | None) -> str:
     if scores is not None:
         tta = (summary.get("tta") or {}).get("name", "none")
         deskew = " + deskew" if (summary.get("tta") or {}).get("deskew") else ""
-        line += (f" | test macro F1 {scores['macro_f1']:.4f} ({summary['n_test']} labelled test images, "
+        line += (f" | test {scores['macro_f1']:.4f} ({summary['n_test']} labelled test images, "
                  f"tta={tta}{deskew})")
     return line
 

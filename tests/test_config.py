@@ -40,9 +40,19 @@ def test_pipeline_presets_and_command_line_wins(tmp_path):
     assert basic.augment.name == "basic" and basic.augment.mixup_alpha == 0 and basic.regularization.weight_decay == 0
     hp = compose_train(["pipeline=highperf"], tmp_path)
     assert hp.augment.mixup_alpha == 0.8 and hp.regularization.label_smoothing == 0.1
-    assert hp.regularization.ema and hp.regularization.ema_decay == 0.9999 and hp.schedule.warmup_epochs == 10
+    assert hp.regularization.ema and hp.regularization.ema_decay == 0.9999
     assert (hp.augment.advanced_p_start, hp.augment.advanced_p_end) == (0.0, 0.5)
-    assert 0.005 <= hp.regularization.weight_decay <= 0.013 and 80 <= hp.trainer.epochs <= 150
+    assert 0.005 <= hp.regularization.weight_decay <= 0.013 and hp.trainer.epochs == 30  # issue 29: 30 epochs
+    # lr and warmup follow model.pretrained (the synthetic data trains from scratch: data.use_pretrained=false)
+    assert (hp.trainer.lr, hp.schedule.warmup_epochs) == (2.0e-3, 2)
+    tuned = compose_train(["pipeline=highperf", "data=competition", "data.root=/d", "model.pretrained=true"], tmp_path)
+    assert (tuned.trainer.lr, tuned.schedule.warmup_epochs) == (2.0e-4, 3)
+    mine = compose_train(["pipeline=highperf", "trainer.lr=0.01", "schedule.warmup_epochs=5"], tmp_path)
+    assert (mine.trainer.lr, mine.schedule.warmup_epochs) == (0.01, 5)
+    quick = compose_train([], tmp_path)  # the default preset (issue 29): orientation, its head, 3 x 12, logit-adjusted
+    assert (quick.augment.orientation, quick.model.orientation_head) == ("dihedral", "dihedral8")
+    assert (quick.folds.n, quick.trainer.epochs, quick.submit) == (3, 12, "auto")
+    assert quick.loss._target_.endswith("LogitAdjustedLoss")
     over = compose_train(["pipeline=highperf", "trainer.epochs=3", "augment=advanced", "augment.mixup_alpha=0.2"],
                          tmp_path)
     assert over.trainer.epochs == 3 and over.augment.name == "advanced" and over.augment.mixup_alpha == 0.2

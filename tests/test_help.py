@@ -33,7 +33,7 @@ def test_train_help_lists_train_groups_without_schemas(tmp_path):
 def test_infer_help_lists_only_infer_groups_and_keys(tmp_path):
     out = run_in(tmp_path, "docclassify.infer", ["--help"]).stdout
     assert set(_groups(out)) == {"adapt", "logger", "paths", "tta"}
-    assert "[none]" in _groups(out)["tta"] and "dihedral" in _groups(out)["tta"]
+    assert "[orient]" in _groups(out)["tta"] and "dihedral" in _groups(out)["tta"]
     config = OmegaConf.create(out.split("== Config: override any key with KEY=VALUE ==", 1)[1].split("\n\n")[0])
     assert {"runs", "top_k", "calibrate", "tta", "data"} <= set(config)
     assert not {"model", "augment", "trainer", "regularization", "folds"} & set(config)

@@ -130,12 +130,13 @@ def test_submit_auto_predicts_a_labelled_test_set_only_outside_sweeps(tiny_data,
 
 def test_the_default_run_prints_its_test_f1_beside_the_cv_figures(tiny_data, tmp_path, isolated_env):
     auto = [a for a in TINY if a != "submit=false"]
-    proc = run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", "data.test_labels=test_labels.csv",
-                                         *auto, "folds.n=2",
+    proc = run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}",
+                                         "data.test_labels=test_labels.csv", *auto, "folds.n=2",
                                          f"hydra.run.dir={tmp_path}"], env=isolated_env)
     line = [x for x in proc.stdout.splitlines() if x.startswith("Result: ")]
     assert len(line) == 1, proc.stdout[-2000:]
     summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
     results = json.loads((tmp_path / "results.json").read_text())
-    assert f"cv macro F1 {results['cv_macro_f1']:.4f}" in line[0]
-    assert f"test macro F1 {summary['test_metrics']['macro_f1']:.4f}" in line[0]
+    assert f"cv {results['cv_macro_f1']:.4f} (clean" in line[0]
+    assert f"estimate {summary['oof']['macro_f1']:.4f}" in line[0]
+    assert f"| test {summary['test_metrics']['macro_f1']:.4f} (" in line[0]

@@ -80,6 +80,15 @@ class ExportSettings:
 
 
 # --------------------------------------------------------------------------------------- the infer step
+def tta_given_on_the_command_line() -> bool:
+    """Whether tta=... (or tta.<key>=...) was given: an infer run's own TTA is kept unless asked otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").split("=")[0].split(".")[0] == "tta" for o in HydraConfig.get().overrides.task)
+
+
 def infer_step(cfg: DictConfig, run_dir: Path) -> Path:
     """The infer run whose decisions the bundle holds (see the module docstring)."""
     runs = [Path(str(r)).expanduser() for r in (OmegaConf.to_container(cfg.runs) or [])]
@@ -87,7 +96,7 @@ def infer_step(cfg: DictConfig, run_dir: Path) -> Path:
         raise ExportError("runs=[]: give training run dirs (runs=[outputs/train/RUN]) or one infer run dir")
     if len(runs) == 1 and is_infer_dir(runs[0]):
         made_with = json.loads((runs[0] / "summary.json").read_text()).get("tta", {}).get("name")
-        if str(cfg.tta.name) not in ("none", made_with):
+        if tta_given_on_the_command_line() and str(cfg.tta.name) != made_with:
             raise ExportError(f"tta={cfg.tta.name}: {runs[0]} is an infer run made with tta={made_with}, and export "
                               "takes its decisions as they are; drop tta=..., or give its training runs to run "
                               "infer again with it")

@@ -181,7 +181,7 @@ def test_a_head_without_turns_to_learn_is_refused(tmp_path):
     from docclassify.config_schema import ConfigError, check_config
 
     with pytest.raises(ConfigError, match="augment.orientation=rot90 or dihedral"):
-        check_config(compose_train(["model.orientation_head=rot4"], tmp_path))  # quick: basic, no turns
+        check_config(compose_train(["model.orientation_head=rot4", "augment.orientation=none"], tmp_path))
     check_config(compose_train(["model.orientation_head=rot4", "augment.orientation=rot90"], tmp_path))
     check_config(compose_train(["model.orientation_head=dihedral8", "augment=advanced"], tmp_path))  # its own turns
     check_config(compose_train(["pipeline=highperf", "model.orientation_head=dihedral8"], tmp_path))

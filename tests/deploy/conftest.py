@@ -54,7 +54,8 @@ def deployed(tmp_path_factory, isolated_env) -> Deployed:
     infer = root / "infer"
     run_cli("docclassify.infer", [f"runs=[{run}]", "tta=none", "calibrate=true", f"hydra.run.dir={infer}"], env=env)
     bundle = root / "bundle"
-    run_cli("docclassify.export", [f"runs=[{run}]", "exporter=torchscript", "calibrate=true", f"output={bundle}",
+    run_cli("docclassify.export", [f"runs=[{run}]", "exporter=torchscript", "tta=none", "calibrate=true",
+                                   f"output={bundle}",
                                    f"hydra.run.dir={root / 'export'}"], env=env)
     keep = os.environ.get("DOCCLASSIFY_KEEP_BUNDLE")  # .ci/run predicts this bundle in a torch-free venv
     if keep and not Path(keep).exists():  # the first test process to get here (pytest-xdist runs two)

@@ -185,7 +185,9 @@ def test_bad_loss_settings_stop_before_any_work(tmp_path):
         check_loss_config(_loss_cfg("ce", _target_="no.such.Loss"))
     with pytest.raises(ConfigError, match="unexpected keyword argument 'gamma'"):
         check_loss_config(_loss_cfg("focal", _target_="docclassify.engine.losses.CrossEntropy"))
-    assert compose_train([], tmp_path).loss._target_.endswith("CrossEntropy")  # the default: loss=ce
+    assert compose_train(["loss=ce"], tmp_path).loss._target_.endswith("CrossEntropy")
+    # the quick preset's (issue 29); a preset picks a group, the command line wins whole
+    assert compose_train([], tmp_path).loss._target_.endswith("LogitAdjustedLoss")
 
 
 # ----------------------------------------------------------------------------- training

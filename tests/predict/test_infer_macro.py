@@ -49,8 +49,8 @@ def compose_infer(overrides):
 
 
 def infer(run_dirs, out_dir, *overrides):
-    cfg = compose_infer([f"runs=[{','.join(str(r) for r in run_dirs)}]", "batch_size=32",
-                         "data.test_labels=test_labels.csv", *overrides])
+    cfg = compose_infer([f"runs=[{','.join(str(r) for r in run_dirs)}]", "batch_size=32", "tta=none",
+                         "data.test_labels=test_labels.csv", *overrides])  # tta=none: the view these tests fit
     return inference.run_inference(cfg, out_dir)
 
 

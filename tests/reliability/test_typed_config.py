@@ -72,7 +72,8 @@ def test_presets_and_typical_overrides_keep_their_types(tmp_path):
                          "trainer.grad_clip=2", "trainer.eval_batch_size=null", "data.img_size=48"], tmp_path)
     assert cfg.trainer.grad_clip == 2.0 and isinstance(cfg.trainer.grad_clip, float)
     assert list(cfg.folds.run) == [0, 1] and list(cfg.logger.tags) == ["a", "b"]
-    assert cfg.trainer.epochs == 100 and cfg.data.img_size == 48
+    assert cfg.trainer.epochs == 30 and cfg.data.img_size == 48
+    assert isinstance(cfg.trainer.lr, float) and isinstance(cfg.schedule.warmup_epochs, int)  # resolved
 
 
 def test_bad_choice_fails_before_any_work(tiny_data, tmp_path):

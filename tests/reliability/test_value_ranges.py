@@ -78,7 +78,7 @@ TRAIN_HOSTILE = [
     ("infer.batch_size=0", "infer.batch_size=0: expected a number >= 1"),
     ("ensemble.fold_models={0:{model:tiny,img_size:0}}",
      "ensemble.fold_models.0.img_size=0: expected a number >= 16 and <= 4096"),
-    ("ensemble.fold_models={9:tiny}", "ensemble.fold_models.9: expected a fold index 0..4 (folds.n=5)"),
+    ("ensemble.fold_models={9:tiny}", "ensemble.fold_models.9: expected a fold index 0..2 (folds.n=3)"),
 ]
 
 INFER_HOSTILE = [
