@@ -143,10 +143,10 @@ def prepare_submission(cfg: DictConfig) -> Submission | None:
     submit=false, or on a torchrun rank other than 0: rank 0 submits)."""
     from docclassify.engine import distributed
 
-    mode = cfg.get("submit")
-    if mode is None or mode is False or str(mode).lower() == "false":
+    mode = str(cfg.get("submit")).lower()  # true | false | auto (YAML booleans or the strings)
+    if mode in ("false", "none"):
         return None
-    auto = str(mode).lower() == "auto"
+    auto = mode == "auto"
     if auto and cfg.get("hparams_search") is not None:
         return None  # every trial would predict the test set; the sweep's objective never reads it
     errors = schema_errors(cfg.infer, "infer")

@@ -66,18 +66,13 @@ def train(cfg: DictConfig) -> float:
 
             train_specialists(cfg, resolve_run_dir(cfg))
         summary = submission.run(resolve_run_dir(cfg)) if submission is not None else None
-    if distributed_main():
+    from docclassify.engine import distributed
+
+    if distributed.is_main():  # rank 0 (or no torchrun) prints the run's result line
         from docclassify.submit import result_line
 
         print(result_line(results, summary), flush=True)
     return float(results["objective"])
-
-
-def distributed_main() -> bool:
-    """Rank 0 (or no torchrun): the one process that prints the run's result line."""
-    from docclassify.engine import distributed
-
-    return distributed.is_main()
 
 
 def _share_run_dir() -> None:
