@@ -171,26 +171,49 @@ def plot_curves(histories: dict[int, list[dict]], title: str = "Training curves"
     return fig
 
 
+CELL_W, CELL_H, CAPTION_H, TITLE_H = 3.2, 3.0, 0.6, 0.45  # inches of an image grid's cell, caption, title
+
+
+def _mosaic(pics: list[np.ndarray], rows: int, cols: int) -> tuple[np.ndarray, int, int, int]:
+    """One white RGB canvas of ``rows x cols`` cells shaped like the figure's (a caption band above
+    each image), each image centred in its cell at its own pixel size. Returns (canvas, cell width,
+    caption band height, cell height) in pixels."""
+    pics = [np.repeat(p[..., None], 3, -1) if p.ndim == 2 else p[..., :3] for p in pics]
+    img_h = max(p.shape[0] for p in pics)
+    img_w = max(p.shape[1] for p in pics)
+    px_per_in = max(img_h / (CELL_H * 0.92), img_w / (CELL_W * 0.96))  # a small margin around each image
+    cell_w, cell_h, cap_h = (round(x * px_per_in) for x in (CELL_W, CELL_H, CAPTION_H))
+    canvas = np.full((rows * (cap_h + cell_h), cols * cell_w, 3), 255, np.uint8)
+    for i, p in enumerate(pics):
+        top = (i // cols) * (cap_h + cell_h) + cap_h + (cell_h - p.shape[0]) // 2
+        left = (i % cols) * cell_w + (cell_w - p.shape[1]) // 2
+        canvas[top:top + p.shape[0], left:left + p.shape[1]] = p
+    return canvas, cell_w, cap_h, cell_h
+
+
 def plot_image_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 4) -> Figure:
-    """HWC uint8 images with a caption each (e.g. true / predicted label)."""
+    """HWC uint8 images with a caption each (e.g. true / predicted label).
+
+    The images are pasted into one canvas drawn on one axes, each caption placed in the band above
+    its image: one axes per image made this figure several times slower to render (~0.35 s a fold,
+    most of a small run's report time) for the same picture."""
     n = max(len(images), 1)
     cols = min(cols, n)
     rows = int(np.ceil(n / cols))
-    cell_w, cell_h, caption_h, title_h = 3.2, 3.0, 0.6, 0.45  # inches
-    height = rows * (cell_h + caption_h) + title_h
-    fig = Figure(figsize=(cell_w * cols, height))
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, img, cap in zip(axes, images, captions):
-        ax.imshow(np.asarray(img))
-        ax.set_title(cap, fontsize=8)
-    if not len(images):
-        axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    height = rows * (CELL_H + CAPTION_H) + TITLE_H
+    fig = Figure(figsize=(CELL_W * cols, height))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1 - TITLE_H / height))
+    ax.axis("off")
+    pics = [np.asarray(img).astype(np.uint8, copy=False) for img in images]
+    if pics:
+        canvas, cell_w, cap_h, cell_h = _mosaic(pics, rows, cols)
+        ax.imshow(canvas, aspect="auto", interpolation="nearest")
+        for i, cap in enumerate(captions[: len(pics)]):
+            ax.text((i % cols + 0.5) * cell_w, (i // cols) * (cap_h + cell_h) + cap_h * 0.97, cap, fontsize=8,
+                    ha="center", va="bottom")
+    else:
+        ax.text(0.5, 0.5, "no misclassified images", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title, y=1 - 0.15 / height, va="top")
-    # Fixed spacing (room for 3-line captions): tight_layout costs more than drawing 16 images.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - (title_h + caption_h) / height,
-                        wspace=0.05, hspace=caption_h / cell_h)
     return fig
 
 
