@@ -19,9 +19,9 @@ import pytest
 SNAPSHOT = Path(__file__).with_name("composed.json")
 # Groups of conf/train.yaml composed one option at a time over the defaults.
 TRAIN_GROUPS = ("data", "model", "augment", "regularization", "loss", "schedule", "trainer", "folds", "logger",
-                "ensemble", "validation", "pipeline", "experiment", "debug", "hparams_search")
+                "ensemble", "validation", "specialists", "pipeline", "experiment", "debug", "hparams_search")
 # (primary config, its group composed one option at a time) of the other entrypoints.
-OTHER = (("infer", "tta"), ("export", "tta"), ("distill", None), ("shift", None))
+OTHER = (("infer", "tta"), ("infer", "adapt"), ("export", "tta"), ("distill", None), ("shift", None))
 
 
 def cases() -> list[tuple[str, list[str]]]:
@@ -34,7 +34,8 @@ def cases() -> list[tuple[str, list[str]]]:
             extra = ["data.root=DATA_ROOT"] if group == "data" and option != "synthetic" else []
             out.append(("train", [f"{group}={option}", *extra]))
     for primary, group in OTHER:
-        out.append((primary, []))
+        if (primary, []) not in out:
+            out.append((primary, []))
         if group:
             out += [(primary, [f"{group}={o}"]) for o in available_options(group)]
     return out
