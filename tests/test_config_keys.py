@@ -40,8 +40,14 @@ from conftest import REPO, TINY, compose_train
 from omegaconf import OmegaConf, open_dict
 
 from docclassify.config import CONF_DIR
-from docclassify.config_schema import SCHEMAS, DistortProfile, TrainerConfig, apply_aliases, schema_errors
-from docclassify.engine.callbacks import Callback
+from docclassify.config_schema import (
+    SCHEMAS,
+    DistortProfile,
+    TrainerConfig,
+    apply_aliases,
+    schema_errors,
+)
+from docclassify.tracking.callbacks import Callback
 
 CPU = torch.device("cpu")
 GROUPS = ("augment", "regularization", "schedule", "loss")

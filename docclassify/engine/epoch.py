@@ -19,7 +19,7 @@ from timm.utils import unwrap_model
 
 from docclassify.engine.distributed import all_ranks_true
 from docclassify.engine.losses import smooth_one_hot
-from docclassify.engine.orientation import (
+from docclassify.engine.orientation_head import (
     OrientationTraining,
     element_labels,
     mix_with_orientation,
@@ -44,7 +44,7 @@ class FoldParts:
     mixup: Any = None                 # timm.data.Mixup, or None
     ema: Any = None                   # timm.utils.ModelEmaV3, or None
     scaler: Any = None                # torch.amp.GradScaler (fp16), or None
-    orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation.py)
+    orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation_head.py)
     label_smoothing: float = 0.0      # for probability-row targets (soft pseudo-labels), see forward_losses
 
 
@@ -144,7 +144,7 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
 
     Returns (the loss to minimise, the orientation head's own loss or None). With an orientation
     head and the batch's ``elements``, the head's loss (weighted) is added; its targets are mixed
-    like the class targets (engine/orientation.py). ``weights`` (pseudo-labels): each sample's loss
+    like the class targets (engine/orientation_head.py). ``weights`` (pseudo-labels): each sample's loss
     weight, passed to the loss as ``weight=``; ``targets`` may then be (N, K) probability rows
     (soft pseudo-labels), see :func:`mix_weighted`. An element of ``UNKNOWN_ELEMENT`` (a
     pseudo-labelled test page, data/dataset.py) leaves its row, and every mixed row it is part
