@@ -55,7 +55,7 @@ AVERAGES = ("prob", "logit")
 # candidate views are the 8 dihedral ones.
 ORIENT_MODES = ("orient", "orient_soft")
 # Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.inference (the test images are
-# deskewed when decoded), upright_flip by predict.orientation, per_class (tta=auto) by predict.tta_auto.
+# deskewed when decoded), upright_flip by predict.upright, per_class (tta=auto) by predict.tta_auto.
 TTA_KEYS = ("name", "average", "deskew", "upright_flip", "per_class")
 
 
