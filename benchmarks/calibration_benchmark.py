@@ -91,7 +91,13 @@ def evaluate(run_dirs: dict[int, Path], clean_root: Path, args) -> None:
     import numpy as np
 
     from docclassify.metrics import macro_f1, softmax
-    from docclassify.predict.inference import ImageStore, Member, load_data, load_test_labels, safe_log
+    from docclassify.predict.inference import (
+        ImageStore,
+        Member,
+        load_data,
+        load_test_labels,
+        safe_log,
+    )
     from docclassify.predict.runs import load_run
 
     cache = os.environ.get("DOCCLASSIFY_CACHE", str(Path.home() / ".cache" / "docclassify"))

@@ -248,7 +248,13 @@ def evaluate(names: list[str], run_dirs: list[Path], args) -> None:
     import numpy as np
 
     from docclassify.metrics import softmax
-    from docclassify.predict.inference import ImageStore, Member, load_data, load_test_labels, safe_log
+    from docclassify.predict.inference import (
+        ImageStore,
+        Member,
+        load_data,
+        load_test_labels,
+        safe_log,
+    )
     from docclassify.predict.runs import load_run
 
     runs = [load_run(d) for d in run_dirs]

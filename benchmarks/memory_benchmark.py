@@ -46,8 +46,8 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data = ensure_data(args.data, n_per_class=args.n_per_class, work=args.work)
 
-    from docclassify.engine.callbacks import Callback
     from docclassify.engine.kfold import run_kfold
+    from docclassify.tracking.callbacks import Callback
 
     rows: list[tuple[int, float, float, float, int]] = []
 

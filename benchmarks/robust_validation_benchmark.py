@@ -4,7 +4,7 @@ Each recipe trains with `python -m docclassify.train` on the built-in synthetic 
 training images; its test split is turned, mirrored, tilted, cropped, blurred, noisier and
 differently lit, labels in test_labels.csv) with the default `validation=both`, so every run
 reports `cv_macro_f1` (clean out-of-fold rows) and `cv_macro_f1_robust` (their distorted
-copies, `validation.distort` = the default profile of conf/validation/both.yaml, which is
+copies, `validation.distort` = the default profile of conf/validation/robust.yaml (both.yaml composes it), which is
 not fitted to this data set). Then `python -m docclassify.infer` predicts the labelled test
 split with the fold checkpoints (`tta=none`) and reports its macro F1. The table shows how far
 each cv figure is from the test figure, and whether robust cv ranks the recipes as the test does.

@@ -29,7 +29,15 @@ import threading
 import time
 from pathlib import Path
 
-from _common import DEFAULT_WORK, children_pids, compose, data_overrides, ensure_data, machine_line, rss_mb
+from _common import (
+    DEFAULT_WORK,
+    children_pids,
+    compose,
+    data_overrides,
+    ensure_data,
+    machine_line,
+    rss_mb,
+)
 
 
 def os_threads() -> int:
@@ -90,8 +98,8 @@ def back_to_back(args, base: list[str], work: Path) -> list[dict]:
 
 
 def epoch_stream(args, base: list[str], work: Path) -> list[dict]:
-    from docclassify.engine.callbacks import Callback
     from docclassify.engine.kfold import run_kfold
+    from docclassify.tracking.callbacks import Callback
     from docclassify.train import build_callbacks
 
     rows: list[dict] = []

@@ -24,11 +24,14 @@ def available_options(group: str) -> list[str]:
 
 
 def load_option(group: str, name: str) -> DictConfig:
-    """Read ``conf/<group>/<name>.yaml`` (e.g. a per-fold model override)."""
+    """Read ``conf/<group>/<name>.yaml`` (e.g. a per-fold model override), merged over the options of
+    the same group it composes (``defaults: [basic, _self_]`` in augment/advanced.yaml), as Hydra would."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{group}={name!r}: no such option. Available: {available_options(group)}")
-    return OmegaConf.load(path)
+    node = OmegaConf.load(path)
+    bases = [str(d) for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_" and "/" not in d]
+    return OmegaConf.merge(*(load_option(group, b) for b in bases), node) if bases else node
 
 
 def plain_config(cfg: DictConfig) -> dict:

@@ -32,7 +32,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from docclassify.data.orientation import HEADS, ORIENTATION_GROUPS
+from docclassify.data.dihedral import HEADS, ORIENTATION_GROUPS
 from docclassify.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class AugmentConfig:
     color_jitter: float = key(0.15, ge=0.0, le=1.0)
     hflip: bool = False
     vflip: bool = False
-    # Exact turns / mirror images after either set (data/orientation.py): the group, and the share of
+    # Exact turns / mirror images after either set (data/dihedral.py): the group, and the share of
     # samples that take one of its elements other than the identity.
     orientation: str = key("none", choices=ORIENTATION_GROUPS)
     orientation_p: float = key(0.5, ge=0.0, le=1.0)
@@ -497,7 +497,7 @@ class HparamsSearchConfig:
 
 # ------------------------------------------------------------------------------------------ inference
 # auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py); orient /
-# orient_soft: each image's orientation estimated and undone (predict/orientation.py).
+# orient_soft: each image's orientation estimated and undone (predict/upright.py).
 TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto", "orient", "orient_soft")
 
 

@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> float:
         phases.mark("imported")
         results = run_kfold(cfg, callbacks)
         if cfg.get("specialists") is not None and cfg.specialists.name != "none":  # issue 32: after the run
-            from docclassify.specialists.train import train_specialists
+            from docclassify.specialists.training import train_specialists
 
             train_specialists(cfg, resolve_run_dir(cfg))
         summary = submission.run(resolve_run_dir(cfg)) if submission is not None else None

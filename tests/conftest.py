@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docclassify.engine.callbacks import Callback
+from docclassify.tracking.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

@@ -40,8 +40,14 @@ from conftest import REPO, TINY, compose_train
 from omegaconf import OmegaConf, open_dict
 
 from docclassify.config import CONF_DIR
-from docclassify.config_schema import SCHEMAS, DistortProfile, TrainerConfig, apply_aliases, schema_errors
-from docclassify.engine.callbacks import Callback
+from docclassify.config_schema import (
+    SCHEMAS,
+    DistortProfile,
+    TrainerConfig,
+    apply_aliases,
+    schema_errors,
+)
+from docclassify.tracking.callbacks import Callback
 
 CPU = torch.device("cpu")
 GROUPS = ("augment", "regularization", "schedule", "loss")
@@ -265,10 +271,14 @@ EXEMPT: dict[str, tuple[str, str | None]] = {
 
 # ----------------------------------------------------------------------------- the keys
 def _schema_of(group: str, option: str):
-    """The dataclass an option's YAML starts from (``/schema/<group>/<name>@_here_``)."""
+    """The dataclass an option's YAML starts from (``/schema/<group>/<name>@_here_``, or that of the
+    option of the same group it composes: ``defaults: [robust]``)."""
     text = (CONF_DIR / group / f"{option}.yaml").read_text()
-    name = re.search(rf"/schema/{group}/(\w+)@_here_", text).group(1)
-    return SCHEMAS[(group, name)]
+    found = re.search(rf"/schema/{group}/(\w+)@_here_", text)
+    if found:
+        return SCHEMAS[(group, found.group(1))]
+    base = next(str(d) for d in OmegaConf.create(text).defaults if str(d) != "_self_")
+    return _schema_of(group, base)
 
 
 def group_keys() -> list[tuple[str, str, str]]:

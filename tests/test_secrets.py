@@ -18,7 +18,13 @@ import pytest
 from conftest import TINY, compose_train, run_cli
 from omegaconf import OmegaConf
 
-from docclassify.utils.redact import RedactHydraFiles, has_password, is_redacted, redact, redact_config
+from docclassify.utils.redact import (
+    RedactHydraFiles,
+    has_password,
+    is_redacted,
+    redact,
+    redact_config,
+)
 
 PASSWORD = "s3cret-Pw_9"
 URL = f"postgresql://optuna_user:{PASSWORD}@db.example.org:5432/optuna"
@@ -62,7 +68,7 @@ def test_saved_configs_and_wandb_config_are_masked(tiny_data, tmp_path, monkeypa
 
     from docclassify.config import plain_config
     from docclassify.engine.resume import check_resume_compatible, save_overrides
-    from docclassify.sweep.export import experiment_yaml
+    from docclassify.sweep.experiment_yaml import experiment_yaml
     from docclassify.tracking.wandb_tracker import WandbTracker
 
     overrides = ["data=competition", f"data.root={tiny_data}", *[o for o in TINY if not o.startswith("logger=")],

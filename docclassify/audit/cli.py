@@ -21,8 +21,15 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from docclassify.audit.duplicates import DUPLICATES_CSV, duplicate_report
-from docclassify.audit.labels import GRID_SIZE, ISSUES_CSV, ISSUES_PNG, METHODS, rank_label_issues, suspects_grid
+from docclassify.audit.duplicate_report import DUPLICATES_CSV, duplicate_report
+from docclassify.audit.labels import (
+    GRID_SIZE,
+    ISSUES_CSV,
+    ISSUES_PNG,
+    METHODS,
+    rank_label_issues,
+    suspects_grid,
+)
 from docclassify.audit.rundir import OOF_VIEWS, AuditError, AuditRun, read_oof, read_run
 from docclassify.data.duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_SIMILARITY
 from docclassify.data.sources import DataError, DataSource

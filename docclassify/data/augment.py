@@ -11,7 +11,7 @@ to TrainTransform).
 
 ``orientation`` / ``orientation_p`` act after either set, in every option: with that probability
 an exact element of the group (``rot90``: quarter turns, ``dihedral``: turns and mirror images;
-data/orientation.py) other than the identity. The small-angle rotations stay the sets' own keys
+data/dihedral.py) other than the identity. The small-angle rotations stay the sets' own keys
 (``rotate_limit``, ``advanced_rotate_limit``). Each sample also reports the dihedral element its
 pixels went through in all (the match step's turn or mirror image, the sets' own flips and quarter
 turns and the orientation step, composed): the orientation head's label. A free rotation counts as
@@ -35,8 +35,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from docclassify.data import orientation
-from docclassify.data.orientation import Element, OrientationAugment
+from docclassify.data import dihedral
+from docclassify.data.dihedral import Element, OrientationAugment
 from docclassify.utils.schedule import linear_ramp
 
 
@@ -178,16 +178,16 @@ class TrainTransform:
         use_advanced = bool(rng.random() < self.p_advanced(epoch))
         transforms = self.advanced if use_advanced else self.basic
         seed_transforms(transforms, int(rng.integers(2**31 - 1)))
-        matched = orientation.IDENTITY
+        matched = dihedral.IDENTITY
         if self.match is not None:  # its own generator: the set's draws stay as they were
             drawn = self.match.draw(image, index, epoch)
             image, matched = drawn.image, drawn.element
         result = transforms(image=np.ascontiguousarray(image))
         # Drawn after the sets' draws: orientation=none leaves every earlier draw (and pixel) unchanged.
         turn = self.orientation.draw(rng)
-        pixels = orientation.apply_numpy(result["image"], turn) if turn != orientation.IDENTITY else result["image"]
+        pixels = dihedral.apply_numpy(result["image"], turn) if turn != dihedral.IDENTITY else result["image"]
         # The head's label: every turn and mirror image the pixels went through, in the order applied
         # (the match draw's, then the set's flips and quarter turns, then the orientation step's).
-        done = orientation.compose(turn, orientation.compose(
-            orientation.from_albumentations(result["applied_transforms"]), matched))
+        done = dihedral.compose(turn, dihedral.compose(
+            dihedral.from_albumentations(result["applied_transforms"]), matched))
         return Augmented(pixels, use_advanced, done)

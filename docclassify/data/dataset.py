@@ -17,7 +17,7 @@ class ImageDataset(Dataset):
     engine, so host->device copies stay 4x smaller than float32.
 
     ``orientation_labels``: (tensor, target, element index), the dihedral element the augmentation
-    turned the image by (data/orientation.py; 0, the identity, without a transform).
+    turned the image by (data/dihedral.py; 0, the identity, without a transform).
 
     ``weights`` (one per row of ``images``; pseudo-labels, data/pseudo.py): (tensor, target, element
     index, weight), the element always present then. ``target_rows`` ((rows, K) probabilities, soft

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from docclassify.data.cache import content_key, write_cache_file
+from docclassify.data.dihedral import DIHEDRAL, apply_numpy
 from docclassify.data.images import BadImageError, decode_image
-from docclassify.data.orientation import DIHEDRAL, apply_numpy
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ MODELS_DIR = "models"
 FORMATS = ("onnx", "torchscript", "openvino")
 QUANTIZE = ("none", "int8")
 # mode of the orientation policy: a set of exact (dihedral) views averaged, or each image's
-# orientation estimated and undone (predict/orientation.py).
+# orientation estimated and undone (predict/upright.py).
 TTA_MODES = ("views", "orient", "orient_soft")
 AVERAGES = ("prob", "logit")
 RESIZES = ("pad", "stretch")

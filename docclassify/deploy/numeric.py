@@ -1,8 +1,8 @@
-"""The prediction arithmetic of a bundle in numpy: what ``predict/tta.py``, ``predict/orientation.py``,
+"""The prediction arithmetic of a bundle in numpy: what ``predict/tta.py``, ``predict/upright.py``,
 ``predict/ensemble.py``, ``predict/calibration.py`` and ``predict/decision.py`` compute with torch and
 scipy, for an install without either (``docclassify[serve]``).
 
-The dihedral elements themselves are ``data/orientation.py``'s (the one home of the group); this
+The dihedral elements themselves are ``data/dihedral.py``'s (the one home of the group); this
 module applies them to NCHW batches. tests/deploy/test_numeric.py holds each function against the
 torch / scipy code infer runs (same inputs, same outputs within float32 rounding), and
 tests/deploy/test_export.py holds a whole bundle against ``python -m docclassify.infer``.
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from docclassify.data.orientation import DIHEDRAL, Element, compose, head_element, inverse
+from docclassify.data.dihedral import DIHEDRAL, Element, compose, head_element, inverse
 
 # forward(x NCHW float32) -> (class logits (N, K) float32, orientation logits or None)
 Forward = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
@@ -33,7 +33,7 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 
 def apply_nchw(x: np.ndarray, g: Element) -> np.ndarray:
-    """``g`` on a (..., C, H, W) array: the pixels of data/orientation.py apply_torch."""
+    """``g`` on a (..., C, H, W) array: the pixels of data/dihedral.py apply_torch."""
     out = x[..., ::-1] if g.mirror else x
     return np.ascontiguousarray(np.rot90(out, k=g.k, axes=(-2, -1)) if g.k else out)
 
@@ -64,7 +64,7 @@ def combine_views(stacked: np.ndarray, average: str) -> tuple[np.ndarray, np.nda
 
 
 def weighted_views(stacked: np.ndarray, weights: np.ndarray, average: str) -> tuple[np.ndarray, np.ndarray]:
-    """(probs, logits) of (V, N, K) logits averaged with per-image view weights (V, N) (orientation.py _mean)."""
+    """(probs, logits) of (V, N, K) logits averaged with per-image view weights (V, N) (predict/upright.py _mean)."""
     w = weights[..., None].astype(np.float32)
     if average == "prob":
         probs = (softmax(stacked) * w).sum(0)

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from docclassify.data.dihedral import DIHEDRAL, Element
 from docclassify.data.images import BadImageError, decode_bytes, load_image, resize_image
-from docclassify.data.orientation import DIHEDRAL, Element
 from docclassify.deploy import numeric
 from docclassify.deploy.bundle import BundleSpec, FoldSpec, load_spec
 from docclassify.errors import UserError

@@ -63,7 +63,7 @@ def views_of(name: str, view_names: list[str]) -> list[list]:
 
 def fold_spec(checkpoint: Path, fold: int, mode: str, upright_flip: bool | None) -> FoldSpec:
     from docclassify.models.checkpoint import read_checkpoint
-    from docclassify.predict.orientation import upright_flip_for
+    from docclassify.predict.upright import upright_flip_for
 
     meta = read_checkpoint(checkpoint)["meta"]
     return FoldSpec(int(fold), str(checkpoint), str(meta["timm_name"]),
@@ -168,8 +168,8 @@ class RunRunner:
 
     def _predictor(self, fold: FoldSpec, batch_size: int):
         from docclassify.predict.inference import TtaPredictor
-        from docclassify.predict.orientation import OrientPredictor
         from docclassify.predict.tta import View
+        from docclassify.predict.upright import OrientPredictor
 
         tta = self.spec.tta
         if tta.mode == "views":

@@ -21,7 +21,7 @@ Who uses it: the robust copies (data/validation.py), augmentation (data/augment.
 step and the orientation head's label), the synthetic data (data/synthetic/), test-time deskew
 (data/deskew.py), the shift report (docclassify/shift.py) and the training run (engine/kfold.py).
 This package imports no training, engine or predict module: only the config schema, utils and the
-leaf data modules it builds on (data/images.py: decoding, resizing; data/orientation.py: the
+leaf data modules it builds on (data/images.py: decoding, resizing; data/dihedral.py: the
 dihedral group; data/cache.py: cache keys).
 
 Names imported here are the core of drawing copies; import the measurement, fit and report from

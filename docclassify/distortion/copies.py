@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from docclassify.data.orientation import Element
+from docclassify.data.dihedral import Element
 from docclassify.distortion.draw import Params, distort, element_of, sample_params
 from docclassify.distortion.profile import ADDED_LATER_OFF, normalise_profile
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from docclassify.data.orientation import IDENTITY, Element, compose
+from docclassify.data.dihedral import IDENTITY, Element, compose
 from docclassify.distortion import steps as S
 
 Params = dict[str, Any]  # step name -> drawn value; a step absent from the dict is not applied

@@ -34,8 +34,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from docclassify.data.dihedral import IDENTITY, Element
 from docclassify.data.images import resize_image
-from docclassify.data.orientation import IDENTITY, Element
 from docclassify.distortion.copies import working_side
 from docclassify.distortion.draw import Params, distort, element_of
 from docclassify.utils.schedule import linear_ramp

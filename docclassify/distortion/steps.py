@@ -40,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from docclassify.data.orientation import Element, apply_numpy
+from docclassify.data.dihedral import Element, apply_numpy
 
 # JPEG at a working size below the image's own size: encoded larger, at most this many times and
 # at most JPEG_MAX_SIDE px on the long side (cost), e.g. a 64 px page of a 600 px scan at 256 px:
@@ -118,7 +118,7 @@ def occlude(image: np.ndarray, blobs: Mapping[str, Any] | list, rng: np.random.G
 
 def mirror(image: np.ndarray, axis: bool | str = True, rng: np.random.Generator | None = None) -> np.ndarray:
     """Mirror image: True or ``h`` left-right (the group element the hflip TTA view and orientation
-    augmentation apply, data/orientation.py), ``v`` top-bottom (``Element(2, mirror=True)``)."""
+    augmentation apply, data/dihedral.py), ``v`` top-bottom (``Element(2, mirror=True)``)."""
     return apply_numpy(image, MIRRORS[axis])
 
 

@@ -19,7 +19,7 @@ from timm.utils import unwrap_model
 
 from docclassify.engine.distributed import all_ranks_true
 from docclassify.engine.losses import smooth_one_hot
-from docclassify.engine.orientation import (
+from docclassify.engine.orientation_head import (
     OrientationTraining,
     element_labels,
     mix_with_orientation,
@@ -27,7 +27,7 @@ from docclassify.engine.orientation import (
 )
 
 # Re-exported: their homes are below epoch (engine.signals, engine.setup), which engine.distributed and
-# engine.orientation import without importing epoch (no import circle; .importlinter).
+# engine.orientation_head import without importing epoch (no import circle; .importlinter).
 from docclassify.engine.setup import AmpSettings, autocast, to_model_input
 from docclassify.engine.signals import NonFiniteLossError, StopRequested
 
@@ -44,7 +44,7 @@ class FoldParts:
     mixup: Any = None                 # timm.data.Mixup, or None
     ema: Any = None                   # timm.utils.ModelEmaV3, or None
     scaler: Any = None                # torch.amp.GradScaler (fp16), or None
-    orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation.py)
+    orientation: OrientationTraining | None = None  # the orientation head's loss (engine/orientation_head.py)
     label_smoothing: float = 0.0      # for probability-row targets (soft pseudo-labels), see forward_losses
 
 
@@ -144,7 +144,7 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
 
     Returns (the loss to minimise, the orientation head's own loss or None). With an orientation
     head and the batch's ``elements``, the head's loss (weighted) is added; its targets are mixed
-    like the class targets (engine/orientation.py). ``weights`` (pseudo-labels): each sample's loss
+    like the class targets (engine/orientation_head.py). ``weights`` (pseudo-labels): each sample's loss
     weight, passed to the loss as ``weight=``; ``targets`` may then be (N, K) probability rows
     (soft pseudo-labels), see :func:`mix_weighted`. An element of ``UNKNOWN_ELEMENT`` (a
     pseudo-labelled test page, data/dataset.py) leaves its row, and every mixed row it is part
@@ -181,7 +181,7 @@ def forward_losses(parts: FoldParts, images: torch.Tensor, targets: torch.Tensor
 
 
 def masked_orientation_loss(head_logits: torch.Tensor, o: torch.Tensor, known: torch.Tensor | None) -> torch.Tensor:
-    """The head's loss (engine.orientation.orientation_loss) averaged over the rows whose label is
+    """The head's loss (engine.orientation_head.orientation_loss) averaged over the rows whose label is
     known (every row when ``known`` is None); 0 for a batch without one. A weighted mean, not an
     index: no device sync per step."""
     if known is None:
@@ -207,7 +207,7 @@ def mix_weighted(parts: FoldParts, x: torch.Tensor, y: torch.Tensor, o: torch.Te
 
     One rule for both targets: whatever the batch's mixup smooths its class rows with, it smooths
     its mixed orientation rows with too (``(1 - s) * row + s / n``), exactly what
-    engine.orientation.mix_with_orientation gives a batch without weights; hard labels (no mixup, or
+    engine.orientation_head.mix_with_orientation gives a batch without weights; hard labels (no mixup, or
     an odd batch) stay hard for both heads' losses as they do there. ``known`` (per row, or None):
     a mixed row's orientation label is known only when every image it is made of has a known one."""
     mixup = parts.mixup

@@ -28,7 +28,13 @@ from docclassify.data.pseudo import TrainingSet, fold_training_set
 from docclassify.distortion.copies import copy_rows
 from docclassify.distortion.match import build_match
 from docclassify.engine import distributed, share
-from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, StopRequested, train_one_epoch
+from docclassify.engine.epoch import (
+    EpochProgress,
+    FoldParts,
+    StepContext,
+    StopRequested,
+    train_one_epoch,
+)
 from docclassify.engine.evaluate import (
     monitored_value,
     predict_logits,
@@ -40,7 +46,7 @@ from docclassify.engine.evaluate import (
 )
 from docclassify.engine.loaders import build_eval_loader, build_loaders, close_loaders, debug_rows
 from docclassify.engine.mixup import mixup_active
-from docclassify.engine.orientation import (
+from docclassify.engine.orientation_head import (
     OrientationCheck,
     best_epoch_orientation,
     orientation_check,
@@ -124,7 +130,7 @@ class FoldJob:
     robust_loader: Any = None  # ... and their loader
     robust_targets: np.ndarray | None = None
     robust_estimate: np.ndarray | None = None  # per robust row: estimates (True) or selects (evaluate.robust_roles)
-    orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation.py)
+    orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation_head.py)
 
 
 def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
@@ -298,7 +304,7 @@ def orientation_record(job: FoldJob, stats: dict, robust_logits: np.ndarray | No
     """The orientation part of an epoch's record: the head's training loss, its accuracy and the
     classifier's accuracy by orientation on the turned validation copies, and on the robust copies
     (their quarter turns and mirrors as drawn; ``robust_logits``: the classifier's, already predicted)
-    when the robust view was validated (engine/orientation.py)."""
+    when the robust view was validated (engine/orientation_head.py)."""
     if job.orientation is None:
         return {}
     model = eval_model(job.parts)

@@ -40,8 +40,7 @@ from docclassify.data.validation import robust_copies
 from docclassify.distortion import describe, normalise_profile, resolve_profile
 from docclassify.distortion.copies import RobustSpec
 from docclassify.distortion.report import run_shift_check
-from docclassify.engine import distributed
-from docclassify.tracking.callbacks import Callback, CallbackList
+from docclassify.engine import distributed, share
 from docclassify.engine.epoch import StopRequested
 from docclassify.engine.evaluate import monitored_value, resolve_monitor, validated_views
 from docclassify.engine.fold import run_fold
@@ -49,9 +48,15 @@ from docclassify.engine.losses import check_loss_config
 from docclassify.engine.oof import RESULTS_FILE, copies_recipe, pool_oof
 from docclassify.engine.plan import FoldPlan, plan_folds
 from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, save_overrides
-from docclassify.engine import share
-from docclassify.engine.setup import AmpSettings, amp_settings, resolve_device, seed_everything, set_deterministic
+from docclassify.engine.setup import (
+    AmpSettings,
+    amp_settings,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
 from docclassify.engine.signals import StopFlag
+from docclassify.tracking.callbacks import Callback, CallbackList
 from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import pandas as pd
 from docclassify import metrics
 from docclassify.data.validation import COPIES_FORMAT
 from docclassify.distortion.copies import working_side
-from docclassify.engine.orientation import pooled_orientation
+from docclassify.engine.orientation_head import pooled_orientation
 from docclassify.utils.io import atomic_write, atomic_write_csv
 
 RESULTS_FILE, OOF_FILE, OOF_LOGITS_FILE = "results.json", "oof.csv", "oof_logits.npy"
@@ -152,7 +152,7 @@ def pool_oof(run_dir: Path, train: pd.DataFrame, classes: list[str], outcomes: l
         "oof": OOF_FILE, "oof_logits": OOF_LOGITS_FILE,
         "folds": [{k: o.get(k, FOLD_DEFAULTS.get(k)) for k in FOLD_KEYS} for o in outcomes],
         # The orientation head's accuracy and accuracy by orientation on turned validation copies
-        # (engine/orientation.py); None when the run neither turns images nor has a head.
+        # (engine/orientation_head.py); None when the run neither turns images nor has a head.
         "orientation": pooled_orientation(outcomes),
     }
 

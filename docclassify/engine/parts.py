@@ -20,7 +20,7 @@ from docclassify.engine.epoch import FoldParts, StepContext
 from docclassify.engine.losses import LossContext, build_loss
 from docclassify.engine.mixup import build_mixup
 from docclassify.engine.optim import build_optimizer, build_scheduler
-from docclassify.engine.orientation import build_orientation_training
+from docclassify.engine.orientation_head import build_orientation_training
 from docclassify.engine.sampling import class_shares
 from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head

@@ -1,5 +1,5 @@
 """The orientation head (``model.orientation_head``): a small MLP on the backbone's pooled features
-that predicts which group element (data/orientation.py) the training augmentation applied.
+that predicts which group element (data/dihedral.py) the training augmentation applied.
 
 :class:`OrientationModel` wraps a timm model. ``model(x)`` is exactly the timm model's output (its
 ``forward_features`` then ``forward_head``): the class logits, so EMA, DDP, torch.compile,
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from docclassify.data.orientation import head_size
+from docclassify.data.dihedral import head_size
 
 PREFIX = "backbone."  # the wrapper's parameter names of the timm model
 

@@ -62,7 +62,6 @@ from docclassify.predict.ensemble import (
     fit_oof_weights,
     fit_stacker,
 )
-from docclassify.predict.orientation import ORIENT_MODES, OrientPredictor, orientation_summary
 from docclassify.predict.runs import (
     Run,
     RunError,
@@ -98,6 +97,7 @@ from docclassify.predict.tta_auto import (
     run_per_class,
     set_logits,
 )
+from docclassify.predict.upright import ORIENT_MODES, OrientPredictor, orientation_summary
 from docclassify.utils.io import atomic_group, atomic_write_json
 
 log = logging.getLogger(__name__)

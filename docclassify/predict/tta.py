@@ -13,13 +13,13 @@ same predictions. A :class:`View` is applied in this order:
 Turns with odd ``k`` swap height and width of non-square inputs; inference inputs are
 usually square, and convolutional models with global pooling accept either.
 
-The flips/turns part of a view is an :class:`~docclassify.data.orientation.Element` (the one
+The flips/turns part of a view is an :class:`~docclassify.data.dihedral.Element` (the one
 home of the dihedral group, shared with training augmentation and the orientation head):
 ``View.element``; ``apply_view`` / ``apply_view_numpy`` apply it with that module's functions.
 
 Orientation TTA suits data whose label does not depend on orientation (a rotated passport
 is still a passport). Where orientation carries meaning, choose the ``none`` set. ``tta=orient``
-and ``tta=orient_soft`` (predict/orientation.py) estimate each image's orientation instead of
+and ``tta=orient_soft`` (predict/upright.py) estimate each image's orientation instead of
 averaging every view blindly.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from docclassify.data import orientation
-from docclassify.data.orientation import Element
+from docclassify.data import dihedral
+from docclassify.data.dihedral import Element
 
 __all__ = [
     "AVERAGES",
@@ -51,11 +51,11 @@ __all__ = [
 ]
 
 AVERAGES = ("prob", "logit")
-# Not view sets: each image's orientation is estimated and undone (predict/orientation.py); their
+# Not view sets: each image's orientation is estimated and undone (predict/upright.py); their
 # candidate views are the 8 dihedral ones.
 ORIENT_MODES = ("orient", "orient_soft")
 # Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.inference (the test images are
-# deskewed when decoded), upright_flip by predict.orientation, per_class (tta=auto) by predict.tta_auto.
+# deskewed when decoded), upright_flip by predict.upright, per_class (tta=auto) by predict.tta_auto.
 TTA_KEYS = ("name", "average", "deskew", "upright_flip", "per_class")
 
 
@@ -101,7 +101,7 @@ class View:
 
 def _dihedral() -> list[View]:
     """The 8 group elements as views, in element-index order (identity, the 3 turns, mirror, ...)."""
-    return [View.of(g) for g in orientation.DIHEDRAL]
+    return [View.of(g) for g in dihedral.DIHEDRAL]
 
 
 VIEW_SETS: dict[str, tuple[View, ...]] = {
@@ -110,7 +110,7 @@ VIEW_SETS: dict[str, tuple[View, ...]] = {
     # 2 views: identity + mirror.
     "flip": (View("identity"), View("hflip", hflip=True)),
     # 4 views: the four exact turns.
-    "rot90": tuple(View.of(g) for g in orientation.GROUPS["rot90"]),
+    "rot90": tuple(View.of(g) for g in dihedral.GROUPS["rot90"]),
     # 8 views: the dihedral group (4 turns x mirror).
     "dihedral": tuple(_dihedral()),
     # 5 views: identity, the 3 turns, mirror.
@@ -176,14 +176,14 @@ def apply_view_numpy(img: np.ndarray, view: View) -> np.ndarray:
             f"apply_view_numpy handles flips/turns only; view {view.name!r} has "
             f"angle={view.angle}, zoom={view.zoom}"
         )
-    return orientation.apply_numpy(img, view.element)
+    return dihedral.apply_numpy(img, view.element)
 
 
 def apply_view(x: torch.Tensor, view: View) -> torch.Tensor:
     """Apply ``view`` to a ``(..., C, H, W)`` tensor (typically ``(N, C, H, W)``)."""
     if x.ndim < 3:
         raise ValueError(f"apply_view expects (..., C, H, W), got shape {tuple(x.shape)}")
-    out = orientation.apply_torch(x, view.element)
+    out = dihedral.apply_torch(x, view.element)
     if view.angle != 0.0 or view.zoom != 1.0:
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as TF

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from docclassify.sweep.export import experiment_yaml
+from docclassify.sweep.experiment_yaml import experiment_yaml
 from docclassify.sweep.study import EXPERIMENT_FILE, TRIAL_FILE
 from docclassify.tracking.callbacks import Callback
 from docclassify.utils.io import atomic_write_json, atomic_write_text

@@ -67,7 +67,7 @@ def epoch_line(fold: int, epoch: int, epochs: int, m: dict) -> str:
 
 
 def orientation_part(m: dict) -> str:
-    """The turned validation copies (engine/orientation.py): the head's accuracy, accuracy when turned."""
+    """The turned validation copies (engine/orientation_head.py): the head's accuracy, accuracy when turned."""
     if m.get("val_orientation_counts") is None:
         return ""
     head = m.get("val_orientation_accuracy")

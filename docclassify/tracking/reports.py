@@ -445,7 +445,7 @@ def write_run_report(run_dir: str | Path, folds: list[FoldResult], classes: Sequ
 
 def orientation_section(results: dict | None) -> list[str]:
     """report.md's accuracy by orientation: each validation image also seen turned by a known element
-    (engine/orientation.py), and the robust copies by the turn/mirror they were drawn with, pooled over
+    (engine/orientation_head.py), and the robust copies by the turn/mirror they were drawn with, pooled over
     the folds' best epochs; and the orientation head's accuracy on them."""
     orientation = (results or {}).get("orientation")
     if not orientation:
@@ -470,7 +470,7 @@ def orientation_section(results: dict | None) -> list[str]:
 
 
 def infer_orientation_section(orientation: dict | None) -> list[str]:
-    """The infer test report's accuracy by orientation (predict/orientation.py's summary)."""
+    """The infer test report's accuracy by orientation (predict/upright.py's summary)."""
     if not orientation or not orientation.get("accuracy"):
         return []
     rows = pd.DataFrame([{"orientation": c, "accuracy": v["accuracy"], "images": v["n"]}

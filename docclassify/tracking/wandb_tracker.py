@@ -389,7 +389,7 @@ class WandbTracker(Callback):
 
 
 def orientation_epoch_metrics(m: dict) -> dict:
-    """An epoch's orientation numbers (engine/orientation.py): the head's loss and accuracy on the turned
+    """An epoch's orientation numbers (engine/orientation_head.py): the head's loss and accuracy on the turned
     validation copies, the classifier's accuracy by orientation."""
     out = {"epoch/train_orientation_loss": m.get("train_orientation_loss"),
            "val/orientation_accuracy": m.get("val_orientation_accuracy")}
@@ -407,7 +407,7 @@ def orientation_run_metrics(orientation: dict | None) -> dict:
 
 
 def orientation_test_metrics(orientation: dict | None) -> dict:
-    """summary.json's ``orientation`` (predict/orientation.py): test accuracy by orientation (with test
+    """summary.json's ``orientation`` (predict/upright.py): test accuracy by orientation (with test
     labels) and the share of test images turned back (tta=orient*)."""
     if not orientation:
         return {}

@@ -11,7 +11,7 @@ import pytest
 from conftest import TINY, compose_train
 from omegaconf import OmegaConf
 
-from docclassify.audit.duplicates import duplicate_report
+from docclassify.audit.duplicate_report import duplicate_report
 from docclassify.audit.planted import plant_copies
 from docclassify.data import duplicates as dups
 from docclassify.data.folds import assign_folds, duplicate_groups_for
@@ -140,8 +140,8 @@ def test_groups_that_leave_a_class_in_too_few_folds_are_refused():
 def test_training_data_load_groups_duplicates_and_records_them(planted_data, tmp_path):
     """The engine's load_run_data with folds.group_duplicates (no training): folds.csv keeps each copy
     with its original; without it some copies land in another fold."""
-    from docclassify.engine.callbacks import CallbackList
     from docclassify.engine.kfold import load_run_data, start_run
+    from docclassify.tracking.callbacks import CallbackList
 
     root, planted = planted_data
     data = tmp_path / "data"
@@ -163,8 +163,8 @@ def test_the_default_run_groups_duplicates_and_changes_nothing_without_them(plan
     """Issue 26 item 9: the default config keeps each copy with its original (a copy in another fold
     validates an image the model trained on); a data set without duplicates gets exactly the folds it
     got without grouping (StratifiedKFold's), so grouping by default costs the search only."""
-    from docclassify.engine.callbacks import CallbackList
     from docclassify.engine.kfold import load_run_data, start_run
+    from docclassify.tracking.callbacks import CallbackList
 
     root, planted = planted_data
     copies = planted[planted["split"] == "train"]

@@ -1,4 +1,4 @@
-"""The dihedral group (data/orientation.py) and orientation augmentation (augment.orientation).
+"""The dihedral group (data/dihedral.py) and orientation augmentation (augment.orientation).
 
 Pixel-exact: every option produces exactly its group's elements and nothing else, at the requested
 rate; group laws hold on real pixels; the synthetic test record and albumentations' flips/turns map to
@@ -8,7 +8,6 @@ the element their pixels show; orientation=none leaves every sample untouched.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from docclassify.data import orientation
+from docclassify.config import load_option
+from docclassify.data import dihedral
 from docclassify.data.augment import TrainTransform, seed_transforms
-from docclassify.data.orientation import (
+from docclassify.data.dihedral import (
     DIHEDRAL,
     GROUPS,
     IDENTITY,
@@ -32,7 +32,6 @@ from docclassify.data.orientation import (
 )
 from docclassify.predict.tta import View, apply_view_numpy, get_views
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "docclassify" / "conf"
 # The basic set with every step off: its output is its input, so only the orientation step acts.
 STILL = dict(rotate_limit=0.0, scale_limit=0.0, shift_limit=0.0, crop_p=0.0, color_jitter=0.0, hflip=False,
              vflip=False, advanced_p_start=0.0, advanced_p_end=0.0)
@@ -49,7 +48,7 @@ def _which(out: np.ndarray, image: np.ndarray) -> list[Element]:
 
 
 def _augment(option="basic", **over):
-    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "augment" / f"{option}.yaml"), over)
+    return OmegaConf.merge(load_option("augment", option), over)
 
 
 def test_elements_are_eight_distinct_pixel_permutations():
@@ -107,7 +106,7 @@ def test_albumentations_flips_and_turns_are_read_back():
     for seed in range(64):
         seed_transforms(pipeline, seed)  # each transform its own stream
         out = pipeline(image=image)
-        g = orientation.from_albumentations(out["applied_transforms"])
+        g = dihedral.from_albumentations(out["applied_transforms"])
         assert g in _which(out["image"], image)
         seen.add(g)
     assert len(seen) >= 6
@@ -167,11 +166,11 @@ def test_orientation_p_is_the_share_turned():
 
 
 def test_validation_elements_cover_the_group_evenly():
-    idx = orientation.validation_elements(20, DIHEDRAL)
+    idx = dihedral.validation_elements(20, DIHEDRAL)
     assert np.bincount(idx, minlength=8).tolist() == [3, 3, 3, 3, 2, 2, 2, 2]
-    counts = orientation.category_counts(np.array([True, False, True, True]), np.array([0, 1, 4, 5]))
+    counts = dihedral.category_counts(np.array([True, False, True, True]), np.array([0, 1, 4, 5]))
     assert counts == {"upright": [1, 1], "turned": [0, 1], "mirrored": [2, 2]}
-    assert orientation.pool_counts([counts, {"turned": [1, 1]}]) == {"upright": [1, 1], "turned": [1, 2],
+    assert dihedral.pool_counts([counts, {"turned": [1, 1]}]) == {"upright": [1, 1], "turned": [1, 2],
                                                                       "mirrored": [2, 2]}
 
 

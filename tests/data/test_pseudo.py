@@ -307,7 +307,7 @@ class WithHead(torch.nn.Module):
 
 
 def head_parts(head: str, mixup=None, smoothing: float = 0.0) -> FoldParts:
-    from docclassify.engine.orientation import OrientationTraining
+    from docclassify.engine.orientation_head import OrientationTraining
 
     training = OrientationTraining(head, 1.0)
     model = WithHead(training.n)
@@ -323,7 +323,7 @@ def test_weighted_mixup_smooths_the_orientation_rows_like_the_class_rows():
     weights and hard targets both must give the same images, class rows and orientation rows: mixed
     with one lambda, then smoothed by the same label smoothing."""
     from docclassify.engine.epoch import mix_weighted
-    from docclassify.engine.orientation import mix_with_orientation
+    from docclassify.engine.orientation_head import mix_with_orientation
 
     images, hard, _, _ = batch()
     x = images.float() / 255

@@ -16,7 +16,7 @@ from conftest import REPO
 from PIL import Image
 
 from docclassify.data import synthetic as S
-from docclassify.data.synthetic import cache as synthetic_cache
+from docclassify.data.synthetic import store as synthetic_store
 
 SMALL = S.SyntheticSpec(n_train_per_class=4, n_test_per_class=3, long_side=96, seed=0)
 
@@ -282,7 +282,7 @@ def test_ensure_synthetic_lost_race_uses_winner(tmp_path: Path, monkeypatch):
         return res
 
     # ensure_synthetic calls the generate it imported into its own module
-    monkeypatch.setattr(synthetic_cache, "generate", racing_generate)
+    monkeypatch.setattr(synthetic_store, "generate", racing_generate)
     d = S.ensure_synthetic(cache, SMALL)
     assert (d / "winner").is_file() and (d / S.COMPLETE_MARKER).is_file()
     assert [p.name for p in cache.iterdir()] == [d.name]  # our temp dir was removed

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from docclassify.data.dihedral import DIHEDRAL, apply_torch
 from docclassify.data.images import load_image
-from docclassify.data.orientation import DIHEDRAL, apply_torch
 from docclassify.deploy import numeric
 from docclassify.models.factory import create_model
 from docclassify.models.heads import with_orientation_head
-from docclassify.predict import calibration, decision, ensemble, orientation, tta
+from docclassify.predict import calibration, decision, ensemble, tta, upright
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -68,9 +68,9 @@ def test_view_sets_average_as_predict_tta(model, images, average):
 @pytest.mark.parametrize("flip", [False, True])
 def test_orient_turns_each_image_back_as_orient_batch(model, images, flip):
     x = numeric.normalise(images, MEAN, STD)
-    head = orientation.orientation_head_of(model)
+    head = upright.orientation_head_of(model)
     p, z, e = numeric.orient(forward_of(model), x, head, flip, "prob")
-    tp, tz, te = orientation.orient_batch(model, torch.from_numpy(x), head, flip, "prob")
+    tp, tz, te = upright.orient_batch(model, torch.from_numpy(x), head, flip, "prob")
     assert [g.index for g in e] == [g.index for g in te]
     np.testing.assert_allclose(p, tp.numpy(), atol=1e-6)
     np.testing.assert_allclose(z, tz.numpy(), atol=1e-5)
@@ -78,10 +78,10 @@ def test_orient_turns_each_image_back_as_orient_batch(model, images, flip):
 
 def test_orient_soft_weights_views_as_orient_soft_batch(model, images):
     x = numeric.normalise(images, MEAN, STD)
-    head = orientation.orientation_head_of(model)
+    head = upright.orientation_head_of(model)
     for average in ("prob", "logit"):
         p, z, e = numeric.orient_soft(forward_of(model), x, head, average)
-        tp, tz, te = orientation.orient_soft_batch(model, torch.from_numpy(x), head, average)
+        tp, tz, te = upright.orient_soft_batch(model, torch.from_numpy(x), head, average)
         assert [g.index for g in e] == [g.index for g in te]
         np.testing.assert_allclose(p, tp.numpy(), atol=1e-6)
         np.testing.assert_allclose(z, tz.numpy(), atol=1e-5)

@@ -19,8 +19,8 @@ from PIL import Image
 
 from docclassify import distortion as D
 from docclassify.data import validation as V
+from docclassify.data.dihedral import apply_numpy, inverse
 from docclassify.data.images import image_size, load_image, resize_image
-from docclassify.data.orientation import apply_numpy, inverse
 from docclassify.distortion.copies import RobustSpec, copy_rng
 from docclassify.distortion.match import MatchValidation
 
@@ -178,7 +178,7 @@ def _labelled(tmp_path, turning: dict, orientation: str = "dihedral", flips: boo
     and no other transform, the orientation step."""
     from docclassify.data.augment import TrainTransform
     from docclassify.data.dataset import ImageDataset
-    from docclassify.data.orientation import element
+    from docclassify.data.dihedral import element
 
     cfg = compose_train([*TINY, "augment.match_validation=true", f"augment.hflip={flips}", f"augment.vflip={flips}",
                          "augment.rotate_limit=0", "augment.scale_limit=0", "augment.shift_limit=0", "augment.crop_p=0",

@@ -23,8 +23,8 @@ from docclassify.config_schema import DistortProfile, distort_errors
 from docclassify.data.sources import DataError, load_competition
 from docclassify.distortion import compare, fit, measure, profile_defaults, steps
 from docclassify.distortion import report as shift_report
-from docclassify.engine.callbacks import CallbackList
 from docclassify.engine.kfold import load_run_data, start_run
+from docclassify.tracking.callbacks import CallbackList
 
 PLANTED_DARKER = 0.15        # brightness, share of full scale
 PLANTED_BLUR = 0.006         # Gaussian sigma, share of the long side

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from docclassify.config_schema import DistortProfile
 from docclassify import distortion as D
+from docclassify.config_schema import DistortProfile
 
 PROBABILITIES = [k for k in D.STEP_NAMES if f"{k}_p" in DistortProfile.__annotations__]
 
@@ -532,7 +532,7 @@ def test_element_of_is_what_the_steps_do_to_the_pixels(params):
     """Undoing element_of(params) on the distorted page gives back the page: exactly for the exact
     steps, and with the dark corner back at the top left (and the grey band on the left) after a
     free rotation beyond 45 degrees."""
-    from docclassify.data.orientation import apply_numpy, inverse
+    from docclassify.data.dihedral import apply_numpy, inverse
 
     page = _marked_page()
     back = apply_numpy(D.apply_params(page, params, np.random.default_rng(0)), inverse(D.element_of(params)))

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from docclassify.config import load_option
 from docclassify.config_schema import AugmentConfig
 from docclassify.data.augment import TrainTransform
-from docclassify.engine.callbacks import Callback
 from docclassify.engine.loaders import build_loaders, debug_rows
 from docclassify.engine.resume import ResumableSampler
+from docclassify.tracking.callbacks import Callback
 
 
 def _trainer(**over):

@@ -196,9 +196,9 @@ def test_each_option_trains_a_tiny_model(option, tiny_data, tmp_path):
     """The real fold engine (prepare_fold + fit_fold) on real images, with mixup's soft targets
     in epoch 0 and hard, label-smoothed targets from epoch 1 (mixup_off_epoch): finite losses
     that fall from epoch 1 to epoch 3 (same targets kind), validation logits for every row."""
-    from docclassify.engine.callbacks import Callback
     from docclassify.engine.fold import fit_fold, prepare_fold
     from docclassify.engine.kfold import load_run_data, start_run
+    from docclassify.tracking.callbacks import Callback
 
     class Steps(Callback):
         def __init__(self):

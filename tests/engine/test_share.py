@@ -86,8 +86,8 @@ def test_a_second_job_halves_the_threads_at_the_next_refresh(tmp_path, sleeper, 
 
 @pytest.mark.slow
 def test_trainer_threads_sets_the_runs_threads(tiny_data, tmp_path, caplog):
-    from docclassify.engine.callbacks import Callback
     from docclassify.engine.kfold import run_kfold
+    from docclassify.tracking.callbacks import Callback
 
     seen = []
 

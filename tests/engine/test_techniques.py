@@ -22,7 +22,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from docclassify.config import CONF_DIR
+from docclassify.config import CONF_DIR, load_option
 from docclassify.data.augment import (
     TrainTransform,
     build_advanced,
@@ -46,7 +46,7 @@ CPU = torch.device("cpu")
 
 # ----------------------------------------------------------------------------- helpers
 def _option(group: str, option: str, **over):
-    return OmegaConf.merge(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), over)
+    return OmegaConf.merge(load_option(group, option), over)
 
 
 def _trainer(**over):

@@ -15,7 +15,12 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from docclassify.models import convert_dit
-from docclassify.models.convert_dit import DIT_ARCH, FRESH_KEYS, DitLayoutError, convert_dit_state_dict
+from docclassify.models.convert_dit import (
+    DIT_ARCH,
+    FRESH_KEYS,
+    DitLayoutError,
+    convert_dit_state_dict,
+)
 from docclassify.models.factory import ModelConfigError, create_model
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=2)

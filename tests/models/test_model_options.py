@@ -14,7 +14,12 @@ from docclassify.engine.kfold import run_kfold
 from docclassify.engine.parts import build_model
 from docclassify.engine.plan import plan_folds
 from docclassify.models.checkpoint import load_checkpoint, model_meta, save_best
-from docclassify.models.factory import ModelConfigError, is_fixed_size, native_size, normalization_of
+from docclassify.models.factory import (
+    ModelConfigError,
+    is_fixed_size,
+    native_size,
+    normalization_of,
+)
 
 OPTIONS = available_options("model")
 TEST_OPTIONS = {"tiny", "tiny_convnext", "tiny_efficientnet"}  # timm's test models: no native size of their own

@@ -1,5 +1,5 @@
 """The orientation head (models/heads.py): the wrapper keeps timm's output, its checkpoint round trip
-(with and without the head), optimiser groups, and mixed orientation targets (engine/orientation.py)."""
+(with and without the head), optimiser groups, and mixed orientation targets (engine/orientation_head.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import torch
 from timm.data import Mixup
 
 from docclassify.engine.optim import build_optimizer
-from docclassify.engine.orientation import mix_with_orientation, orientation_loss
-from docclassify.models.checkpoint import load_checkpoint, model_meta, save_best, trained_orientations
+from docclassify.engine.orientation_head import mix_with_orientation, orientation_loss
+from docclassify.models.checkpoint import (
+    load_checkpoint,
+    model_meta,
+    save_best,
+    trained_orientations,
+)
 from docclassify.models.heads import OrientationModel, orientation_head_of, with_orientation_head
 
 

@@ -16,7 +16,12 @@ import pandas as pd
 import pytest
 from conftest import TINY, run_cli
 
-from docclassify.data.sources import DataError, imagefolder_layout, load_competition, load_imagefolder
+from docclassify.data.sources import (
+    DataError,
+    imagefolder_layout,
+    load_competition,
+    load_imagefolder,
+)
 
 
 def _class_tree(tiny_data: Path, root: Path, split: bool = False) -> Path:

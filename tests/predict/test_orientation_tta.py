@@ -1,4 +1,4 @@
-"""Test-time orientation (predict/orientation.py): an exactly known turn is undone.
+"""Test-time orientation (predict/upright.py): an exactly known turn is undone.
 
 An oracle model knows three reference pages exactly: its orientation head names the element that
 turns the nearest reference into the input, and its classifier is confident (and right) only on an
@@ -16,12 +16,12 @@ import pytest
 import torch
 from torch import nn
 
-from docclassify.data import orientation
+from docclassify.data import dihedral
 from docclassify.data.deskew import deskew, estimate_skew
-from docclassify.data.orientation import DIHEDRAL, Element, apply_numpy, apply_torch
+from docclassify.data.dihedral import DIHEDRAL, Element, apply_numpy, apply_torch
 from docclassify.distortion import rotate
 from docclassify.models.heads import OrientationModel
-from docclassify.predict.orientation import OrientPredictor, orientation_summary, upright_flip_for
+from docclassify.predict.upright import OrientPredictor, orientation_summary, upright_flip_for
 
 SIZE, N_CLASSES = 12, 3
 META = {"mean": [0.0] * 3, "std": [1.0] * 3, "trained_orientations": {"group": "dihedral", "p": 0.5, "mirrors": True}}
@@ -105,8 +105,8 @@ def test_the_undone_view_is_the_upright_page():
         turned = apply_numpy(page, g)
         predictor = OrientPredictor("orient", "prob", 8, torch.device("cpu"), upright_flip=False)
         predictor.predict(model, turned[None], np.arange(1), META)
-        estimate = orientation.element(int(predictor.last_estimates[0]))
-        np.testing.assert_array_equal(apply_numpy(turned, orientation.inverse(estimate)), page)
+        estimate = dihedral.element(int(predictor.last_estimates[0]))
+        np.testing.assert_array_equal(apply_numpy(turned, dihedral.inverse(estimate)), page)
 
 
 def test_upright_flip_follows_the_training_record():

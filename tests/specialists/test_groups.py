@@ -64,7 +64,7 @@ def test_a_specialist_is_its_runs_config_on_the_groups_rows_with_the_runs_folds(
     from conftest import TINY, compose_train
 
     from docclassify.specialists.groups import Group
-    from docclassify.specialists.train import specialist_config
+    from docclassify.specialists.training import specialist_config
 
     cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "specialists=auto",
                          "specialists.size_scale=1.5", "specialists.epochs=7"], tmp_path / "run")

@@ -235,9 +235,10 @@ def test_a_new_sampler_is_configurable(tiny_data, tmp_path, isolated_env):
 # --- the pieces, without a sweep process ------------------------------------------------------
 
 def test_grid_choices_and_directions_on_this_optuna():
-    from hydra_plugins.docclassify_sweeper._impl import directions_of, grid_choices
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from hydra_plugins.hydra_optuna_sweeper.config import Direction
+
+    from hydra_plugins.docclassify_sweeper._impl import directions_of, grid_choices
 
     parsed = create_params_from_overrides(["a=range(10,31,step=5)", "b=choice(x,y)", "c=interval(0.0,1.0)", "d=3"])
     space, fixed = parsed[0], parsed[1]

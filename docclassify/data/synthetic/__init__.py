@@ -46,7 +46,6 @@ Names starting with an underscore are shared between these modules only.
 
 from __future__ import annotations
 
-from docclassify.data.synthetic.cache import ensure_synthetic
 from docclassify.data.synthetic.cli import main
 from docclassify.data.synthetic.generator import COMPLETE_MARKER, PHONE_SPLIT, generate, make_image
 from docclassify.data.synthetic.spec import (
@@ -57,6 +56,7 @@ from docclassify.data.synthetic.spec import (
     synthetic_dir_name,
     train_counts,
 )
+from docclassify.data.synthetic.store import ensure_synthetic
 from docclassify.data.synthetic.templates import render_clean
 
 __all__ = [

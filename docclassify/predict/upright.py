@@ -1,7 +1,7 @@
 """Test-time orientation: turn each test image back to upright, then classify it.
 
 ``tta=orient``
-    Estimate the dihedral element each image was turned by (data/orientation.py), undo it, and
+    Estimate the dihedral element each image was turned by (data/dihedral.py), undo it, and
     classify the upright view. The estimate comes from the checkpoint's orientation head when it
     has one (``model.orientation_head``; one forward of the image as it is), otherwise from the
     classifier: the most confident of the 8 dihedral views is taken as the upright one. The upright
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from docclassify.data import orientation
-from docclassify.data.orientation import DIHEDRAL, Element, head_element, inverse
+from docclassify.data import dihedral
+from docclassify.data.dihedral import DIHEDRAL, Element, head_element, inverse
 from docclassify.models.heads import orientation_head_of
 from docclassify.predict.tta import ORIENT_MODES, View, normalised_batches
 
@@ -94,17 +94,17 @@ def orient_batch(model, x: torch.Tensor, head: str, upright_flip: bool,
     """``tta=orient`` on a batch: (probs, logits, estimated element per image)."""
     if head != "none":
         estimates = estimate_with_head(model, x, head)
-        upright = torch.stack([orientation.apply_torch(x[i], inverse(g)) for i, g in enumerate(estimates)])
-        views = [upright] + ([orientation.apply_torch(upright, Element(0, True))] if upright_flip else [])
+        upright = torch.stack([dihedral.apply_torch(x[i], inverse(g)) for i, g in enumerate(estimates)])
+        views = [upright] + ([dihedral.apply_torch(upright, Element(0, True))] if upright_flip else [])
         stacked = torch.stack([_forward(model, v, "none")[0] for v in views])
     else:
-        per_view = torch.stack([_forward(model, orientation.apply_torch(x, g), "none")[0] for g in DIHEDRAL])
+        per_view = torch.stack([_forward(model, dihedral.apply_torch(x, g), "none")[0] for g in DIHEDRAL])
         best = torch.softmax(per_view, dim=-1).amax(-1).argmax(0)  # (N,) the most confident view
         estimates = [inverse(DIHEDRAL[int(v)]) for v in best.tolist()]
         rows = torch.arange(x.shape[0])
         stacked = per_view[best, rows][None]
         if upright_flip:  # the chosen view's mirror: the view of element mirror * chosen
-            mirrored = torch.tensor([orientation.compose(Element(0, True), DIHEDRAL[int(v)]).index for v in best])
+            mirrored = torch.tensor([dihedral.compose(Element(0, True), DIHEDRAL[int(v)]).index for v in best])
             stacked = torch.cat([stacked, per_view[mirrored, rows][None]])
     weights = torch.full(stacked.shape[:2], 1.0 / stacked.shape[0])
     probs, logits = _mean(stacked, weights, average)
@@ -116,7 +116,7 @@ def orient_soft_batch(model, x: torch.Tensor, head: str, average: str) -> tuple[
     """``tta=orient_soft`` on a batch: the 8 views weighted by their probability of being upright."""
     logits, scores = [], []
     for g in DIHEDRAL:
-        view_logits, head_logits = _forward(model, orientation.apply_torch(x, g), head)
+        view_logits, head_logits = _forward(model, dihedral.apply_torch(x, g), head)
         logits.append(view_logits)
         scores.append(upright_probability(head_logits, head) if head_logits is not None
                       else confidence_odds(view_logits))
@@ -182,7 +182,7 @@ def consensus(per_fold: list[np.ndarray]) -> np.ndarray:
 
 def accuracy_by_orientation(correct: np.ndarray, elements: np.ndarray) -> dict:
     """{category: {accuracy, n}} of test predictions by the test images' orientation."""
-    counts = orientation.category_counts(correct, elements)
+    counts = dihedral.category_counts(correct, elements)
     return {c: {"accuracy": ok / n if n else math.nan, "n": n} for c, (ok, n) in counts.items()}
 
 
@@ -205,7 +205,7 @@ def known_orientations(source) -> np.ndarray | None:
     if not ids.isin(table.index).all():
         return None
     rows = table.loc[ids.tolist()]
-    return np.asarray([orientation.from_record(int(k), f).index for k, f in zip(rows["rot90_k"], rows["flip"])],
+    return np.asarray([dihedral.from_record(int(k), f).index for k, f in zip(rows["rot90_k"], rows["flip"])],
                       dtype=np.int64)
 
 

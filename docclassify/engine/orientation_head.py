@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from docclassify.data import orientation
-from docclassify.data.orientation import head_label, head_size
+from docclassify.data import dihedral
+from docclassify.data.dihedral import head_label, head_size
 from docclassify.distortion.copies import copy_element
 
 
@@ -82,13 +82,13 @@ def orientation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ validation
-def check_group(augment_cfg, head: str) -> tuple[orientation.Element, ...]:
+def check_group(augment_cfg, head: str) -> tuple[dihedral.Element, ...]:
     """The elements validation copies are turned by: augment.orientation's group, else the head's,
     else none (an empty tuple: no orientation pass)."""
     group = str(augment_cfg.get("orientation", "none"))
     if group != "none":
-        return orientation.GROUPS[group]
-    return orientation.head_group(head) if head != "none" else ()
+        return dihedral.GROUPS[group]
+    return dihedral.head_group(head) if head != "none" else ()
 
 
 @torch.inference_mode()
@@ -100,7 +100,7 @@ def predict_turned(model, loader, ctx, elements: np.ndarray, head: str) -> tuple
     model.eval()
     logits, heads, start = [], [], 0
     for images, *_ in loader:
-        x = orientation.apply_per_sample(to_model_input(images, ctx), elements[start:start + len(images)])
+        x = dihedral.apply_per_sample(to_model_input(images, ctx), elements[start:start + len(images)])
         start += len(images)
         with autocast(ctx):
             out = model(x, orientation=True) if head != "none" else model(x)
@@ -117,14 +117,14 @@ def orientation_metrics(logits: np.ndarray, head_logits: np.ndarray | None, targ
     """The head's accuracy on the turned copies (None without a head) and the classifier's correct /
     total counts by orientation category (exact to pool over folds)."""
     correct = logits.argmax(1) == np.asarray(targets)
-    counts = orientation.category_counts(correct, elements)
+    counts = dihedral.category_counts(correct, elements)
     head_acc, head_counts = None, None
     if head_logits is not None:
-        labels = np.asarray([head_label(orientation.element(e), head) for e in elements])
+        labels = np.asarray([head_label(dihedral.element(e), head) for e in elements])
         hits = int((head_logits.argmax(1) == labels).sum())
         head_acc, head_counts = (hits / len(labels) if len(labels) else float("nan")), [hits, len(labels)]
     return {"val_orientation_accuracy": head_acc, "val_orientation_head": head_counts, "val_orientation_counts": counts,
-            **{f"val_accuracy_{c}": a for c, a in orientation.accuracy_of_counts(counts).items()}}
+            **{f"val_accuracy_{c}": a for c, a in dihedral.accuracy_of_counts(counts).items()}}
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def orientation_check(augment_cfg, head: str, n_val: int, robust_copies_of=None)
     if not group:
         return None
     robust = copy_elements(*robust_copies_of) if robust_copies_of is not None else None
-    return OrientationCheck(orientation.validation_elements(n_val, group), head, robust)
+    return OrientationCheck(dihedral.validation_elements(n_val, group), head, robust)
 
 
 def copy_elements(ids, spec) -> np.ndarray:
@@ -208,9 +208,9 @@ def pooled_orientation(outcomes: list[dict]) -> dict | None:
 
 def pooled_view(parts: list[dict], suffix: str) -> dict:
     """The pooled figures of one view (``""``: the turned copies, ``_robust``: the robust copies)."""
-    counts = orientation.pool_counts([p.get(f"val_orientation_counts{suffix}") for p in parts])
+    counts = dihedral.pool_counts([p.get(f"val_orientation_counts{suffix}") for p in parts])
     heads = [p[f"val_orientation_head{suffix}"] for p in parts if p.get(f"val_orientation_head{suffix}")]
     ok, n = (sum(h[0] for h in heads), sum(h[1] for h in heads)) if heads else (0, 0)
     head = parts[0]["head"]
     return {"head_accuracy": ok / n if n else None, "head_chance": 1.0 / head_size(head) if n else None,
-            "accuracy_by_orientation": orientation.accuracy_of_counts(counts), "counts": counts}
+            "accuracy_by_orientation": dihedral.accuracy_of_counts(counts), "counts": counts}
