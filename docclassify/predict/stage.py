@@ -261,8 +261,8 @@ class StageData:
 def fold_inputs(models_run, ds, store, data_run, view: str, device, member: int, label: str,
                 states: dict[int, dict] | None = None) -> list[FoldInput]:
     """FoldInputs of ``models_run``'s fold models (a run, or a specialist of one) on ``data_run``'s data
-    (predict/testdata.py's DataSet ``ds`` and predict/imagestore.py's ImageStore ``store``): its test images, and the images
-    its OOF rows of ``view`` index (the training images or their robust copies), at each model's size;
+    (predict/testdata.py's DataSet ``ds``, predict/imagestore.py's ImageStore ``store``): its test images,
+    and the images its OOF rows of ``view`` index (the training images or their robust copies), at each model's size;
     ``states``: adapt's norm states per fold (predict/adapt.py)."""
     from docclassify.models.checkpoint import load_checkpoint
 

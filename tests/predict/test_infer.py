@@ -141,7 +141,7 @@ def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_d
         mask = folds == fm.fold
         images = store.get(ds, "train", ckpt["meta"])
         _, logits = predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
-                                           torch.device("cpu"))
+                                 torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 
@@ -273,7 +273,7 @@ def test_robust_copies_rebuilt_at_inference_reproduce_training_logits(multi_run,
         images = store.oof_images(ds, ckpt["meta"], run, "robust")
         assert images.shape == (2 * len(ds.source.train), ckpt["meta"]["img_size"], ckpt["meta"]["img_size"], 3)
         _, logits = predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
-                                           torch.device("cpu"))
+                                 torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 

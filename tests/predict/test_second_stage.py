@@ -320,8 +320,8 @@ def test_cross_fit_reports_the_gain_of_a_choice_made_without_the_rows_it_is_scor
 
 
 def test_the_combiner_is_the_first_pass_arithmetic():
-    """Combiner.test / .oof against predict/ensemble.py's ensemble_test_probs and predict/fitting.py's fit_on_oof (two code
-    paths): weights fitted on OOF, the temperature, the fold-average scaling."""
+    """Combiner.test / .oof against predict/ensemble.py's ensemble_test_probs and predict/fitting.py's
+    fit_on_oof (two code paths): weights fitted on OOF, the temperature, the fold-average scaling."""
     from docclassify.predict.ensemble import ensemble_test_probs
     from docclassify.predict.fitting import fit_on_oof
     from docclassify.predict.members import Member
