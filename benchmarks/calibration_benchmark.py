@@ -11,7 +11,7 @@ every fold checkpoint predicts two labelled test sets once (no TTA):
   (`--clean-per-class` per class), a stand-in for a test set that looks like the training set.
 
 The run's fold average is calibrated as `python -m docclassify.infer` does (its own functions:
-`fit_on_oof` and `ensemble_test_probs`, equal weights, `average=prob`, `mimic_fold_average=true`,
+`fitting.fit_on_oof` and `ensemble.ensemble_test_probs`, equal weights, `average=prob`, `mimic_fold_average=true`,
 the temperature fitted on the OOF rows of `--fit-on`, robust by default as `fit_on=auto` picks
 for these runs) and scored against T=1 (`calibrate=false`). Argmax and macro F1 of a single run do
 not depend on T; test_probs.csv, the decision rule's biases and ensemble weights do.
@@ -78,11 +78,14 @@ def scores(member, oof, calibrate: bool, y_test) -> tuple[float, float, float]:
     """(temperature, test NLL, test ECE) of one run's fold average as infer calibrates it."""
     import numpy as np
 
+    from docclassify.metrics import safe_log
     from docclassify.predict.calibration import ece
-    from docclassify.predict.inference import ensemble_test_probs, fit_on_oof, safe_log
+    from docclassify.predict.ensemble import ensemble_test_probs
+    from docclassify.predict.fitting import fit_on_oof
 
     fit = fit_on_oof([member], oof, "prob", "equal", calibrate, "argmax", True)
-    probs = ensemble_test_probs([member], fit, "prob", calibrate)
+    probs = ensemble_test_probs([member.test_logits], fit.weights, "prob", fit.stacker,
+                                fit.temperature if calibrate else None)
     nll = float(-safe_log(probs)[np.arange(len(y_test)), y_test].mean())
     return fit.temperature, nll, ece(probs, y_test)
 
@@ -90,15 +93,11 @@ def scores(member, oof, calibrate: bool, y_test) -> tuple[float, float, float]:
 def evaluate(run_dirs: dict[int, Path], clean_root: Path, args) -> None:
     import numpy as np
 
-    from docclassify.metrics import macro_f1, softmax
-    from docclassify.predict.inference import (
-        ImageStore,
-        Member,
-        load_data,
-        load_test_labels,
-        safe_log,
-    )
-    from docclassify.predict.runs import load_run
+    from docclassify.metrics import macro_f1, safe_log, softmax
+    from docclassify.predict.imagestore import ImageStore
+    from docclassify.predict.members import Member
+    from docclassify.predict.run_dirs import load_run
+    from docclassify.predict.testdata import load_data, load_test_labels
 
     cache = os.environ.get("DOCCLASSIFY_CACHE", str(Path.home() / ".cache" / "docclassify"))
     store = ImageStore(cache)

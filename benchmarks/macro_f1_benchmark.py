@@ -65,8 +65,8 @@ def fold_test_logits(run, ds, store, batch_size: int):
     import torch
 
     from docclassify.models.checkpoint import load_checkpoint
-    from docclassify.predict.inference import predict_rows
     from docclassify.predict.tta import View
+    from docclassify.predict.views import predict_rows
 
     out = []
     for fm in run.folds:
@@ -79,8 +79,8 @@ def fold_test_logits(run, ds, store, batch_size: int):
 
 
 def oof_inputs(runs, view: str):
-    from docclassify.predict.inference import OofInputs
-    from docclassify.predict.runs import load_view_oof
+    from docclassify.predict.oof_rows import OofInputs
+    from docclassify.predict.run_dirs import load_view_oof
 
     return OofInputs([load_view_oof(r, view) for r in runs], False, [None] * len(runs), view)
 
@@ -90,11 +90,12 @@ def scored(members, oof, weights: str, decision: str, y_test, mimic: bool = True
     predictions) of one ensemble setting (prob average, calibrate=true, mimic_fold_average=mimic)."""
     import numpy as np
 
-    from docclassify.metrics import macro_f1
-    from docclassify.predict.inference import ensemble_test_probs, fit_on_oof, safe_log
+    from docclassify.metrics import macro_f1, safe_log
+    from docclassify.predict.ensemble import ensemble_test_probs
+    from docclassify.predict.fitting import fit_on_oof
 
     fit = fit_on_oof(members, oof, "prob", weights, True, decision, mimic)
-    probs = ensemble_test_probs(members, fit, "prob", True)
+    probs = ensemble_test_probs([m.test_logits for m in members], fit.weights, "prob", fit.stacker, fit.temperature)
     pred = fit.decision.predict(safe_log(probs))
     nll = float(-safe_log(probs)[np.arange(len(y_test)), y_test].mean())
     return fit.decision.oof_macro_f1, macro_f1(y_test, pred), fit, nll, pred
@@ -234,7 +235,7 @@ def calibration_rows(label: str, fold_logits, oof_logits, y_oof, y_test) -> list
 
 
 def calibration_table(names, runs, fold_logits, views, y_test) -> list[str]:
-    from docclassify.predict.runs import load_view_oof
+    from docclassify.predict.run_dirs import load_view_oof
 
     lines = ["| run | temperature | T | test NLL | test ECE |", "| --- | --- | --- | --- | --- |"]
     for view in views:
@@ -247,15 +248,11 @@ def calibration_table(names, runs, fold_logits, views, y_test) -> list[str]:
 def evaluate(names: list[str], run_dirs: list[Path], args) -> None:
     import numpy as np
 
-    from docclassify.metrics import softmax
-    from docclassify.predict.inference import (
-        ImageStore,
-        Member,
-        load_data,
-        load_test_labels,
-        safe_log,
-    )
-    from docclassify.predict.runs import load_run
+    from docclassify.metrics import safe_log, softmax
+    from docclassify.predict.imagestore import ImageStore
+    from docclassify.predict.members import Member
+    from docclassify.predict.run_dirs import load_run
+    from docclassify.predict.testdata import load_data, load_test_labels
 
     runs = [load_run(d) for d in run_dirs]
     cache = os.environ.get("DOCCLASSIFY_CACHE", str(Path.home() / ".cache" / "docclassify"))

@@ -54,7 +54,7 @@ def infer(run_dir: Path, label: str, overrides: list[str], out_dir: Path) -> dic
     from hydra import compose, initialize_config_dir
 
     from docclassify.config import CONF_DIR
-    from docclassify.predict.inference import run_inference
+    from docclassify.predict.pipeline import run_inference
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("infer", overrides=[f"runs=[{run_dir}]", "calibrate=false", *overrides])

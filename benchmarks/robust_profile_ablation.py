@@ -33,9 +33,9 @@ def robust_f1(run, ds, profile: dict, batch_size: int) -> float:
     from docclassify.distortion.copies import RobustSpec, copy_rows
     from docclassify.metrics import macro_f1
     from docclassify.models.checkpoint import load_checkpoint
-    from docclassify.predict.inference import predict_rows
-    from docclassify.predict.runs import fold_of_ids
+    from docclassify.predict.run_dirs import fold_of_ids
     from docclassify.predict.tta import View
+    from docclassify.predict.views import predict_rows
 
     validation = run.results["validation"]
     spec = RobustSpec(profile, int(validation["copies"]), int(validation["seed"]))
@@ -64,8 +64,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from docclassify.predict.inference import load_data
-    from docclassify.predict.runs import load_run
+    from docclassify.predict.run_dirs import load_run
+    from docclassify.predict.testdata import load_data
 
     run = load_run(args.run_dir)
     if not run.has_robust:

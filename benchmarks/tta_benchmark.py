@@ -60,7 +60,7 @@ def compare(run_dir: Path, view_sets: list[str], work: Path, batch_size: int) ->
     from hydra import compose, initialize_config_dir
 
     from docclassify.config import CONF_DIR
-    from docclassify.predict.inference import run_inference
+    from docclassify.predict.pipeline import run_inference
 
     rows = []
     for name in view_sets:

@@ -652,13 +652,13 @@ class InferConfig:
     task_name: str = "infer"
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
-    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/runs.py FIT_ON).
+    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/run_dirs.py FIT_ON).
     fit_on: str = key("auto", choices=("auto", "robust", "clean"))
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
     decision: str = key("argmax", choices=("argmax", "macro_f1"))
     calibrate: bool = False
-    # Fit on OOF rows scaled like fold averages (predict/inference.py mimic_fold_averages).
+    # Fit on OOF rows scaled like fold averages (predict/fitting.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True
     # One run: predict its OOF rows (robust copies when it has them) as the test is predicted and
@@ -668,7 +668,7 @@ class InferConfig:
     batch_size: int = key(64, ge=1)
     device: str = "auto"
     # A folder of images to predict (every image file in it, sorted by name), instead of the
-    # test set of the runs' data (predict/inference.py loose_folder).
+    # test set of the runs' data (predict/testdata.py loose_folder).
     inputs: str | None = None
     data: InferData = field(default_factory=InferData)
     # The second stage (docs/second-stage.md), each off by default.

@@ -31,7 +31,7 @@ def infer(cfg: DictConfig, out_dir: Path) -> dict:
     from docclassify.config_schema import check_config
 
     check_config(cfg)  # every choice and range (top_k, batch_size, ...) before any work
-    from docclassify.predict.inference import run_inference
+    from docclassify.predict.pipeline import run_inference
     from docclassify.tracking.wandb_tracker import build_inference_tracker
 
     phases.freeze_imported_objects()

@@ -15,6 +15,11 @@ from scipy.special import softmax as _softmax
 from sklearn.metrics import accuracy_score, f1_score
 
 
+def safe_log(probs: np.ndarray) -> np.ndarray:
+    """log of probabilities, finite (underflowed zeros become log(tiny))."""
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny, None))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, K) logits as float64 (scipy's: max-shifted, stable)."""
     return _softmax(np.asarray(logits, dtype=np.float64), axis=1)

@@ -16,7 +16,7 @@ from docclassify.config_schema import ConfigError, check_config
 from docclassify.data.images import BadImageError
 from docclassify.data.sources import DataError, load_source
 from docclassify.models.factory import ModelConfigError
-from docclassify.predict.runs import RunError
+from docclassify.predict.run_dirs import RunError
 
 LR_MESSAGE = "docclassify.train: error: trainer.lr=-1.0: expected a number >= 0.0"
 

@@ -19,9 +19,6 @@ ALLOWED = {
     # concept, split by the thin-entrypoint rule (as train.py's flow is engine/kfold.py).
     "distill.py": ({"distill.py", "deploy/distill.py"}, "the distill command and its flow"),
     "export.py": ({"export.py", "deploy/export.py"}, "the export command and its flow"),
-    # Two concepts (predict: finding and checking training runs; deploy: run dirs -> a bundle spec): to be
-    # renamed once the inference split (issue 28 item 4), which edits both files' importers, has landed.
-    "runs.py": ({"predict/runs.py", "deploy/runs.py"}, "pending the predict/inference.py split"),
 }
 
 

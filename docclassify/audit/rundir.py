@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from docclassify.data.sources import DataError, DataSource, load_source
-from docclassify.predict.runs import CONFIG_FILES, OOF_FILE, RESULTS_FILE
+from docclassify.predict.run_dirs import CONFIG_FILES, OOF_FILE, RESULTS_FILE
 
 OOF_ROBUST_FILE, FOLDS_FILE = "oof_robust.csv", "folds.csv"
 OOF_VIEWS = ("clean", "clean+robust")

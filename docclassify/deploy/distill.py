@@ -144,7 +144,7 @@ def run_distill(cfg: DictConfig) -> float:
 
 def teacher_summary_only(cfg: DictConfig, out_dir: Path) -> dict:
     """The teacher runs with equal weights (distill.test_images=false: infer is not run)."""
-    from docclassify.predict.runs import discover_runs
+    from docclassify.predict.run_dirs import discover_runs
 
     runs = discover_runs(teacher_runs(cfg))
     out_dir.mkdir(parents=True, exist_ok=True)

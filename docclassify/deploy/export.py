@@ -222,8 +222,8 @@ def calibration_batches(run_dir: Path, fold: FoldSpec, n: int, data_overrides: d
     from docclassify.data.images import BadImageError, load_image
     from docclassify.data.sources import load_source
     from docclassify.deploy.numeric import normalise
-    from docclassify.predict.inference import run_data_config
-    from docclassify.predict.runs import load_run
+    from docclassify.predict.run_dirs import load_run
+    from docclassify.predict.testdata import run_data_config
 
     run = load_run(run_dir)
     source = load_source(OmegaConf.create(run_data_config(run, data_overrides)), cache_dir)
@@ -273,8 +273,8 @@ def check_bundle(folder: Path, spec: BundleSpec, infer_dir: Path, n: int, data_o
     import pandas as pd
 
     from docclassify.deploy.predictor import BundleRunner, Predictor
-    from docclassify.predict.inference import load_data
-    from docclassify.predict.runs import discover_runs
+    from docclassify.predict.run_dirs import discover_runs
+    from docclassify.predict.testdata import load_data
 
     if n == 0:
         return {}
@@ -327,7 +327,7 @@ def data_overrides(cfg: DictConfig, infer_dir: Path) -> dict:
     """infer's data.* overrides the check and the INT8 calibration read the data with: export's own, else
     (an infer run dir given) the ones that infer run had."""
     from docclassify.deploy.runs import infer_config
-    from docclassify.predict.inference import DATA_OVERRIDES
+    from docclassify.predict.testdata import DATA_OVERRIDES
 
     given = {k: cfg.data.get(k) for k in DATA_OVERRIDES}
     made_with = infer_config(infer_dir).get("data") or {}

@@ -125,7 +125,7 @@ def classes_of(members: list[MemberSpec]) -> list[str]:
 
 def spec_from_training_runs(paths: Sequence[str | Path], tta: str, upright_flip: bool | None,
                             deskew: bool) -> BundleSpec:
-    from docclassify.predict.runs import discover_runs
+    from docclassify.predict.run_dirs import discover_runs
 
     runs = discover_runs([str(p) for p in paths])
     spec_tta = tta_spec(tta, None, "prob", deskew)
@@ -155,45 +155,40 @@ def spec_of_runs(runs: str | Path | Sequence[str | Path], tta: str = "none", upr
 
 
 class RunRunner:
-    """Fold checkpoints run by predict/'s own code: load_checkpoint, TtaPredictor / OrientPredictor, and
-    infer's arithmetic after the folds (ensemble_test_probs, the decision biases)."""
+    """Fold checkpoints run by infer's own steps (predict/pipeline.py): the views (predict/views.py
+    make_predictor), fold averaging (predict/averaging.py average_folds) and the decision step
+    (predict/ensemble.py ensemble_test_probs, the decision biases)."""
 
     def __init__(self, spec: BundleSpec, device: str = "cpu"):
-        import torch
+        import torch  # here, not at the top: a bundle's spec is read without torch
 
         from docclassify.models.checkpoint import load_checkpoint
 
         self.spec, self.device = spec, torch.device(device)
         self.loaded = [load_checkpoint(f.checkpoint or f.file, self.device) for f in spec.folds]
 
-    def _predictor(self, fold: FoldSpec, batch_size: int):
-        from docclassify.predict.inference import TtaPredictor
-        from docclassify.predict.tta import View
-        from docclassify.predict.upright import OrientPredictor
-
-        tta = self.spec.tta
-        if tta.mode == "views":
-            views = [View(name, k=int(k), hflip=bool(m)) for name, k, m in tta.views]
-            return TtaPredictor(views, tta.average, batch_size, self.device)
-        return OrientPredictor(tta.mode, tta.average, batch_size, self.device, fold.upright_flip)
-
     def predict_fold(self, index: int, fold: FoldSpec, images: np.ndarray, batch_size: int):
+        from docclassify.predict.tta import View
+        from docclassify.predict.views import make_predictor
+
         model, ckpt = self.loaded[index]
-        predictor = self._predictor(fold, batch_size)  # one per call: its last_estimates are this call's
+        tta = self.spec.tta
+        views = [View(name, k=int(k), hflip=bool(m)) for name, k, m in tta.views]
+        # one predictor per call: its last_estimates are this call's
+        predictor = make_predictor(tta.mode, views, tta.average, batch_size, self.device, fold.upright_flip)
         probs, logits = predictor.predict(model, images, np.arange(len(images)), ckpt["meta"])
         return probs, logits, predictor.last_estimates
 
     def fold_average(self, fold_preds: list[np.ndarray], average: str) -> np.ndarray:
-        from docclassify.predict.ensemble import combine
-        from docclassify.predict.inference import safe_log
+        from docclassify.predict.averaging import average_folds
 
-        return safe_log(combine(fold_preds, None, average))  # as predict_run averages a run's folds
+        return average_folds(fold_preds, average)
 
     def finish(self, member_logs: list[np.ndarray], weights: list[float], average: str, temperature: float,
                biases: list[float] | None) -> tuple[np.ndarray, np.ndarray]:
+        from docclassify.metrics import safe_log
         from docclassify.predict.decision import apply_biases
-        from docclassify.predict.inference import Member, OofFit, ensemble_test_probs, safe_log
+        from docclassify.predict.ensemble import ensemble_test_probs
 
-        members = [Member(None, z) for z in member_logs]
-        probs = ensemble_test_probs(members, OofFit(list(weights), temperature=temperature), average, True)
+        probs = ensemble_test_probs(member_logs, list(weights), average, temperature=temperature)
         return probs, apply_biases(safe_log(probs), biases)

@@ -3,7 +3,7 @@
 Submodules: :mod:`.tta` (needs torch), :mod:`.calibration`, :mod:`.ensemble`,
 :mod:`.submission` (numpy/scipy/pandas only). Names are imported lazily, so importing
 ``docclassify.predict.submission`` does not pull in torch. The flow that uses them,
-``python -m docclassify.infer``, is :func:`.inference.run_inference` (with :mod:`.runs`,
+``python -m docclassify.infer``, is :func:`.pipeline.run_inference` (with :mod:`.runs`,
 which finds the training runs).
 """
 

@@ -153,7 +153,7 @@ def adapt_folds(folds: list[FoldInput], rows: np.ndarray, fold_of: np.ndarray, y
     OOF predictions with the trained ones (``base``, or predicted here when None)."""
     from docclassify.metrics import macro_f1
 
-    n, k = len(rows), int(len(folds[0].meta["classes"]))
+    n, k = len(rows), len(folds[0].meta["classes"])
     base = np.asarray(base, dtype=np.float64) if base is not None else np.full((n, k), np.nan)
     oof_adapted, test_folds, kinds, states = np.full((n, k), np.nan), [], set(), {}
     for f in folds:
@@ -198,8 +198,8 @@ def run_adapt(adapt_cfg, runs, datasets, store, members, oof, predict, average: 
     """``adapt=bn|tent`` over every run (see the module doc): a kept run's member gets the adapted test
     logits, and its OOF rows the adapted predictions. Returns (summary.json's entry, None for adapt=none;
     the kept runs' adapted norm states: run index -> fold -> {"test", "oof"}, for the later options)."""
-    from docclassify.predict.inference import plan_view_oof
-    from docclassify.predict.runs import split_robust_key
+    from docclassify.predict.oof_rows import plan_view_oof
+    from docclassify.predict.run_dirs import split_robust_key
 
     mode = str(adapt_cfg.name) if adapt_cfg is not None else "none"
     if mode == "none":

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from docclassify.metrics import class_counts_of, macro_f1, macro_f1_from_counts
+from docclassify.metrics import class_counts_of, macro_f1, macro_f1_from_counts, safe_log
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +175,9 @@ def fit_decision(scores: np.ndarray, y: np.ndarray, rule: str = "macro_f1", grou
     return DecisionFit("macro_f1", applied, [float(b) for b in biases] if applied else None,
                        [float(b) for b in biases], len(y), n_splits, base, crossed, gain,
                        macro_f1(y, apply_biases(scores, biases)), crossed if applied else base, message)
+
+
+def decide(probs: np.ndarray, fit: DecisionFit | None) -> np.ndarray:
+    """Step 6 of predict/pipeline.py: the class of each row. The fitted rule's biases move only this
+    argmax (test_probs.csv keeps the probabilities); without a fit, the plain argmax."""
+    return fit.predict(safe_log(probs)) if fit is not None else probs.argmax(axis=1)

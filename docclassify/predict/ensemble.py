@@ -18,10 +18,12 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax, logsumexp, softmax
 
-from docclassify.metrics import macro_f1, macro_f1_of_probs
+from docclassify import metrics
+from docclassify.metrics import macro_f1, macro_f1_of_probs, safe_log
+from docclassify.predict.calibration import apply_temperature
 
-__all__ = ["AVERAGES", "STACKER_FILE", "Stacker", "combine", "fit_greedy_weights", "fit_oof_weights", "fit_stacker",
-           "greedy_counts", "normalize_weights"]
+__all__ = ["AVERAGES", "STACKER_FILE", "Stacker", "combine", "ensemble_test_probs", "fit_greedy_weights",
+           "fit_oof_weights", "fit_stacker", "greedy_counts", "members_of", "normalize_weights"]
 
 AVERAGES = ("prob", "logit")
 _EPS = 1e-12
@@ -329,7 +331,7 @@ class Stacker:
                      num_classes=self.num_classes, n_members=self.n_members, C=self.C)
 
     @classmethod
-    def load(cls, path: Path) -> "Stacker":
+    def load(cls, path: Path) -> Stacker:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["coef"], z["intercept"], z["classes"], int(z["num_classes"]), int(z["n_members"]),
                        float(z["C"]))
@@ -391,3 +393,21 @@ def fit_stacker(oof_probs: Sequence[np.ndarray], y: np.ndarray, groups: np.ndarr
               "f1_cross_fitted": f1_stack, "f1_in_sample": macro_f1_of_probs(stacker.predict_proba(list(stacked)), y),
               "accepted": bool(f1_stack >= f1_equal), "oof_probs": crossed}
     return stacker, report
+
+
+def members_of(logits: list[np.ndarray], average: str) -> list[np.ndarray]:
+    """What ``combine`` takes: probabilities (average=prob) or log-probabilities (logit)."""
+    return [metrics.softmax(z) if average == "prob" else log_softmax(z, axis=1) for z in logits]
+
+
+def ensemble_test_probs(test_logits: list[np.ndarray], weights: Sequence[float], average: str,
+                        stacker: Stacker | None = None, temperature: float | None = None) -> np.ndarray:
+    """Step 6 of predict/pipeline.py (and the deployment's RunRunner): the members' test log-probabilities
+    combined with the fitted weights (or the stacker), then the temperature applied (None: calibrate=false)."""
+    if stacker is not None:
+        probs = stacker.predict_proba([metrics.softmax(z) for z in test_logits])
+    else:
+        probs = combine(members_of(test_logits, average), weights, average)
+    if temperature is not None:
+        probs = apply_temperature(safe_log(probs), temperature)
+    return probs

@@ -48,7 +48,7 @@ class GroupSpecialists:
     """The specialists of one class group (one per run that trained it) and which member each belongs to."""
 
     classes: tuple[int, ...]
-    runs: list = field(default_factory=list)      # predict/runs.py Run of each specialist dir
+    runs: list = field(default_factory=list)      # predict/run_dirs.py Run of each specialist dir
     parents: list[int] = field(default_factory=list)  # the member run each was trained from
     rate: float = 0.0                              # its confusion rate in its run's OOF rows
 
@@ -56,7 +56,7 @@ class GroupSpecialists:
 def discover(runs) -> list[GroupSpecialists]:
     """Every run's specialists (``<run>/specialists/*/specialist.json`` + a finished run dir), grouped by
     class set, most confused first. A specialist whose class list differs from its run's is refused."""
-    from docclassify.predict.runs import RunError, load_run
+    from docclassify.predict.run_dirs import RunError, load_run
     from docclassify.specialists import SPECIALIST_FILE, SPECIALISTS_DIR
 
     found: dict[tuple[int, ...], GroupSpecialists] = {}
@@ -111,7 +111,7 @@ def specialist_folds(stage: StageData, group: GroupSpecialists) -> FoldSet:
 def group_probs(stage: StageData, group: GroupSpecialists, test_rows: np.ndarray,
                 oof_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The group's specialists' probabilities over its classes (their average): test rows, OOF rows."""
-    from docclassify.predict.runs import RunError
+    from docclassify.predict.run_dirs import RunError
 
     try:
         test_z, oof_z = predict_both(specialist_folds(stage, group), test_rows, oof_pos, predictor_fn(stage.predict),

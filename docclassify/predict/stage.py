@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
-from docclassify.metrics import macro_f1, softmax
+from docclassify.metrics import macro_f1, safe_log, softmax
+from docclassify.predict.averaging import average_folds
 from docclassify.predict.calibration import apply_temperature
 from docclassify.predict.decision import fit_decision, split_rows
 from docclassify.predict.ensemble import combine
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 
 GUARD_FOLDS = 5  # parts of the OOF rows a guard is cross-fitted on (as decision=macro_f1)
 Predict = Callable[[torch.nn.Module, np.ndarray, np.ndarray, dict], np.ndarray]
-
-
-def safe_log(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(probs, dtype=np.float64), np.finfo(np.float64).tiny, None))
 
 
 def member_scores(logits: np.ndarray, average: str) -> np.ndarray:
@@ -63,7 +60,7 @@ def fold_average(fold_logits: list[np.ndarray], average: str) -> np.ndarray:
     out = np.full(z[0].shape, np.nan)
     if ok.any():
         parts = [softmax(x[ok]) if average == "prob" else x[ok] for x in z]
-        out[ok] = safe_log(combine(parts, None, average))
+        out[ok] = average_folds(parts, average)
     return out
 
 
@@ -252,7 +249,7 @@ class StageData:
     device: torch.device
     summary: dict = field(default_factory=dict)
     changed: bool = False            # an option changed the OOF probabilities (the decision rule is refitted)
-    runs: list = field(default_factory=list)  # the member runs (predict/runs.py Run)
+    runs: list = field(default_factory=list)  # the member runs (predict/run_dirs.py Run)
     # FoldInputs of a run's (or a specialist's) models on member r's data: (models_run, r, member, label)
     folds_for: Callable[..., list[FoldInput]] | None = None
 
@@ -264,8 +261,8 @@ class StageData:
 def fold_inputs(models_run, ds, store, data_run, view: str, device, member: int, label: str,
                 states: dict[int, dict] | None = None) -> list[FoldInput]:
     """FoldInputs of ``models_run``'s fold models (a run, or a specialist of one) on ``data_run``'s data
-    (predict/inference.py's DataSet ``ds`` and ImageStore ``store``): its test images, and the images
-    its OOF rows of ``view`` index (the training images or their robust copies), at each model's size;
+    (predict/testdata.py's DataSet ``ds``, predict/imagestore.py's ImageStore ``store``): its test images,
+    and the images its OOF rows of ``view`` index (the training images or their robust copies), at each model's size;
     ``states``: adapt's norm states per fold (predict/adapt.py)."""
     from docclassify.models.checkpoint import load_checkpoint
 
@@ -279,10 +276,10 @@ def fold_inputs(models_run, ds, store, data_run, view: str, device, member: int,
 
 def build_stage(runs, datasets, store, members, oof_fit, settings, predictor, device,
                 adapted: dict[int, dict] | None = None) -> StageData | None:
-    """StageData of one inference (predict/inference.py's objects: runs, their DataSets, the ImageStore,
+    """StageData of one inference (predict/pipeline.py's objects: runs, their DataSets, the ImageStore,
     the Members, the OofFit, Settings and the predictor; ``adapted``: adapt's kept norm states per run
     and fold); None without OOF rows."""
-    from docclassify.predict.inference import plan_view_oof
+    from docclassify.predict.oof_rows import plan_view_oof
 
     rows = getattr(oof_fit, "rows", None)
     if rows is None:

@@ -54,7 +54,7 @@ AVERAGES = ("prob", "logit")
 # Not view sets: each image's orientation is estimated and undone (predict/upright.py); their
 # candidate views are the 8 dihedral ones.
 ORIENT_MODES = ("orient", "orient_soft")
-# Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.inference (the test images are
+# Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.pipeline (the test images are
 # deskewed when decoded), upright_flip by predict.upright, per_class (tta=auto) by predict.tta_auto.
 TTA_KEYS = ("name", "average", "deskew", "upright_flip", "per_class")
 

@@ -9,7 +9,7 @@ views, and keeps the best; a tie goes to the set with fewer views (cheaper, and 
 more). summary.json records every set's score and the choice (``tta.auto``).
 
 This module holds the pure part (view bookkeeping, combining, choosing); the predictions are
-made by :func:`docclassify.predict.inference.choose_tta`.
+made by :func:`choose_tta` (step 3 of predict/pipeline.py).
 
 ``tta.per_class=true`` extends the choice to a policy: after the set above (the base), each
 predicted class may take another set (the images the base predicts as that class are predicted
@@ -25,11 +25,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from docclassify.metrics import macro_f1
+from docclassify.metrics import macro_f1, macro_f1_of_probs
+from docclassify.models.checkpoint import load_checkpoint
+from docclassify.predict.ensemble import combine, members_of
+from docclassify.predict.oof_rows import align_oof, plan_view_oof
+from docclassify.predict.run_dirs import Run, load_view_oof
 from docclassify.predict.tta import (
     VIEW_SETS,
     View,
@@ -37,6 +42,12 @@ from docclassify.predict.tta import (
     normalised_batches,
     predict_tta_batches,
 )
+from docclassify.predict.views import predict_rows
+
+if TYPE_CHECKING:
+    from docclassify.predict.imagestore import ImageStore
+    from docclassify.predict.settings import Settings
+    from docclassify.predict.testdata import DataSet
 
 log = logging.getLogger(__name__)
 POLICY_PASSES = 2  # passes over the classes when a policy is fitted
@@ -198,3 +209,44 @@ def run_per_class(stage, choice: TtaChoice, tta_average: str, adapted: bool = Fa
              f": applied {report['policy']}, {report['test_changed']} test predictions changed" if applied
              else ": not applied")
     return report
+
+
+def predict_oof_views(run: Run, ds: DataSet, store: ImageStore, keys: np.ndarray, view: str,
+                      views: list[View], batch_size: int, device: torch.device) -> np.ndarray:
+    """Logits (V, N, K) of a run's OOF rows ``keys`` on ``view``, each row predicted by its own
+    fold's model, once per view of ``views``."""
+    rows, folds = plan_view_oof(run, ds, keys, view)
+    out = np.zeros((len(views), len(keys), len(run.classes)), dtype=np.float64)
+    for fm in run.folds:
+        mask = folds == fm.fold
+        if not mask.any():
+            continue
+        model, ckpt = load_checkpoint(fm.checkpoint, device)
+        images = store.oof_images(ds, ckpt["meta"], run, view)
+        for i, v in enumerate(views):
+            out[i, mask] = predict_rows(model, images, rows[mask], ckpt["meta"], [v], "logit", batch_size, device)[1]
+        del model, ckpt
+    return out
+
+
+def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, settings: Settings,
+               tta_average: str, device: torch.device) -> TtaChoice:
+    """tta=auto: every view set scored by the (equal-weight) ensemble's macro F1 on the runs' OOF rows
+    of settings.fit_on; the best set (ties: fewer views) is kept (see predict.tta_auto)."""
+    views, view_logits, t0 = candidate_views(), [], time.time()
+    saved = [load_view_oof(run, settings.fit_on) for run in runs]
+    for run, ds, (keys, _, _) in zip(runs, datasets, saved):
+        view_logits.append(predict_oof_views(run, ds, store, keys, settings.fit_on, views, settings.batch_size,
+                                             device))
+    scores, by_set, y = {}, {}, None
+    for name in VIEW_SETS:
+        by_set[name] = [set_logits(z, views, name, tta_average) for z in view_logits]
+        _, y, aligned = align_oof([(keys, yy, z) for (keys, yy, _), z in zip(saved, by_set[name])],
+                                  [r.path for r in runs])
+        scores[name] = macro_f1_of_probs(combine(members_of(aligned, settings.average), None, settings.average), y)
+    best = pick_best(scores)
+    log.info("tta=auto: %s OOF macro F1 per view set (%d rows, %d distinct views, %.1fs): %s -> %s",
+             settings.fit_on, len(y), len(views), time.time() - t0,
+             ", ".join(f"{k} {v:.4f}" for k, v in scores.items()), best)
+    return TtaChoice(best, settings.fit_on, len(y), scores, by_set[best], view_logits, views,
+                     [keys for keys, _, _ in saved])

@@ -130,7 +130,7 @@ def orient_soft_batch(model, x: torch.Tensor, head: str, average: str) -> tuple[
 @dataclass
 class OrientPredictor:
     """How every fold model predicts under ``tta=orient`` / ``orient_soft`` (the same interface as
-    predict.inference.TtaPredictor). ``last_estimates``: the element index each image of the last
+    predict.views.TtaPredictor). ``last_estimates``: the element index each image of the last
     :meth:`predict` call was turned back from."""
 
     mode: str

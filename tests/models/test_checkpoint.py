@@ -27,7 +27,7 @@ from docclassify.models.checkpoint import (
     save_resume_state,
 )
 from docclassify.models.factory import ModelConfigError, create_model
-from docclassify.predict.runs import RunError, discover_runs
+from docclassify.predict.run_dirs import RunError, discover_runs
 
 CLASSES = [f"class_{i}" for i in range(17)]
 

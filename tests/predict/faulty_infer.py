@@ -24,22 +24,23 @@ def _interrupt(name: str) -> None:
 spec = os.environ.get("DOCCLASSIFY_TEST_INTERRUPT")
 if spec:
     name, when = spec.split(":")
-    import docclassify.predict.inference as inference
+    import docclassify.predict.outputs as outputs
+    import docclassify.predict.pipeline as pipeline
 
     if when == "predict":
-        real_predict = inference.predict_members
+        real_predict = pipeline.predict_members
 
         def predict_members(*args, **kwargs):
             _interrupt(name)
             return real_predict(*args, **kwargs)
 
-        inference.predict_members = predict_members
+        pipeline.predict_members = predict_members
     else:
-        real_write = inference.write_probability_frame
+        real_write = outputs.write_probability_frame
 
         def write_probability_frame(*args, **kwargs):
             _interrupt(name)
             return real_write(*args, **kwargs)
 
-        inference.write_probability_frame = write_probability_frame
+        outputs.write_probability_frame = write_probability_frame
 runpy.run_module("docclassify.infer", run_name="__main__", alter_sys=True)

@@ -125,7 +125,9 @@ def test_fit_on_oof_scales_by_the_factor_of_ensemble_average():
     from types import SimpleNamespace
 
     from docclassify.predict.calibration import averaging_factor
-    from docclassify.predict.inference import Member, OofInputs, fit_on_oof
+    from docclassify.predict.fitting import fit_on_oof
+    from docclassify.predict.members import Member
+    from docclassify.predict.oof_rows import OofInputs
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 5, 200)

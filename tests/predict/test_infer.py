@@ -21,8 +21,13 @@ from scipy.special import log_softmax, softmax
 from sklearn.metrics import f1_score
 
 from docclassify.data.sources import DataError
-from docclassify.predict import inference
-from docclassify.predict.runs import RunError, discover_runs
+from docclassify.predict.imagestore import ImageStore
+from docclassify.predict.oof_rows import plan_oof, plan_view_oof
+from docclassify.predict.pipeline import run_inference
+from docclassify.predict.run_dirs import RunError, discover_runs
+from docclassify.predict.testdata import load_data
+from docclassify.predict.tta import resolve_tta
+from docclassify.predict.views import predict_rows
 
 pytestmark = pytest.mark.slow  # every test uses runs trained by multi_run / partial_run
 
@@ -75,7 +80,7 @@ def compose_infer(overrides):
 
 def infer(runs, out_dir, *overrides):
     cfg = compose_infer([f"runs=[{','.join(str(r) for r in runs)}]", "batch_size=16", *overrides])
-    return inference.run_inference(cfg, out_dir)
+    return run_inference(cfg, out_dir)
 
 
 def assert_nothing_written(out_dir, output=None):
@@ -122,21 +127,21 @@ def test_cli_dihedral_multi_model_submission(multi_run, tiny_data, tmp_path):
 def test_checkpoints_reproduce_training_oof_logits(multi_run, tiny_data, cache_dir):
     """Rebuilding each fold from its checkpoint (size, resize, mean/std) gives training's own val logits."""
     from docclassify.models.checkpoint import load_checkpoint
-    from docclassify.predict.runs import load_oof
+    from docclassify.predict.run_dirs import load_oof
 
     (run,) = discover_runs([multi_run])
-    (ds,) = inference.load_data([run], {}, str(cache_dir))
+    (ds,) = load_data([run], {}, str(cache_dir))
     ids, _, saved = load_oof(run)
-    rows, folds = inference.plan_oof(run, ds, ids)
+    rows, folds = plan_oof(run, ds, ids)
     assert sorted(set(folds)) == [0, 1]
-    store = inference.ImageStore(str(cache_dir))
-    views, _ = inference.resolve_tta({"name": "none"})
+    store = ImageStore(str(cache_dir))
+    views, _ = resolve_tta({"name": "none"})
     for fm in run.folds:
         model, ckpt = load_checkpoint(fm.checkpoint)
         mask = folds == fm.fold
         images = store.get(ds, "train", ckpt["meta"])
-        _, logits = inference.predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
-                                           torch.device("cpu"))
+        _, logits = predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
+                                 torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 
@@ -252,23 +257,23 @@ def test_robust_copies_rebuilt_at_inference_reproduce_training_logits(multi_run,
     """Each fold's model on the copies rebuilt from the run's saved validation settings gives
     training's own robust OOF logits (the same pixels, at both of the run's image sizes)."""
     from docclassify.models.checkpoint import load_checkpoint
-    from docclassify.predict.runs import load_view_oof
+    from docclassify.predict.run_dirs import load_view_oof
 
     (run,) = discover_runs([multi_run])
-    (ds,) = inference.load_data([run], {}, str(cache_dir))
+    (ds,) = load_data([run], {}, str(cache_dir))
     keys, _, saved = load_view_oof(run, "robust")
     # oof_robust.csv: the estimating copy (copy 1 of 2) of every OOF row
     assert len(keys) == len(ds.source.train) and all(k.endswith("#1") for k in keys)
-    rows, folds = inference.plan_view_oof(run, ds, keys, "robust")
-    store = inference.ImageStore(str(cache_dir))
-    views, _ = inference.resolve_tta({"name": "none"})
+    rows, folds = plan_view_oof(run, ds, keys, "robust")
+    store = ImageStore(str(cache_dir))
+    views, _ = resolve_tta({"name": "none"})
     for fm in run.folds:
         model, ckpt = load_checkpoint(fm.checkpoint)
         mask = folds == fm.fold
         images = store.oof_images(ds, ckpt["meta"], run, "robust")
         assert images.shape == (2 * len(ds.source.train), ckpt["meta"]["img_size"], ckpt["meta"]["img_size"], 3)
-        _, logits = inference.predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
-                                           torch.device("cpu"))
+        _, logits = predict_rows(model, images, rows[mask], ckpt["meta"], views, "prob", 16,
+                                 torch.device("cpu"))
         np.testing.assert_allclose(logits, log_softmax(saved[mask], axis=1), atol=1e-4)
 
 

@@ -14,9 +14,10 @@ from conftest import TINY, run_cli
 from scipy.special import softmax
 
 from docclassify.metrics import macro_f1
-from docclassify.predict import inference
+from docclassify.predict import fitting
 from docclassify.predict.ensemble import STACKER_FILE, Stacker, combine
-from docclassify.predict.runs import RunError
+from docclassify.predict.pipeline import run_inference
+from docclassify.predict.run_dirs import RunError
 
 pytestmark = pytest.mark.slow  # every test uses runs trained by the fixtures below
 
@@ -51,7 +52,7 @@ def compose_infer(overrides):
 def infer(run_dirs, out_dir, *overrides):
     cfg = compose_infer([f"runs=[{','.join(str(r) for r in run_dirs)}]", "batch_size=32", "tta=none",
                          "data.test_labels=test_labels.csv", *overrides])  # tta=none: the view these tests fit
-    return inference.run_inference(cfg, out_dir)
+    return run_inference(cfg, out_dir)
 
 
 def _frame(out_dir, name):
@@ -122,13 +123,13 @@ def test_greedy_selection_over_two_runs(runs, tmp_path, monkeypatch, forced):
 def test_stacking_is_saved_and_reproduces_the_test_probabilities(runs, tmp_path, monkeypatch, forced):
     """Stacking over two real runs, its cross-fitted check forced each way: accepted, stacker.npz is
     saved and reproduces test_probs.csv; refused, equal weights and no stacker file."""
-    real = inference.fit_stacker
+    real = fitting.fit_stacker
 
     def gated(probs, y, groups=None, *a, **k):
         stacker, report = real(probs, y, groups, *a, **k)
         return stacker, {**report, "accepted": forced}
 
-    monkeypatch.setattr(inference, "fit_stacker", gated)
+    monkeypatch.setattr(fitting, "fit_stacker", gated)
     singles = [infer([runs[k]], tmp_path / k, "calibrate=false") for k in ("a", "b")]
     assert all(s["ensemble"]["weights"] == [1.0] for s in singles)
     summary = infer([runs["a"], runs["b"]], tmp_path / "stack", "ensemble.weights=stack", "calibrate=false")
@@ -149,7 +150,7 @@ def test_stacking_is_saved_and_reproduces_the_test_probabilities(runs, tmp_path,
 def test_stacker_fitted_on_real_runs_round_trips(runs, tmp_path):
     """Whatever the gate decides, the fitted stacker saved as npz predicts what it predicted."""
     from docclassify.predict.ensemble import fit_stacker
-    from docclassify.predict.runs import discover_runs, load_oof
+    from docclassify.predict.run_dirs import discover_runs, load_oof
 
     oofs = [load_oof(r) for r in discover_runs([runs["a"], runs["b"]])]
     assert np.array_equal(oofs[0][0], oofs[1][0])
@@ -174,9 +175,12 @@ def test_oof_rows_scaled_like_fold_averages(runs, tmp_path, cache_dir):
     probs = {k: _frame(tmp_path / k, "test_probs.csv").to_numpy() for k in ("plain", "mimic")}
     assert not np.allclose(probs["plain"], probs["mimic"], atol=1e-4)
     # the factor is measured on the run's own fold predictions of the test rows
-    from docclassify.predict.inference import ImageStore, TtaPredictor, load_data, predict_run
-    from docclassify.predict.runs import load_run
+    from docclassify.predict.imagestore import ImageStore
+    from docclassify.predict.members import predict_run
+    from docclassify.predict.run_dirs import load_run
+    from docclassify.predict.testdata import load_data
     from docclassify.predict.tta import View
+    from docclassify.predict.views import TtaPredictor
 
     run = load_run(runs["a"])
     (ds,) = load_data([run], {}, str(cache_dir))

@@ -320,9 +320,12 @@ def test_cross_fit_reports_the_gain_of_a_choice_made_without_the_rows_it_is_scor
 
 
 def test_the_combiner_is_the_first_pass_arithmetic():
-    """Combiner.test / .oof against predict/inference.py's ensemble_test_probs and fit_on_oof (two code
-    paths): weights fitted on OOF, the temperature, the fold-average scaling."""
-    from docclassify.predict.inference import Member, OofInputs, ensemble_test_probs, fit_on_oof
+    """Combiner.test / .oof against predict/ensemble.py's ensemble_test_probs and predict/fitting.py's
+    fit_on_oof (two code paths): weights fitted on OOF, the temperature, the fold-average scaling."""
+    from docclassify.predict.ensemble import ensemble_test_probs
+    from docclassify.predict.fitting import fit_on_oof
+    from docclassify.predict.members import Member
+    from docclassify.predict.oof_rows import OofInputs
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 30)
@@ -336,7 +339,8 @@ def test_the_combiner_is_the_first_pass_arithmetic():
     oof_fit = fit_on_oof(members, OofInputs(saved, False, [None, None], "clean"), "prob", "oof", True)
     combiner = Combiner(list(oof_fit.weights), "prob", oof_fit.temperature, oof_fit.summary["averaging_factors"])
     assert np.allclose(combiner.test([m.test_logits for m in members]),
-                       ensemble_test_probs(members, oof_fit, "prob", True))
+                       ensemble_test_probs([m.test_logits for m in members], oof_fit.weights, "prob",
+                                           temperature=oof_fit.temperature))
     oof_probs = combiner.oof(oof_fit.rows.logits)
     assert macro_f1(y, oof_probs.argmax(1)) == pytest.approx(oof_fit.summary["macro_f1"])
 

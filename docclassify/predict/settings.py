@@ -1,0 +1,64 @@
+"""The infer config's top-level keys, checked once (each error names the key): predict/pipeline.py's
+settings, read before any run is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from docclassify.data.sources import DataError
+from docclassify.predict.decision import DECISIONS
+from docclassify.predict.ensemble import AVERAGES
+from docclassify.predict.outputs import SUBMISSION_FILE
+from docclassify.predict.second_pass import SecondPassSettings
+
+WEIGHT_MODES = ("equal", "oof", "greedy", "stack")
+# Weight modes that need every run's OOF rows to be the same rows (they learn from them jointly).
+SELECTION_MODES = ("greedy", "stack")
+
+
+@dataclass
+class Settings:
+    weights: str
+    average: str
+    calibrate: bool
+    oof_tta: bool
+    batch_size: int
+    output: Path | None
+    fit_on: str = "auto"  # auto, robust or clean: resolved against the runs in run_inference
+    decision: str = "argmax"  # argmax or macro_f1 (predict/decision.py)
+    mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
+    second_stage: bool = False  # adapt, tta.per_class, second_pass or specialists on (they need OOF rows)
+    estimate: bool = True  # one run: its OOF rows predicted as the test is, their F1 in summary.json's "oof"
+
+
+def read_settings(cfg: DictConfig) -> Settings:
+    """The top-level inference keys, checked (each error names the key)."""
+    weights, average = str(cfg.ensemble.weights), str(cfg.ensemble.average)
+    if weights not in WEIGHT_MODES:
+        raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
+    if average not in AVERAGES:
+        raise DataError(f"ensemble.average={average!r}: expected one of {', '.join(AVERAGES)}")
+    decision = str(cfg.get("decision", "argmax"))
+    if decision not in DECISIONS:
+        raise DataError(f"decision={decision!r}: expected one of {', '.join(DECISIONS)}")
+    batch_size = cfg.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size={batch_size!r}: expected a positive integer")
+    output = Path(str(cfg.output)).expanduser() if cfg.output else None
+    if output is not None and output.is_dir():
+        output = output / SUBMISSION_FILE
+    return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
+                    str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)),
+                    second_stage_on(cfg), bool(cfg.get("estimate", True)))
+
+
+def second_stage_on(cfg: DictConfig) -> bool:
+    """Whether any second-stage option is on (docs/second-stage.md)."""
+    adapt = cfg.get("adapt")
+    return bool((adapt is not None and str(adapt.get("name", "none")) != "none")
+                or SecondPassSettings.of(cfg.get("second_pass")).enabled
+                or bool((cfg.get("specialists") or {}).get("enabled", False))
+                or (str(cfg.tta.name) == "auto" and bool(cfg.tta.get("per_class", False))))
