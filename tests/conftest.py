@@ -35,6 +35,26 @@ except ImportError:  # pragma: no cover
     pass
 
 
+# Test modules that share an expensive session fixture: one xdist scope each, so one worker builds
+# the fixture once (pytest-xdist builds a session fixture in every worker that asks for it).
+SHARED_FIXTURE_SCOPES = ("tests/deploy/",)  # the `deployed` run, infer and bundle (tests/deploy/conftest.py)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` (pyproject's addopts), except that the modules of SHARED_FIXTURE_SCOPES run
+    as one scope; other --dist modes are left as they are."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            folder = next((f for f in SHARED_FIXTURE_SCOPES if nodeid.startswith(f)), None)
+            return folder or super()._split_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """The test session's own cache dir (DOCCLASSIFY_CACHE in every test)."""
