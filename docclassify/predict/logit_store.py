@@ -11,7 +11,7 @@ One entry is one ``predictor.predict(model, images, rows, meta)`` call. Its key 
   upright_flip, batch size, device);
 - the input: the sha256 of the decoded image array (so image size, resize, pad, deskew, robust copies
   and the images' pixels all count) and of the row indices;
-- the store's format and the torch, timm and docclassify versions.
+- the store's FORMAT (bumped when how predictions are made changes) and the torch and timm versions.
 
 The value (``<paths.cache_dir>/logits/<key>.npz``, written atomically; run dirs are never written) holds
 the probabilities and logits exactly as predicted and, for tta=orient*, the per-image orientation
@@ -120,13 +120,10 @@ class LogitStore:
         """(sha256 key, its JSON description) of one prediction call."""
         import timm
 
-        import docclassify
-
         desc = json.dumps({"format": FORMAT, "checkpoint_sha256": self._checkpoint_digest(Path(checkpoint)),
                            "predictor": predictor_identity(predictor), "images_sha256": self._array_digest(images),
                            "rows_sha256": sha256_of_array(np.asarray(rows, dtype=np.int64)),
-                           "versions": {"torch": torch.__version__, "timm": timm.__version__,
-                                        "docclassify": docclassify.__version__}}, sort_keys=True)
+                           "versions": {"torch": torch.__version__, "timm": timm.__version__}}, sort_keys=True)
         return hashlib.sha256(desc.encode()).hexdigest(), desc
 
     # ------------------------------------------------------------------------------ entries
