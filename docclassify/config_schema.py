@@ -664,6 +664,9 @@ class InferConfig:
     # One run: predict its OOF rows (robust copies when it has them) as the test is predicted and
     # report their macro F1 (summary.json "oof") as the estimate of the test figure.
     estimate: bool = True
+    # Read each fold's predictions from the logit store in paths.cache_dir when the same checkpoint,
+    # views and images were predicted before; store the ones predicted (predict/logit_store.py).
+    reuse_logits: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
     device: str = "auto"

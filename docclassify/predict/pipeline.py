@@ -45,6 +45,7 @@ from docclassify.predict.decision import decide
 from docclassify.predict.ensemble import ensemble_test_probs
 from docclassify.predict.fitting import fit_on_oof
 from docclassify.predict.imagestore import decode_test_images
+from docclassify.predict.logit_store import LogitStore
 from docclassify.predict.members import predict_members
 from docclassify.predict.oof_rows import needs_oof, prepare_oof
 from docclassify.predict.outputs import build_outputs, write_output_files, write_test_report
@@ -103,16 +104,20 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
              "OOF rows, device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
              cfg.tta.name, tta_average, settings.fit_on, device)
     store = decode_test_images(runs, datasets, cache_dir, bool(cfg.tta.get("deskew", False)))
+    # fold predictions made before (same checkpoint, views, images) are read, not predicted again
+    logit_store = LogitStore(cache_dir, settings.reuse_logits and not settings.second_stage,
+                             "reuse_logits=false" if not settings.reuse_logits else "a second-stage option is on")
 
     # 3 views: the option's, or tta=auto's choice on the OOF rows; then the OOF rows to fit on
-    choice = choose_tta(runs, datasets, store, settings, tta_average, device) if auto_tta else None
+    choice = choose_tta(runs, datasets, store, settings, tta_average, device, logit_store) if auto_tta else None
     views = choice.views if choice is not None else views
     oof = prepare_oof(runs, datasets, settings, views, settings.fit_on, predicted=choice is not None)
 
     # 2 members, 4 fold averaging: every fold model on the test images (and its OOF rows), folds averaged
     predictor = make_predictor(str(cfg.tta.name), views, tta_average, settings.batch_size, device,
                                cfg.tta.get("upright_flip"))
-    members = predict_members(runs, datasets, store, predictor, settings.average, oof)
+    members = predict_members(runs, datasets, store, predictor, settings.average, oof, logit_store)
+    logit_store.log_counts()
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
             member.oof_logits = logits
@@ -132,6 +137,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
     outputs = build_outputs(source, members, oof_fit, settings, tta_info, choice, probs, pred, y_test, store,
                             device, {"adapt": adapt_summary, **second}, getattr(predictor, "estimator", None))
+    outputs.summary["logits_reused"] = logit_store.summary()
     outputs.summary["seconds"] = round(time.time() - t_start, 2)
     write_output_files(outputs, Path(out_dir), settings.output)
     if y_test is not None:

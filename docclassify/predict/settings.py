@@ -32,6 +32,7 @@ class Settings:
     mimic_fold_average: bool = True  # fit on OOF rows scaled like fold averages (mimic_fold_averages)
     second_stage: bool = False  # adapt, tta.per_class, second_pass or specialists on (they need OOF rows)
     estimate: bool = True  # one run: its OOF rows predicted as the test is, their F1 in summary.json's "oof"
+    reuse_logits: bool = True  # fold predictions read from / written to the logit store (predict/logit_store.py)
 
 
 def read_settings(cfg: DictConfig) -> Settings:
@@ -52,7 +53,7 @@ def read_settings(cfg: DictConfig) -> Settings:
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
                     str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)),
-                    second_stage_on(cfg), bool(cfg.get("estimate", True)))
+                    second_stage_on(cfg), bool(cfg.get("estimate", True)), bool(cfg.get("reuse_logits", True)))
 
 
 def second_stage_on(cfg: DictConfig) -> bool:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from docclassify.metrics import macro_f1, macro_f1_of_probs
-from docclassify.models.checkpoint import load_checkpoint
 from docclassify.predict.ensemble import combine, members_of
+from docclassify.predict.logit_store import LazyModel, LogitStore
 from docclassify.predict.oof_rows import align_oof, plan_view_oof
 from docclassify.predict.run_dirs import Run, load_view_oof
 from docclassify.predict.tta import (
@@ -42,7 +42,7 @@ from docclassify.predict.tta import (
     normalised_batches,
     predict_tta_batches,
 )
-from docclassify.predict.views import predict_rows
+from docclassify.predict.views import TtaPredictor
 
 if TYPE_CHECKING:
     from docclassify.predict.imagestore import ImageStore
@@ -212,32 +212,36 @@ def run_per_class(stage, choice: TtaChoice, tta_average: str, adapted: bool = Fa
 
 
 def predict_oof_views(run: Run, ds: DataSet, store: ImageStore, keys: np.ndarray, view: str,
-                      views: list[View], batch_size: int, device: torch.device) -> np.ndarray:
+                      views: list[View], batch_size: int, device: torch.device,
+                      logits: LogitStore | None = None) -> np.ndarray:
     """Logits (V, N, K) of a run's OOF rows ``keys`` on ``view``, each row predicted by its own
-    fold's model, once per view of ``views``."""
+    fold's model, once per view of ``views`` (each read from ``logits`` when stored there)."""
+    logits = logits if logits is not None else LogitStore(None, False)
     rows, folds = plan_view_oof(run, ds, keys, view)
     out = np.zeros((len(views), len(keys), len(run.classes)), dtype=np.float64)
     for fm in run.folds:
         mask = folds == fm.fold
         if not mask.any():
             continue
-        model, ckpt = load_checkpoint(fm.checkpoint, device)
-        images = store.oof_images(ds, ckpt["meta"], run, view)
+        model = LazyModel(fm.checkpoint, device)  # loaded only if a view's prediction is not stored
+        images = store.oof_images(ds, fm.meta, run, view)
         for i, v in enumerate(views):
-            out[i, mask] = predict_rows(model, images, rows[mask], ckpt["meta"], [v], "logit", batch_size, device)[1]
-        del model, ckpt
+            out[i, mask] = logits.predict(model, TtaPredictor([v], "logit", batch_size, device), images, rows[mask],
+                                          fm.meta)[1]
+        del model
     return out
 
 
 def choose_tta(runs: list[Run], datasets: list[DataSet], store: ImageStore, settings: Settings,
-               tta_average: str, device: torch.device) -> TtaChoice:
+               tta_average: str, device: torch.device, logits: LogitStore | None = None) -> TtaChoice:
     """tta=auto: every view set scored by the (equal-weight) ensemble's macro F1 on the runs' OOF rows
-    of settings.fit_on; the best set (ties: fewer views) is kept (see predict.tta_auto)."""
+    of settings.fit_on; the best set (ties: fewer views) is kept (see predict.tta_auto). Each fold's
+    view predictions are read from ``logits`` when stored there."""
     views, view_logits, t0 = candidate_views(), [], time.time()
     saved = [load_view_oof(run, settings.fit_on) for run in runs]
     for run, ds, (keys, _, _) in zip(runs, datasets, saved):
         view_logits.append(predict_oof_views(run, ds, store, keys, settings.fit_on, views, settings.batch_size,
-                                             device))
+                                             device, logits))
     scores, by_set, y = {}, {}, None
     for name in VIEW_SETS:
         by_set[name] = [set_logits(z, views, name, tta_average) for z in view_logits]
