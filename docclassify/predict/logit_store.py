@@ -11,7 +11,8 @@ One entry is one ``predictor.predict(model, images, rows, meta)`` call. Its key 
   upright_flip, batch size, device);
 - the input: the sha256 of the decoded image array (so image size, resize, pad, deskew, robust copies
   and the images' pixels all count) and of the row indices;
-- the store's FORMAT (bumped when how predictions are made changes) and the torch and timm versions.
+- the store's FORMAT (bumped when how predictions are made changes) and the torch, timm and docclassify
+  versions.
 
 The value (``<paths.cache_dir>/logits/<key>.npz``, written atomically; run dirs are never written) holds
 the probabilities and logits exactly as predicted and, for tta=orient*, the per-image orientation
@@ -40,6 +41,16 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when what a stored entry means changes (how predictions are made or stored)
 FOLDER = "logits"
 CALL_OUTPUTS = ("last_estimates", "estimator")  # a predictor's fields that its last call set
+
+
+def _package_version() -> str:
+    """docclassify's installed version: an upgrade predicts again even if FORMAT was not bumped."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("docclassify")
+    except PackageNotFoundError:  # a source checkout run without installing
+        return "unknown"
 
 
 def sha256_of_file(path: Path) -> str:
@@ -123,7 +134,8 @@ class LogitStore:
         desc = json.dumps({"format": FORMAT, "checkpoint_sha256": self._checkpoint_digest(Path(checkpoint)),
                            "predictor": predictor_identity(predictor), "images_sha256": self._array_digest(images),
                            "rows_sha256": sha256_of_array(np.asarray(rows, dtype=np.int64)),
-                           "versions": {"torch": torch.__version__, "timm": timm.__version__}}, sort_keys=True)
+                           "versions": {"torch": torch.__version__, "timm": timm.__version__,
+                                        "docclassify": _package_version()}}, sort_keys=True)
         return hashlib.sha256(desc.encode()).hexdigest(), desc
 
     # ------------------------------------------------------------------------------ entries
