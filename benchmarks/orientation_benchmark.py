@@ -57,7 +57,8 @@ def infer(run_dir: Path, label: str, overrides: list[str], out_dir: Path) -> dic
     from docclassify.predict.pipeline import run_inference
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("infer", overrides=[f"runs=[{run_dir}]", "calibrate=false", *overrides])
+        cfg = compose("infer", overrides=[f"runs=[{run_dir}]", "calibrate=false", *overrides,
+                                          "reuse_logits=false"])  # timed: predict, never read stored logits
     t0 = time.time()
     summary = run_inference(cfg, out_dir)
     metrics, orient = summary["test_metrics"], summary.get("orientation") or {}

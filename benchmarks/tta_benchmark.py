@@ -66,7 +66,8 @@ def compare(run_dir: Path, view_sets: list[str], work: Path, batch_size: int) ->
     for name in view_sets:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("infer", overrides=[f"runs=[{run_dir}]", f"tta={name}", "calibrate=false",
-                                              f"batch_size={batch_size}"])
+                                              f"batch_size={batch_size}",
+                                              "reuse_logits=false"])  # timed: predict, never read stored logits
         out_dir = work / f"infer-{name}"
         t0 = time.time()
         summary = run_inference(cfg, out_dir)
