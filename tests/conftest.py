@@ -19,6 +19,7 @@ from docclassify.tracking.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+import clirun  # noqa: E402, F401 - early, to note a new interpreter's warning filters
 # The checkout's hydra_plugins/ (the docclassify sweeper's config node) for in-process
 # composes, as `python -m` from the repo root sees it, even if the install predates it.
 if str(REPO) not in sys.path:
@@ -151,10 +152,23 @@ def compose_train(overrides: list[str], run_dir: Path):
 
 
 def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout: int = 600,
-            check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <overrides>` as a user would; on failure show its output."""
-    proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
+            check: bool = True, env: dict | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <overrides>` as a user would; on failure show its output.
+
+    The command runs in a child forked from this test process (clirun.forked_module: its own
+    process, cwd, environment, signal handlers and exit code, but torch, timm and the package
+    already imported, which is most of a tiny command's 5 s). ``fresh=True`` (or
+    DOCCLASSIFY_TEST_FRESH=1) starts a new interpreter instead: for what a command's own start-up
+    does (imports, --help).
+    """
+    import clirun
+
+    env = {**os.environ, **(env or {})}
+    if fresh or not clirun.can_fork(env):
+        proc = subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd or REPO, capture_output=True,
+                              text=True, timeout=timeout, env=env, check=False)
+    else:
+        proc = clirun.forked_module(module, overrides, cwd=cwd or REPO, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -178,8 +192,9 @@ def rerun_best_experiment(sweep, run_dir: Path):
     return ran, json.loads((run_dir / "results.json").read_text())
 
 
-def run_in(cwd: Path, module: str, args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+def run_in(cwd: Path, module: str, args: list[str], env: dict | None = None,
+           fresh: bool = False) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` started in ``cwd`` (this checkout still imported first), not
     checked: for commands that should fail, or whose side effects in the working dir matter."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    return run_cli(module, args, cwd=cwd, check=False, env={"PYTHONPATH": path, **(env or {})})
+    return run_cli(module, args, cwd=cwd, check=False, env={"PYTHONPATH": path, **(env or {})}, fresh=fresh)
