@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 
 from docclassify.errors import UserError
+from docclassify.utils.choices import LR_SCALE
 
 log = logging.getLogger(__name__)
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-LR_SCALE_RULES = ("none", "linear", "sqrt")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Hydra flags that print and exit without running the job (rank 0 would never share its run dir).
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
@@ -205,7 +205,7 @@ def lr_factor(rule: str, world: int) -> float:
         return float(world)
     if rule == "sqrt":
         return math.sqrt(world)
-    raise ValueError(f"trainer.lr_scale={rule!r}: expected one of {', '.join(LR_SCALE_RULES)}")
+    raise ValueError(f"trainer.lr_scale={rule!r}: expected one of {', '.join(LR_SCALE)}")
 
 
 def scaling(trainer_cfg) -> dict:
