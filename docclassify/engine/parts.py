@@ -9,7 +9,7 @@ then set up with the fold's class counts).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from docclassify.engine.sampling import class_shares
 from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head
 
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import DataCommon, TrainerConfig
+
 
 def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = None) -> torch.nn.Module:
     """The fold's timm model (pretrained or local weights as the model option says), built for
@@ -36,23 +39,22 @@ def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = Non
     return with_orientation_head(model, str(model_cfg.get("orientation_head") or "none"))
 
 
-def build_train_loss(cfg, class_counts: np.ndarray) -> Callable:
+def build_train_loss(cfg, class_counts: np.ndarray, sampler: str) -> Callable:
     """``cfg.loss`` for one fold: instantiated, then ``setup`` with a LossContext (the training rows'
-    class counts, the class shares ``data.sampler`` draws, regularization.label_smoothing)."""
+    class counts, the class shares ``sampler`` (data.sampler) draws, regularization.label_smoothing)."""
     counts = np.asarray(class_counts, dtype=np.int64)
-    sampler = str(cfg.data.get("sampler", "natural"))
     context = LossContext(len(counts), counts, class_shares(counts, sampler),
                           float(cfg.regularization.label_smoothing), sampler)
     return build_loss(cfg.loss, context)
 
 
-def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts: np.ndarray,
-                     batches_per_epoch: int) -> FoldParts:
-    """Everything the step loop needs, on ``ctx.device``; ``cfg`` gives trainer, regularization,
-    loss, schedule and augment (mixup) settings; ``class_counts``: (K,) the fold's training rows
-    per class (K = the number of classes)."""
+def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataCommon, cfg, ctx: StepContext,
+                     class_counts: np.ndarray, batches_per_epoch: int) -> FoldParts:
+    """Everything the step loop needs, on ``ctx.device``; ``trainer`` and ``data`` (its sampler) are
+    those groups' typed settings, ``cfg`` gives the regularization, loss, schedule and augment (mixup)
+    groups; ``class_counts``: (K,) the fold's training rows per class (K = the number of classes)."""
     num_classes = len(class_counts)
-    trainer, reg = cfg.trainer, cfg.regularization
+    reg = cfg.regularization
     model = model.to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -65,7 +67,7 @@ def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts
     updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
     scheduler = build_scheduler(optimizer, cfg.schedule, int(trainer.epochs), updates_per_epoch)
     mixup = build_mixup(cfg.augment, num_classes, float(reg.label_smoothing))
-    loss_fn = build_train_loss(cfg, class_counts)
+    loss_fn = build_train_loss(cfg, class_counts, data.sampler)
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
     ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module
