@@ -13,6 +13,7 @@ kept as ``fold{k}_best.partial.safetensors`` until the fold has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -172,7 +173,8 @@ def load_finished_fold(fold_dir: Path, k: int, epochs: int) -> dict | None:
 
 def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
-    cfg, trainer, settings, k, mc = run.cfg, run.trainer, run.data_settings, plan.fold, plan.model_cfg
+    cfg, trainer, settings, augment, k = run.cfg, run.trainer, run.data_settings, run.augment, plan.fold
+    mc = plan.model_cfg
     val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
     train_idx, val_idx = debug_rows(train_idx, val_idx, trainer, run.seed + k)  # overfit/limit_val_batches
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
@@ -182,8 +184,9 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     mean, std = normalization_of(model)
     head = orientation_head_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, settings.resize,
-                      int(settings.pad_value), mean, std, data.classes, head, trained_orientations(cfg.augment))
-    transform = TrainTransform(cfg.augment, plan.img_size, int(trainer.epochs), run.seed + 7919 * k,
+                      int(settings.pad_value), mean, std, data.classes, head,
+                      trained_orientations(dataclasses.asdict(augment)))
+    transform = TrainTransform(augment, plan.img_size, int(trainer.epochs), run.seed + 7919 * k,
                                int(settings.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
     images = data.images_by_size[plan.img_size]
     training = training_set(run, data, train_idx, plan.img_size)
@@ -195,7 +198,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                                                       sample_weights=training.weights,
                                                       unknown_orientation=training.unknown_orientation)
     ctx = step_context(trainer, run, mean, std)
-    parts = build_fold_parts(model, trainer, settings, cfg, ctx,
+    parts = build_fold_parts(model, trainer, settings, augment, cfg, ctx,
                              class_counts(training.targets[training.rows], data.num_classes), len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
             "n_train": len(train_idx), "n_val": len(val_idx), "n_pseudo": training.n_pseudo}
@@ -206,7 +209,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                   run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
                   resolve_monitor(cfg.get("validation"), trainer.monitor))
     add_robust_view(job, run, data, plan.img_size)
-    job.orientation = orientation_check(cfg.augment, head, len(val_idx),
+    job.orientation = orientation_check(augment, head, len(val_idx),
                                         robust_copies_of=(data.ids[val_idx], data.robust) if job.copies else None)
     return job
 
@@ -221,7 +224,7 @@ def training_set(run: RunContext, data: RunData, train_idx: np.ndarray, img_size
 
 def match_step(run: RunContext, data: RunData, img_size: int, seed: int):
     """augment.match_validation: the robust copies' profile as the first training step (None: off)."""
-    augment, settings = run.cfg.augment, run.data_settings
+    augment, settings = run.augment, run.data_settings
     if not augment.match_validation:
         return None
     return build_match(augment, data.match_profile(), img_size, int(run.trainer.epochs), seed, settings.resize,
@@ -326,7 +329,7 @@ def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
     job.sampler.set_epoch(epoch)
     job.transform.set_epoch(epoch)
     if job.parts.mixup is not None:
-        job.parts.mixup.mixup_enabled = mixup_active(run.cfg.augment, epoch)
+        job.parts.mixup.mixup_enabled = mixup_active(run.augment, epoch)
 
 
 def train_epoch_resumably(job: FoldJob, state: FoldState, epoch: int) -> dict:

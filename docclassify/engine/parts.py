@@ -26,7 +26,7 @@ from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head
 
 if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
-    from docclassify.config_schema import DataCommon, TrainerConfig
+    from docclassify.config_schema import AugmentConfig, DataCommon, TrainerConfig
 
 
 def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = None) -> torch.nn.Module:
@@ -48,11 +48,11 @@ def build_train_loss(cfg, class_counts: np.ndarray, sampler: str) -> Callable:
     return build_loss(cfg.loss, context)
 
 
-def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataCommon, cfg, ctx: StepContext,
-                     class_counts: np.ndarray, batches_per_epoch: int) -> FoldParts:
-    """Everything the step loop needs, on ``ctx.device``; ``trainer`` and ``data`` (its sampler) are
-    those groups' typed settings, ``cfg`` gives the regularization, loss, schedule and augment (mixup)
-    groups; ``class_counts``: (K,) the fold's training rows per class (K = the number of classes)."""
+def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataCommon, augment: AugmentConfig, cfg,
+                     ctx: StepContext, class_counts: np.ndarray, batches_per_epoch: int) -> FoldParts:
+    """Everything the step loop needs, on ``ctx.device``; ``trainer``, ``data`` (its sampler) and
+    ``augment`` (mixup) are those groups' typed settings, ``cfg`` gives the regularization, loss and
+    schedule groups; ``class_counts``: (K,) the fold's training rows per class (K = the number of classes)."""
     num_classes = len(class_counts)
     reg = cfg.regularization
     model = model.to(ctx.device)
@@ -66,7 +66,7 @@ def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataC
         group["lr"] *= lr_factor
     updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
     scheduler = build_scheduler(optimizer, cfg.schedule, int(trainer.epochs), updates_per_epoch)
-    mixup = build_mixup(cfg.augment, num_classes, float(reg.label_smoothing))
+    mixup = build_mixup(augment, num_classes, float(reg.label_smoothing))
     loss_fn = build_train_loss(cfg, class_counts, data.sampler)
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
