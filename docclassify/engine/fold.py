@@ -180,7 +180,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
     # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
     seed_everything(run.seed + 1009 * k)
-    model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
+    model = build_model(mc, data.num_classes, run.regularization, plan.img_size)
     mean, std = normalization_of(model)
     head = orientation_head_of(model)
     meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, settings.resize,
@@ -198,7 +198,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                                                       sample_weights=training.weights,
                                                       unknown_orientation=training.unknown_orientation)
     ctx = step_context(trainer, run, mean, std)
-    parts = build_fold_parts(model, trainer, settings, augment, cfg, ctx,
+    parts = build_fold_parts(model, trainer, settings, augment, run.regularization, cfg.schedule, cfg.loss, ctx,
                              class_counts(training.targets[training.rows], data.num_classes), len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
             "n_train": len(train_idx), "n_val": len(val_idx), "n_pseudo": training.n_pseudo}

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from docclassify.config_schema import AugmentConfig, DataCommon, TrainerConfig, check_config
+from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig, check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_from_file, folds_to_run
 from docclassify.data.images import image_size
@@ -65,9 +65,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """Where and how this run trains (shared by every fold). ``trainer``, ``data_settings`` and ``augment``
-    are the typed objects of those groups (built once by :func:`group_settings`): the loaders, the epoch
-    loop, the augmentation and the fold's parts receive them, not ``cfg``."""
+    """Where and how this run trains (shared by every fold). ``trainer``, ``data_settings``, ``augment`` and
+    ``regularization`` are the typed objects of those groups (built once by :func:`group_settings`): the
+    loaders, the epoch loop, the augmentation and the fold's parts receive them, not ``cfg``."""
 
     cfg: DictConfig
     run_dir: Path
@@ -79,6 +79,7 @@ class RunContext:
     trainer: TrainerConfig
     data_settings: DataCommon
     augment: AugmentConfig
+    regularization: RegularizationConfig
 
     @property
     def ckpt_dir(self) -> Path:
@@ -206,6 +207,7 @@ def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     check_loss_config(cfg.loss)  # a wrong loss._target_ or argument: stop before any data is read
     trainer, data = group_settings(cfg, "trainer", TrainerConfig), group_settings(cfg, "data", DataCommon)
     augment = group_settings(cfg, "augment", AugmentConfig)  # after check_config: the old key names applied
+    regularization = group_settings(cfg, "regularization", RegularizationConfig)
     distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
     run_dir = resolve_run_dir(cfg)
     if distributed.is_main():
@@ -216,7 +218,7 @@ def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     device = distributed.device_for(resolve_device(trainer.device))
     share.start(trainer.threads, cfg.paths.cache_dir)  # this job's threads and loader workers
     return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(trainer.amp, device),
-                      StopFlag(), callback, trainer, data, augment)
+                      StopFlag(), callback, trainer, data, augment, regularization)
 
 
 def load_run_data(run: RunContext) -> RunData:

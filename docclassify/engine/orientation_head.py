@@ -36,7 +36,7 @@ from docclassify.data.dihedral import head_label, head_size
 from docclassify.distortion.copies import copy_element
 
 if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
-    from docclassify.config_schema import AugmentConfig
+    from docclassify.config_schema import AugmentConfig, RegularizationConfig
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class OrientationTraining:
         return head_size(self.head)
 
 
-def build_orientation_training(head: str, reg_cfg) -> OrientationTraining | None:
+def build_orientation_training(head: str, reg_cfg: RegularizationConfig) -> OrientationTraining | None:
     """What the step trains the head with (None without a head: the step is unchanged)."""
     if head == "none":
         return None

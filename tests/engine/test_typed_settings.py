@@ -1,6 +1,7 @@
 """Typed settings passed down (issue 28 item 2): train's entrypoint (engine/kfold.py start_run) turns the
-``trainer``, ``data`` and ``augment`` groups into their schema dataclasses once (OmegaConf.to_object), and
-the loaders, the epoch loop, the augmentation and the fold's parts receive those objects, not the run's cfg."""
+``trainer``, ``data``, ``augment`` and ``regularization`` groups into their schema dataclasses once
+(OmegaConf.to_object), and the loaders, the epoch loop, the augmentation and the fold's parts receive those
+objects, not the run's cfg."""
 
 from __future__ import annotations
 
@@ -12,18 +13,18 @@ import pytest
 from omegaconf import DictConfig
 
 import docclassify
-from docclassify.config_schema import AugmentConfig, DataCommon, TrainerConfig
+from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
 
 PACKAGE = Path(docclassify.__file__).resolve().parent
-# The modules that must not read cfg.trainer / cfg.data / cfg.augment (run.cfg.trainer, ...); kfold.py's
+# The modules that must not read those groups from the cfg (run.cfg.trainer, cfg.augment, ...); kfold.py's
 # run_results is shared with docclassify.aggregate, which merges the saved configs of finished runs.
 TYPED_MODULES = ("engine/loaders.py", "engine/epoch.py", "engine/fold.py", "engine/parts.py", "engine/profiling.py",
                  "engine/distributed.py", "engine/kfold.py", "engine/mixup.py", "engine/orientation_head.py",
                  "data/cache.py", "data/augment.py")
 ALLOWED_FUNCTIONS = {("engine/kfold.py", "run_results")}
-GROUPS = ("trainer", "data", "augment")
-# The groups whose options set trainer.*, data.* or augment.* keys.
-SETTING_GROUPS = ("data", "trainer", "augment", "pipeline", "experiment", "debug", "hparams_search")
+GROUPS = ("trainer", "data", "augment", "regularization")
+# The groups whose options set the typed groups' keys.
+SETTING_GROUPS = ("data", "trainer", "augment", "regularization", "pipeline", "experiment", "debug", "hparams_search")
 
 
 def _reads_of_the_cfg(module: str) -> list[str]:
@@ -42,7 +43,7 @@ def _reads_of_the_cfg(module: str) -> list[str]:
 
 def test_the_loaders_and_the_epoch_loop_do_not_read_the_cfg_groups():
     reads = [r for module in TYPED_MODULES for r in _reads_of_the_cfg(module)]
-    assert not reads, "read the typed settings (run.trainer, run.data_settings, run.augment):\n" + "\n".join(reads)
+    assert not reads, "read the typed settings (run.trainer, run.data_settings, ...):\n" + "\n".join(reads)
 
 
 def test_the_check_finds_a_read():
@@ -71,6 +72,9 @@ def test_the_check_finds_a_read():
     ("docclassify.engine.mixup:mixup_active", "aug_cfg", AugmentConfig),
     ("docclassify.engine.orientation_head:orientation_check", "augment", AugmentConfig),
     ("docclassify.data.augment:TrainTransform", "cfg", AugmentConfig),
+    ("docclassify.engine.parts:build_fold_parts", "reg", RegularizationConfig),
+    ("docclassify.engine.parts:build_model", "reg_cfg", RegularizationConfig),
+    ("docclassify.engine.orientation_head:build_orientation_training", "reg_cfg", RegularizationConfig),
 ])
 def test_signatures_take_the_settings_classes(function, param, schema):
     import importlib
@@ -94,6 +98,7 @@ def test_start_run_builds_the_typed_settings_once(tmp_path):
     assert isinstance(run.trainer, TrainerConfig) and not isinstance(run.trainer, DictConfig)
     assert isinstance(run.data_settings, CompetitionData)
     assert isinstance(run.augment, AugmentConfig) and run.augment.orientation == "none"  # TINY's
+    assert isinstance(run.regularization, RegularizationConfig)
     assert run.trainer.batch_size == 7 and run.data_settings.root == str(tmp_path) and run.data_settings.img_size == 32
 
 
@@ -121,6 +126,7 @@ def test_every_option_and_preset_gives_typed_settings():
             assert isinstance(group_settings(cfg, "trainer", TrainerConfig), TrainerConfig), overrides
             assert isinstance(group_settings(cfg, "data", DataCommon), DataCommon), overrides
             assert isinstance(group_settings(cfg, "augment", AugmentConfig), AugmentConfig), overrides
+            assert isinstance(group_settings(cfg, "regularization", RegularizationConfig), RegularizationConfig)
             checked += 1
     assert checked >= 20
 
