@@ -80,7 +80,8 @@ def one(args) -> dict:
                                        cfg.data.num_workers, 0, device)
     optimizer = build_optimizer(model, cfg.trainer.optimizer, cfg.trainer.lr, cfg.regularization.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, 1, len(train_loader))
-    loss_fn = build_train_loss(cfg, class_counts(targets[train_idx], source.num_classes))
+    loss_fn = build_train_loss(cfg.loss, class_counts(targets[train_idx], source.num_classes), str(cfg.data.sampler),
+                               float(cfg.regularization.label_smoothing))
     mean, std = normalization_of(model)
     ctx = StepContext(device=device, amp=amp_settings(cfg.trainer.amp, device),
                       mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),

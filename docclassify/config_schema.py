@@ -32,8 +32,32 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from docclassify.data.dihedral import HEADS, ORIENTATION_GROUPS
 from docclassify.errors import UserError
+from docclassify.utils.choices import (
+    ADAPT_MODES,
+    AMP,
+    AVERAGES,
+    DECISIONS,
+    EXPORT_FORMATS,
+    EXPORTERS,
+    FIT_ON,
+    LR_SCALE,
+    MIXUP_MODES,
+    MONITOR,
+    ON_BAD_IMAGE,
+    ORIENTATION_GROUPS,
+    ORIENTATION_HEADS,
+    PROFILERS,
+    QUANTIZE,
+    RESIZE,
+    ROBUST_VALIDATIONS,
+    SAMPLERS,
+    SUBMIT,
+    TRAIN_ENSEMBLES,
+    TTA_SETS,
+    WANDB_MODES,
+    WEIGHT_MODES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +84,8 @@ def key(default: Any = MISSING, *, choices: tuple[str, ...] | None = None, ge: f
 
 
 # ------------------------------------------------------------------------------------------ trainer
-AMP = ("none", "auto", "bf16", "fp16")
-LR_SCALE = ("none", "linear", "sqrt")
-# What decides the best epoch, early stopping, pruning and the sweep objective: auto = robust
-# when validation has a robust view (validation=robust|both), else clean.
-MONITOR = ("auto", "robust", "clean", "mean")
+# The allowed values (AMP, MONITOR, ...) are declared in docclassify/utils/choices.py. trainer.monitor decides
+# the best epoch, early stopping, pruning and the sweep objective.
 
 
 @dataclass
@@ -92,7 +113,7 @@ class TrainerConfig:
     limit_train_batches: int | None = key(None, ge=1)
     limit_val_batches: int | None = key(None, ge=1)
     overfit_batches: int = key(0, ge=0)
-    profiler: str | None = key(None, choices=("pytorch",))
+    profiler: str | None = key(None, choices=PROFILERS)
     enable_reports: bool = True
 
 
@@ -104,13 +125,13 @@ class DataCommon:
     name: str = MISSING
     use_pretrained: bool = True
     img_size: int | None = key(None, ge=16, le=4096)
-    resize: str = key("pad", choices=("pad", "stretch"))
+    resize: str = key("pad", choices=RESIZE)
     pad_value: int = key(0, ge=0, le=255)
     cache: bool = True
     num_workers: int | None = key(None, ge=0, le=256)
-    on_bad_image: str = key("error", choices=("error", "skip"))
+    on_bad_image: str = key("error", choices=ON_BAD_IMAGE)
     # How often each class is drawn for training (engine/sampling.py).
-    sampler: str = key("natural", choices=("natural", "balanced", "sqrt"))
+    sampler: str = key("natural", choices=SAMPLERS)
     relabel: str | None = None   # CSV ID,target: decisions of a label audit (data/sources.py apply_decisions)
     exclude: str | None = None   # CSV ID: training rows left out
 
@@ -165,7 +186,7 @@ class ModelConfig:
     weights: str | None = None
     # A small head on the pooled features that predicts which turn (rot4) or turn/mirror (dihedral8)
     # the training augmentation applied (models/heads.py).
-    orientation_head: str = key("none", choices=tuple(HEADS))
+    orientation_head: str = key("none", choices=ORIENTATION_HEADS)
 
 
 # ------------------------------------------------------------------------------------------ augment
@@ -233,7 +254,7 @@ class AugmentConfig:
     cutmix_alpha: float = key(0.0, ge=0.0)
     mixup_prob: float = key(1.0, ge=0.0, le=1.0)
     mixup_switch_prob: float = key(0.5, ge=0.0, le=1.0)
-    mixup_mode: str = key("batch", choices=("batch", "pair", "elem"))
+    mixup_mode: str = key("batch", choices=MIXUP_MODES)
     mixup_off_epoch: int | None = key(None, ge=0)
 
 
@@ -394,7 +415,7 @@ class CleanValidation:
 
 @dataclass
 class RobustValidation:
-    name: str = key("both", choices=("robust", "both"))
+    name: str = key("both", choices=ROBUST_VALIDATIONS)
     # Distorted copies of every validation image (each a pure function of seed, image ID, copy).
     copies: int = key(2, ge=1, le=16)
     # Seed of the copies; not the run's seed, so every run and trial scores the same pixels.
@@ -460,7 +481,7 @@ class WandbLogger:
     name: str = "wandb"
     project: str = "docclassify"
     entity: str | None = None
-    mode: str | None = key(None, choices=("online", "offline", "disabled"))
+    mode: str | None = key(None, choices=WANDB_MODES)
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_checkpoints: bool = False
@@ -468,7 +489,7 @@ class WandbLogger:
 
 @dataclass
 class EnsembleConfig:
-    name: str = key(MISSING, choices=("none", "multi_model"))
+    name: str = key(MISSING, choices=TRAIN_ENSEMBLES)
     # fold -> model option name, or {model: NAME, img_size: S}
     fold_models: Any | None = None
     preset: Any = field(default_factory=dict)
@@ -496,15 +517,10 @@ class HparamsSearchConfig:
 
 
 # ------------------------------------------------------------------------------------------ inference
-# auto: every set scored on the runs' OOF rows (fit_on), the best kept (predict/tta_auto.py); orient /
-# orient_soft: each image's orientation estimated and undone (predict/upright.py).
-TTA_SETS = ("none", "flip", "rot90", "dihedral", "essential", "comprehensive", "auto", "orient", "orient_soft")
-
-
 @dataclass
 class TTAConfig:
     name: str = key(MISSING, choices=TTA_SETS)
-    average: str = key("prob", choices=("prob", "logit"))
+    average: str = key("prob", choices=AVERAGES)
     # Test images deskewed (small-angle rotation estimated and undone) before resizing (data/deskew.py).
     deskew: bool = False
     # tta=orient: average the upright view with its mirror (null: when training showed mirror images).
@@ -515,8 +531,8 @@ class TTAConfig:
 
 @dataclass
 class InferEnsemble:
-    weights: str = key("equal", choices=("equal", "oof", "greedy", "stack"))
-    average: str = key("prob", choices=("prob", "logit"))
+    weights: str = key("equal", choices=WEIGHT_MODES)
+    average: str = key("prob", choices=AVERAGES)
 
 
 @dataclass
@@ -543,9 +559,6 @@ class InferSpecialists:
     """``specialists.*`` of conf/infer.yaml: the runs' class-group specialists (predict/specialists.py)."""
 
     enabled: bool = False
-
-
-ADAPT_MODES = ("none", "bn", "tent")
 
 
 @dataclass
@@ -587,10 +600,10 @@ class SubmitInfer:
     """``infer`` of train.yaml: the docclassify.infer options that ``submit=true`` runs with."""
 
     tta: str = key("orient", choices=TTA_SETS)
-    tta_average: str | None = key(None, choices=("prob", "logit"))
-    average: str = key("prob", choices=("prob", "logit"))
+    tta_average: str | None = key(None, choices=AVERAGES)
+    average: str = key("prob", choices=AVERAGES)
     calibrate: bool = False
-    decision: str = key("argmax", choices=("argmax", "macro_f1"))
+    decision: str = key("argmax", choices=DECISIONS)
     oof_tta: bool = True
     output: str | None = None
     batch_size: int = key(64, ge=1)
@@ -640,7 +653,7 @@ class TrainConfig:
     shift: ShiftCheck = field(default_factory=ShiftCheck)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     # true | false | auto (submit.py: auto = when the data has labelled test images, outside a sweep)
-    submit: Any = key("auto", choices=("auto", "true", "false"))
+    submit: Any = key("auto", choices=SUBMIT)
     infer: SubmitInfer = field(default_factory=SubmitInfer)
     specialists: Any = MISSING
 
@@ -652,11 +665,11 @@ class InferConfig:
     task_name: str = "infer"
     runs: Any = field(default_factory=list)
     top_k: int | None = key(None, ge=1)
-    # The OOF rows top_k, weights, temperature and tta=auto are decided on (predict/run_dirs.py FIT_ON).
-    fit_on: str = key("auto", choices=("auto", "robust", "clean"))
+    # The OOF rows top_k, weights, temperature and tta=auto are decided on (utils/choices.py FIT_ON).
+    fit_on: str = key("auto", choices=FIT_ON)
     ensemble: InferEnsemble = field(default_factory=InferEnsemble)
     # argmax, or per-class biases fitted for macro F1 on the OOF rows (predict/decision.py).
-    decision: str = key("argmax", choices=("argmax", "macro_f1"))
+    decision: str = key("argmax", choices=DECISIONS)
     calibrate: bool = False
     # Fit on OOF rows scaled like fold averages (predict/fitting.py mimic_fold_averages).
     mimic_fold_average: bool = True
@@ -689,9 +702,9 @@ class ExportConfig(InferConfig):
     the bundle's own (docclassify/deploy/export.py). ``output`` is the bundle folder."""
 
     task_name: str = "export"
-    format: str = key("onnx", choices=("onnx", "torchscript", "openvino"))
-    quantize: str = key("none", choices=("none", "int8"))
-    exporter: str = key("auto", choices=("auto", "dynamo", "torchscript"))
+    format: str = key("onnx", choices=EXPORT_FORMATS)
+    quantize: str = key("none", choices=QUANTIZE)
+    exporter: str = key("auto", choices=EXPORTERS)
     opset: int | None = key(None, ge=13, le=23)
     calibration_images: int = key(256, ge=1)
     check_images: int = key(20, ge=0)

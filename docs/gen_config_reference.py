@@ -1,15 +1,25 @@
 """Generate docs/configuration.md from the comments in conf/ (run after changing a config).
 
     python docs/gen_config_reference.py > docs/configuration.md
+
+The meaning of a key comes from its YAML comment; a key that takes one of a fixed set of strings gets
+its allowed values from the schema (docclassify/config_schema.py, whose ``choices`` are the
+declarations of docclassify/utils/choices.py), not from the comment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
+from docclassify import config_schema
+
 CONF = Path(__file__).resolve().parents[1] / "docclassify" / "conf"
 KEY = re.compile(r"^(\s*)([A-Za-z_][\w]*):\s*(.*)$")
+# A YAML option's schema (`- /schema/trainer/default@_here_`), or the option of its group it extends (`- basic`).
+SCHEMA_DEFAULT = re.compile(r"^\s*-\s*/schema/([\w/]+)@_here_\s*$")
+BASE_DEFAULT = re.compile(r"^\s*-\s*(\w+)\s*$")
 
 INTRO = """# Configuration reference
 
@@ -62,6 +72,32 @@ def describe(path: Path) -> tuple[str, list[tuple[str, str, str]]]:
     return " ".join(header), rows
 
 
+def schema_of(path: Path):
+    """The schema dataclass a YAML file is merged into (None: a preset, or a file without one)."""
+    for line in path.read_text().splitlines():
+        m = SCHEMA_DEFAULT.match(line)
+        if m:
+            parts = m.group(1).split("/")
+            return config_schema.PRIMARY[parts[0]] if len(parts) == 1 else config_schema.SCHEMAS[tuple(parts)]
+        m = BASE_DEFAULT.match(line)
+        if m and path.parent != CONF and (path.parent / f"{m.group(1)}.yaml").is_file():
+            return schema_of(path.parent / f"{m.group(1)}.yaml")
+    return None
+
+
+def choices_of(schema, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Dotted key -> allowed values, for the schema's fields (and its typed sub-nodes') with 2+ choices."""
+    found = {}
+    for f in dataclasses.fields(schema) if schema is not None else ():
+        if len(f.metadata.get("choices", ())) >= 2:
+            found[prefix + f.name] = f.metadata["choices"]
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                found.update(choices_of(type(default), f"{prefix}{f.name}."))
+    return found
+
+
 def main() -> None:
     print(INTRO)
     for primary in ("train.yaml", "infer.yaml", "shift.yaml", "export.yaml", "distill.yaml"):
@@ -80,7 +116,9 @@ def main() -> None:
 
 def _print_file(title: str, path: Path, level: str, known: dict | None = None) -> None:
     header, rows = describe(path)
-    rows = [(k, v, (c or (known or {}).get(k, "")).replace("|", "\\|")) for k, v, c in rows]
+    allowed = choices_of(schema_of(path))
+    rows = [(k, v, _with_choices(c or (known or {}).get(k, ""), allowed.get(k)).replace("|", "\\|"))
+            for k, v, c in rows]
     print(f"{level} {title}\n")
     if header:
         print(header + "\n")
@@ -89,6 +127,12 @@ def _print_file(title: str, path: Path, level: str, known: dict | None = None) -
         for key, value, comment in rows:
             print(f"| `{key}` | `{value}` | {comment} |" if value else f"| `{key}` | | {comment} |")
         print()
+
+
+def _with_choices(comment: str, choices: tuple[str, ...] | None) -> str:
+    if not choices:
+        return comment
+    return (comment + " " if comment else "") + "One of: " + ", ".join(f"`{c}`" for c in choices) + "."
 
 
 if __name__ == "__main__":

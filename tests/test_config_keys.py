@@ -445,14 +445,18 @@ def training(cfg, data, run_dir: Path) -> dict:
     """Fold 0 through the real engine (prepare_fold + fit_fold): step losses and lrs, validation
     logits, the evaluated weights, the files written."""
     from docclassify.engine.fold import fit_fold, prepare_fold
-    from docclassify.engine.kfold import RunContext, RunData
+    from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
+    from docclassify.engine.kfold import RunContext, RunData, group_settings
     from docclassify.engine.parts import eval_model
     from docclassify.engine.plan import FoldPlan
     from docclassify.engine.setup import amp_settings
     from docclassify.engine.signals import StopFlag
 
     steps = _Steps()
-    run = RunContext(cfg, run_dir, int(cfg.seed), CPU, amp_settings(cfg.trainer.amp, CPU), StopFlag(), steps)
+    run = RunContext(cfg, run_dir, int(cfg.seed), CPU, amp_settings(cfg.trainer.amp, CPU), StopFlag(), steps,
+                     group_settings(cfg, "trainer", TrainerConfig), group_settings(cfg, "data", DataCommon),
+                     group_settings(cfg, "augment", AugmentConfig),
+                     group_settings(cfg, "regularization", RegularizationConfig))
     source = SimpleNamespace(train=data.train, classes=data.classes, num_classes=len(data.classes))
     plan = FoldPlan(0, cfg.model, TRAIN_SIZE)
     job = prepare_fold(plan, run, RunData(source, [plan], {TRAIN_SIZE: data.images}, data.folds, data.keep, []))

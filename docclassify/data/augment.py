@@ -30,6 +30,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import albumentations as A
 import cv2
@@ -38,6 +39,9 @@ import numpy as np
 from docclassify.data import dihedral
 from docclassify.data.dihedral import Element, OrientationAugment
 from docclassify.utils.schedule import linear_ramp
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import AugmentConfig
 
 
 def _flips(cfg) -> list:
@@ -145,7 +149,7 @@ class TrainTransform:
     orientation step (augment.orientation); ``match`` (augment.match_validation,
     docclassify/distortion/match.py) distorts the sample like a robust copy first."""
 
-    def __init__(self, cfg, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
+    def __init__(self, cfg: AugmentConfig, size: int, epochs: int, seed: int, pad_value: int = 0, match=None):
         self.match = match
         self.basic = build_basic(cfg, size, pad_value)
         self.advanced = build_advanced(cfg, size, pad_value)

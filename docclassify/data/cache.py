@@ -21,11 +21,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from docclassify.data.images import BadImageError, load_image
 from docclassify.utils.io import atomic_write_json, mkstemp_shared
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import DataCommon
 
 log = logging.getLogger(__name__)
 
@@ -307,15 +311,16 @@ class LazyImages:
         return load_image(self.paths[i], self.size, self.policy, self.pad_value)
 
 
-def load_images(paths: Sequence[Path], size: int, data_cfg, cache_dir, check: bool = True) -> tuple[object, list[int]]:
+def load_images(paths: Sequence[Path], size: int, data: DataCommon, cache_dir,
+                check: bool = True) -> tuple[object, list[int]]:
     """The decoded training rows at ``size`` and the indices of undecodable files, found before the
     first epoch whatever ``data.cache`` says: with the cache every image is decoded into it (or it is
     already there); without (``data.cache=false``: decoded again on every access) every image is
     decoded once up front, in threads, and dropped, so a file that only fails part-way through
     (a JPEG cut short) is found here and not by a DataLoader worker in fold 0. ``check=False``
     skips that pass (DDP ranks other than 0 take rank 0's list)."""
-    policy, pad_value = data_cfg.resize, int(data_cfg.pad_value)
-    if data_cfg.cache:
+    policy, pad_value = data.resize, int(data.pad_value)
+    if data.cache:
         return cached_images(paths, size, policy, pad_value, cache_dir)
     bad = decode_all(paths, size, policy, pad_value, None, what="checking every image decodes") if check else []
     return LazyImages(paths, size, policy, pad_value), bad

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where tensors are turned: config_schema imports the names above
+from docclassify.utils.choices import ORIENTATION_HEADS
+
+if TYPE_CHECKING:  # torch is imported where tensors are turned: the torch-free Predictor imports this module
     import torch
 
-ORIENTATION_GROUPS = ("none", "rot90", "dihedral")
 # model.orientation_head -> number of labels (rot4: the quarter turns k; dihedral8: the element)
-HEADS = {"none": 0, "rot4": 4, "dihedral8": 8}
+HEADS = dict(zip(ORIENTATION_HEADS, (0, 4, 8)))
 # What accuracy by orientation groups elements into (reports, infer summary).
 CATEGORIES = ("upright", "turned", "mirrored")
 

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from docclassify.errors import UserError
+from docclassify.utils.choices import RESIZE
 
-RESIZE_POLICIES = ("pad", "stretch")
 # PIL's resize first reduces by an integer factor (box filter) while the image stays >= this many
 # times the target, then resamples bilinearly: the exact transform, stated in docs/inference.md and
 # in every checkpoint's header (models/checkpoint.py preprocessing()).
@@ -111,8 +111,8 @@ def resize_image(img: np.ndarray, size: int, policy: str = "pad", pad_value: int
     pad: the long side becomes ``size`` (aspect kept), the short side is centred and padded
     with ``pad_value``; stretch: both sides become ``size``.
     """
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"data.resize={policy!r}: expected one of {RESIZE_POLICIES}")
+    if policy not in RESIZE:
+        raise ValueError(f"data.resize={policy!r}: expected one of {RESIZE}")
     h, w = img.shape[:2]
     pil = Image.fromarray(img)
     if policy == "stretch":

@@ -12,10 +12,16 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from docclassify.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from omegaconf import DictConfig
+
+    from docclassify.config_schema import DataCommon
 
 log = logging.getLogger(__name__)
 
@@ -282,34 +288,35 @@ def _check_root(root) -> Path:
     return path
 
 
-def load_source(data_cfg, cache_dir: str | Path) -> DataSource:
-    """Build the DataSource a ``data`` config group option describes."""
-    name = data_cfg.name
+def load_source(data: DataCommon | DictConfig, cache_dir: str | Path) -> DataSource:
+    """Build the DataSource a ``data`` config group option describes: its typed settings (training), or
+    the data node of a run's saved config (infer, audit, export), read the same way."""
+    name = data.name
     if name == "synthetic":
         from docclassify.data.synthetic import SyntheticSpec, ensure_synthetic
 
         spec = SyntheticSpec(
-            n_train_per_class=int(data_cfg.n_train_per_class),
-            n_test_per_class=int(data_cfg.n_test_per_class),
-            long_side=int(data_cfg.long_side),
-            seed=int(data_cfg.generator_seed),
+            n_train_per_class=int(data.n_train_per_class),
+            n_test_per_class=int(data.n_test_per_class),
+            long_side=int(data.long_side),
+            seed=int(data.generator_seed),
         )
         root = ensure_synthetic(Path(cache_dir).expanduser(), spec)
         # Which test split: test/ by default; infer's data.test_dir / test_labels / sample_submission
         # pick another (test_phone/, test_phone_labels.csv, test_phone_sample_submission.csv).
-        return load_competition(root, sample_submission=data_cfg.get("sample_submission") or "sample_submission.csv",
-                                test_dir=data_cfg.get("test_dir") or "test",
-                                test_labels=data_cfg.get("test_labels") or "test_labels.csv", name="synthetic")
-    from omegaconf import OmegaConf
+        return load_competition(root, sample_submission=getattr(data, "sample_submission", None)
+                                or "sample_submission.csv", test_dir=getattr(data, "test_dir", None) or "test",
+                                test_labels=getattr(data, "test_labels", None) or "test_labels.csv", name="synthetic")
+    from omegaconf import DictConfig, OmegaConf
 
-    root = None if OmegaConf.is_missing(data_cfg, "root") else data_cfg.root
+    root = None if isinstance(data, DictConfig) and OmegaConf.is_missing(data, "root") else data.root
     if name == "competition":
         return load_competition(
-            root, data_cfg.train_csv, data_cfg.meta_csv, data_cfg.sample_submission,
-            data_cfg.train_dir, data_cfg.test_dir, data_cfg.get("test_labels"),
+            root, data.train_csv, data.meta_csv, data.sample_submission,
+            data.train_dir, data.test_dir, getattr(data, "test_labels", None),
         )
     if name == "imagefolder":
-        return load_imagefolder(root, data_cfg.train_dir, data_cfg.test_dir, data_cfg.get("test_labels"))
+        return load_imagefolder(root, data.train_dir, data.test_dir, getattr(data, "test_labels", None))
     raise DataError(f"data.name={name!r}: unknown source (competition, imagefolder, synthetic)")
 
 

@@ -23,18 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from docclassify.errors import UserError
+from docclassify.utils.choices import (
+    AVERAGES,
+    EXPORT_FORMATS,
+    ORIENT_MODES,
+    ORIENTATION_HEADS,
+    QUANTIZE,
+    RESIZE,
+)
 
 BUNDLE_FORMAT = "docclassify.bundle/1"
 BUNDLE_FILE = "bundle.json"
 MODELS_DIR = "models"
-FORMATS = ("onnx", "torchscript", "openvino")
-QUANTIZE = ("none", "int8")
 # mode of the orientation policy: a set of exact (dihedral) views averaged, or each image's
 # orientation estimated and undone (predict/upright.py).
-TTA_MODES = ("views", "orient", "orient_soft")
-AVERAGES = ("prob", "logit")
-RESIZES = ("pad", "stretch")
-HEADS = ("none", "rot4", "dihedral8")
+TTA_MODES = ("views", *ORIENT_MODES)
 
 
 class BundleError(UserError):
@@ -149,7 +152,7 @@ def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
 
 
 def _input(data: dict, where: str) -> InputSpec:
-    spec = InputSpec(int(_need(data, "img_size", where)), _choice(data.get("resize"), RESIZES, f"{where}.resize"),
+    spec = InputSpec(int(_need(data, "img_size", where)), _choice(data.get("resize"), RESIZE, f"{where}.resize"),
                      int(_need(data, "pad_value", where)), [float(v) for v in _need(data, "mean", where, list)],
                      [float(v) for v in _need(data, "std", where, list)], str(data.get("channel_order", "RGB")),
                      str(data.get("layout", "NCHW")), float(data.get("scale", 1 / 255)))
@@ -177,7 +180,8 @@ def spec_from_dict(data: dict, where: str = BUNDLE_FILE) -> BundleSpec:
             fw = f"{mw}.folds[{j}]"
             folds.append(FoldSpec(int(_need(f, "fold", fw)), str(_need(f, "file", fw)), str(f.get("model", "?")),
                                   _input(_need(f, "input", fw, dict), f"{fw}.input"),
-                                  _choice(f.get("orientation_head", "none"), HEADS, f"{fw}.orientation_head"),
+                                  _choice(f.get("orientation_head", "none"), ORIENTATION_HEADS,
+                                          f"{fw}.orientation_head"),
                                   bool(f.get("upright_flip", False)), f.get("checkpoint"), int(f.get("bytes", 0))))
         weight = float(_need(m, "weight", mw))
         if not (math.isfinite(weight) and weight >= 0):
@@ -205,7 +209,7 @@ def spec_from_dict(data: dict, where: str = BUNDLE_FILE) -> BundleSpec:
     return BundleSpec(classes, members, tta, _choice(data.get("average", "prob"), AVERAGES, f"{where}: average"),
                       temperature, DecisionSpec(str(d.get("rule", "argmax")),
                                                 None if biases is None else [float(b) for b in biases]),
-                      _choice(data.get("backend", "onnx"), FORMATS, f"{where}: backend"),
+                      _choice(data.get("backend", "onnx"), EXPORT_FORMATS, f"{where}: backend"),
                       _choice(data.get("quantize", "none"), QUANTIZE, f"{where}: quantize"), BUNDLE_FORMAT,
                       dict(data.get("versions") or {}), dict(data.get("source") or {}), dict(data.get("check") or {}))
 

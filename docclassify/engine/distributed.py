@@ -19,18 +19,21 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from docclassify.errors import UserError
+from docclassify.utils.choices import LR_SCALE
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import TrainerConfig
 
 log = logging.getLogger(__name__)
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-LR_SCALE_RULES = ("none", "linear", "sqrt")
 MULTIRUN_FLAGS = ("-m", "--multirun")
 # Hydra flags that print and exit without running the job (rank 0 would never share its run dir).
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion")
@@ -205,18 +208,18 @@ def lr_factor(rule: str, world: int) -> float:
         return float(world)
     if rule == "sqrt":
         return math.sqrt(world)
-    raise ValueError(f"trainer.lr_scale={rule!r}: expected one of {', '.join(LR_SCALE_RULES)}")
+    raise ValueError(f"trainer.lr_scale={rule!r}: expected one of {', '.join(LR_SCALE)}")
 
 
-def scaling(trainer_cfg) -> dict:
+def scaling(trainer: TrainerConfig) -> dict:
     """World size, effective batch and the lr actually used (recorded in results.json)."""
     world = world_size()
-    batch, accum = int(trainer_cfg.batch_size), max(1, int(trainer_cfg.accum_steps))
-    rule = str(trainer_cfg.lr_scale)
+    batch, accum = int(trainer.batch_size), max(1, int(trainer.accum_steps))
+    rule = str(trainer.lr_scale)
     return {
         "world_size": world, "backend": backend_name(), "batch_size_per_process": batch, "accum_steps": accum,
-        "effective_batch_size": batch * accum * world, "lr_scale": rule, "base_lr": float(trainer_cfg.lr),
-        "lr": float(trainer_cfg.lr) * lr_factor(rule, world),
+        "effective_batch_size": batch * accum * world, "lr_scale": rule, "base_lr": float(trainer.lr),
+        "lr": float(trainer.lr) * lr_factor(rule, world),
     }
 
 

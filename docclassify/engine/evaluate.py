@@ -37,7 +37,6 @@ def predict_logits(model, loader, ctx: StepContext) -> np.ndarray:
 
 # validation option -> the views validated every epoch
 VIEWS = {"clean": ("clean",), "robust": ("robust",), "both": ("clean", "robust")}
-MONITORS = ("clean", "robust", "mean")
 
 
 def validated_views(validation_cfg) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ kept as ``fold{k}_best.partial.safetensors`` until the fold has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -76,6 +77,7 @@ from docclassify.models.heads import orientation_head_of
 from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
+    from docclassify.config_schema import TrainerConfig
     from docclassify.engine.kfold import RunContext, RunData
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,7 @@ class FoldJob:
 
 def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     """Train fold ``plan.fold`` (or load it when a previous process finished it); returns its outcome."""
-    finished = load_finished_fold(run.fold_dir, plan.fold, int(run.cfg.trainer.epochs))
+    finished = load_finished_fold(run.fold_dir, plan.fold, int(run.trainer.epochs))
     if finished is not None:
         return finished
     job = prepare_fold(plan, run, data)
@@ -171,31 +173,33 @@ def load_finished_fold(fold_dir: Path, k: int, epochs: int) -> dict | None:
 
 def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
-    cfg, k, mc = run.cfg, plan.fold, plan.model_cfg
+    cfg, trainer, settings, augment, k = run.cfg, run.trainer, run.data_settings, run.augment, plan.fold
+    mc = plan.model_cfg
     val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
-    train_idx, val_idx = debug_rows(train_idx, val_idx, cfg.trainer, run.seed + k)  # overfit/limit_val_batches
+    train_idx, val_idx = debug_rows(train_idx, val_idx, trainer, run.seed + k)  # overfit/limit_val_batches
     # Initial weights depend on (seed, fold) only, not on what earlier folds of this process
     # drew: a run resumed after fold 0 finished trains fold 1 exactly as an uninterrupted one.
     seed_everything(run.seed + 1009 * k)
-    model = build_model(mc, data.num_classes, cfg.regularization, plan.img_size)
+    model = build_model(mc, data.num_classes, run.regularization, plan.img_size)
     mean, std = normalization_of(model)
     head = orientation_head_of(model)
-    meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, cfg.data.resize,
-                      int(cfg.data.pad_value), mean, std, data.classes, head, trained_orientations(cfg.augment))
-    transform = TrainTransform(cfg.augment, plan.img_size, int(cfg.trainer.epochs), run.seed + 7919 * k,
-                               int(cfg.data.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
+    meta = model_meta(mc.timm_name, mc.name, data.num_classes, plan.img_size, settings.resize,
+                      int(settings.pad_value), mean, std, data.classes, head,
+                      trained_orientations(dataclasses.asdict(augment)))
+    transform = TrainTransform(augment, plan.img_size, int(trainer.epochs), run.seed + 7919 * k,
+                               int(settings.pad_value), match_step(run, data, plan.img_size, run.seed + 7919 * k))
     images = data.images_by_size[plan.img_size]
     training = training_set(run, data, train_idx, plan.img_size)
     train_loader, val_loader, sampler = build_loaders(images, training.rows, val_idx, training.targets, transform,
-                                                      cfg.trainer, cfg.data.num_workers, run.seed + k, run.device,
+                                                      trainer, settings.num_workers, run.seed + k, run.device,
                                                       orientation_labels=head != "none",
-                                                      sampler_mode=str(cfg.data.get("sampler", "natural")),
+                                                      sampler_mode=settings.sampler,
                                                       train_images=training.images, target_rows=training.target_rows,
                                                       sample_weights=training.weights,
                                                       unknown_orientation=training.unknown_orientation)
-    ctx = step_context(cfg.trainer, run, mean, std)
-    parts = build_fold_parts(model, cfg, ctx, class_counts(training.targets[training.rows], data.num_classes),
-                             len(train_loader))
+    ctx = step_context(trainer, run, mean, std)
+    parts = build_fold_parts(model, trainer, settings, augment, run.regularization, cfg.schedule, cfg.loss, ctx,
+                             class_counts(training.targets[training.rows], data.num_classes), len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
             "n_train": len(train_idx), "n_val": len(val_idx), "n_pseudo": training.n_pseudo}
     log.info("fold %d: %s at %d px, %d train%s / %d val images", k, mc.timm_name, plan.img_size, len(train_idx),
@@ -203,9 +207,9 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     job = FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
                   run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
-                  resolve_monitor(cfg.get("validation"), cfg.trainer.monitor))
+                  resolve_monitor(cfg.get("validation"), trainer.monitor))
     add_robust_view(job, run, data, plan.img_size)
-    job.orientation = orientation_check(cfg.augment, head, len(val_idx),
+    job.orientation = orientation_check(augment, head, len(val_idx),
                                         robust_copies_of=(data.ids[val_idx], data.robust) if job.copies else None)
     return job
 
@@ -213,18 +217,18 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
 def training_set(run: RunContext, data: RunData, train_idx: np.ndarray, img_size: int) -> TrainingSet:
     """The fold's training rows, plus every pseudo-labelled test image (pseudo.source; never a
     validation row). trainer.overfit_batches trains on validation rows only: no pseudo rows then."""
-    pseudo = data.pseudo if int(run.cfg.trainer.overfit_batches) == 0 else None
+    pseudo = data.pseudo if int(run.trainer.overfit_batches) == 0 else None
     return fold_training_set(data.images_by_size[img_size], data.targets, train_idx, pseudo, img_size,
                              data.num_classes)
 
 
 def match_step(run: RunContext, data: RunData, img_size: int, seed: int):
     """augment.match_validation: the robust copies' profile as the first training step (None: off)."""
-    cfg = run.cfg
-    if not cfg.augment.match_validation:
+    augment, settings = run.augment, run.data_settings
+    if not augment.match_validation:
         return None
-    return build_match(cfg.augment, data.match_profile(), img_size, int(cfg.trainer.epochs), seed, cfg.data.resize,
-                       int(cfg.data.pad_value), data.image_sizes())
+    return build_match(augment, data.match_profile(), img_size, int(run.trainer.epochs), seed, settings.resize,
+                       int(settings.pad_value), data.image_sizes())
 
 
 def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int) -> None:
@@ -238,25 +242,25 @@ def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int)
     rows = copy_rows(job.val_idx, n)
     job.robust_targets = np.repeat(job.val_targets, n)
     job.robust_estimate = robust_roles(data.ids[job.val_idx], n)
-    job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.cfg.trainer,
-                                          run.cfg.data.num_workers, run.seed + job.fold, run.device)
+    job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.trainer,
+                                          run.data_settings.num_workers, run.seed + job.fold, run.device)
     job.info["n_val_robust"] = len(rows)
 
 
-def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
+def step_context(trainer: TrainerConfig, run: RunContext, mean, std) -> StepContext:
     device = run.device
     return StepContext(
         device=device, amp=run.amp,
         mean=torch.tensor(mean, device=device).view(1, 3, 1, 1), std=torch.tensor(std, device=device).view(1, 3, 1, 1),
-        channels_last=bool(trainer_cfg.channels_last), grad_clip=trainer_cfg.grad_clip,
-        accum_steps=int(trainer_cfg.accum_steps), skip_nonfinite=bool(trainer_cfg.skip_nonfinite),
+        channels_last=bool(trainer.channels_last), grad_clip=trainer.grad_clip,
+        accum_steps=int(trainer.accum_steps), skip_nonfinite=bool(trainer.skip_nonfinite),
         stop_flag=run.stop,
     )
 
 
 def fit_fold(job: FoldJob, run: RunContext) -> dict:
     """The epoch loop of one fold: train, validate, keep the best, save the state after every epoch."""
-    trainer = run.cfg.trainer
+    trainer = run.trainer
     epochs, patience = int(trainer.epochs), trainer.early_stopping_patience
     state = restore_state(job)
     job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
@@ -325,7 +329,7 @@ def begin_epoch(job: FoldJob, run: RunContext, epoch: int) -> None:
     job.sampler.set_epoch(epoch)
     job.transform.set_epoch(epoch)
     if job.parts.mixup is not None:
-        job.parts.mixup.mixup_enabled = mixup_active(run.cfg.augment, epoch)
+        job.parts.mixup.mixup_enabled = mixup_active(run.augment, epoch)
 
 
 def train_epoch_resumably(job: FoldJob, state: FoldState, epoch: int) -> dict:

@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from docclassify.config_schema import check_config
+from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig, check_config
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_from_file, folds_to_run
 from docclassify.data.images import image_size
@@ -35,7 +36,7 @@ from docclassify.data.pseudo import (
     load_pseudo_set,
     selection_frame,
 )
-from docclassify.data.sources import DataSource, apply_decisions, load_source
+from docclassify.data.sources import DataError, DataSource, apply_decisions, load_source
 from docclassify.data.validation import robust_copies
 from docclassify.distortion import describe, normalise_profile, resolve_profile
 from docclassify.distortion.copies import RobustSpec
@@ -64,7 +65,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """Where and how this run trains (shared by every fold)."""
+    """Where and how this run trains (shared by every fold). ``trainer``, ``data_settings``, ``augment`` and
+    ``regularization`` are the typed objects of those groups (built once by :func:`group_settings`): the
+    loaders, the epoch loop, the augmentation and the fold's parts receive them, not ``cfg``."""
 
     cfg: DictConfig
     run_dir: Path
@@ -73,6 +76,10 @@ class RunContext:
     amp: AmpSettings
     stop: StopFlag
     callback: Callback
+    trainer: TrainerConfig
+    data_settings: DataCommon
+    augment: AugmentConfig
+    regularization: RegularizationConfig
 
     @property
     def ckpt_dir(self) -> Path:
@@ -175,29 +182,51 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     return results
 
 
+# What a required key left unset (``???``) is set to, in its error.
+UNSET_HINTS = {"data.root": "/path/to/data"}
+
+
+def group_settings(cfg: DictConfig, group: str, schema: type):
+    """The typed object of a composed, checked config group: ``OmegaConf.to_object`` on its schema
+    dataclass (interpolations resolved). A required key left unset stops here, naming it."""
+    try:
+        settings = OmegaConf.to_object(cfg[group])
+    except MissingMandatoryValue as exc:
+        name = f"{group}.{exc.key}"
+        raise DataError(f"{name} is not set: pass {name}={UNSET_HINTS.get(name, '...')}") from None
+    if not isinstance(settings, schema):  # a group option without its schema in its defaults list
+        raise DataError(f"{group}: not typed by its schema ({schema.__name__}); start the option's defaults list "
+                        f"with its /schema/{group}/... entry (docclassify/config_schema.py)")
+    return settings
+
+
 def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
-    """Checks, process group, run dir, determinism, seed, device and AMP, before any data is read."""
+    """Checks, typed group settings, process group, run dir, determinism, seed, device and AMP, before
+    any data is read."""
     check_config(cfg)
     check_loss_config(cfg.loss)  # a wrong loss._target_ or argument: stop before any data is read
+    trainer, data = group_settings(cfg, "trainer", TrainerConfig), group_settings(cfg, "data", DataCommon)
+    augment = group_settings(cfg, "augment", AugmentConfig)  # after check_config: the old key names applied
+    regularization = group_settings(cfg, "regularization", RegularizationConfig)
     distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
     run_dir = resolve_run_dir(cfg)
     if distributed.is_main():
         for d in (run_dir / "checkpoints", run_dir / "folds"):
             d.mkdir(parents=True, exist_ok=True)
-    set_deterministic(bool(cfg.trainer.deterministic))
+    set_deterministic(bool(trainer.deterministic))
     seed_everything(int(cfg.seed))
-    device = distributed.device_for(resolve_device(cfg.trainer.device))
-    share.start(cfg.trainer.get("threads"), cfg.paths.cache_dir)  # this job's threads and loader workers
-    return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(cfg.trainer.amp, device),
-                      StopFlag(), callback)
+    device = distributed.device_for(resolve_device(trainer.device))
+    share.start(trainer.threads, cfg.paths.cache_dir)  # this job's threads and loader workers
+    return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(trainer.amp, device),
+                      StopFlag(), callback, trainer, data, augment, regularization)
 
 
 def load_run_data(run: RunContext) -> RunData:
     """Data source, fold plans, decoded images (once per image size) and the fold of every row."""
-    cfg = run.cfg
+    cfg, data_settings = run.cfg, run.data_settings
     with distributed.main_first():  # rank 0 builds generated data / caches, the other ranks reuse them
-        source = load_source(cfg.data, cfg.paths.cache_dir)
-    source = apply_decisions(source, cfg.data.get("relabel"), cfg.data.get("exclude"))
+        source = load_source(data_settings, cfg.paths.cache_dir)
+    source = apply_decisions(source, data_settings.relabel, data_settings.exclude)
     pseudo = load_pseudo_set(cfg.get("pseudo"), source)  # a bad pseudo.source stops here, before any decoding
     n_folds = int(cfg.folds.n)
     plans = plan_folds(cfg, folds_to_run(cfg.folds.run, n_folds))
@@ -213,13 +242,13 @@ def load_run_data(run: RunContext) -> RunData:
         # Every image is decoded before the first epoch (into the cache, or once up front with
         # data.cache=false: then only rank 0 checks and the other ranks take its list).
         with distributed.main_first():
-            images_by_size[size], bad = load_images(paths, size, cfg.data, cfg.paths.cache_dir,
+            images_by_size[size], bad = load_images(paths, size, data_settings, cfg.paths.cache_dir,
                                                     check=distributed.is_main())
         bad_rows.update(distributed.broadcast_object(bad))
     if cfg.get("submit"):  # submit=true predicts the test set after training: its images are checked now
-        check_test_images(source, sorted({p.img_size for p in plans}), cfg)
+        check_test_images(source, sorted({p.img_size for p in plans}), data_settings, cfg.paths.cache_dir)
     # One decision (and one warning) for the bad images of every image size.
-    skipped = sorted(handle_bad_images(source.train["ID"].tolist(), sorted(bad_rows), cfg.data.on_bad_image))
+    skipped = sorted(handle_bad_images(source.train["ID"].tolist(), sorted(bad_rows), data_settings.on_bad_image))
     keep = ~source.train["ID"].isin(skipped).to_numpy()
     targets = source.train["target"].to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
@@ -264,7 +293,7 @@ def decode_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet,
     paths, bad = list(source.test["path"]), set()
     for size in sizes:
         with distributed.main_first():
-            pseudo.images_by_size[size], found = load_images(paths, size, run.cfg.data, run.cfg.paths.cache_dir,
+            pseudo.images_by_size[size], found = load_images(paths, size, run.data_settings, run.cfg.paths.cache_dir,
                                                              check=distributed.is_main())
         bad.update(distributed.broadcast_object(found))
     undecodable = np.isin(pseudo.test_rows, sorted(bad))
@@ -274,7 +303,7 @@ def decode_pseudo_images(run: RunContext, source: DataSource, pseudo: PseudoSet,
         pseudo.drop(~undecodable)
 
 
-def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> None:
+def check_test_images(source: DataSource, sizes: list[int], data_settings: DataCommon, cache_dir) -> None:
     """Every test image decoded (into the decode cache inference reuses, or once up front with
     data.cache=false) at every size the folds train at; an undecodable one stops the run before
     the first epoch (inference would refuse it after training; test rows cannot be skipped)."""
@@ -286,7 +315,7 @@ def check_test_images(source: DataSource, sizes: list[int], cfg: DictConfig) -> 
     paths, bad = list(source.test["path"]), set()
     for size in sizes:
         with distributed.main_first():
-            _, found = load_images(paths, size, cfg.data, cfg.paths.cache_dir, check=distributed.is_main())
+            _, found = load_images(paths, size, data_settings, cache_dir, check=distributed.is_main())
         bad.update(distributed.broadcast_object(found))
     if bad:
         ids = source.test["ID"].iloc[sorted(bad)].tolist()
@@ -316,22 +345,22 @@ def add_robust_copies(run: RunContext, data: RunData) -> None:
     with distributed.main_first():  # an auto profile is fitted (and saved) by rank 0 first
         profile = resolve_distort_profile(run, data)
     data.robust = RobustSpec(profile, int(validation.copies), int(validation.seed))
-    cfg, train = run.cfg, data.source.train
-    cache_dir = cfg.paths.cache_dir if cfg.data.cache else None
+    settings, train = run.data_settings, data.source.train
+    cache_dir = run.cfg.paths.cache_dir if settings.cache else None
     for size in sorted({p.img_size for p in data.plans}):
         with distributed.main_first():
             data.copies_by_size[size] = robust_copies(list(train["path"]), list(train["ID"]), data.robust, size,
-                                                      cfg.data.resize, int(cfg.data.pad_value), cache_dir)
+                                                      settings.resize, int(settings.pad_value), cache_dir)
     log.info("validation=%s: %d distorted copies of every validation image (seed %d); trainer.monitor=%s picks "
              "the best epoch", validation.name, data.robust.copies, data.robust.seed,
-             resolve_monitor(validation, str(cfg.trainer.monitor)))
+             resolve_monitor(validation, str(run.trainer.monitor)))
     if isinstance(validation.distort, str):  # a named profile or a file: say what it draws
         log.info("validation.distort=%s: %s", validation.distort, describe(profile))
 
 
 def log_match(run: RunContext, data: RunData) -> None:
     """augment.match_validation: say which profile the training samples are distorted with."""
-    augment = run.cfg.augment
+    augment = run.augment
     if not augment.match_validation:
         return
     validation = run.cfg.get("validation")
@@ -399,7 +428,7 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
         results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
         results["pseudo"] = data.pseudo.as_dict(data.classes) if data.pseudo is not None else None
         results["seconds"] = round(seconds, 2)
-        results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
+        results["distributed"] = distributed.scaling(run.trainer)  # world size, effective batch, lr used
         if main:
             atomic_write_json(run.run_dir / RESULTS_FILE, results)
     return results

@@ -14,6 +14,7 @@ import os
 import signal
 import weakref
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from docclassify.data.dataset import ImageDataset
 from docclassify.engine import distributed, share
 from docclassify.engine.resume import ResumableSampler
 from docclassify.engine.sampling import row_weights
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import TrainerConfig
 
 INTERRUPTS = (signal.SIGTERM, signal.SIGINT)
 _live_iterators: weakref.WeakSet = weakref.WeakSet()  # iterators of Loaders with worker processes
@@ -152,11 +156,12 @@ def release_freed_memory() -> None:
         pass
 
 
-def eval_batch_size(trainer_cfg) -> int:
-    return int(trainer_cfg.eval_batch_size or 2 * int(trainer_cfg.batch_size))
+def eval_batch_size(trainer: TrainerConfig) -> int:
+    return int(trainer.eval_batch_size or 2 * int(trainer.batch_size))
 
 
-def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer: TrainerConfig,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The fold's (training rows, validation rows) under the debug keys.
 
     ``overfit_batches`` = n: n batches of training rows (a seeded draw) are both the training and
@@ -164,17 +169,17 @@ def debug_rows(train_idx: np.ndarray, val_idx: np.ndarray, trainer_cfg, seed: in
     validation rows. Rows, not loader batches, are cut so that the fold's validation targets,
     logits and OOF rows stay aligned."""
     rng = np.random.default_rng(seed)
-    overfit = int(trainer_cfg.overfit_batches)
+    overfit = int(trainer.overfit_batches)
     if overfit > 0:
-        rows = np.sort(rng.permutation(train_idx)[:overfit * int(trainer_cfg.batch_size)])
+        rows = np.sort(rng.permutation(train_idx)[:overfit * int(trainer.batch_size)])
         return rows, rows
-    limit = trainer_cfg.limit_val_batches
+    limit = trainer.limit_val_batches
     if limit is not None:
-        val_idx = np.sort(rng.permutation(val_idx)[:int(limit) * eval_batch_size(trainer_cfg)])
+        val_idx = np.sort(rng.permutation(val_idx)[:int(limit) * eval_batch_size(trainer)])
     return train_idx, val_idx
 
 
-def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, num_workers, seed: int,
+def build_loaders(images, train_idx, val_idx, targets, transform, trainer: TrainerConfig, num_workers, seed: int,
                   device: torch.device, orientation_labels: bool = False, sampler_mode: str = "natural",
                   train_images=None, target_rows=None, sample_weights=None, unknown_orientation=None):
     """(train loader, validation loader, train sampler) of one fold.
@@ -196,8 +201,8 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     release_freed_memory()  # before any worker of this fold is forked
     share.refresh()  # the fold's workers follow this job's current share of the cores
     common = _worker_options(default_num_workers(num_workers), device)
-    batch = int(trainer_cfg.batch_size)
-    overfit = int(trainer_cfg.overfit_batches) > 0
+    batch = int(trainer.batch_size)
+    overfit = int(trainer.overfit_batches) > 0
     train_ds = ImageDataset(images if train_images is None else train_images, train_idx, targets,
                             None if overfit else transform, orientation_labels=orientation_labels,
                             target_rows=target_rows, weights=sample_weights,
@@ -205,7 +210,7 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     # DistributedSampler with one replica = seeded per-epoch shuffling (and DDP-ready); resumable
     # part-way through an epoch.
     world, rank = distributed.world_size(), distributed.rank()
-    limit = trainer_cfg.limit_train_batches
+    limit = trainer.limit_train_batches
     weights = None if overfit else row_weights(np.asarray(targets)[train_idx], sampler_mode)
     sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=not overfit, seed=seed,
                                drop_last=False, limit=None if limit is None else int(limit) * batch, weights=weights)
@@ -214,15 +219,15 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer_cfg, n
     # once per process), so a resumed run would differ from an uninterrupted one.
     train_loader = Loader(train_ds, batch_size=batch, sampler=sampler, drop_last=len(train_ds) // world > batch,
                           generator=torch.Generator().manual_seed(seed), **common)
-    val_loader = build_eval_loader(images, val_idx, targets, trainer_cfg, num_workers, seed, device)
+    val_loader = build_eval_loader(images, val_idx, targets, trainer, num_workers, seed, device)
     return train_loader, val_loader, sampler
 
 
-def build_eval_loader(images, rows, targets, trainer_cfg, num_workers, seed: int, device: torch.device):
+def build_eval_loader(images, rows, targets, trainer: TrainerConfig, num_workers, seed: int, device: torch.device):
     """A validation loader over ``images[rows]`` (no augmentation, in order); under DDP over this
     rank's contiguous share of ``rows`` (the fold gathers the shares back)."""
     common = _worker_options(default_num_workers(num_workers), device)
-    eval_bs = eval_batch_size(trainer_cfg)
+    eval_bs = eval_batch_size(trainer)
     # Validation from the decode cache on CPU: nothing to decode or augment and the model uses the
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
     if device.type == "cpu" and isinstance(images, np.ndarray):

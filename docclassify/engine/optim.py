@@ -8,10 +8,10 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
-log = logging.getLogger(__name__)
+# SCHEDULES: timm names; every one is stepped per optimiser update.
+from docclassify.utils.choices import SCHEDULES
 
-# schedule.name values (timm names; every one is stepped per optimiser update).
-SCHEDULES = ("cosine", "constant")
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,

@@ -25,6 +25,7 @@ the classifier's accuracy by orientation (upright / turned / mirrored) are logge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ import torch.nn.functional as F
 from docclassify.data import dihedral
 from docclassify.data.dihedral import head_label, head_size
 from docclassify.distortion.copies import copy_element
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import AugmentConfig, RegularizationConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class OrientationTraining:
         return head_size(self.head)
 
 
-def build_orientation_training(head: str, reg_cfg) -> OrientationTraining | None:
+def build_orientation_training(head: str, reg_cfg: RegularizationConfig) -> OrientationTraining | None:
     """What the step trains the head with (None without a head: the step is unchanged)."""
     if head == "none":
         return None
@@ -82,10 +86,10 @@ def orientation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ validation
-def check_group(augment_cfg, head: str) -> tuple[dihedral.Element, ...]:
+def check_group(augment: AugmentConfig, head: str) -> tuple[dihedral.Element, ...]:
     """The elements validation copies are turned by: augment.orientation's group, else the head's,
     else none (an empty tuple: no orientation pass)."""
-    group = str(augment_cfg.get("orientation", "none"))
+    group = str(augment.orientation)
     if group != "none":
         return dihedral.GROUPS[group]
     return dihedral.head_group(head) if head != "none" else ()
@@ -137,9 +141,10 @@ class OrientationCheck:
     robust_elements: np.ndarray | None = None
 
 
-def orientation_check(augment_cfg, head: str, n_val: int, robust_copies_of=None) -> OrientationCheck | None:
+def orientation_check(augment: AugmentConfig, head: str, n_val: int,
+                      robust_copies_of=None) -> OrientationCheck | None:
     """``robust_copies_of``: (the validation rows' IDs, the run's RobustSpec) when the robust view exists."""
-    group = check_group(augment_cfg, head)
+    group = check_group(augment, head)
     if not group:
         return None
     robust = copy_elements(*robust_copies_of) if robust_copies_of is not None else None

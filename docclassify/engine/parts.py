@@ -9,7 +9,7 @@ then set up with the fold's class counts).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -25,8 +25,12 @@ from docclassify.engine.sampling import class_shares
 from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head
 
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
 
-def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = None) -> torch.nn.Module:
+
+def build_model(model_cfg, num_classes: int, reg_cfg: RegularizationConfig,
+                img_size: int | None = None) -> torch.nn.Module:
     """The fold's timm model (pretrained or local weights as the model option says), built for
     ``img_size`` when the architecture has a fixed input size (Swin, ViT, BEiT), wrapped with its
     orientation head when ``model.orientation_head`` asks for one (models/heads.py)."""
@@ -36,23 +40,22 @@ def build_model(model_cfg, num_classes: int, reg_cfg, img_size: int | None = Non
     return with_orientation_head(model, str(model_cfg.get("orientation_head") or "none"))
 
 
-def build_train_loss(cfg, class_counts: np.ndarray) -> Callable:
-    """``cfg.loss`` for one fold: instantiated, then ``setup`` with a LossContext (the training rows'
-    class counts, the class shares ``data.sampler`` draws, regularization.label_smoothing)."""
+def build_train_loss(loss_cfg, class_counts: np.ndarray, sampler: str, label_smoothing: float) -> Callable:
+    """The ``loss`` group for one fold: instantiated, then ``setup`` with a LossContext (the training rows'
+    class counts, the class shares ``sampler`` (data.sampler) draws, regularization.label_smoothing)."""
     counts = np.asarray(class_counts, dtype=np.int64)
-    sampler = str(cfg.data.get("sampler", "natural"))
-    context = LossContext(len(counts), counts, class_shares(counts, sampler),
-                          float(cfg.regularization.label_smoothing), sampler)
-    return build_loss(cfg.loss, context)
+    context = LossContext(len(counts), counts, class_shares(counts, sampler), float(label_smoothing), sampler)
+    return build_loss(loss_cfg, context)
 
 
-def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts: np.ndarray,
+def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataCommon, augment: AugmentConfig,
+                     reg: RegularizationConfig, schedule_cfg, loss_cfg, ctx: StepContext, class_counts: np.ndarray,
                      batches_per_epoch: int) -> FoldParts:
-    """Everything the step loop needs, on ``ctx.device``; ``cfg`` gives trainer, regularization,
-    loss, schedule and augment (mixup) settings; ``class_counts``: (K,) the fold's training rows
+    """Everything the step loop needs, on ``ctx.device``; ``trainer``, ``data`` (its sampler), ``augment``
+    (mixup) and ``reg`` are those groups' typed settings, ``schedule_cfg`` and ``loss_cfg`` (instantiated
+    from its ``_target_``) the schedule and loss groups; ``class_counts``: (K,) the fold's training rows
     per class (K = the number of classes)."""
     num_classes = len(class_counts)
-    trainer, reg = cfg.trainer, cfg.regularization
     model = model.to(ctx.device)
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -63,9 +66,9 @@ def build_fold_parts(model: torch.nn.Module, cfg, ctx: StepContext, class_counts
     for group in optimizer.param_groups:  # trainer.lr_scale, before the schedule reads its base lr
         group["lr"] *= lr_factor
     updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
-    scheduler = build_scheduler(optimizer, cfg.schedule, int(trainer.epochs), updates_per_epoch)
-    mixup = build_mixup(cfg.augment, num_classes, float(reg.label_smoothing))
-    loss_fn = build_train_loss(cfg, class_counts)
+    scheduler = build_scheduler(optimizer, schedule_cfg, int(trainer.epochs), updates_per_epoch)
+    mixup = build_mixup(augment, num_classes, float(reg.label_smoothing))
+    loss_fn = build_train_loss(loss_cfg, class_counts, data.sampler, float(reg.label_smoothing))
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None
     scaler = torch.amp.GradScaler(ctx.device.type) if ctx.amp.use_scaler else None
     ddp_model = distributed.wrap_ddp(model, ctx.device)  # the EMA above tracks the unwrapped module

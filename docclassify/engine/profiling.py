@@ -13,11 +13,15 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from docclassify.engine import distributed
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +30,10 @@ ROW_LIMIT = 40
 
 
 @contextmanager
-def profile_epoch(trainer_cfg, run_dir: Path, fold: int, epoch: int):
+def profile_epoch(trainer: TrainerConfig, run_dir: Path, fold: int, epoch: int):
     """Profile the block (one epoch's training steps) when trainer.profiler asks and no profile exists yet."""
     path = Path(run_dir) / PROFILE_TXT
-    if trainer_cfg.profiler is None or path.exists() or not distributed.is_main():
+    if trainer.profiler is None or path.exists() or not distributed.is_main():
         yield
         return
     cuda = torch.cuda.is_available()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLERS = ("natural", "balanced", "sqrt")
+from docclassify.utils.choices import SAMPLERS
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:

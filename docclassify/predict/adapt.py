@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from docclassify.predict.stage import FoldInput, cross_fit, fold_average, fold_inputs
+from docclassify.utils.choices import ADAPT_MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "bn", "tent")
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 MOMENTUM = 0.9
 
@@ -125,7 +125,7 @@ def adapted(model: nn.Module, images: np.ndarray, rows: np.ndarray, meta: dict, 
         return adapt_bn(model, batches)
     if mode == "tent":
         return adapt_tent(model, batches, lr)
-    raise ValueError(f"adapt={mode!r}: expected one of {', '.join(MODES)}")
+    raise ValueError(f"adapt={mode!r}: expected one of {', '.join(ADAPT_MODES)}")
 
 
 def adaptable(model: nn.Module, mode: str) -> bool:

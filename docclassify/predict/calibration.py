@@ -19,6 +19,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from docclassify.utils.choices import AVERAGES
+
 __all__ = [
     "T_MAX",
     "T_MIN",
@@ -164,8 +166,8 @@ def averaging_factor(fold_logits: np.ndarray, average: str = "prob") -> float:
     logits scaled by ``alpha`` mimic that average, and a temperature fitted on them is ``alpha``
     times the one fitted on the plain OOF logits (``softmax(alpha * z / T') == softmax(z / T)``
     for ``T' = alpha * T``)."""
-    if average not in ("prob", "logit"):
-        raise ValueError(f"average must be prob or logit, got {average!r}")
+    if average not in AVERAGES:
+        raise ValueError(f"average must be {' or '.join(AVERAGES)}, got {average!r}")
     logp = log_softmax(np.asarray(fold_logits, dtype=np.float64), axis=-1)
     if logp.ndim != 3 or logp.shape[0] < 2:
         return 1.0

@@ -32,13 +32,13 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from docclassify.metrics import class_counts_of, macro_f1, macro_f1_from_counts, safe_log
+from docclassify.utils.choices import DECISIONS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DECISIONS", "DecisionFit", "apply_biases", "cross_fit_biases", "fit_biases", "fit_decision",
            "split_rows"]
 
-DECISIONS = ("argmax", "macro_f1")
 MAX_PASSES = 10
 END_MARGIN = 1.0  # a bias past every switching point sits this far beyond the last one
 

@@ -21,11 +21,11 @@ from scipy.special import log_softmax, logsumexp, softmax
 from docclassify import metrics
 from docclassify.metrics import macro_f1, macro_f1_of_probs, safe_log
 from docclassify.predict.calibration import apply_temperature
+from docclassify.utils.choices import AVERAGES
 
 __all__ = ["AVERAGES", "STACKER_FILE", "Stacker", "combine", "ensemble_test_probs", "fit_greedy_weights",
            "fit_oof_weights", "fit_stacker", "greedy_counts", "members_of", "normalize_weights"]
 
-AVERAGES = ("prob", "logit")
 _EPS = 1e-12
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from docclassify.data.sources import DataError
+from docclassify.utils.choices import FIT_ON
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ OOF_ROBUST_FILE, OOF_ROBUST_LOGITS_FILE = "oof_robust.csv", "oof_robust_logits.n
 # The resolved config the run trained with (engine.resume.check_resume_compatible writes it);
 # Hydra's copy is the fallback.
 CONFIG_FILES = ("run_config.yaml", ".hydra/config.yaml")
-# Which OOF rows inference decides on: auto = robust when every run has a robust view, else clean.
-FIT_ON = ("auto", "robust", "clean")
 
 
 class RunError(DataError):

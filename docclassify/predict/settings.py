@@ -13,8 +13,8 @@ from docclassify.predict.decision import DECISIONS
 from docclassify.predict.ensemble import AVERAGES
 from docclassify.predict.outputs import SUBMISSION_FILE
 from docclassify.predict.second_pass import SecondPassSettings
+from docclassify.utils.choices import WEIGHT_MODES
 
-WEIGHT_MODES = ("equal", "oof", "greedy", "stack")
 # Weight modes that need every run's OOF rows to be the same rows (they learn from them jointly).
 SELECTION_MODES = ("greedy", "stack")
 

@@ -35,6 +35,7 @@ import torch
 
 from docclassify.data import dihedral
 from docclassify.data.dihedral import Element
+from docclassify.utils.choices import AVERAGES, ORIENT_MODES
 
 __all__ = [
     "AVERAGES",
@@ -50,10 +51,8 @@ __all__ = [
     "resolve_tta",
 ]
 
-AVERAGES = ("prob", "logit")
 # Not view sets: each image's orientation is estimated and undone (predict/upright.py); their
 # candidate views are the 8 dihedral ones.
-ORIENT_MODES = ("orient", "orient_soft")
 # Keys of a tta config (conf/tta/*.yaml): deskew is read by predict.pipeline (the test images are
 # deskewed when decoded), upright_flip by predict.upright, per_class (tta=auto) by predict.tta_auto.
 TTA_KEYS = ("name", "average", "deskew", "upright_flip", "per_class")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-LOGGERS = ("none", "csv", "wandb")
+from docclassify.utils.choices import LOGGERS
 
 
 def is_main_process() -> bool:

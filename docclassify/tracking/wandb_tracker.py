@@ -39,12 +39,12 @@ from omegaconf import DictConfig, OmegaConf
 from docclassify.metrics import softmax
 from docclassify.tracking import reports
 from docclassify.tracking.callbacks import Callback
+from docclassify.utils.choices import WANDB_MODES
 from docclassify.utils.io import atomic_write_json
 from docclassify.utils.redact import has_password, redact_config
 
 log = logging.getLogger(__name__)
 
-MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 # Written into a training run dir: where its W&B runs went, so inference can join their group.
 RUN_FILE = "wandb_run.json"
@@ -84,14 +84,14 @@ def resolve_mode(configured: str | None, env=None) -> str:
     """logger.mode > WANDB_MODE > online with a key / offline without one."""
     env = os.environ if env is None else env
     if configured:
-        if configured not in MODES:
-            raise ValueError(f"logger.mode={configured!r}: expected one of {MODES} or null")
+        if configured not in WANDB_MODES:
+            raise ValueError(f"logger.mode={configured!r}: expected one of {WANDB_MODES} or null")
         return configured
     mode = (env.get("WANDB_MODE") or "").strip().lower()
     if mode:
         mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
-        if mode not in MODES:
-            raise ValueError(f"WANDB_MODE={env['WANDB_MODE']!r}: expected one of {MODES}")
+        if mode not in WANDB_MODES:
+            raise ValueError(f"WANDB_MODE={env['WANDB_MODE']!r}: expected one of {WANDB_MODES}")
         return mode
     return "online" if has_credentials(env) else "offline"
 

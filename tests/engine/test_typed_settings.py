@@ -1,0 +1,142 @@
+"""Typed settings passed down (issue 28 item 2): train's entrypoint (engine/kfold.py start_run) turns the
+``trainer``, ``data``, ``augment`` and ``regularization`` groups into their schema dataclasses once
+(OmegaConf.to_object), and the loaders, the epoch loop, the augmentation and the fold's parts receive those
+objects, not the run's cfg."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+import docclassify
+from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
+
+PACKAGE = Path(docclassify.__file__).resolve().parent
+# The modules that must not read those groups from the cfg (run.cfg.trainer, cfg.augment, ...); kfold.py's
+# run_results is shared with docclassify.aggregate, which merges the saved configs of finished runs.
+TYPED_MODULES = ("engine/loaders.py", "engine/epoch.py", "engine/fold.py", "engine/parts.py", "engine/profiling.py",
+                 "engine/distributed.py", "engine/kfold.py", "engine/mixup.py", "engine/orientation_head.py",
+                 "data/cache.py", "data/augment.py")
+ALLOWED_FUNCTIONS = {("engine/kfold.py", "run_results")}
+GROUPS = ("trainer", "data", "augment", "regularization")
+# The groups whose options set the typed groups' keys.
+SETTING_GROUPS = ("data", "trainer", "augment", "regularization", "pipeline", "experiment", "debug", "hparams_search")
+
+
+def _reads_of_the_cfg(module: str) -> list[str]:
+    tree = ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
+    allowed = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and (module, f.name) in ALLOWED_FUNCTIONS
+               for n in ast.walk(f)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in GROUPS and id(node) not in allowed:
+            owner = node.value
+            name = owner.id if isinstance(owner, ast.Name) else owner.attr if isinstance(owner, ast.Attribute) else ""
+            if name == "cfg":
+                found.append(f"{module}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_loaders_and_the_epoch_loop_do_not_read_the_cfg_groups():
+    reads = [r for module in TYPED_MODULES for r in _reads_of_the_cfg(module)]
+    assert not reads, "read the typed settings (run.trainer, run.data_settings, ...):\n" + "\n".join(reads)
+
+
+def test_the_check_finds_a_read():
+    """The scan sees run.cfg.trainer.x and cfg.data.y (and not run.trainer or settings.data)."""
+    source = ("def f(run, cfg, settings):\n"
+              "    return run.cfg.trainer.lr, cfg.data.resize, run.trainer.lr, settings.data\n")
+    tree = ast.parse(source)
+    hits = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in GROUPS
+            and getattr(n.value, "id", getattr(n.value, "attr", "")) == "cfg"]
+    assert sorted(hits) == ["cfg.data", "run.cfg.trainer"]
+
+
+@pytest.mark.parametrize(("function", "param", "schema"), [
+    ("docclassify.engine.loaders:build_loaders", "trainer", TrainerConfig),
+    ("docclassify.engine.loaders:build_eval_loader", "trainer", TrainerConfig),
+    ("docclassify.engine.loaders:debug_rows", "trainer", TrainerConfig),
+    ("docclassify.engine.loaders:eval_batch_size", "trainer", TrainerConfig),
+    ("docclassify.engine.fold:step_context", "trainer", TrainerConfig),
+    ("docclassify.engine.profiling:profile_epoch", "trainer", TrainerConfig),
+    ("docclassify.engine.distributed:scaling", "trainer", TrainerConfig),
+    ("docclassify.engine.parts:build_fold_parts", "trainer", TrainerConfig),
+    ("docclassify.engine.parts:build_fold_parts", "data", DataCommon),
+    ("docclassify.data.cache:load_images", "data", DataCommon),
+    ("docclassify.engine.parts:build_fold_parts", "augment", AugmentConfig),
+    ("docclassify.engine.mixup:build_mixup", "aug_cfg", AugmentConfig),
+    ("docclassify.engine.mixup:mixup_active", "aug_cfg", AugmentConfig),
+    ("docclassify.engine.orientation_head:orientation_check", "augment", AugmentConfig),
+    ("docclassify.data.augment:TrainTransform", "cfg", AugmentConfig),
+    ("docclassify.engine.parts:build_fold_parts", "reg", RegularizationConfig),
+    ("docclassify.engine.parts:build_model", "reg_cfg", RegularizationConfig),
+    ("docclassify.engine.orientation_head:build_orientation_training", "reg_cfg", RegularizationConfig),
+])
+def test_signatures_take_the_settings_classes(function, param, schema):
+    import importlib
+
+    module, name = function.split(":")
+    annotation = inspect.signature(getattr(importlib.import_module(module), name)).parameters[param].annotation
+    assert annotation == schema.__name__  # (from __future__ import annotations: the name as written)
+
+
+def test_start_run_builds_the_typed_settings_once(tmp_path):
+    from conftest import TINY, compose_train
+
+    from docclassify.config_schema import CompetitionData
+    from docclassify.engine import share
+    from docclassify.engine.kfold import start_run
+    from docclassify.tracking.callbacks import CallbackList
+
+    cfg = compose_train(["data=competition", f"data.root={tmp_path}", *TINY, "trainer.batch_size=7"], tmp_path / "run")
+    run = start_run(cfg, CallbackList([]))
+    share.stop()
+    assert isinstance(run.trainer, TrainerConfig) and not isinstance(run.trainer, DictConfig)
+    assert isinstance(run.data_settings, CompetitionData)
+    assert isinstance(run.augment, AugmentConfig) and run.augment.orientation == "none"  # TINY's
+    assert isinstance(run.regularization, RegularizationConfig)
+    assert run.trainer.batch_size == 7 and run.data_settings.root == str(tmp_path) and run.data_settings.img_size == 32
+
+
+def test_every_option_and_preset_gives_typed_settings():
+    """OmegaConf.to_object of trainer and data succeeds for every case tests/config/test_composed.py composes
+    that can set their keys (the options of data and trainer, the presets, debug modes and sweeps)."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    from docclassify.config import CONF_DIR
+    from docclassify.engine.kfold import group_settings
+
+    path = PACKAGE.parent / "tests" / "config" / "test_composed.py"
+    spec = importlib.util.spec_from_file_location("test_composed", path)
+    composed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(composed)
+    checked = 0
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for primary, overrides in composed.cases():
+            group = overrides[0].split("=")[0] if overrides else None
+            if primary not in ("train", "distill") or group not in (None, *SETTING_GROUPS):
+                continue
+            cfg = compose(primary, overrides=[o.replace("DATA_ROOT", "/data") for o in overrides])
+            assert isinstance(group_settings(cfg, "trainer", TrainerConfig), TrainerConfig), overrides
+            assert isinstance(group_settings(cfg, "data", DataCommon), DataCommon), overrides
+            assert isinstance(group_settings(cfg, "augment", AugmentConfig), AugmentConfig), overrides
+            assert isinstance(group_settings(cfg, "regularization", RegularizationConfig), RegularizationConfig)
+            checked += 1
+    assert checked >= 20
+
+
+def test_an_unset_required_key_is_named(tmp_path):
+    from conftest import compose_train
+
+    from docclassify.data.sources import DataError
+    from docclassify.engine.kfold import group_settings
+
+    cfg = compose_train(["data=competition"], tmp_path / "run")
+    with pytest.raises(DataError, match="data.root is not set: pass data.root=/path/to/data"):
+        group_settings(cfg, "data", DataCommon)
