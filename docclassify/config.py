@@ -14,6 +14,35 @@ from docclassify import config_schema  # noqa: F401  (registers the typed group 
 from docclassify.config_schema import SCHEMA_GROUP, ConfigError
 from docclassify.errors import USAGE_EXIT_CODE
 
+
+
+def _share_the_config_store_in_copies() -> None:
+    """Hydra 1.3 deep-copies its whole ConfigStore (every typed schema of config_schema) each time it
+    builds a caching config repository: once per compose, 238 times for one ``--help`` (3.5 of its
+    4 s), once per sweep trial. Hydra 1.4 reads the store singleton instead of holding a copy
+    (facebookresearch/hydra#2928); this gives 1.3's repository copies the same: the structured
+    source is copied shallowly (the same process-wide store), the others deeply as before. Safe:
+    ConfigStore.load() deep-copies each node it returns."""
+    import copy
+
+    import hydra
+    from hydra._internal.config_repository import ConfigRepository
+
+    if not hydra.__version__.startswith("1.3") or "__deepcopy__" in vars(ConfigRepository):
+        return
+
+    def __deepcopy__(self, memo):
+        clone = copy.copy(self)
+        memo[id(self)] = clone
+        clone.sources = [copy.copy(source) if source.scheme() == "structured" else copy.deepcopy(source, memo)
+                         for source in self.sources]
+        return clone
+
+    ConfigRepository.__deepcopy__ = __deepcopy__
+
+
+_share_the_config_store_in_copies()
+
 # The config tree ships inside the package (a wheel works outside a checkout); the checkout's
 # top-level conf/ is a link to it.
 CONF_DIR = Path(__file__).resolve().parent / "conf"

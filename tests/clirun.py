@@ -118,6 +118,9 @@ def _wait(pid: int, timeout: float, cmd: list[str]) -> int:
 def _child(module: str, args: list[str], cwd: Path, env: dict, out_fd: int, err_fd: int) -> None:
     code = 1
     try:
+        import gc
+
+        gc.freeze()  # the test process's objects: not the command's to collect (and not copied on write)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)

@@ -198,3 +198,28 @@ def run_in(cwd: Path, module: str, args: list[str], env: dict | None = None,
     checked: for commands that should fail, or whose side effects in the working dir matter."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     return run_cli(module, args, cwd=cwd, check=False, env={"PYTHONPATH": path, **(env or {})}, fresh=fresh)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """DOCCLASSIFY_TEST_CPU_LOG=FILE: one JSON line per test with its CPU seconds (this process and the
+    processes it waited for: forked commands, subprocesses), to aim a trim of the suite by what a
+    test costs rather than its wall time on a loaded machine."""
+    path = os.environ.get("DOCCLASSIFY_TEST_CPU_LOG")
+    if not path:
+        return (yield)
+    import json
+    import resource
+    import time
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    start, wall = cpu(), time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"test": item.nodeid, "cpu": round(cpu() - start, 2),
+                                 "wall": round(time.perf_counter() - wall, 2)}) + "\n")
