@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from docclassify.config_schema import (
     AugmentConfig,
@@ -38,6 +37,7 @@ from docclassify.config_schema import (
     ShiftCheck,
     TrainerConfig,
     check_config,
+    group_settings,
 )
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_from_file, folds_to_run
@@ -49,7 +49,7 @@ from docclassify.data.pseudo import (
     load_pseudo_set,
     selection_frame,
 )
-from docclassify.data.sources import DataError, DataSource, apply_decisions, load_source
+from docclassify.data.sources import DataSource, apply_decisions, load_source
 from docclassify.data.validation import robust_copies
 from docclassify.distortion import describe, normalise_profile, resolve_profile
 from docclassify.distortion.copies import RobustSpec
@@ -202,25 +202,6 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
              ", ".join(f"fold {f['fold']}: {f['best_macro_f1']:.4f}" for f in results["folds"]),
              results["monitor"], results["objective"], run.run_dir)
     return results
-
-
-# What a required key left unset (``???``) is set to, in its error.
-UNSET_HINTS = {"data.root": "/path/to/data"}
-
-
-def group_settings(cfg: DictConfig, group: str, schema: type | tuple[type, ...]):
-    """The typed object of a composed, checked config group: ``OmegaConf.to_object`` on its schema
-    dataclass (interpolations resolved). A required key left unset stops here, naming it."""
-    try:
-        settings = OmegaConf.to_object(cfg[group])
-    except MissingMandatoryValue as exc:
-        name = f"{group}.{exc.key}"
-        raise DataError(f"{name} is not set: pass {name}={UNSET_HINTS.get(name, '...')}") from None
-    if not isinstance(settings, schema):  # a group option without its schema in its defaults list
-        names = " or ".join(s.__name__ for s in (schema if isinstance(schema, tuple) else (schema,)))
-        raise DataError(f"{group}: not typed by its schema ({names}); start the option's defaults list "
-                        f"with its /schema/{group}/... entry (docclassify/config_schema.py)")
-    return settings
 
 
 # RunContext's typed fields: the group each is built from and its schema (a tuple: one of its options' schemas).

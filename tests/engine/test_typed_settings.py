@@ -3,7 +3,9 @@
 ``ensemble`` and ``shift`` groups into their schema dataclasses once (OmegaConf.to_object), and the loaders,
 the epoch loop, the augmentation, the fold plan, the shift check and the fold's parts receive those objects,
 not the run's cfg. The loss group is passed down as its node (run.loss): it is instantiated from its
-``_target_``, and a user's own loss class takes keys no schema declares."""
+``_target_``, and a user's own loss class takes keys no schema declares. Inference (predict/pipeline.py
+run_inference) does the same with its ``tta``, ``adapt``, ``second_pass``, ``specialists``, ``ensemble`` and
+``data`` groups (predict/settings.py infer_groups)."""
 
 from __future__ import annotations
 
@@ -36,11 +38,12 @@ PACKAGE = Path(docclassify.__file__).resolve().parent
 TYPED_MODULES = ("engine/loaders.py", "engine/epoch.py", "engine/fold.py", "engine/parts.py", "engine/profiling.py",
                  "engine/distributed.py", "engine/kfold.py", "engine/mixup.py", "engine/orientation_head.py",
                  "engine/plan.py", "engine/optim.py", "engine/evaluate.py", "data/cache.py", "data/augment.py",
-                 "data/folds.py", "distortion/report.py")
+                 "data/folds.py", "distortion/report.py", "predict/pipeline.py", "predict/second_stage.py",
+                 "predict/settings.py")
 ALLOWED_FUNCTIONS = {("engine/kfold.py", "run_results"), ("engine/kfold.py", "start_run"),
                      ("engine/kfold.py", "run_settings")}
 GROUPS = ("trainer", "data", "augment", "regularization", "model", "schedule", "validation", "folds", "ensemble",
-          "shift", "loss")
+          "shift", "loss", "tta", "adapt", "second_pass", "specialists")
 # The groups whose options set the typed groups' keys.
 SETTING_GROUPS = ("data", "trainer", "augment", "regularization", "model", "schedule", "validation", "folds",
                   "ensemble", "loss", "pipeline", "experiment", "debug", "hparams_search")
@@ -117,6 +120,10 @@ def test_the_check_finds_a_read():
     ("docclassify.distortion.report:run_shift_check", "shift", "ShiftCheck | None"),
     ("docclassify.distortion.report:run_shift_check", "data", DataCommon),
     ("docclassify.distortion.report:fit_profile_for_run", "data", DataCommon),
+    ("docclassify.predict.settings:read_settings", "groups", "InferGroups"),
+    ("docclassify.predict.settings:second_stage_on", "groups", "InferGroups"),
+    ("docclassify.predict.second_stage:adapt", "groups", "InferGroups"),
+    ("docclassify.predict.second_stage:refine", "groups", "InferGroups"),
 ])
 def test_signatures_take_the_settings_classes(function, param, schema):
     import importlib
@@ -190,3 +197,36 @@ def test_an_unset_required_key_is_named(tmp_path):
     cfg = compose_train(["data=competition"], tmp_path / "run")
     with pytest.raises(DataError, match="data.root is not set: pass data.root=/path/to/data"):
         group_settings(cfg, "data", DataCommon)
+
+
+ALL_ON = ["tta=orient", "adapt=tent", "second_pass.enabled=true", "specialists.enabled=true", "ensemble.weights=greedy",
+          "data.root=/x"]
+
+
+@pytest.mark.parametrize("overrides", [[], ALL_ON])
+def test_infer_groups_are_typed_once(overrides):
+    """predict/settings.py infer_groups: the infer config's groups as their schema dataclasses, the values
+    the command line set."""
+    from hydra import compose, initialize_config_dir
+
+    from docclassify.config import CONF_DIR
+    from docclassify.config_schema import (
+        AdaptConfig,
+        InferData,
+        InferEnsemble,
+        InferSpecialists,
+        SecondPassConfig,
+        TentAdaptConfig,
+        TTAConfig,
+    )
+    from docclassify.predict.settings import infer_groups
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("infer", overrides=["runs=[/unused]", *overrides])
+    groups = infer_groups(cfg)
+    assert isinstance(groups.tta, TTAConfig) and groups.tta.name == cfg.tta.name
+    assert isinstance(groups.adapt, TentAdaptConfig if overrides else AdaptConfig)
+    assert isinstance(groups.second_pass, SecondPassConfig) and groups.second_pass.enabled == bool(overrides)
+    assert isinstance(groups.specialists, InferSpecialists) and groups.specialists.enabled == bool(overrides)
+    assert isinstance(groups.ensemble, InferEnsemble) and groups.ensemble.weights == cfg.ensemble.weights
+    assert isinstance(groups.data, InferData) and groups.data.root == ("/x" if overrides else None)
