@@ -31,8 +31,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from docclassify.errors import UserError
+from docclassify.errors import DataError, UserError
 from docclassify.utils.choices import (
     ADAPT_MODES,
     AMP,
@@ -918,6 +919,25 @@ def apply_aliases(cfg: DictConfig) -> None:
             log.warning("%s is the old name of %s: using %s=%s", old, new, new, value)
             OmegaConf.update(cfg, new, value)
             OmegaConf.update(cfg, old, None)
+
+
+# What a required key left unset (``???``) is set to, in its error.
+UNSET_HINTS = {"data.root": "/path/to/data"}
+
+
+def group_settings(cfg: DictConfig, group: str, schema: type | tuple[type, ...]):
+    """The typed object of a composed, checked config group: ``OmegaConf.to_object`` on its schema
+    dataclass (interpolations resolved). A required key left unset stops here, naming it."""
+    try:
+        settings = OmegaConf.to_object(cfg[group])
+    except MissingMandatoryValue as exc:
+        name = f"{group}.{exc.key}"
+        raise DataError(f"{name} is not set: pass {name}={UNSET_HINTS.get(name, '...')}") from None
+    if not isinstance(settings, schema):  # a group option without its schema in its defaults list
+        names = " or ".join(s.__name__ for s in (schema if isinstance(schema, tuple) else (schema,)))
+        raise DataError(f"{group}: not typed by its schema ({names}); start the option's defaults list "
+                        f"with its /schema/{group}/... entry (docclassify/config_schema.py)")
+    return settings
 
 
 def check_config(cfg: DictConfig) -> None:

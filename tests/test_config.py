@@ -65,27 +65,32 @@ def test_reference_best_experiment(tmp_path):
     assert cfg.regularization.weight_decay == 0.013163 and cfg.schedule.warmup_epochs == 10
 
 
-def test_img_size_follows_model_unless_set(tmp_path):
+def _plans(cfg, folds):
+    """engine.plan.plan_folds on the run's typed model, data, folds and ensemble settings."""
+    from docclassify.engine.kfold import run_settings
     from docclassify.engine.plan import plan_folds
 
+    s = run_settings(cfg)
+    return plan_folds(s["model"], s["data_settings"], s["folds"], s["ensemble"], folds)
+
+
+def test_img_size_follows_model_unless_set(tmp_path):
     cfg = compose_train(["pipeline=basic", "model=convnext_base_384"], tmp_path)
-    assert cfg.data.img_size is None and plan_folds(cfg, [0])[0].img_size == 384
+    assert cfg.data.img_size is None and _plans(cfg, [0])[0].img_size == 384
     cfg = compose_train(["pipeline=basic", "model=convnext_base_384", "data.img_size=128"], tmp_path)
-    assert plan_folds(cfg, [0])[0].img_size == 128
+    assert _plans(cfg, [0])[0].img_size == 128
 
 
 def test_multi_model_plan(tmp_path):
-    from docclassify.engine.plan import plan_folds
-
     cfg = compose_train(["pipeline=basic", "ensemble=multi_model", "ensemble.fold_models={0:resnet18,1:convnext_atto}",
                          "model.pretrained=false", "folds.n=3"], tmp_path)
-    plans = plan_folds(cfg, [0, 1, 2])
+    plans = _plans(cfg, [0, 1, 2])
     assert [p.model_cfg.timm_name.split(".")[0] for p in plans] == ["resnet18", "convnext_atto", "resnet18"]
     assert all(not p.model_cfg.pretrained for p in plans)
     assert all(p.model_cfg.orientation_head == "none" for p in plans)
     cfg = compose_train(["pipeline=basic", "ensemble=multi_model", "ensemble.fold_models={1:convnext_atto}",
                          "model.orientation_head=dihedral8", "folds.n=2"], tmp_path)
-    assert [p.model_cfg.orientation_head for p in plan_folds(cfg, [0, 1])] == ["dihedral8", "dihedral8"]
+    assert [p.model_cfg.orientation_head for p in _plans(cfg, [0, 1])] == ["dihedral8", "dihedral8"]
 
 
 def test_conf_dir_is_the_repo_conf():
@@ -93,12 +98,10 @@ def test_conf_dir_is_the_repo_conf():
 
 
 def test_data_use_pretrained_gates_model_pretrained(tmp_path):
-    from docclassify.engine.plan import plan_folds
-
     synthetic = compose_train(["model=resnet18"], tmp_path)
-    assert synthetic.model.pretrained and not plan_folds(synthetic, [0])[0].model_cfg.pretrained
+    assert synthetic.model.pretrained and not _plans(synthetic, [0])[0].model_cfg.pretrained
     real = compose_train(["model=resnet18", "data=competition", "data.root=/tmp"], tmp_path)
-    assert plan_folds(real, [0])[0].model_cfg.pretrained
+    assert _plans(real, [0])[0].model_cfg.pretrained
     forced = compose_train(["model=resnet18", "data=competition", "data.root=/tmp", "data.use_pretrained=false"],
                            tmp_path)
-    assert not plan_folds(forced, [0])[0].model_cfg.pretrained
+    assert not _plans(forced, [0])[0].model_cfg.pretrained

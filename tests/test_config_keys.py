@@ -419,11 +419,14 @@ def pixels(cfg, data, run_dir: Path) -> dict:
 
 def lr(cfg, data, run_dir: Path) -> dict:
     """The lr after every update of the fold's optimiser and schedule (4 updates per epoch)."""
+    from docclassify.config_schema import ConstantSchedule
+    from docclassify.engine.kfold import group_settings
     from docclassify.engine.optim import build_optimizer, build_scheduler
 
     epochs = int(cfg.trainer.epochs)
     optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg.trainer.optimizer, float(cfg.trainer.lr), 0.0)
-    scheduler = build_scheduler(optimizer, cfg.schedule, epochs, updates_per_epoch=4)
+    schedule = group_settings(cfg, "schedule", ConstantSchedule)
+    scheduler = build_scheduler(optimizer, schedule, epochs, updates_per_epoch=4)
     out = [optimizer.param_groups[0]["lr"]]
     for update in range(1, 4 * epochs + 1):
         scheduler.step_update(num_updates=update)
@@ -445,8 +448,7 @@ def training(cfg, data, run_dir: Path) -> dict:
     """Fold 0 through the real engine (prepare_fold + fit_fold): step losses and lrs, validation
     logits, the evaluated weights, the files written."""
     from docclassify.engine.fold import fit_fold, prepare_fold
-    from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
-    from docclassify.engine.kfold import RunContext, RunData, group_settings
+    from docclassify.engine.kfold import RunContext, RunData, run_settings
     from docclassify.engine.parts import eval_model
     from docclassify.engine.plan import FoldPlan
     from docclassify.engine.setup import amp_settings
@@ -454,11 +456,9 @@ def training(cfg, data, run_dir: Path) -> dict:
 
     steps = _Steps()
     run = RunContext(cfg, run_dir, int(cfg.seed), CPU, amp_settings(cfg.trainer.amp, CPU), StopFlag(), steps,
-                     group_settings(cfg, "trainer", TrainerConfig), group_settings(cfg, "data", DataCommon),
-                     group_settings(cfg, "augment", AugmentConfig),
-                     group_settings(cfg, "regularization", RegularizationConfig))
+                     **run_settings(cfg))
     source = SimpleNamespace(train=data.train, classes=data.classes, num_classes=len(data.classes))
-    plan = FoldPlan(0, cfg.model, TRAIN_SIZE)
+    plan = FoldPlan(0, run.model, TRAIN_SIZE)
     job = prepare_fold(plan, run, RunData(source, [plan], {TRAIN_SIZE: data.images}, data.folds, data.keep, []))
     outcome = fit_fold(job, run)
     weights = torch.cat([v.float().reshape(-1) for v in eval_model(job.parts).state_dict().values()])
@@ -476,10 +476,12 @@ def copies(cfg, data, run_dir: Path) -> dict:
     """The robust copies of 6 real images, built from the config as a run builds them."""
     from docclassify.data.validation import robust_copies
     from docclassify.distortion.copies import RobustSpec
-    from docclassify.engine.kfold import resolve_distort_profile
+    from docclassify.config_schema import RobustValidation
+    from docclassify.engine.kfold import group_settings, resolve_distort_profile
 
-    profile = resolve_distort_profile(SimpleNamespace(cfg=cfg), SimpleNamespace(fitted_profile=None))
-    spec = RobustSpec(profile, int(cfg.validation.copies), int(cfg.validation.seed))
+    validation = group_settings(cfg, "validation", RobustValidation)
+    profile = resolve_distort_profile(SimpleNamespace(validation=validation), SimpleNamespace(fitted_profile=None))
+    spec = RobustSpec(profile, int(validation.copies), int(validation.seed))
     paths, ids = data.copy_rows
     return {"copies": np.asarray(robust_copies(paths, ids, spec, PIXEL_SIZE, "pad", 0, None))}
 

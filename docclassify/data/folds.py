@@ -12,11 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from docclassify.data.sources import DataError
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import FoldsConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +98,11 @@ def _check_groups(targets: np.ndarray, groups: np.ndarray, n_folds: int) -> None
                         "folds.group_duplicates=false")
 
 
-def duplicate_groups_for(folds_cfg, paths: Sequence[Path], cache_dir) -> tuple[np.ndarray | None, dict | None]:
-    """(group of each row, summary for results.json) when ``folds.group_duplicates``, else (None, None)."""
-    if not folds_cfg.get("group_duplicates"):
+def duplicate_groups_for(folds_cfg: FoldsConfig, paths: Sequence[Path],
+                         cache_dir) -> tuple[np.ndarray | None, dict | None]:
+    """(group of each row, summary for results.json) when ``folds.group_duplicates``, else (None, None);
+    ``folds_cfg``: the folds group's typed settings."""
+    if not folds_cfg.group_duplicates:
         return None, None
     from docclassify.data.duplicates import duplicate_groups, find_duplicates, fingerprints
 

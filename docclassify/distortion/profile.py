@@ -94,12 +94,14 @@ def load_profile(value: str | Path) -> dict:
 
 
 def resolve_profile(value: Any) -> dict:
-    """``validation.distort`` as given (a config node or mapping of keys, or a shipped name / a YAML
+    """``validation.distort`` as given (a config node, a DistortProfile or a mapping of keys, or a shipped name / a YAML
     path) as a normalised profile. ``auto`` is not resolved here: it needs the data (report.py)."""
     if isinstance(value, (str, Path)):
         return load_profile(value)
     if isinstance(value, DictConfig):  # every key read by name (tests/test_config_keys.py sees each one used)
         value = {k: OmegaConf.to_object(value[k]) if OmegaConf.is_config(value[k]) else value[k] for k in value}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # the typed validation settings' profile
+        value = dataclasses.asdict(value)
     if not isinstance(value, Mapping):
         raise ConfigError(f"validation.distort={value!r}: expected auto, a profile name, a YAML path or profile keys")
     return normalise_profile(value)

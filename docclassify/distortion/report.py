@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from docclassify.utils.io import (
     atomic_write_json,
     atomic_write_text,
 )
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import CleanValidation, DataCommon, RobustValidation, ShiftCheck
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +58,18 @@ class ShiftReport:
 
 
 def no_test_message(data_cfg) -> str:
-    """Why a data config has no test images, and where they would have to be."""
-    name = data_cfg.get("name")
+    """Why a data config (the data group's typed settings or its node) has no test images, and where they
+    would have to be."""
+    name = getattr(data_cfg, "name", None)
     if name == "synthetic":
         return "data=synthetic has no test images (data.n_test_per_class=0)"
     if name == "competition":
-        where = (f"{data_cfg.get('sample_submission')} (listing the test IDs) and the images in "
-                 f"{data_cfg.get('test_dir')}/")
+        where = (f"{getattr(data_cfg, 'sample_submission', None)} (listing the test IDs) and the images in "
+                 f"{getattr(data_cfg, 'test_dir', None)}/")
     else:
-        where = f"a {data_cfg.get('test_dir')}/ folder of images"
-    return f"data={name} data.root={data_cfg.get('root')} has no test images: the shift is measured against {where}"
+        where = f"a {getattr(data_cfg, 'test_dir', None)}/ folder of images"
+    return (f"data={name} data.root={getattr(data_cfg, 'root', None)} has no test images: the shift is measured "
+            f"against {where}")
 
 
 def build_report(source, work_size: int, max_images: int | None, cache_dir) -> ShiftReport:
@@ -151,9 +156,9 @@ def write_report(out_dir: str | Path, report: ShiftReport, per_image_csv: bool =
 
 
 # ------------------------------------------------------------------------------------------ training hook
-def distort_is_auto(cfg) -> bool:
-    validation = cfg.get("validation")
-    distort = validation.get("distort") if validation is not None else None
+def distort_is_auto(validation) -> bool:
+    """``validation.distort=auto`` (``validation``: the group's typed settings or its node; None: clean)."""
+    distort = getattr(validation, "distort", None) if validation is not None else None
     return isinstance(distort, str) and distort == "auto"
 
 
@@ -161,50 +166,50 @@ def _has_test(source) -> bool:
     return source.test is not None and not source.test.empty
 
 
-def _measure_for_run(source, cfg) -> ShiftReport:
+def _measure_for_run(source, shift: ShiftCheck | None, cache_dir) -> ShiftReport:
     """build_report with the run's ``shift`` settings (defaults when a config has no such node)."""
-    settings = cfg.get("shift")
-    work_size = int(settings.work_size) if settings is not None else 256
-    max_images = settings.max_images if settings is not None else 500
-    return build_report(source, work_size, max_images, cfg.paths.cache_dir)
+    work_size = int(shift.work_size) if shift is not None else 256
+    max_images = shift.max_images if shift is not None else 500
+    return build_report(source, work_size, max_images, cache_dir)
 
 
-def fit_profile_for_run(source, cfg, run_dir: str | Path, write: bool = True,
-                        report: ShiftReport | None = None) -> dict:
+def fit_profile_for_run(source, shift: ShiftCheck | None, data: DataCommon, cache_dir, run_dir: str | Path,
+                        write: bool = True, report: ShiftReport | None = None) -> dict:
     """``validation.distort=auto``: the profile fitted from ``source``'s train-vs-test shift (from
     ``report`` when already measured), logged and saved as distort_profile.yaml in ``run_dir``
     (``write``). A DataError naming what is missing when the data has no test images."""
     if not _has_test(source):
-        raise DataError(f"validation.distort=auto: {no_test_message(cfg.data)}. Give the test images, "
+        raise DataError(f"validation.distort=auto: {no_test_message(data)}. Give the test images, "
                         "or a profile instead of auto (e.g. drop the override: the validation option's default)")
-    report = report or _measure_for_run(source, cfg)
+    report = report or _measure_for_run(source, shift, cache_dir)
     if write:
-        atomic_write_text(Path(run_dir) / PROFILE_YAML, profile_yaml(report, f"data={cfg.data.name}"))
+        atomic_write_text(Path(run_dir) / PROFILE_YAML, profile_yaml(report, f"data={data.name}"))
         log.info("validation.distort=auto: fitted profile %s -> %s", json.dumps(report.profile),
                  Path(run_dir) / PROFILE_YAML)
     return report.profile
 
 
-def run_shift_check(source, cfg, run_dir: str | Path, write: bool = True) -> dict | None:
+def run_shift_check(source, validation: CleanValidation | RobustValidation | None, shift: ShiftCheck | None,
+                    data: DataCommon, cache_dir, run_dir: str | Path, write: bool = True) -> dict | None:
     """At the start of training: with ``shift.report`` and test images, log the biggest shifts and
     write shift.json / shift.png into ``run_dir``; with ``validation.distort=auto``, fit the profile
     (fit_profile_for_run: saved as distort_profile.yaml) and return it, else None. Without test
     images the check is silent, unless the profile must be fitted (a DataError naming what is
-    missing, before any training). ``write=False`` (DDP ranks other than 0) measures (from the
-    cache) without writing or logging."""
-    settings = cfg.get("shift")
-    report_on = bool(settings is not None and settings.get("report", True))
-    auto = distort_is_auto(cfg)
+    missing, before any training). ``validation``, ``shift`` and ``data`` are those groups' typed
+    settings (``shift`` None: the defaults). ``write=False`` (DDP ranks other than 0) measures (from
+    the cache) without writing or logging."""
+    report_on = bool(shift is not None and shift.report)
+    auto = distort_is_auto(validation)
     if not auto and not (report_on and _has_test(source)):
         return None
     if not _has_test(source):
-        return fit_profile_for_run(source, cfg, run_dir, write)  # raises: nothing to fit to
+        return fit_profile_for_run(source, shift, data, cache_dir, run_dir, write)  # raises: nothing to fit to
     t0 = time.time()
-    report = _measure_for_run(source, cfg)
+    report = _measure_for_run(source, shift, cache_dir)
     if write and report_on:
         write_report(run_dir, report)
         shifts = biggest_shifts(report.comparison) or ["none with a KS distance of 0.1 or more"]
         log.info("train-vs-test shift (%d train / %d test images, measured in %.1f s, %.1f s with %s): %s",
                  len(report.train.table), len(report.test.table), report.seconds, time.time() - t0,
                  Path(run_dir) / SHIFT_PNG, "; ".join(shifts))
-    return fit_profile_for_run(source, cfg, run_dir, write, report) if auto else None
+    return fit_profile_for_run(source, shift, data, cache_dir, run_dir, write, report) if auto else None

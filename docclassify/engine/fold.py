@@ -173,7 +173,7 @@ def load_finished_fold(fold_dir: Path, k: int, epochs: int) -> dict | None:
 
 def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
     """Rows, model, augmentation, loaders and training parts of fold ``plan.fold``."""
-    cfg, trainer, settings, augment, k = run.cfg, run.trainer, run.data_settings, run.augment, plan.fold
+    trainer, settings, augment, k = run.trainer, run.data_settings, run.augment, plan.fold
     mc = plan.model_cfg
     val_idx, train_idx = data.validation_rows(k), data.training_rows(k)
     train_idx, val_idx = debug_rows(train_idx, val_idx, trainer, run.seed + k)  # overfit/limit_val_batches
@@ -198,7 +198,7 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
                                                       sample_weights=training.weights,
                                                       unknown_orientation=training.unknown_orientation)
     ctx = step_context(trainer, run, mean, std)
-    parts = build_fold_parts(model, trainer, settings, augment, run.regularization, cfg.schedule, cfg.loss, ctx,
+    parts = build_fold_parts(model, trainer, settings, augment, run.regularization, run.schedule, run.loss, ctx,
                              class_counts(training.targets[training.rows], data.num_classes), len(train_loader))
     info = {"model": mc.timm_name, "model_option": mc.name, "img_size": plan.img_size,
             "n_train": len(train_idx), "n_val": len(val_idx), "n_pseudo": training.n_pseudo}
@@ -206,8 +206,8 @@ def prepare_fold(plan: FoldPlan, run: RunContext, data: RunData) -> FoldJob:
              f" + {training.n_pseudo} pseudo-labelled" if training.n_pseudo else "", len(val_idx))
     job = FoldJob(k, parts, ctx, meta, train_loader, val_loader, sampler, transform, train_idx, val_idx,
                   data.targets[val_idx], info, run.ckpt_dir / best_checkpoint_name(k),
-                  run.ckpt_dir / f"fold{k}_last.pt", validated_views(cfg.get("validation")),
-                  resolve_monitor(cfg.get("validation"), trainer.monitor))
+                  run.ckpt_dir / f"fold{k}_last.pt", validated_views(run.validation),
+                  resolve_monitor(run.validation, trainer.monitor))
     add_robust_view(job, run, data, plan.img_size)
     job.orientation = orientation_check(augment, head, len(val_idx),
                                         robust_copies_of=(data.ids[val_idx], data.robust) if job.copies else None)

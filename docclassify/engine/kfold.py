@@ -23,9 +23,22 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
-from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig, check_config
+from docclassify.config_schema import (
+    AugmentConfig,
+    CleanValidation,
+    ConstantSchedule,
+    DataCommon,
+    EnsembleConfig,
+    FoldsConfig,
+    ModelConfig,
+    RegularizationConfig,
+    RobustValidation,
+    ShiftCheck,
+    TrainerConfig,
+    check_config,
+    group_settings,
+)
 from docclassify.data.cache import handle_bad_images, load_images
 from docclassify.data.folds import assign_folds, duplicate_groups_for, folds_from_file, folds_to_run
 from docclassify.data.images import image_size
@@ -36,7 +49,7 @@ from docclassify.data.pseudo import (
     load_pseudo_set,
     selection_frame,
 )
-from docclassify.data.sources import DataError, DataSource, apply_decisions, load_source
+from docclassify.data.sources import DataSource, apply_decisions, load_source
 from docclassify.data.validation import robust_copies
 from docclassify.distortion import describe, normalise_profile, resolve_profile
 from docclassify.distortion.copies import RobustSpec
@@ -65,9 +78,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """Where and how this run trains (shared by every fold). ``trainer``, ``data_settings``, ``augment`` and
-    ``regularization`` are the typed objects of those groups (built once by :func:`group_settings`): the
-    loaders, the epoch loop, the augmentation and the fold's parts receive them, not ``cfg``."""
+    """Where and how this run trains (shared by every fold). ``trainer``, ``data_settings``, ``augment``,
+    ``regularization``, ``model``, ``schedule``, ``validation``, ``folds``, ``ensemble`` and ``shift`` are the
+    typed objects of those groups (built once by :func:`group_settings`): the loaders, the epoch loop, the
+    augmentation, the fold plan and the fold's parts receive them, not ``cfg``. ``loss`` stays the composed
+    node: it is instantiated from its ``_target_`` (a user's own loss class has keys no schema declares)."""
 
     cfg: DictConfig
     run_dir: Path
@@ -80,6 +95,13 @@ class RunContext:
     data_settings: DataCommon
     augment: AugmentConfig
     regularization: RegularizationConfig
+    model: ModelConfig
+    schedule: ConstantSchedule
+    validation: CleanValidation | RobustValidation
+    folds: FoldsConfig
+    ensemble: EnsembleConfig
+    shift: ShiftCheck
+    loss: DictConfig
 
     @property
     def ckpt_dir(self) -> Path:
@@ -182,22 +204,20 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     return results
 
 
-# What a required key left unset (``???``) is set to, in its error.
-UNSET_HINTS = {"data.root": "/path/to/data"}
+# RunContext's typed fields: the group each is built from and its schema (a tuple: one of its options' schemas).
+TYPED_GROUPS = {"trainer": ("trainer", TrainerConfig), "data_settings": ("data", DataCommon),
+                "augment": ("augment", AugmentConfig), "regularization": ("regularization", RegularizationConfig),
+                "model": ("model", ModelConfig), "schedule": ("schedule", ConstantSchedule),
+                "validation": ("validation", (CleanValidation, RobustValidation)), "folds": ("folds", FoldsConfig),
+                "ensemble": ("ensemble", EnsembleConfig), "shift": ("shift", ShiftCheck)}
 
 
-def group_settings(cfg: DictConfig, group: str, schema: type):
-    """The typed object of a composed, checked config group: ``OmegaConf.to_object`` on its schema
-    dataclass (interpolations resolved). A required key left unset stops here, naming it."""
-    try:
-        settings = OmegaConf.to_object(cfg[group])
-    except MissingMandatoryValue as exc:
-        name = f"{group}.{exc.key}"
-        raise DataError(f"{name} is not set: pass {name}={UNSET_HINTS.get(name, '...')}") from None
-    if not isinstance(settings, schema):  # a group option without its schema in its defaults list
-        raise DataError(f"{group}: not typed by its schema ({schema.__name__}); start the option's defaults list "
-                        f"with its /schema/{group}/... entry (docclassify/config_schema.py)")
-    return settings
+def run_settings(cfg: DictConfig) -> dict:
+    """RunContext's settings fields from a composed, checked config: every group of TYPED_GROUPS as its typed
+    object, and the loss group's node (instantiated from its ``_target_``: a user's own loss class takes keys
+    no schema declares, so it has no typed object)."""
+    settings = {name: group_settings(cfg, group, schema) for name, (group, schema) in TYPED_GROUPS.items()}
+    return {**settings, "loss": cfg.loss}
 
 
 def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
@@ -205,9 +225,8 @@ def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     any data is read."""
     check_config(cfg)
     check_loss_config(cfg.loss)  # a wrong loss._target_ or argument: stop before any data is read
-    trainer, data = group_settings(cfg, "trainer", TrainerConfig), group_settings(cfg, "data", DataCommon)
-    augment = group_settings(cfg, "augment", AugmentConfig)  # after check_config: the old key names applied
-    regularization = group_settings(cfg, "regularization", RegularizationConfig)
+    settings = run_settings(cfg)  # after check_config: the old key names applied
+    trainer = settings["trainer"]
     distributed.init_from_env()  # under torchrun: join the process group (only rank 0 writes files)
     run_dir = resolve_run_dir(cfg)
     if distributed.is_main():
@@ -218,7 +237,7 @@ def start_run(cfg: DictConfig, callback: Callback) -> RunContext:
     device = distributed.device_for(resolve_device(trainer.device))
     share.start(trainer.threads, cfg.paths.cache_dir)  # this job's threads and loader workers
     return RunContext(cfg, run_dir, int(cfg.seed), device, amp_settings(trainer.amp, device),
-                      StopFlag(), callback, trainer, data, augment, regularization)
+                      StopFlag(), callback, **settings)
 
 
 def load_run_data(run: RunContext) -> RunData:
@@ -228,14 +247,15 @@ def load_run_data(run: RunContext) -> RunData:
         source = load_source(data_settings, cfg.paths.cache_dir)
     source = apply_decisions(source, data_settings.relabel, data_settings.exclude)
     pseudo = load_pseudo_set(cfg.get("pseudo"), source)  # a bad pseudo.source stops here, before any decoding
-    n_folds = int(cfg.folds.n)
-    plans = plan_folds(cfg, folds_to_run(cfg.folds.run, n_folds))
+    n_folds = int(run.folds.n)
+    plans = plan_folds(run.model, data_settings, run.folds, run.ensemble, folds_to_run(run.folds.run, n_folds))
     if distributed.is_main():
         check_resume_compatible(run.run_dir, cfg)
         save_overrides(run.run_dir)
     # Train-vs-test shift: a few log lines, shift.png / shift.json; fits validation.distort=auto.
     with distributed.main_first():  # rank 0 measures (and caches), the other ranks read the cache
-        fitted_profile = run_shift_check(source, cfg, run.run_dir, write=distributed.is_main())
+        fitted_profile = run_shift_check(source, run.validation, run.shift, data_settings, cfg.paths.cache_dir,
+                                         run.run_dir, write=distributed.is_main())
     paths = list(source.train["path"])
     images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
@@ -253,12 +273,12 @@ def load_run_data(run: RunContext) -> RunData:
     targets = source.train["target"].to_numpy()
     row_ids = np.flatnonzero(keep)  # positions in source.train that take part
     folds = np.full(len(source.train), -1, dtype=np.int64)
-    if cfg.folds.get("file"):  # folds.file: another run's folds (class-group specialists: their run's)
+    if run.folds.file:  # folds.file: another run's folds (class-group specialists: their run's)
         grouped = None
-        folds[row_ids] = folds_from_file(cfg.folds.file, source.train["ID"].to_numpy(dtype=str)[row_ids], n_folds)
+        folds[row_ids] = folds_from_file(run.folds.file, source.train["ID"].to_numpy(dtype=str)[row_ids], n_folds)
     else:
         with distributed.main_first():
-            groups, grouped = duplicate_groups_for(cfg.folds, [paths[i] for i in row_ids], cfg.paths.cache_dir)
+            groups, grouped = duplicate_groups_for(run.folds, [paths[i] for i in row_ids], cfg.paths.cache_dir)
         folds[row_ids] = assign_folds(targets[row_ids], n_folds, run.seed, groups)
     if distributed.is_main():
         atomic_write_csv(pd.DataFrame({"ID": source.train["ID"], "target": targets, "fold": folds}),
@@ -328,7 +348,7 @@ def resolve_distort_profile(run: RunContext, data: RunData) -> dict:
     shipped profile's name or a YAML path: distortion/profile.py), or for ``auto`` the one fitted
     from the data's measured train-vs-test shift (distortion/report.py, which also saves it in the
     run dir)."""
-    distort = run.cfg.validation.distort
+    distort = run.validation.distort
     if distort != "auto":
         return resolve_profile(distort)
     # Fitted (and saved as distort_profile.yaml) by the shift check in load_run_data, which refuses
@@ -339,7 +359,7 @@ def resolve_distort_profile(run: RunContext, data: RunData) -> dict:
 def add_robust_copies(run: RunContext, data: RunData) -> None:
     """With a robust view (validation=robust|both): every training row's distorted copies at every
     image size the folds train at, built once (cached like the decoded images)."""
-    validation = run.cfg.get("validation")
+    validation = run.validation
     if "robust" not in validated_views(validation):
         return
     with distributed.main_first():  # an auto profile is fitted (and saved) by rank 0 first
@@ -363,7 +383,7 @@ def log_match(run: RunContext, data: RunData) -> None:
     augment = run.augment
     if not augment.match_validation:
         return
-    validation = run.cfg.get("validation")
+    validation = run.validation
     origin = ("the default profile" if data.robust is None else
               "the fitted profile of validation.distort=auto" if data.fitted_profile is not None else
               f"validation.distort={validation.distort}" if isinstance(validation.distort, str) else
@@ -378,7 +398,7 @@ def run_info(run: RunContext, data: RunData) -> dict:
     folds = [p.fold for p in data.plans]
     n_train = int(data.keep.sum())
     log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s", data.source.name, n_train,
-             data.num_classes, folds, int(run.cfg.folds.n), run.device, run.amp.name)
+             data.num_classes, folds, int(run.folds.n), run.device, run.amp.name)
     return {"run_dir": str(run.run_dir), "classes": data.classes, "folds": folds, "n_train": n_train,
             "n_pseudo": len(data.pseudo) if data.pseudo is not None else 0,
             "device": str(run.device), "amp": run.amp.name}

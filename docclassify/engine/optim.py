@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -10,6 +11,9 @@ from timm.scheduler import create_scheduler_v2
 
 # SCHEDULES: timm names; every one is stepped per optimiser update.
 from docclassify.utils.choices import SCHEDULES
+
+if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
+    from docclassify.config_schema import ConstantSchedule
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,9 @@ def effective_warmup(warmup_epochs: int, epochs: int) -> int:
     return warmup
 
 
-def build_scheduler(optimizer, sched_cfg, epochs: int, updates_per_epoch: int):
-    """Warmup (linear, from warmup_lr) then the named decay, stepped per optimiser update."""
+def build_scheduler(optimizer, sched_cfg: ConstantSchedule, epochs: int, updates_per_epoch: int):
+    """Warmup (linear, from warmup_lr) then the named decay, stepped per optimiser update; ``sched_cfg``: the
+    schedule group's typed settings (a CosineSchedule has min_lr)."""
     warmup = effective_warmup(sched_cfg.warmup_epochs, epochs)
     if sched_cfg.name not in SCHEDULES:
         raise ValueError(f"schedule.name={sched_cfg.name!r}: expected one of {', '.join(SCHEDULES)}")
@@ -45,7 +50,7 @@ def build_scheduler(optimizer, sched_cfg, epochs: int, updates_per_epoch: int):
         warmup_prefix=True,  # cosine spans the epochs after warmup and ends at min_lr
         warmup_lr=float(sched_cfg.warmup_lr),
         # A constant schedule has no floor to decay to (conf/schedule/constant.yaml has no min_lr).
-        min_lr=float(sched_cfg.get("min_lr", 0.0)),
+        min_lr=float(getattr(sched_cfg, "min_lr", 0.0)),
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )

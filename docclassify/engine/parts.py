@@ -26,21 +26,30 @@ from docclassify.models.factory import create_model
 from docclassify.models.heads import orientation_head_of, with_orientation_head
 
 if TYPE_CHECKING:  # annotations only: the typed settings are built at the entrypoint (engine/kfold.py)
-    from docclassify.config_schema import AugmentConfig, DataCommon, RegularizationConfig, TrainerConfig
+    from omegaconf import DictConfig
+
+    from docclassify.config_schema import (
+        AugmentConfig,
+        ConstantSchedule,
+        DataCommon,
+        ModelConfig,
+        RegularizationConfig,
+        TrainerConfig,
+    )
 
 
-def build_model(model_cfg, num_classes: int, reg_cfg: RegularizationConfig,
+def build_model(model_cfg: ModelConfig, num_classes: int, reg_cfg: RegularizationConfig,
                 img_size: int | None = None) -> torch.nn.Module:
     """The fold's timm model (pretrained or local weights as the model option says), built for
     ``img_size`` when the architecture has a fixed input size (Swin, ViT, BEiT), wrapped with its
     orientation head when ``model.orientation_head`` asks for one (models/heads.py)."""
     model = create_model(model_cfg.timm_name, num_classes, pretrained=bool(model_cfg.pretrained),
-                         weights=model_cfg.get("weights"), drop_rate=float(reg_cfg.drop_rate),
+                         weights=model_cfg.weights, drop_rate=float(reg_cfg.drop_rate),
                          drop_path_rate=float(reg_cfg.drop_path_rate), img_size=img_size)
-    return with_orientation_head(model, str(model_cfg.get("orientation_head") or "none"))
+    return with_orientation_head(model, str(model_cfg.orientation_head or "none"))
 
 
-def build_train_loss(loss_cfg, class_counts: np.ndarray, sampler: str, label_smoothing: float) -> Callable:
+def build_train_loss(loss_cfg: DictConfig, class_counts: np.ndarray, sampler: str, label_smoothing: float) -> Callable:
     """The ``loss`` group for one fold: instantiated, then ``setup`` with a LossContext (the training rows'
     class counts, the class shares ``sampler`` (data.sampler) draws, regularization.label_smoothing)."""
     counts = np.asarray(class_counts, dtype=np.int64)
@@ -49,11 +58,11 @@ def build_train_loss(loss_cfg, class_counts: np.ndarray, sampler: str, label_smo
 
 
 def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataCommon, augment: AugmentConfig,
-                     reg: RegularizationConfig, schedule_cfg, loss_cfg, ctx: StepContext, class_counts: np.ndarray,
-                     batches_per_epoch: int) -> FoldParts:
+                     reg: RegularizationConfig, schedule: ConstantSchedule, loss_cfg: DictConfig, ctx: StepContext,
+                     class_counts: np.ndarray, batches_per_epoch: int) -> FoldParts:
     """Everything the step loop needs, on ``ctx.device``; ``trainer``, ``data`` (its sampler), ``augment``
-    (mixup) and ``reg`` are those groups' typed settings, ``schedule_cfg`` and ``loss_cfg`` (instantiated
-    from its ``_target_``) the schedule and loss groups; ``class_counts``: (K,) the fold's training rows
+    (mixup), ``reg`` and ``schedule`` are those groups' typed settings, ``loss_cfg`` the loss group's node
+    (instantiated from its ``_target_``); ``class_counts``: (K,) the fold's training rows
     per class (K = the number of classes)."""
     num_classes = len(class_counts)
     model = model.to(ctx.device)
@@ -66,7 +75,7 @@ def build_fold_parts(model: torch.nn.Module, trainer: TrainerConfig, data: DataC
     for group in optimizer.param_groups:  # trainer.lr_scale, before the schedule reads its base lr
         group["lr"] *= lr_factor
     updates_per_epoch = math.ceil(batches_per_epoch / max(1, int(trainer.accum_steps)))
-    scheduler = build_scheduler(optimizer, schedule_cfg, int(trainer.epochs), updates_per_epoch)
+    scheduler = build_scheduler(optimizer, schedule, int(trainer.epochs), updates_per_epoch)
     mixup = build_mixup(augment, num_classes, float(reg.label_smoothing))
     loss_fn = build_train_loss(loss_cfg, class_counts, data.sampler, float(reg.label_smoothing))
     ema = ModelEmaV3(model, decay=float(reg.ema_decay), use_warmup=bool(reg.ema_warmup)) if reg.ema else None

@@ -8,11 +8,13 @@ cannot take, naming the ones they accept).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
 from docclassify.config import load_option
+from docclassify.config_schema import DataCommon, EnsembleConfig, FoldsConfig, ModelConfig
 from docclassify.data.sources import DataError
 from docclassify.models.factory import check_input_size
 
@@ -20,7 +22,7 @@ from docclassify.models.factory import check_input_size
 @dataclass
 class FoldPlan:
     fold: int
-    model_cfg: DictConfig
+    model_cfg: ModelConfig
     img_size: int
 
 
@@ -29,37 +31,46 @@ def _as_fold_dict(raw) -> dict[int, object]:
     return {int(k): v for k, v in raw.items()}
 
 
-def fold_model_overrides(ensemble_cfg, n_folds: int) -> dict[int, object]:
+def fold_model_overrides(ensemble: EnsembleConfig, n_folds: int) -> dict[int, object]:
     """fold -> model option name (or {model, img_size}) from ensemble.fold_models, else its preset."""
-    overrides = _as_fold_dict(ensemble_cfg.get("fold_models"))
+    overrides = _as_fold_dict(ensemble.fold_models)
     bad = sorted(k for k in overrides if not 0 <= k < n_folds)
     if bad:
         raise DataError(f"ensemble.fold_models: fold(s) {bad} out of range for folds.n={n_folds}")
     if not overrides:  # the option's preset mapping, cut to the folds that exist
-        overrides = {k: v for k, v in _as_fold_dict(ensemble_cfg.get("preset")).items() if k < n_folds}
+        overrides = {k: v for k, v in _as_fold_dict(ensemble.preset).items() if k < n_folds}
     return overrides
 
 
-def plan_folds(cfg: DictConfig, folds: list[int]) -> list[FoldPlan]:
-    """Model and image size of every fold to run (ensemble.fold_models overrides `model`)."""
-    overrides = fold_model_overrides(cfg.ensemble, int(cfg.folds.n))
+def model_option(name: str) -> ModelConfig:
+    """A model option (conf/model/<name>.yaml) as its typed settings, the schema's defaults under it."""
+    node = load_option("model", name)
+    keys = OmegaConf.masked_copy(node, [k for k in node if k != "defaults"])
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), keys))
+
+
+def plan_folds(model: ModelConfig, data: DataCommon, folds: FoldsConfig, ensemble: EnsembleConfig,
+               selected: list[int]) -> list[FoldPlan]:
+    """Model and image size of every ``selected`` fold (ensemble.fold_models overrides ``model``); each
+    argument is its group's typed settings."""
+    overrides = fold_model_overrides(ensemble, int(folds.n))
     plans, chosen_by = [], {}
-    for k in folds:
-        model_cfg, size = cfg.model, None
-        chosen_by[k] = f"model={cfg.model.name}"
+    for k in selected:
+        model_cfg, size = model, None
+        chosen_by[k] = f"model={model.name}"
         if k in overrides:
             spec = overrides[k]
             name = spec["model"] if isinstance(spec, dict) else str(spec)
             size = spec.get("img_size") if isinstance(spec, dict) else None
-            model_cfg = load_option("model", name)
+            option = model_option(name)
             chosen_by[k] = f"ensemble.fold_models fold {k} ({name})"
-            if "pretrained" in cfg.model:  # model.pretrained=false on the command line applies to all folds
-                model_cfg.pretrained = bool(cfg.model.pretrained) and bool(model_cfg.pretrained)
-            # The orientation head learns from the run's augmentation, not from an architecture: every fold gets it.
-            model_cfg.orientation_head = cfg.model.get("orientation_head", "none")
-        if not cfg.data.get("use_pretrained", True):
-            model_cfg = OmegaConf.merge(model_cfg, {"pretrained": False})
-        size = size or cfg.data.img_size or model_cfg.img_size
+            # model.pretrained=false on the command line applies to all folds; the orientation head learns from
+            # the run's augmentation, not from an architecture: every fold gets it.
+            model_cfg = dataclasses.replace(option, pretrained=bool(model.pretrained) and bool(option.pretrained),
+                                            orientation_head=model.orientation_head)
+        if not data.use_pretrained:
+            model_cfg = dataclasses.replace(model_cfg, pretrained=False)
+        size = size or data.img_size or model_cfg.img_size
         plans.append(FoldPlan(k, model_cfg, int(size)))
     for plan in plans:  # before any fold trains: a size the architecture cannot run at is refused
         check_input_size(plan.model_cfg.timm_name, plan.img_size, chosen_by[plan.fold])

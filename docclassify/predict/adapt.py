@@ -205,7 +205,7 @@ def run_adapt(adapt_cfg, runs, datasets, store, members, oof, predict, average: 
     if mode == "none":
         return None, {}
     t0 = time.time()
-    lr = float(adapt_cfg.get("lr", 1e-3))
+    lr = float(getattr(adapt_cfg, "lr", 1e-3))  # adapt=tent's (TentAdaptConfig); bn has no lr
     reports, states = [], {}
     for i, (run, ds, member) in enumerate(zip(runs, datasets, members)):
         keys, y, _ = oof.saved[i]

@@ -56,7 +56,7 @@ from docclassify.predict.run_dirs import (
     resolve_fit_on,
     select_top_k,
 )
-from docclassify.predict.settings import Settings, read_settings
+from docclassify.predict.settings import Settings, infer_groups, read_settings
 from docclassify.predict.testdata import (
     DATA_OVERRIDES,
     load_data,
@@ -87,14 +87,15 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     Returns the summary dict (also written as summary.json).
     """
     t_start = time.time()
-    settings = read_settings(cfg)
-    auto_tta = str(cfg.tta.name) == "auto"  # the views are chosen in step 3, on the OOF rows
-    views, tta_average = resolve_tta({"name": "none" if auto_tta else cfg.tta.name, "average": cfg.tta.average})
+    groups = infer_groups(cfg)  # the tta, adapt, second_pass, specialists, ensemble and data groups, typed once
+    settings, tta = read_settings(cfg, groups), groups.tta
+    auto_tta = str(tta.name) == "auto"  # the views are chosen in step 3, on the OOF rows
+    views, tta_average = resolve_tta({"name": "none" if auto_tta else tta.name, "average": tta.average})
     runs = find_runs(cfg, settings, auto_tta)
 
     # 1 test data: the runs' test set, its labels when known, its images decoded up front
     cache_dir = str(cfg.paths.cache_dir)
-    datasets = load_data(runs, {k: cfg.data.get(k) for k in DATA_OVERRIDES}, cache_dir, cfg.get("inputs"))
+    datasets = load_data(runs, {k: getattr(groups.data, k) for k in DATA_OVERRIDES}, cache_dir, cfg.get("inputs"))
     # a loose folder without the training images: the saved OOF predictions, as they are
     settings.oof_tta = settings.oof_tta and require_training_rows(datasets, auto_tta, settings.second_stage)
     source = datasets[0].source
@@ -102,8 +103,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)
     log.info("%d run(s), %d fold model(s), %d test images, TTA %s (%s average), decisions fitted on the %s "
              "OOF rows, device %s", len(runs), sum(len(r.folds) for r in runs), len(source.test),
-             cfg.tta.name, tta_average, settings.fit_on, device)
-    store = decode_test_images(runs, datasets, cache_dir, bool(cfg.tta.get("deskew", False)))
+             tta.name, tta_average, settings.fit_on, device)
+    store = decode_test_images(runs, datasets, cache_dir, bool(tta.deskew))
     # fold predictions made before (same checkpoint, views, images) are read, not predicted again
     logit_store = LogitStore(cache_dir, settings.reuse_logits and not settings.second_stage,
                              "reuse_logits=false" if not settings.reuse_logits else "a second-stage option is on")
@@ -114,27 +115,26 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     oof = prepare_oof(runs, datasets, settings, views, settings.fit_on, predicted=choice is not None)
 
     # 2 members, 4 fold averaging: every fold model on the test images (and its OOF rows), folds averaged
-    predictor = make_predictor(str(cfg.tta.name), views, tta_average, settings.batch_size, device,
-                               cfg.tta.get("upright_flip"))
+    predictor = make_predictor(str(tta.name), views, tta_average, settings.batch_size, device, tta.upright_flip)
     members = predict_members(runs, datasets, store, predictor, settings.average, oof, logit_store)
     logit_store.log_counts()
     if choice is not None and oof is not None and oof.repredict:  # the chosen set's OOF predictions
         for member, logits in zip(members, choice.oof_logits):
             member.oof_logits = logits
     first = second_stage.FirstPass(runs, datasets, store, predictor, device, members)
-    adapt_summary, adapted = second_stage.adapt(cfg, settings, first, oof)  # adapted members, before fitting
+    adapt_summary, adapted = second_stage.adapt(groups, settings, first, oof)  # adapted members, before fitting
 
     # 5 fitting on the OOF rows; 6 decision: the members combined, then the rule
     oof_fit = fit_on_oof(members, oof, settings.average, settings.weights, settings.calibrate, settings.decision,
                          settings.mimic_fold_average)
     probs = ensemble_test_probs([m.test_logits for m in members], oof_fit.weights, settings.average,
                                 oof_fit.stacker, oof_fit.temperature if settings.calibrate else None)
-    refined, second = second_stage.refine(cfg, settings, first, oof_fit, adapted, adapt_summary, choice, tta_average)
+    refined, second = second_stage.refine(groups, settings, first, oof_fit, adapted, adapt_summary, choice, tta_average)
     probs = refined if refined is not None else probs
     pred = decide(probs, oof_fit.decision)  # test_probs.csv keeps the probabilities; the rule moves the argmax
 
     # 7 outputs: built and checked, then written together
-    tta_info = {"name": str(cfg.tta.name), "views": [v.name for v in views], "average": tta_average}
+    tta_info = {"name": str(tta.name), "views": [v.name for v in views], "average": tta_average}
     outputs = build_outputs(source, members, oof_fit, settings, tta_info, choice, probs, pred, y_test, store,
                             device, {"adapt": adapt_summary, **second}, getattr(predictor, "estimator", None))
     outputs.summary["logits_reused"] = logit_store.summary()
@@ -143,5 +143,5 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     if y_test is not None:
         write_test_report(Path(out_dir), y_test, probs, pred, runs[0].classes, source.test["ID"].tolist(),
                           store.get(datasets[0], "test", runs[0].folds[0].meta),
-                          f"Test set: {len(runs)} run(s), TTA {cfg.tta.name}", outputs.summary["orientation"])
+                          f"Test set: {len(runs)} run(s), TTA {tta.name}", outputs.summary["orientation"])
     return outputs.summary

@@ -52,8 +52,11 @@ class SecondPassSettings:
 
     @classmethod
     def of(cls, node) -> SecondPassSettings:
+        """From the second_pass group's typed settings (SecondPassConfig) or a node / mapping of its keys."""
         if node is None:
             return cls()
+        if not hasattr(node, "get"):  # SecondPassConfig
+            return cls(bool(node.enabled), float(node.max_share), float(node.tail))
         return cls(bool(node.get("enabled", False)), float(node.get("max_share", 0.5)), float(node.get("tail", 0.05)))
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from docclassify.predict.adapt import run_adapt
 from docclassify.predict.fitting import OofFit
@@ -17,7 +16,7 @@ from docclassify.predict.members import Member
 from docclassify.predict.oof_rows import OofInputs
 from docclassify.predict.run_dirs import Run
 from docclassify.predict.second_pass import SecondPassSettings, run_second_pass
-from docclassify.predict.settings import Settings
+from docclassify.predict.settings import InferGroups, Settings
 from docclassify.predict.specialists import run_specialists
 from docclassify.predict.stage import build_stage, refit_decision
 from docclassify.predict.testdata import DataSet
@@ -37,18 +36,19 @@ class FirstPass:
     members: list[Member]
 
 
-def adapt(cfg: DictConfig, settings: Settings, first: FirstPass, oof: OofInputs | None) -> tuple[dict | None, dict]:
+def adapt(groups: InferGroups, settings: Settings, first: FirstPass,
+          oof: OofInputs | None) -> tuple[dict | None, dict]:
     """[second stage 1/4] adapt=bn|tent: the fold models adapted to the test images (before the ensemble is
     fitted). Returns (summary.json's entry, the kept runs' adapted norm states)."""
     if not settings.second_stage:
         return None, {}
     predictor = first.predictor
-    return run_adapt(cfg.get("adapt"), first.runs, first.datasets, first.store, first.members, oof,
+    return run_adapt(groups.adapt, first.runs, first.datasets, first.store, first.members, oof,
                      lambda m, im, r, meta: predictor.predict(m, im, r, meta)[1], settings.average,
                      settings.batch_size, first.device)
 
 
-def refine(cfg: DictConfig, settings: Settings, first: FirstPass, oof_fit: OofFit, adapted: dict,
+def refine(groups: InferGroups, settings: Settings, first: FirstPass, oof_fit: OofFit, adapted: dict,
            adapt_summary: dict | None, choice: TtaChoice | None, tta_average: str) -> tuple[np.ndarray | None, dict]:
     """[second stage 2-4/4] after the ensemble is fitted: (the test probabilities they leave, None when
     none ran; summary.json's entries). The decision rule is refitted on the OOF rows they changed."""
@@ -58,13 +58,13 @@ def refine(cfg: DictConfig, settings: Settings, first: FirstPass, oof_fit: OofFi
         return None, {}
     second = {}
     # [2/4] tta=auto tta.per_class=true: a view set per predicted class
-    if choice is not None and cfg.tta.get("per_class"):
+    if choice is not None and groups.tta.per_class:
         second["tta_per_class"] = run_per_class(stage, choice, tta_average, (adapt_summary or {}).get("applied"))
     # [3/4] second_pass.enabled: unsure images re-predicted through restoration views
-    if SecondPassSettings.of(cfg.get("second_pass")).enabled:
-        second["second_pass"] = run_second_pass(stage, SecondPassSettings.of(cfg.second_pass))
+    if SecondPassSettings.of(groups.second_pass).enabled:
+        second["second_pass"] = run_second_pass(stage, SecondPassSettings.of(groups.second_pass))
     # [4/4] specialists.enabled: top-2 in a confused class group -> the group's specialist
-    if (cfg.get("specialists") or {}).get("enabled"):
+    if groups.specialists.enabled:
         second["specialists"] = run_specialists(stage)
     refit_decision(stage, oof_fit, settings.decision)
     return stage.test_probs, second

@@ -1,5 +1,5 @@
-"""The infer config's top-level keys, checked once (each error names the key): predict/pipeline.py's
-settings, read before any run is loaded."""
+"""The infer config's top-level keys, checked once (each error names the key), and its groups as typed
+objects (OmegaConf.to_object, built once): predict/pipeline.py's settings, read before any run is loaded."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from docclassify.config_schema import (
+    AdaptConfig,
+    InferData,
+    InferEnsemble,
+    InferSpecialists,
+    SecondPassConfig,
+    TentAdaptConfig,
+    TTAConfig,
+    group_settings,
+)
 from docclassify.data.sources import DataError
 from docclassify.predict.decision import DECISIONS
 from docclassify.predict.ensemble import AVERAGES
@@ -35,9 +45,31 @@ class Settings:
     reuse_logits: bool = True  # fold predictions read from / written to the logit store (predict/logit_store.py)
 
 
-def read_settings(cfg: DictConfig) -> Settings:
-    """The top-level inference keys, checked (each error names the key)."""
-    weights, average = str(cfg.ensemble.weights), str(cfg.ensemble.average)
+@dataclass
+class InferGroups:
+    """The infer config's groups as their schema dataclasses: the pipeline's steps receive these, not cfg."""
+
+    tta: TTAConfig
+    adapt: AdaptConfig | TentAdaptConfig
+    second_pass: SecondPassConfig
+    specialists: InferSpecialists
+    ensemble: InferEnsemble
+    data: InferData
+
+
+# InferGroups' fields: the schema of each (a tuple: one of its options' schemas).
+INFER_GROUPS = {"tta": TTAConfig, "adapt": (AdaptConfig, TentAdaptConfig), "second_pass": SecondPassConfig,
+                "specialists": InferSpecialists, "ensemble": InferEnsemble, "data": InferData}
+
+
+def infer_groups(cfg: DictConfig) -> InferGroups:
+    """Every group of a composed, checked infer config as its typed object (OmegaConf.to_object)."""
+    return InferGroups(**{group: group_settings(cfg, group, schema) for group, schema in INFER_GROUPS.items()})
+
+
+def read_settings(cfg: DictConfig, groups: InferGroups) -> Settings:
+    """The top-level inference keys, checked (each error names the key); ``groups``: infer_groups(cfg)."""
+    weights, average = str(groups.ensemble.weights), str(groups.ensemble.average)
     if weights not in WEIGHT_MODES:
         raise DataError(f"ensemble.weights={weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     if average not in AVERAGES:
@@ -53,13 +85,12 @@ def read_settings(cfg: DictConfig) -> Settings:
         output = output / SUBMISSION_FILE
     return Settings(weights, average, bool(cfg.calibrate), bool(cfg.oof_tta), batch_size, output,
                     str(cfg.get("fit_on", "auto")), decision, bool(cfg.get("mimic_fold_average", True)),
-                    second_stage_on(cfg), bool(cfg.get("estimate", True)), bool(cfg.get("reuse_logits", True)))
+                    second_stage_on(groups), bool(cfg.get("estimate", True)), bool(cfg.get("reuse_logits", True)))
 
 
-def second_stage_on(cfg: DictConfig) -> bool:
+def second_stage_on(groups: InferGroups) -> bool:
     """Whether any second-stage option is on (docs/second-stage.md)."""
-    adapt = cfg.get("adapt")
-    return bool((adapt is not None and str(adapt.get("name", "none")) != "none")
-                or SecondPassSettings.of(cfg.get("second_pass")).enabled
-                or bool((cfg.get("specialists") or {}).get("enabled", False))
-                or (str(cfg.tta.name) == "auto" and bool(cfg.tta.get("per_class", False))))
+    return bool(str(groups.adapt.name) != "none"
+                or SecondPassSettings.of(groups.second_pass).enabled
+                or bool(groups.specialists.enabled)
+                or (str(groups.tta.name) == "auto" and bool(groups.tta.per_class)))

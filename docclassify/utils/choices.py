@@ -8,6 +8,17 @@ The tuple's order is the order messages and docs list the values in.
 
 This module imports nothing from the package or from omegaconf/hydra, so every layer may use it (the
 torch-free Predictor included).
+
+Why the schema's fields stay annotated ``str`` (``amp: str = key("none", choices=AMP)``), not with these
+Literals: OmegaConf 2.3 (the floor in pyproject.toml, 2.3.1 here) and the 2.4.0 dev releases refuse a
+``Literal[...]`` annotation in a structured config ("ValidationError: Unexpected type annotation:
+Literal[...]"), so the schema would not compose. ``Literal`` support was merged into OmegaConf after those
+releases (omry/omegaconf#1272; ``Optional[Literal]`` as for ``trainer.profiler`` is a further change,
+#1271). An Enum, which OmegaConf 2.3 does accept, would hand the code Enum members instead of the strings
+every comparison, log line and results.json write uses today. Until OmegaConf's floor has Literal nodes,
+the schema checks a value against ``choices`` (config_schema.py ``key``) and the Literals type the code
+that acts on a value; tests/config/test_choices_declared_once.py fails once the installed OmegaConf takes
+Literal annotations while the schema still says ``str``.
 """
 
 from __future__ import annotations

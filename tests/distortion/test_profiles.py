@@ -18,7 +18,11 @@ from docclassify.engine.kfold import resolve_distort_profile
 def _resolved(cfg) -> dict:
     from types import SimpleNamespace
 
-    return resolve_distort_profile(SimpleNamespace(cfg=cfg), SimpleNamespace(fitted_profile=None))
+    from docclassify.config_schema import RobustValidation
+    from docclassify.engine.kfold import group_settings
+
+    validation = group_settings(cfg, "validation", RobustValidation)
+    return resolve_distort_profile(SimpleNamespace(validation=validation), SimpleNamespace(fitted_profile=None))
 
 
 def test_every_profile_key_belongs_to_exactly_one_step():

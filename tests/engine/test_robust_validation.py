@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY, compose_train
 from sklearn.metrics import f1_score
 
-from docclassify.config_schema import ConfigError, check_config
+from docclassify.config_schema import ConfigError, RobustValidation, check_config
 from docclassify.data import cache
 from docclassify.data.images import load_image
 from docclassify.engine import kfold
@@ -259,7 +259,8 @@ def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
     import types
 
     cfg = compose_train([*TINY, "validation.distort=auto"], tmp_path / "auto")
-    run = types.SimpleNamespace(cfg=cfg, run_dir=tmp_path / "auto")
+    run = types.SimpleNamespace(validation=kfold.group_settings(cfg, "validation", RobustValidation),
+                                run_dir=tmp_path / "auto")
     data = types.SimpleNamespace(source="SOURCE", fitted_profile={"angle": 7.5})
     profile = kfold.resolve_distort_profile(run, data)
     assert profile["angle"] == 7.5 and profile["rot90_p"] == 0.5

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from docclassify.config import CONF_DIR, available_options
 from docclassify.engine.kfold import run_kfold
 from docclassify.engine.parts import build_model
+from docclassify.engine.kfold import run_settings
 from docclassify.engine.plan import plan_folds
 from docclassify.models.checkpoint import load_checkpoint, model_meta, save_best
 from docclassify.models.factory import (
@@ -49,11 +50,17 @@ def test_siglip_and_dit_expect_half_mean_and_std():
         assert tuple(cfg.mean) == tuple(cfg.std) == (0.5, 0.5, 0.5)
 
 
+def _plans(cfg, folds):
+    """plan_folds on the run's typed model, data, folds and ensemble settings."""
+    s = run_settings(cfg)
+    return plan_folds(s["model"], s["data_settings"], s["folds"], s["ensemble"], folds)
+
+
 def _plan(tmp_path, overrides):
     # without the quick preset's orientation head: the meta below describes the plain model
     cfg = compose_train(["data=competition", "data.root=/unused", "logger=none", "model.orientation_head=none",
                          "augment.orientation=none", *overrides], tmp_path)
-    return plan_folds(cfg, list(range(int(cfg.folds.n)))), cfg
+    return _plans(cfg, list(range(int(cfg.folds.n)))), cfg
 
 
 @pytest.mark.slow
@@ -127,11 +134,11 @@ def test_fold_override_size_is_checked_and_named(tmp_path, monkeypatch):
         real(group, name), {"timm_name": "vit_base_patch32_224"} if name == "tiny_convnext" else {}))
     overrides = ["data=competition", "data.root=/unused", "logger=none", "folds.n=2", "model=tiny"]
     cfg = compose_train([*overrides, "ensemble.fold_models={1:{model:tiny_convnext,img_size:64}}"], tmp_path)
-    assert [p.img_size for p in plan_folds(cfg, [0, 1])] == [64, 64]  # 64 px suits the ViT
+    assert [p.img_size for p in _plans(cfg, [0, 1])] == [64, 64]  # 64 px suits the ViT
     cfg = compose_train([*overrides, "ensemble.fold_models={1:{model:tiny_convnext,img_size:16}}"], tmp_path)
     with pytest.raises(ModelConfigError, match=r"ensemble.fold_models fold 1 \(tiny_convnext\) "
                                                r"\(vit_base_patch32_224\) cannot run at 16 px"):
-        plan_folds(cfg, [0, 1])
+        _plans(cfg, [0, 1])
 
 
 @pytest.mark.slow
