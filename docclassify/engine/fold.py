@@ -73,6 +73,7 @@ from docclassify.models.checkpoint import (
 )
 from docclassify.models.factory import normalization_of
 from docclassify.models.heads import orientation_head_of
+from docclassify.tracking import phases
 from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
@@ -147,7 +148,8 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
         close_loaders(job.train_loader, job.val_loader, job.robust_loader)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/{job.best_path.name}")
-    finish_fold(job, outcome, run, data)
+    with phases.spend("reports"):
+        finish_fold(job, outcome, run, data)
     return outcome
 
 
@@ -262,16 +264,19 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
     job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
     for epoch in range(state.epoch, epochs):
         begin_epoch(job, run, epoch)
-        with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
+        with profile_epoch(trainer, run.run_dir, job.fold, epoch), phases.spend("train steps"):  # trainer.profiler
             stats = train_epoch_resumably(job, state, epoch)
         scores = validate(job)
-        orientation = orientation_record(job, stats, scores.robust_logits)
-        keep_best(job, state, epoch, scores, orientation.get("val_orientation_accuracy"))
+        with phases.spend("orientation check"):
+            orientation = orientation_record(job, stats, scores.robust_logits)
+        with phases.spend("checkpoints"):
+            keep_best(job, state, epoch, scores, orientation.get("val_orientation_accuracy"))
         record = epoch_record(job, state, epoch, stats, scores.metrics)
         record.update(orientation)
         state.history.append(record)
         state.epoch = epoch + 1
-        save_state(job, state)
+        with phases.spend("checkpoints"):
+            save_state(job, state)
         # Callbacks run on rank 0; a prune there stops every rank here, together.
         distributed.on_main_then_shared(
             lambda: run.callback.on_epoch_end(job.fold, epoch, {**record, **per_class(scores.metrics)}))
@@ -367,10 +372,13 @@ def validate(job: FoldJob) -> EpochScores:
     model = eval_model(job.parts)
     distributed.sync_module_state(model)  # every rank evaluates rank 0's (saved) weights
     # Each rank predicts its shard of the rows; gathered, all ranks hold every row.
-    logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx)) \
-        if "clean" in job.views else None
-    robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx)) \
-        if "robust" in job.views else None
+    logits = robust = None
+    if "clean" in job.views:
+        with phases.spend("clean validation"):
+            logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
+    if "robust" in job.views:
+        with phases.spend("robust validation"):
+            robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx))
     k = job.meta["num_classes"]
     metrics = {**view_metrics(logits, job.val_targets, k, "clean"),
                **robust_view_metrics(robust, job.robust_targets, k, job.robust_estimate)}

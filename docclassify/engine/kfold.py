@@ -56,6 +56,7 @@ from docclassify.engine.setup import (
     set_deterministic,
 )
 from docclassify.engine.signals import StopFlag
+from docclassify.tracking import phases
 from docclassify.tracking.callbacks import Callback, CallbackList
 from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
@@ -145,7 +146,8 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     t_start = time.time()
     run = start_run(cfg, CallbackList(callbacks))
     data = load_run_data(run)
-    add_robust_copies(run, data)
+    with phases.spend("robust copies"):
+        add_robust_copies(run, data)
     log_match(run, data)
     run.stop.install()  # SIGTERM/SIGINT from here on: finish the step, save the state, exit
     run.callback.on_run_start(run_info(run, data))
@@ -163,7 +165,8 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
         run.stop.uninstall()
         share.stop()
     try:
-        results = finish_run(run, data, outcomes, time.time() - t_start)
+        with phases.spend("reports"):
+            results = finish_run(run, data, outcomes, time.time() - t_start)
         run.callback.on_run_end(results)
     finally:
         run.callback.close()
@@ -205,14 +208,14 @@ def load_run_data(run: RunContext) -> RunData:
         check_resume_compatible(run.run_dir, cfg)
         save_overrides(run.run_dir)
     # Train-vs-test shift: a few log lines, shift.png / shift.json; fits validation.distort=auto.
-    with distributed.main_first():  # rank 0 measures (and caches), the other ranks read the cache
+    with distributed.main_first(), phases.spend("shift report"):  # rank 0 measures (and caches)
         fitted_profile = run_shift_check(source, cfg, run.run_dir, write=distributed.is_main())
     paths = list(source.train["path"])
     images_by_size, bad_rows = {}, set()
     for size in sorted({p.img_size for p in plans}):
         # Every image is decoded before the first epoch (into the cache, or once up front with
         # data.cache=false: then only rank 0 checks and the other ranks take its list).
-        with distributed.main_first():
+        with distributed.main_first(), phases.spend("decode cache"):
             images_by_size[size], bad = load_images(paths, size, cfg.data, cfg.paths.cache_dir,
                                                     check=distributed.is_main())
         bad_rows.update(distributed.broadcast_object(bad))
