@@ -44,7 +44,14 @@ from docclassify.engine.evaluate import (
     validated_views,
     view_metrics,
 )
-from docclassify.engine.loaders import build_eval_loader, build_loaders, close_loaders, debug_rows
+from docclassify.engine.loaders import (
+    build_eval_loader,
+    build_loaders,
+    build_views_loader,
+    close_loaders,
+    debug_rows,
+    shard_sizes,
+)
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.orientation_head import (
     OrientationCheck,
@@ -131,6 +138,10 @@ class FoldJob:
     robust_loader: Any = None  # ... and their loader
     robust_targets: np.ndarray | None = None
     robust_estimate: np.ndarray | None = None  # per robust row: estimates (True) or selects (evaluate.robust_roles)
+    # validation=both: the clean rows and then their copies in one loader (one pass per epoch), and
+    # how many of each this rank predicts (where validate cuts the logits)
+    views_loader: Any = None
+    views_split: tuple[int, int] | None = None
     orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation_head.py)
 
 
@@ -145,7 +156,7 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     try:
         outcome = fit_fold(job, run)
     finally:  # the workers end now (also on a stop), not whenever the GC frees the fold
-        close_loaders(job.train_loader, job.val_loader, job.robust_loader)
+        close_loaders(job.train_loader, job.val_loader, job.robust_loader, job.views_loader)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/{job.best_path.name}")
     with phases.spend("reports"):
@@ -243,6 +254,13 @@ def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int)
     job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.cfg.trainer,
                                           run.cfg.data.num_workers, run.seed + job.fold, run.device)
     job.info["n_val_robust"] = len(rows)
+    if "clean" in job.views:  # both views: predicted in the same batches, one pass
+        images = data.images_by_size[img_size]
+        job.views_loader = build_views_loader([(images, job.val_idx, data.targets),
+                                               (copies, rows, np.repeat(data.targets, n))], run.cfg.trainer,
+                                              run.cfg.data.num_workers, run.seed + job.fold, run.device)
+        clean_n, robust_n = shard_sizes(job.val_idx, rows)
+        job.views_split = (clean_n, robust_n)
 
 
 def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
@@ -373,12 +391,18 @@ def validate(job: FoldJob) -> EpochScores:
     distributed.sync_module_state(model)  # every rank evaluates rank 0's (saved) weights
     # Each rank predicts its shard of the rows; gathered, all ranks hold every row.
     logits = robust = None
-    if "clean" in job.views:
-        with phases.spend("clean validation"):
-            logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
-    if "robust" in job.views:
-        with phases.spend("robust validation"):
-            robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx))
+    if job.views_loader is not None:  # validation=both: clean rows and copies in one pass
+        with phases.spend("validation (clean + robust, one pass)"):
+            both = predict_logits(model, job.views_loader, job.ctx)
+        clean_n = job.views_split[0]
+        logits, robust = distributed.gather_rows(both[:clean_n]), distributed.gather_rows(both[clean_n:])
+    else:
+        if "clean" in job.views:
+            with phases.spend("clean validation"):
+                logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
+        if "robust" in job.views:
+            with phases.spend("robust validation"):
+                robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx))
     k = job.meta["num_classes"]
     metrics = {**view_metrics(logits, job.val_targets, k, "clean"),
                **robust_view_metrics(robust, job.robust_targets, k, job.robust_estimate)}

@@ -402,6 +402,7 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
         results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
         results["pseudo"] = data.pseudo.as_dict(data.classes) if data.pseudo is not None else None
         results["seconds"] = round(seconds, 2)
+        results["amp"] = run.amp.name  # the precision trainer.amp resolved to (auto: by device and CPU)
         results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
         if main:
             atomic_write_json(run.run_dir / RESULTS_FILE, results)
