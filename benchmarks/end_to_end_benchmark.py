@@ -15,6 +15,8 @@ docclassify: `python -m docclassify.train` on fold 0 of 5 (pipeline=highperf wit
                clean    the work timm's command does: validation=clean, shift.report=false,
                         augment.orientation=none
              --amp none|bf16|... sets trainer.amp for both settings (default: the pipeline's).
+             --before DIR also runs the same docclassify commands from DIR (an earlier checkout,
+             e.g. `git worktree add DIR main`), alternated with the others: before/after in one run.
 timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0 --smoothing 0.1
              --model-ema --drop-path 0.1 --clip-grad 1.0) on an ImageFolder view (symlinks) of
              the same fold-0 split. train.py is not part of the timm package: pass the path of
@@ -24,6 +26,7 @@ timm:        train.py with the same recipe (--opt adamw --mixup 0.8 --cutmix 1.0
     python benchmarks/end_to_end_benchmark.py --epochs 3 --repeat 3 --timm-train ~/src/pytorch-image-models/train.py
     python benchmarks/end_to_end_benchmark.py --settings default clean --timm-train ...  # both settings
     python benchmarks/end_to_end_benchmark.py --epochs 1 3 --timm-train ...   # + steady state per epoch
+    python benchmarks/end_to_end_benchmark.py --before ../docclassify-main --timm-train ...  # before vs after
 """
 
 from __future__ import annotations
@@ -115,11 +118,13 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+def _run(cmd: list[str], env: dict, log: Path, repo: Path = REPO) -> tuple[float, float]:
     """(wall s, CPU s) of one command. On a loaded machine the CPU seconds move far less than the wall."""
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
+    if repo != REPO:  # another checkout's docclassify (--before): its package first on the path
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))}
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, check=False)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=repo, check=False)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}); see {log}:\n"
@@ -189,11 +194,17 @@ def main(argv=None) -> None:
                     help="docclassify settings to time: default (validation=both, shift report, highperf's "
                          "turns and amp) and/or clean (the work timm does)")
     ap.add_argument("--amp", default=None, help="trainer.amp for docclassify (default: the pipeline's, auto)")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="an earlier docclassify checkout: its commands run too, alternated (before vs after)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="paths.cache_dir to use (kept; with the decode cache and copies built: no cold run)")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.data = ensure_data(args.data, work=args.work)
     if args.timm_train is not None and not args.timm_train.is_file():
         ap.error(f"--timm-train {args.timm_train}: file not found")
+    if args.before is not None and not (args.before / "docclassify" / "train.py").is_file():
+        ap.error(f"--before {args.before}: not a docclassify checkout (no docclassify/train.py)")
 
     from docclassify.engine.loaders import default_num_workers
 
@@ -217,8 +228,8 @@ def main(argv=None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def warm_name(setting: str) -> str:
-    return f"docclassify {setting} (warm)"
+def warm_name(setting: str, before: bool = False) -> str:
+    return f"docclassify {setting} (warm{', before' if before else ''})"
 
 
 def run_all(args, env: dict, workers: int, tmp: Path):
@@ -227,25 +238,27 @@ def run_all(args, env: dict, workers: int, tmp: Path):
     after the other (a changing machine load hits all alike). Returns
     ({(command, epochs): [(wall s, CPU s) per repeat]}, {(command, epochs): [(phases, inside) per
     repeat]}, training images)."""
-    cache = tmp / "cache"
+    cache = args.cache or tmp / "cache"
     times: dict[tuple[str, int], list[tuple[float, float]]] = {}
     phases: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
     n_train = None
+    versions = [(False, REPO)] + ([(True, args.before.resolve())] if args.before is not None else [])
     for epochs in sorted(set(args.epochs)):
-        if not times:  # the first command builds the decode cache (and the robust copies)
+        if not times and args.cache is None:  # the first command builds the decode cache (and the robust copies)
             setting = "default" if "default" in args.settings else args.settings[0]
             times[f"docclassify {setting} (cold)", epochs] = [_run(
                 docclassify_cmd(args, epochs, tmp / "run_cold", cache, setting), env, tmp / "cold.log")]
         for rep in range(args.repeat):
             for setting in args.settings:
-                name = warm_name(setting)
-                run_dir, log = tmp / f"run_{setting}_{epochs}_{rep}", tmp / f"{setting}_{epochs}_{rep}.log"
-                times.setdefault((name, epochs), []).append(
-                    _run(docclassify_cmd(args, epochs, run_dir, cache, setting), env, log))
-                phases.setdefault((name, epochs), []).append((read_phases(log), read_inside(log)))
-                results = json.loads((run_dir / "results.json").read_text())
-                if n_train is None:
-                    n_train = first_fold_info(args, results, tmp)
+                for before, repo in versions:
+                    name, tag = warm_name(setting, before), f"{setting}{'_before' if before else ''}_{epochs}_{rep}"
+                    run_dir, log = tmp / f"run_{tag}", tmp / f"{tag}.log"
+                    times.setdefault((name, epochs), []).append(
+                        _run(docclassify_cmd(args, epochs, run_dir, cache, setting), env, log, repo))
+                    phases.setdefault((name, epochs), []).append((read_phases(log), read_inside(log)))
+                    results = json.loads((run_dir / "results.json").read_text())
+                    if n_train is None:
+                        n_train = first_fold_info(args, results, tmp, run_dir)
             if args.timm_train is not None:
                 times.setdefault(("timm train.py", epochs), []).append(_run(
                     timm_cmd(args, epochs, tmp / "view", tmp / f"timm_out_{epochs}_{rep}", len(results["classes"]),
@@ -253,14 +266,14 @@ def run_all(args, env: dict, workers: int, tmp: Path):
     return times, phases, n_train
 
 
-def first_fold_info(args, results: dict, tmp: Path) -> int:
+def first_fold_info(args, results: dict, tmp: Path, run_dir: Path) -> int:
     """Print the split; build timm's ImageFolder view of it. Returns the training image count."""
     fold = results["folds"][0]
     n_train, n_val = fold["n_train"], fold["n_val"]
     print(f"fold 0: {n_train} train / {n_val} validation images; docclassify's own epoch figure "
           f"(warm): {fold['history'][0]['img_per_s']:.1f} img/s")
     if args.timm_train is not None:
-        view = imagefolder_view(args.data, tmp / "run_cold" / "folds.csv", tmp / "view")
+        view = imagefolder_view(args.data, run_dir / "folds.csv", tmp / "view")
         assert view == (n_train, n_val), (view, n_train, n_val)
     else:
         print("timm comparison skipped: pass --timm-train PATH/TO/pytorch-image-models/train.py")
@@ -271,10 +284,10 @@ def print_results(args, times: dict, phases: dict, n_train: int) -> None:
     """Wall and CPU times (median over repeats), the whole-command ratios, the phases, the steady state."""
     wall = {key: statistics.median(w for w, _ in runs) for key, runs in times.items()}
     cpu = {key: statistics.median(c for _, c in runs) for key, runs in times.items()}
-    print(f"\n{'command':<26} {'epochs':>6} {'wall s':>7} {'img/s':>7} {'CPU s':>7}   wall of each run (s)   "
+    print(f"\n{'command':<36} {'epochs':>6} {'wall s':>7} {'img/s':>7} {'CPU s':>7}   wall of each run (s)   "
           "(img/s = epochs x train images / wall; medians of the runs)")
     for (name, epochs), runs in times.items():
-        print(f"{name:<26} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f} "
+        print(f"{name:<36} {epochs:>6} {wall[name, epochs]:>7.1f} {epochs * n_train / wall[name, epochs]:>7.1f} "
               f"{cpu[name, epochs]:>7.1f}   " + " ".join(f"{w:.1f}" for w, _ in runs))
     if args.timm_train is not None:
         for (name, epochs), sec in wall.items():

@@ -65,7 +65,7 @@ from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import restore_rng_states, rng_state, rng_states
 from docclassify.engine.sampling import class_counts
-from docclassify.engine.setup import seed_everything
+from docclassify.engine.setup import channels_last_setting, seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
     current_best,
@@ -268,7 +268,7 @@ def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
     return StepContext(
         device=device, amp=run.amp,
         mean=torch.tensor(mean, device=device).view(1, 3, 1, 1), std=torch.tensor(std, device=device).view(1, 3, 1, 1),
-        channels_last=bool(trainer_cfg.channels_last), grad_clip=trainer_cfg.grad_clip,
+        channels_last=channels_last_setting(trainer_cfg.channels_last, run.amp, device), grad_clip=trainer_cfg.grad_clip,
         accum_steps=int(trainer_cfg.accum_steps), skip_nonfinite=bool(trainer_cfg.skip_nonfinite),
         stop_flag=run.stop,
     )

@@ -51,6 +51,7 @@ from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, 
 from docclassify.engine.setup import (
     AmpSettings,
     amp_settings,
+    channels_last_setting,
     resolve_device,
     seed_everything,
     set_deterministic,
@@ -351,11 +352,16 @@ def run_info(run: RunContext, data: RunData) -> dict:
     """What on_run_start tells the trackers (and the log) about the run."""
     folds = [p.fold for p in data.plans]
     n_train = int(data.keep.sum())
-    log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s", data.source.name, n_train,
-             data.num_classes, folds, int(run.cfg.folds.n), run.device, run.amp.name)
+    log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s%s", data.source.name, n_train,
+             data.num_classes, folds, int(run.cfg.folds.n), run.device, run.amp.name,
+             ", channels-last" if channels_last_of(run) else "")
     return {"run_dir": str(run.run_dir), "classes": data.classes, "folds": folds, "n_train": n_train,
             "n_pseudo": len(data.pseudo) if data.pseudo is not None else 0,
             "device": str(run.device), "amp": run.amp.name}
+
+
+def channels_last_of(run: RunContext) -> bool:
+    return channels_last_setting(run.cfg.trainer.get("channels_last"), run.amp, run.device)
 
 
 def run_objective(pooled: dict, monitor: str) -> float:
@@ -403,6 +409,7 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
         results["pseudo"] = data.pseudo.as_dict(data.classes) if data.pseudo is not None else None
         results["seconds"] = round(seconds, 2)
         results["amp"] = run.amp.name  # the precision trainer.amp resolved to (auto: by device and CPU)
+        results["channels_last"] = channels_last_of(run)  # trainer.channels_last resolved (null: by amp, device)
         results["distributed"] = distributed.scaling(run.cfg.trainer)  # world size, effective batch, lr used
         if main:
             atomic_write_json(run.run_dir / RESULTS_FILE, results)

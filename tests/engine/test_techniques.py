@@ -36,7 +36,7 @@ from docclassify.engine.evaluate import predict_logits
 from docclassify.engine.losses import CrossEntropy, LossContext
 from docclassify.engine.mixup import build_mixup, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler, effective_warmup
-from docclassify.engine.setup import amp_settings
+from docclassify.engine.setup import amp_settings, channels_last_setting
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.models.factory import create_model
 from docclassify.utils.schedule import linear_ramp
@@ -367,9 +367,20 @@ def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_says_so(tiny_data, tmp_path, 
                          "trainer.amp=auto", "validation=clean"], tmp_path / "run")
     with caplog.at_level("INFO"):
         results = run_kfold(cfg)
-    assert seen == {"bf16"} and results["amp"] == "bf16"
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["amp"] == "bf16"
-    assert "AMP bf16" in caplog.text
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert seen == {"bf16"} and results["amp"] == saved["amp"] == "bf16"
+    assert results["channels_last"] is saved["channels_last"] is True  # trainer.channels_last=null follows bf16
+    assert "AMP bf16, channels-last" in caplog.text
+
+
+def test_channels_last_auto_follows_bf16_on_cpu():
+    """trainer.channels_last=null: on with bf16 autocast on CPU only; true / false win."""
+    bf16, fp32, fp16 = amp_settings("bf16", CPU), amp_settings("none", CPU), amp_settings("fp16", CPU)
+    assert channels_last_setting(None, bf16, CPU) is True
+    assert channels_last_setting(None, fp32, CPU) is False
+    assert channels_last_setting(None, fp16, CPU) is False
+    assert channels_last_setting(None, amp_settings("bf16", CPU), torch.device("cuda")) is False
+    assert channels_last_setting(False, bf16, CPU) is False and channels_last_setting(True, fp32, CPU) is True
 
 
 def test_bf16_autocast_trains_on_cpu():
