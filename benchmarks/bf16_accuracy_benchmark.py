@@ -77,7 +77,8 @@ def main() -> None:
         bf16 = {r["seed"]: r[key] for r in rows if r["amp"] == "bf16"}
         diffs = [bf16[s] - fp32[s] for s in args.seeds]
         spread = statistics.pstdev(fp32.values()) if len(fp32) > 1 else float("nan")
-        print(f"{key}: bf16 - fp32 per seed {', '.join(f'{d:+.4f}' for d in diffs)} (mean {statistics.mean(diffs):+.4f}); "
+        per_seed = ", ".join(f"{d:+.4f}" for d in diffs)
+        print(f"{key}: bf16 - fp32 per seed {per_seed} (mean {statistics.mean(diffs):+.4f}); "
               f"fp32 spread between seeds (std) {spread:.4f}")
 
 

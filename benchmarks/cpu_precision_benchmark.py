@@ -72,7 +72,10 @@ def main() -> None:
     import torch
 
     print(machine_line(), flush=True)
-    print(f"bf16 fast path (mkldnn bf16 supported): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
+    from docclassify.engine.setup import cpu_has_native_bf16
+
+    print(f"bf16 instructions (trainer.amp=auto picks bf16): {cpu_has_native_bf16()}; oneDNN's bf16 probe "
+          f"(also true where bf16 is emulated): {torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     y = torch.randint(0, 17, (args.batch,))
@@ -91,8 +94,9 @@ def main() -> None:
     base_t = statistics.median(train[SETTINGS[0]])
     base_e = statistics.median(evals[SETTINGS[0], args.eval_batches[0]])
     print(f"\n{args.model} at {args.img_size} px, train batch {args.batch}, median of {args.rounds} rounds")
-    print("| precision | layout | train img/s | vs fp32 NCHW | " +
-          " | ".join(f"eval img/s (batch {b}) | vs fp32 NCHW b{args.eval_batches[0]}" for b in args.eval_batches) + " |")
+    base_b = args.eval_batches[0]
+    print("| precision | layout | train img/s | vs fp32 NCHW | "
+          + " | ".join(f"eval img/s (batch {b}) | vs fp32 NCHW b{base_b}" for b in args.eval_batches) + " |")
     print("|---|---|---:|---:|" + "---:|---:|" * len(args.eval_batches))
     for s in SETTINGS:
         t = statistics.median(train[s])
