@@ -76,7 +76,8 @@ SETTINGS = {
 
 
 def _pairs(text: str) -> dict[str, float]:
-    return {name: float(sec) for name, sec in (p.rsplit(" ", 1) for p in text.split(", "))}
+    """``name 1.2, other name 3.4`` -> {name: seconds}."""
+    return {name: float(sec) for name, sec in re.findall(r"(.+?) (-?\d+(?:\.\d+)?)(?:, |$)", text.strip())}
 
 
 def read_phases(log: Path) -> dict[str, float]:

@@ -392,7 +392,7 @@ def validate(job: FoldJob) -> EpochScores:
     # Each rank predicts its shard of the rows; gathered, all ranks hold every row.
     logits = robust = None
     if job.views_loader is not None:  # validation=both: clean rows and copies in one pass
-        with phases.spend("validation (clean + robust, one pass)"):
+        with phases.spend("clean + robust validation"):
             both = predict_logits(model, job.views_loader, job.ctx)
         clean_n = job.views_split[0]
         logits, robust = distributed.gather_rows(both[:clean_n]), distributed.gather_rows(both[clean_n:])

@@ -9,7 +9,7 @@ reads it)::
 
 The ``inside`` part sums the seconds of named pieces of work, wherever they fall (:func:`spend`):
 the decode cache, the shift report, the robust copies, the training steps, the validation passes
-(clean and robust rows in one pass: ``validation``), the orientation check, checkpoint writes,
+(``clean + robust validation``: both views in one pass), the orientation check, checkpoint writes,
 and the reports (OOF pool, results.json).
 
 imports: Python, Hydra and the engine (torch, timm, scikit-learn, albumentations); compose+checks:

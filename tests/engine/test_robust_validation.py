@@ -129,7 +129,12 @@ def test_validation_robust_predicts_the_clean_rows_once_with_the_best_weights(ru
     np.testing.assert_allclose(np.load(robust_dir / "oof_logits.npy"), np.load(both_dir / "oof_logits.npy"),
                                atol=1e-5)
     assert robust["cv_macro_f1"] == both["cv_macro_f1"]
-    assert (robust_dir / "oof_robust.csv").read_bytes() == (both_dir / "oof_robust.csv").read_bytes()
+    # validation=both predicts the copies in the same batches as the clean rows (one pass), robust alone
+    # in batches of their own: the same rows and classes, probabilities equal up to kernel rounding.
+    by_robust, by_both = pd.read_csv(robust_dir / "oof_robust.csv"), pd.read_csv(both_dir / "oof_robust.csv")
+    assert by_robust[["ID", "copy", "target", "pred"]].equals(by_both[["ID", "copy", "target", "pred"]])
+    np.testing.assert_allclose(by_robust.iloc[:, 4:].to_numpy(), by_both.iloc[:, 4:].to_numpy(), atol=1e-5)
+    assert robust["cv_macro_f1_robust"] == both["cv_macro_f1_robust"]
     assert [f["best_macro_f1"] for f in robust["folds"]] == pytest.approx([f["best_macro_f1"] for f in both["folds"]])
 
 
