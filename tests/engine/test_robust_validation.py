@@ -24,6 +24,7 @@ from docclassify.engine.epoch import EpochProgress, train_one_epoch
 from docclassify.engine.loaders import eval_batch_size
 from docclassify.engine.parts import eval_model
 from docclassify.metrics import softmax
+from docclassify.tracking import phases
 
 BASE = [*TINY, "trainer.epochs=2", "folds.n=2", "trainer.deterministic=true"]
 
@@ -288,11 +289,19 @@ def test_both_views_are_predicted_in_one_pass_as_the_separate_passes_predict_the
     train_one_epoch(job.parts, job.train_loader, job.ctx, epoch=0, start=EpochProgress())
     batches: list[int] = []
     hook = eval_model(job.parts).register_forward_hook(lambda module, inputs, out: batches.append(len(inputs[0])))
+    spent = phases.spent_seconds()
     merged = fold_mod.validate(job)
     merged_batches, batches[:] = list(batches), []
     job.views_loader = None  # the separate passes: the clean loader, then the robust one
+    after_merged = phases.spent_seconds()
     separate = fold_mod.validate(job)
     hook.remove()
+    after_separate = phases.spent_seconds()
+    # the log's "inside (s):" part counts each pass under its name (tracking/phases.py)
+    assert after_merged["clean + robust validation"] > spent.get("clean + robust validation", 0.0)
+    assert after_merged.get("clean validation") == spent.get("clean validation")
+    assert after_separate["clean validation"] > after_merged.get("clean validation", 0.0)
+    assert after_separate["robust validation"] > after_merged.get("robust validation", 0.0)
     n_clean, n_robust, bs = len(job.val_idx), len(job.robust_targets), eval_batch_size(cfg.trainer)
     assert sum(merged_batches) == n_clean + n_robust == sum(batches)
     assert len(merged_batches) == -(-(n_clean + n_robust) // bs)  # one pass: full batches across the seam
