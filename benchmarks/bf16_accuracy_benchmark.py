@@ -31,7 +31,7 @@ def train(args, amp: str, seed: int, run_dir: Path, cache: Path) -> dict:
            f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
            f"trainer.batch_size={args.batch}", f"trainer.epochs={args.epochs}", "folds.n=5", "folds.run=[0]",
            "pipeline=highperf", "augment.advanced_p_end=0.0", "trainer.lr=2e-3", "schedule.warmup_epochs=0",
-           "logger=none", "submit=true", f"infer.tta={args.tta}", f"trainer.amp={amp}", f"seed={seed}", f"hydra.run.dir={run_dir}",
+           "logger=none", "submit=true", f"data.test_labels={args.test_labels}", f"infer.tta={args.tta}", f"trainer.amp={amp}", f"seed={seed}", f"hydra.run.dir={run_dir}",
            f"paths.cache_dir={cache}"]
     t0 = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as fh:
@@ -42,6 +42,7 @@ def train(args, amp: str, seed: int, run_dir: Path, cache: Path) -> dict:
     summary = json.loads((run_dir / "infer" / "summary.json").read_text())
     return {"amp": results.get("amp", amp), "seed": seed, "cv": results["cv_macro_f1"],
             "cv_robust": results["cv_macro_f1_robust"], "test": summary["test_metrics"]["macro_f1"],
+            "n_test": summary["n_test"],
             "best_epoch": results["folds"][0]["best_epoch"], "s": time.perf_counter() - t0}
 
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--test-labels", default="test_labels.csv", help="data.test_labels (in the data root)")
     ap.add_argument("--tta", default="orient", help="the submission's infer.tta (none: a quicker check)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="paths.cache_dir (default: a fresh one; another benchmark's saves the decode and copies)")
@@ -69,6 +71,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     print(f"\n{args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epochs, fold 0 of 5, "
           f"validation=both, submit=true infer.tta={args.tta}; load avg now {machine_line().split('load avg ')[1].split(' |')[0]}")
+    print(f"test split: {rows[0]['n_test']} labelled images")
     print("| seed | amp | cv macro F1 | robust cv | test macro F1 | best epoch | wall s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
