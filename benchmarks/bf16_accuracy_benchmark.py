@@ -31,8 +31,8 @@ def train(args, amp: str, seed: int, run_dir: Path, cache: Path) -> dict:
            f"model={args.model}", "model.pretrained=false", f"data.img_size={args.img_size}",
            f"trainer.batch_size={args.batch}", f"trainer.epochs={args.epochs}", "folds.n=5", "folds.run=[0]",
            "pipeline=highperf", "augment.advanced_p_end=0.0", "trainer.lr=2e-3", "schedule.warmup_epochs=0",
-           "logger=none", "submit=true", f"data.test_labels={args.test_labels}", f"infer.tta={args.tta}", f"trainer.amp={amp}", f"seed={seed}", f"hydra.run.dir={run_dir}",
-           f"paths.cache_dir={cache}"]
+           "logger=none", "submit=true", f"data.test_labels={args.test_labels}", f"infer.tta={args.tta}",
+           f"trainer.amp={amp}", f"seed={seed}", f"hydra.run.dir={run_dir}", f"paths.cache_dir={cache}"]
     t0 = time.perf_counter()
     with open(run_dir.with_suffix(".log"), "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, check=False)
@@ -70,7 +70,8 @@ def main() -> None:
                 rows.append(train(args, amp, seed, Path(tmp) / f"{amp}_s{seed}", cache))
                 print(rows[-1], flush=True)
     print(f"\n{args.model} at {args.img_size} px, batch {args.batch}, {args.epochs} epochs, fold 0 of 5, "
-          f"validation=both, submit=true infer.tta={args.tta}; load avg now {machine_line().split('load avg ')[1].split(' |')[0]}")
+          f"validation=both, submit=true infer.tta={args.tta}; "
+          f"load avg now {machine_line().split('load avg ')[1].split(' |')[0]}")
     print(f"test split: {rows[0]['n_test']} labelled images")
     print("| seed | amp | cv macro F1 | robust cv | test macro F1 | best epoch | wall s |")
     print("|---|---|---:|---:|---:|---:|---:|")
