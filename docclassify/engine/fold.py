@@ -268,7 +268,8 @@ def step_context(trainer_cfg, run: RunContext, mean, std) -> StepContext:
     return StepContext(
         device=device, amp=run.amp,
         mean=torch.tensor(mean, device=device).view(1, 3, 1, 1), std=torch.tensor(std, device=device).view(1, 3, 1, 1),
-        channels_last=channels_last_setting(trainer_cfg.channels_last, run.amp, device), grad_clip=trainer_cfg.grad_clip,
+        channels_last=channels_last_setting(trainer_cfg.channels_last, run.amp, device),
+        grad_clip=trainer_cfg.grad_clip,
         accum_steps=int(trainer_cfg.accum_steps), skip_nonfinite=bool(trainer_cfg.skip_nonfinite),
         stop_flag=run.stop,
     )
