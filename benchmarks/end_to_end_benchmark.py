@@ -100,13 +100,13 @@ def print_phases(phases: dict[str, float], wall: float, label: str, inside: dict
         return
     rows = {**phases, "exit": wall - sum(phases.values())}
     print(f"\n{label}: where the {wall:.1f} s of the whole command go")
-    print(f"{'phase':<20} {'s':>7} {'share':>7}")
+    print(f"{'phase':<28} {'s':>7} {'share':>7}")
     for name, sec in rows.items():
-        print(f"{name:<20} {sec:>7.1f} {sec / wall:>7.1%}")
+        print(f"{name:<28} {sec:>7.1f} {sec / wall:>7.1%}")
     if inside:
         print("inside the phases above:")
         for name, sec in inside.items():
-            print(f"  {name:<18} {sec:>7.1f} {sec / wall:>7.1%}")
+            print(f"  {name:<26} {sec:>7.1f} {sec / wall:>7.1%}")
     to_first = sum(phases.get(k, 0.0) for k in ("imports", "compose+checks", "data", "first step"))
     after_last = phases.get("wrap-up", 0.0) + rows["exit"]
     print(f"start-up (process start to the first step done): {to_first:.1f} s ({to_first / wall:.1%}); "
