@@ -105,7 +105,7 @@ class TrainerConfig:
     monitor: str = key("auto", choices=MONITOR)
     skip_nonfinite: bool = False
     deterministic: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
     log_every_n_steps: int = key(0, ge=0)
     lr_scale: str = key("none", choices=LR_SCALE)

@@ -45,7 +45,14 @@ from docclassify.engine.evaluate import (
     validated_views,
     view_metrics,
 )
-from docclassify.engine.loaders import build_eval_loader, build_loaders, close_loaders, debug_rows
+from docclassify.engine.loaders import (
+    build_eval_loader,
+    build_loaders,
+    build_views_loader,
+    close_loaders,
+    debug_rows,
+    shard_sizes,
+)
 from docclassify.engine.mixup import mixup_active
 from docclassify.engine.orientation_head import (
     OrientationCheck,
@@ -59,7 +66,7 @@ from docclassify.engine.plan import FoldPlan
 from docclassify.engine.profiling import profile_epoch
 from docclassify.engine.resume import restore_rng_states, rng_state, rng_states
 from docclassify.engine.sampling import class_counts
-from docclassify.engine.setup import seed_everything
+from docclassify.engine.setup import channels_last_setting, seed_everything
 from docclassify.models.checkpoint import (
     best_checkpoint_name,
     current_best,
@@ -74,6 +81,7 @@ from docclassify.models.checkpoint import (
 )
 from docclassify.models.factory import normalization_of
 from docclassify.models.heads import orientation_head_of
+from docclassify.tracking import phases
 from docclassify.utils.io import atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
@@ -132,6 +140,10 @@ class FoldJob:
     robust_loader: Any = None  # ... and their loader
     robust_targets: np.ndarray | None = None
     robust_estimate: np.ndarray | None = None  # per robust row: estimates (True) or selects (evaluate.robust_roles)
+    # validation=both: the clean rows and then their copies in one loader (one pass per epoch), and
+    # how many of each this rank predicts (where validate cuts the logits)
+    views_loader: Any = None
+    views_split: tuple[int, int] | None = None
     orientation: OrientationCheck | None = None  # turned validation copies (engine/orientation_head.py)
 
 
@@ -146,10 +158,11 @@ def run_fold(plan: FoldPlan, run: RunContext, data: RunData) -> dict:
     try:
         outcome = fit_fold(job, run)
     finally:  # the workers end now (also on a stop), not whenever the GC frees the fold
-        close_loaders(job.train_loader, job.val_loader, job.robust_loader)
+        close_loaders(job.train_loader, job.val_loader, job.robust_loader, job.views_loader)
     outcome.update(job.info, val_index=job.val_idx.tolist(), seconds=round(time.time() - t0, 2),
                    checkpoint=f"checkpoints/{job.best_path.name}")
-    finish_fold(job, outcome, run, data)
+    with phases.spend("reports"):
+        finish_fold(job, outcome, run, data)
     return outcome
 
 
@@ -245,6 +258,13 @@ def add_robust_view(job: FoldJob, run: RunContext, data: RunData, img_size: int)
     job.robust_loader = build_eval_loader(copies, rows, np.repeat(data.targets, n), run.trainer,
                                           run.data_settings.num_workers, run.seed + job.fold, run.device)
     job.info["n_val_robust"] = len(rows)
+    if "clean" in job.views:  # both views: predicted in the same batches, one pass
+        images = data.images_by_size[img_size]
+        job.views_loader = build_views_loader([(images, job.val_idx, data.targets),
+                                               (copies, rows, np.repeat(data.targets, n))], run.trainer,
+                                              run.data_settings.num_workers, run.seed + job.fold, run.device)
+        clean_n, robust_n = shard_sizes(job.val_idx, rows)
+        job.views_split = (clean_n, robust_n)
 
 
 def step_context(trainer: TrainerConfig, run: RunContext, mean, std) -> StepContext:
@@ -252,7 +272,7 @@ def step_context(trainer: TrainerConfig, run: RunContext, mean, std) -> StepCont
     return StepContext(
         device=device, amp=run.amp,
         mean=torch.tensor(mean, device=device).view(1, 3, 1, 1), std=torch.tensor(std, device=device).view(1, 3, 1, 1),
-        channels_last=bool(trainer.channels_last), grad_clip=trainer.grad_clip,
+        channels_last=channels_last_setting(trainer.channels_last, run.amp, device), grad_clip=trainer.grad_clip,
         accum_steps=int(trainer.accum_steps), skip_nonfinite=bool(trainer.skip_nonfinite),
         stop_flag=run.stop,
     )
@@ -266,16 +286,19 @@ def fit_fold(job: FoldJob, run: RunContext) -> dict:
     job.ctx.on_step = lambda i, m: run.callback.on_step_end(job.fold, m["step"], m)
     for epoch in range(state.epoch, epochs):
         begin_epoch(job, run, epoch)
-        with profile_epoch(trainer, run.run_dir, job.fold, epoch):  # trainer.profiler
+        with profile_epoch(trainer, run.run_dir, job.fold, epoch), phases.spend("train steps"):  # trainer.profiler
             stats = train_epoch_resumably(job, state, epoch)
         scores = validate(job)
-        orientation = orientation_record(job, stats, scores.robust_logits)
-        keep_best(job, state, epoch, scores, orientation.get("val_orientation_accuracy"))
+        with phases.spend("orientation check"):
+            orientation = orientation_record(job, stats, scores.robust_logits)
+        with phases.spend("checkpoints"):
+            keep_best(job, state, epoch, scores, orientation.get("val_orientation_accuracy"))
         record = epoch_record(job, state, epoch, stats, scores.metrics)
         record.update(orientation)
         state.history.append(record)
         state.epoch = epoch + 1
-        save_state(job, state)
+        with phases.spend("checkpoints"):
+            save_state(job, state)
         # Callbacks run on rank 0; a prune there stops every rank here, together.
         distributed.on_main_then_shared(
             lambda: run.callback.on_epoch_end(job.fold, epoch, {**record, **per_class(scores.metrics)}))
@@ -371,10 +394,19 @@ def validate(job: FoldJob) -> EpochScores:
     model = eval_model(job.parts)
     distributed.sync_module_state(model)  # every rank evaluates rank 0's (saved) weights
     # Each rank predicts its shard of the rows; gathered, all ranks hold every row.
-    logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx)) \
-        if "clean" in job.views else None
-    robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx)) \
-        if "robust" in job.views else None
+    logits = robust = None
+    if job.views_loader is not None:  # validation=both: clean rows and copies in one pass
+        with phases.spend("clean + robust validation"):
+            both = predict_logits(model, job.views_loader, job.ctx)
+        clean_n = job.views_split[0]
+        logits, robust = distributed.gather_rows(both[:clean_n]), distributed.gather_rows(both[clean_n:])
+    else:
+        if "clean" in job.views:
+            with phases.spend("clean validation"):
+                logits = distributed.gather_rows(predict_logits(model, job.val_loader, job.ctx))
+        if "robust" in job.views:
+            with phases.spend("robust validation"):
+                robust = distributed.gather_rows(predict_logits(model, job.robust_loader, job.ctx))
     k = job.meta["num_classes"]
     metrics = {**view_metrics(logits, job.val_targets, k, "clean"),
                **robust_view_metrics(robust, job.robust_targets, k, job.robust_estimate)}

@@ -65,11 +65,13 @@ from docclassify.engine.resume import check_resume_compatible, resolve_run_dir, 
 from docclassify.engine.setup import (
     AmpSettings,
     amp_settings,
+    channels_last_setting,
     resolve_device,
     seed_everything,
     set_deterministic,
 )
 from docclassify.engine.signals import StopFlag
+from docclassify.tracking import phases
 from docclassify.tracking.callbacks import Callback, CallbackList
 from docclassify.utils.io import atomic_group, atomic_write_csv, atomic_write_json
 
@@ -174,7 +176,8 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
     t_start = time.time()
     run = start_run(cfg, CallbackList(callbacks))
     data = load_run_data(run)
-    add_robust_copies(run, data)
+    with phases.spend("robust copies"):
+        add_robust_copies(run, data)
     log_match(run, data)
     run.stop.install()  # SIGTERM/SIGINT from here on: finish the step, save the state, exit
     run.callback.on_run_start(run_info(run, data))
@@ -192,7 +195,8 @@ def run_kfold(cfg: DictConfig, callbacks: list[Callback] | None = None) -> dict:
         run.stop.uninstall()
         share.stop()
     try:
-        results = finish_run(run, data, outcomes, time.time() - t_start)
+        with phases.spend("reports"):
+            results = finish_run(run, data, outcomes, time.time() - t_start)
         run.callback.on_run_end(results)
     finally:
         run.callback.close()
@@ -253,7 +257,7 @@ def load_run_data(run: RunContext) -> RunData:
         check_resume_compatible(run.run_dir, cfg)
         save_overrides(run.run_dir)
     # Train-vs-test shift: a few log lines, shift.png / shift.json; fits validation.distort=auto.
-    with distributed.main_first():  # rank 0 measures (and caches), the other ranks read the cache
+    with distributed.main_first(), phases.spend("shift report"):  # rank 0 measures (and caches)
         fitted_profile = run_shift_check(source, run.validation, run.shift, data_settings, cfg.paths.cache_dir,
                                          run.run_dir, write=distributed.is_main())
     paths = list(source.train["path"])
@@ -261,7 +265,7 @@ def load_run_data(run: RunContext) -> RunData:
     for size in sorted({p.img_size for p in plans}):
         # Every image is decoded before the first epoch (into the cache, or once up front with
         # data.cache=false: then only rank 0 checks and the other ranks take its list).
-        with distributed.main_first():
+        with distributed.main_first(), phases.spend("decode cache"):
             images_by_size[size], bad = load_images(paths, size, data_settings, cfg.paths.cache_dir,
                                                     check=distributed.is_main())
         bad_rows.update(distributed.broadcast_object(bad))
@@ -397,11 +401,16 @@ def run_info(run: RunContext, data: RunData) -> dict:
     """What on_run_start tells the trackers (and the log) about the run."""
     folds = [p.fold for p in data.plans]
     n_train = int(data.keep.sum())
-    log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s", data.source.name, n_train,
-             data.num_classes, folds, int(run.folds.n), run.device, run.amp.name)
+    log.info("%s: %d training images, %d classes, folds %s of %d, device %s, AMP %s%s", data.source.name, n_train,
+             data.num_classes, folds, int(run.folds.n), run.device, run.amp.name,
+             ", channels-last" if channels_last_of(run) else "")
     return {"run_dir": str(run.run_dir), "classes": data.classes, "folds": folds, "n_train": n_train,
             "n_pseudo": len(data.pseudo) if data.pseudo is not None else 0,
             "device": str(run.device), "amp": run.amp.name}
+
+
+def channels_last_of(run: RunContext) -> bool:
+    return channels_last_setting(run.trainer.channels_last, run.amp, run.device)
 
 
 def run_objective(pooled: dict, monitor: str) -> float:
@@ -448,6 +457,8 @@ def finish_run(run: RunContext, data: RunData, outcomes: list[dict], seconds: fl
         results = run_results(pooled, run.cfg, data_info, data.skipped_ids, outcomes, data.robust)
         results["pseudo"] = data.pseudo.as_dict(data.classes) if data.pseudo is not None else None
         results["seconds"] = round(seconds, 2)
+        results["amp"] = run.amp.name  # the precision trainer.amp resolved to (auto: by device and CPU)
+        results["channels_last"] = channels_last_of(run)  # trainer.channels_last resolved (null: by amp, device)
         results["distributed"] = distributed.scaling(run.trainer)  # world size, effective batch, lr used
         if main:
             atomic_write_json(run.run_dir / RESULTS_FILE, results)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from docclassify.data.dataset import ImageDataset
 from docclassify.engine import distributed, share
@@ -226,11 +226,25 @@ def build_loaders(images, train_idx, val_idx, targets, transform, trainer: Train
 def build_eval_loader(images, rows, targets, trainer: TrainerConfig, num_workers, seed: int, device: torch.device):
     """A validation loader over ``images[rows]`` (no augmentation, in order); under DDP over this
     rank's contiguous share of ``rows`` (the fold gathers the shares back)."""
+    return build_views_loader([(images, rows, targets)], trainer, num_workers, seed, device)
+
+
+def build_views_loader(views, trainer: TrainerConfig, num_workers, seed: int, device: torch.device):
+    """One validation loader over several (images, rows, targets) sets, one after the other, in
+    order (the clean validation rows, then their robust copies): one pass whose batches run across
+    the seam. Under DDP each set is sharded on its own (this rank's share of each, in order;
+    :func:`shard_sizes` says where to cut the predictions)."""
     common = _worker_options(default_num_workers(num_workers), device)
     eval_bs = eval_batch_size(trainer)
     # Validation from the decode cache on CPU: nothing to decode or augment and the model uses the
     # same cores, so a worker adds no speed (measured equal), only a forked process per fold.
-    if device.type == "cpu" and isinstance(images, np.ndarray):
+    if device.type == "cpu" and all(isinstance(images, np.ndarray) for images, _, _ in views):
         common = _worker_options(0, device)
-    return Loader(ImageDataset(images, distributed.shard(rows), targets), batch_size=eval_bs,
-                  shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
+    sets = [ImageDataset(images, distributed.shard(rows), targets) for images, rows, targets in views]
+    dataset = sets[0] if len(sets) == 1 else ConcatDataset(sets)
+    return Loader(dataset, batch_size=eval_bs, shuffle=False, generator=torch.Generator().manual_seed(seed), **common)
+
+
+def shard_sizes(*row_sets) -> list[int]:
+    """How many rows of each set this rank predicts (:func:`build_views_loader`)."""
+    return [len(distributed.shard(rows)) for rows in row_sets]

@@ -5,6 +5,12 @@ and at the end of a run one log line gives them all (``benchmarks/end_to_end_ben
 reads it)::
 
     phases (s): imports 4.1, compose+checks 0.5, data 0.9, first step 1.4, training 61.0, wrap-up 1.2; ...
+    inside (s): decode cache 0.2, shift report 0.3, robust copies 0.1, train steps 55.0, validation 5.2, ...
+
+The ``inside`` part sums the seconds of named pieces of work, wherever they fall (:func:`spend`):
+the decode cache, the shift report, the robust copies, the training steps, the validation passes
+(``clean + robust validation``: both views in one pass), the orientation check, checkpoint writes,
+and the reports (OOF pool, results.json).
 
 imports: Python, Hydra and the engine (torch, timm, scikit-learn, albumentations); compose+checks:
 Hydra's compose and run dir, check_config; data: data source, decode cache, folds; first step:
@@ -29,6 +35,8 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from docclassify.tracking.callbacks import Callback
 
@@ -47,7 +55,23 @@ def _process_age() -> float:
 
 _T0 = time.perf_counter() - _process_age()
 _marks: dict[str, float] = {}
+_spent: dict[str, float] = {}
 _frozen = False
+
+
+@contextmanager
+def spend(name: str) -> Iterator[None]:
+    """Add the seconds of the block to the piece of work ``name`` (the log's ``inside (s):`` part)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _spent[name] = _spent.get(name, 0.0) + time.perf_counter() - t0
+
+
+def spent_seconds() -> dict[str, float]:
+    """Seconds per piece of work so far (:func:`spend`), in the order they first ran."""
+    return dict(_spent)
 
 
 def mark(name: str) -> None:
@@ -117,4 +141,6 @@ class PhaseLog(Callback):
         _marks["finished"] = time.perf_counter() - _T0
         seconds = phase_seconds()
         first = f"; first step at {_marks['first_step']:.1f} s" if "first_step" in _marks else ""
-        log.info("phases (s): %s%s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()), first)
+        inside = spent_seconds()
+        inside = "; inside (s): " + ", ".join(f"{k} {v:.1f}" for k, v in inside.items()) if inside else ""
+        log.info("phases (s): %s%s%s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()), first, inside)

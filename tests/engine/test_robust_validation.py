@@ -18,8 +18,13 @@ from sklearn.metrics import f1_score
 from docclassify.config_schema import ConfigError, RobustValidation, check_config
 from docclassify.data import cache
 from docclassify.data.images import load_image
+from docclassify.engine import fold as fold_mod
 from docclassify.engine import kfold
+from docclassify.engine.epoch import EpochProgress, train_one_epoch
+from docclassify.engine.loaders import eval_batch_size
+from docclassify.engine.parts import eval_model
 from docclassify.metrics import softmax
+from docclassify.tracking import phases
 
 BASE = [*TINY, "trainer.epochs=2", "folds.n=2", "trainer.deterministic=true"]
 
@@ -125,7 +130,12 @@ def test_validation_robust_predicts_the_clean_rows_once_with_the_best_weights(ru
     np.testing.assert_allclose(np.load(robust_dir / "oof_logits.npy"), np.load(both_dir / "oof_logits.npy"),
                                atol=1e-5)
     assert robust["cv_macro_f1"] == both["cv_macro_f1"]
-    assert (robust_dir / "oof_robust.csv").read_bytes() == (both_dir / "oof_robust.csv").read_bytes()
+    # validation=both predicts the copies in the same batches as the clean rows (one pass), robust alone
+    # in batches of their own: the same rows and classes, probabilities equal up to kernel rounding.
+    by_robust, by_both = pd.read_csv(robust_dir / "oof_robust.csv"), pd.read_csv(both_dir / "oof_robust.csv")
+    assert by_robust[["ID", "copy", "target", "pred"]].equals(by_both[["ID", "copy", "target", "pred"]])
+    np.testing.assert_allclose(by_robust.iloc[:, 4:].to_numpy(), by_both.iloc[:, 4:].to_numpy(), atol=1e-5)
+    assert robust["cv_macro_f1_robust"] == both["cv_macro_f1_robust"]
     assert [f["best_macro_f1"] for f in robust["folds"]] == pytest.approx([f["best_macro_f1"] for f in both["folds"]])
 
 
@@ -264,3 +274,42 @@ def test_distort_auto_uses_the_profile_fitted_by_the_shift_check(tmp_path):
     data = types.SimpleNamespace(source="SOURCE", fitted_profile={"angle": 7.5})
     profile = kfold.resolve_distort_profile(run, data)
     assert profile["angle"] == 7.5 and profile["rot90_p"] == 0.5
+
+
+@pytest.mark.slow
+def test_both_views_are_predicted_in_one_pass_as_the_separate_passes_predict_them(tiny_data, tmp_path):
+    """validation=both predicts the clean rows and their robust copies in the same batches, one pass
+    per epoch (batches run across the seam); per row, the logits equal those of a clean pass and a
+    robust pass run separately, with the weights of a real training epoch."""
+    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *BASE, "validation=both", "folds.run=[0]"],
+                        tmp_path / "run")
+    run = kfold.start_run(cfg, kfold.CallbackList([]))
+    data = kfold.load_run_data(run)
+    kfold.add_robust_copies(run, data)
+    job = fold_mod.prepare_fold(data.plans[0], run, data)
+    train_one_epoch(job.parts, job.train_loader, job.ctx, epoch=0, start=EpochProgress())
+    batches: list[int] = []
+    hook = eval_model(job.parts).register_forward_hook(lambda module, inputs, out: batches.append(len(inputs[0])))
+    spent = phases.spent_seconds()
+    merged = fold_mod.validate(job)
+    merged_batches, batches[:] = list(batches), []
+    job.views_loader = None  # the separate passes: the clean loader, then the robust one
+    after_merged = phases.spent_seconds()
+    separate = fold_mod.validate(job)
+    hook.remove()
+    after_separate = phases.spent_seconds()
+    # the log's "inside (s):" part counts each pass under its name (tracking/phases.py)
+    assert after_merged["clean + robust validation"] > spent.get("clean + robust validation", 0.0)
+    assert after_merged.get("clean validation") == spent.get("clean validation")
+    assert after_separate["clean validation"] > after_merged.get("clean validation", 0.0)
+    assert after_separate["robust validation"] > after_merged.get("robust validation", 0.0)
+    n_clean, n_robust, bs = len(job.val_idx), len(job.robust_targets), eval_batch_size(cfg.trainer)
+    assert sum(merged_batches) == n_clean + n_robust == sum(batches)
+    assert len(merged_batches) == -(-(n_clean + n_robust) // bs)  # one pass: full batches across the seam
+    assert len(batches) == -(-n_clean // bs) + -(-n_robust // bs) > len(merged_batches)
+    for a, b in ((merged.logits, separate.logits), (merged.robust_logits, separate.robust_logits)):
+        assert a.shape == b.shape and a.shape[0] in (n_clean, n_robust)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert (a.argmax(1) == b.argmax(1)).all()
+    for key in ("val_macro_f1", "val_macro_f1_robust", "val_macro_f1_robust_select", "val_monitored"):
+        assert merged.metrics[key] == separate.metrics[key], key

@@ -30,13 +30,13 @@ from docclassify.data.augment import (
     seed_transforms,
 )
 from docclassify.engine import epoch as epoch_mod
-from docclassify.engine import fold, parts
+from docclassify.engine import evaluate, fold, parts
 from docclassify.engine.epoch import EpochProgress, FoldParts, StepContext, train_one_epoch
 from docclassify.engine.evaluate import predict_logits
 from docclassify.engine.losses import CrossEntropy, LossContext
 from docclassify.engine.mixup import build_mixup, mixup_active
 from docclassify.engine.optim import build_optimizer, build_scheduler, effective_warmup
-from docclassify.engine.setup import amp_settings
+from docclassify.engine.setup import amp_settings, channels_last_setting
 from docclassify.models.checkpoint import load_checkpoint
 from docclassify.models.factory import create_model
 from docclassify.utils.schedule import linear_ramp
@@ -308,9 +308,10 @@ def test_accumulation_equals_one_large_batch():
 
 
 # ----------------------------------------------------------------------------- mixed precision
-def test_amp_settings():
+def test_amp_settings(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
     assert amp_settings("none", CPU).enabled is False
-    assert amp_settings("auto", CPU).enabled is False  # CPU autocast only when asked
+    assert amp_settings("auto", CPU).enabled is False  # a CPU without bf16 instructions: fp32
     auto_cuda = amp_settings("auto", torch.device("cuda"))
     assert (auto_cuda.dtype, auto_cuda.use_scaler) == (torch.float16, True)
     bf16 = amp_settings("bf16", CPU)
@@ -319,6 +320,67 @@ def test_amp_settings():
     assert (fp16.enabled, fp16.dtype, fp16.use_scaler) == (True, torch.float16, True)
     with pytest.raises(ValueError, match="trainer.amp"):
         amp_settings("fp8", CPU)
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ({"avx512_bf16": True, "amx_bf16": False, "avx512_bw": True}, "bf16"),   # Zen 4, Cooper Lake
+    ({"avx512_bf16": False, "amx_bf16": True, "avx512_bw": True}, "bf16"),   # Sapphire Rapids (AMX)
+    ({"avx512_bf16": False, "amx_bf16": False, "avx512_bw": True}, "none"),  # AVX-512 without bf16: emulated
+    ({"avx2": True}, "none"),
+])
+def test_amp_auto_is_bf16_on_a_cpu_with_bf16_instructions(monkeypatch, caps, expected):
+    """trainer.amp=auto on CPU follows the CPU's bf16 instructions (torch.cpu.get_capabilities);
+    explicit values do not look at them."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    auto = amp_settings("auto", CPU)
+    assert auto.name == expected and auto.enabled == (expected == "bf16") and not auto.use_scaler
+    assert auto.dtype == (torch.bfloat16 if expected == "bf16" else None)
+    assert amp_settings("none", CPU).name == "none" and amp_settings("bf16", CPU).name == "bf16"
+    assert amp_settings("auto", torch.device("cuda")).name == "fp16"
+
+
+def test_amp_auto_without_a_capability_probe_is_fp32(monkeypatch):
+    def broken():
+        raise RuntimeError("cpuinfo failed")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", broken)
+    assert amp_settings("auto", CPU).name == "none"
+
+
+@pytest.mark.slow
+def test_amp_auto_trains_in_bf16_on_a_bf16_cpu_and_says_so(tiny_data, tmp_path, monkeypatch, caplog):
+    """A real tiny run with trainer.amp=auto where the CPU reports bf16 instructions: the steps and
+    the validation run under bf16 autocast, the log and results.json say amp bf16."""
+    from docclassify.engine.kfold import run_kfold
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    seen = set()
+    real_autocast = epoch_mod.autocast
+
+    def autocast_spy(ctx):
+        seen.add(ctx.amp.name)
+        return real_autocast(ctx)
+
+    monkeypatch.setattr(epoch_mod, "autocast", autocast_spy)
+    monkeypatch.setattr(evaluate, "autocast", autocast_spy)
+    cfg = compose_train(["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "folds.run=[0]",
+                         "trainer.amp=auto", "validation=clean"], tmp_path / "run")
+    with caplog.at_level("INFO"):
+        results = run_kfold(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert seen == {"bf16"} and results["amp"] == saved["amp"] == "bf16"
+    assert results["channels_last"] is saved["channels_last"] is True  # trainer.channels_last=null follows bf16
+    assert "AMP bf16, channels-last" in caplog.text
+
+
+def test_channels_last_auto_follows_bf16_on_cpu():
+    """trainer.channels_last=null: on with bf16 autocast on CPU only; true / false win."""
+    bf16, fp32, fp16 = amp_settings("bf16", CPU), amp_settings("none", CPU), amp_settings("fp16", CPU)
+    assert channels_last_setting(None, bf16, CPU) is True
+    assert channels_last_setting(None, fp32, CPU) is False
+    assert channels_last_setting(None, fp16, CPU) is False
+    assert channels_last_setting(None, amp_settings("bf16", CPU), torch.device("cuda")) is False
+    assert channels_last_setting(False, bf16, CPU) is False and channels_last_setting(True, fp32, CPU) is True
 
 
 def test_bf16_autocast_trains_on_cpu():
