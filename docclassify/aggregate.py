@@ -165,6 +165,10 @@ def merge_jobs(job_dirs: list[Path], out_dir: Path) -> dict:
     results["seconds"] = round(sum(float(job["results"].get("seconds", 0.0)) for job in jobs), 2)
     if "distributed" in first["results"]:
         results["distributed"] = first["results"]["distributed"]
+    for key in ("amp", "channels_last"):  # what each job's trainer settings resolved to on its machine
+        values = [job["results"][key] for job in jobs if key in job["results"]]
+        if values:
+            results[key] = values[0] if all(v == values[0] for v in values) else values
     results["merged_from"] = [os.path.relpath(job["dir"], out_dir) for job in jobs]
     atomic_write_csv(folds_df, out_dir / FOLDS_FILE)
     merged_cfg = OmegaConf.merge(cfg, {"folds": {"run": [o["fold"] for o in outcomes]}})
