@@ -675,8 +675,9 @@ class InferConfig:
     # Fit on OOF rows scaled like fold averages (predict/fitting.py mimic_fold_averages).
     mimic_fold_average: bool = True
     oof_tta: bool = True
-    # One run: predict its OOF rows (robust copies when it has them) as the test is predicted and
-    # report their macro F1 (summary.json "oof") as the estimate of the test figure.
+    # Estimate the test macro F1 without labels (summary.json "estimate"; predict/estimate.py): a
+    # confidence threshold fitted on the OOF rows (one run: predicted as the test is), applied to the
+    # test images (ATC).
     estimate: bool = True
     # Read each fold's predictions from the logit store in paths.cache_dir when the same checkpoint,
     # views and images were predicted before; store the ones predicted (predict/logit_store.py).

@@ -115,8 +115,11 @@ def result_line(results: dict, summary: dict | None) -> str:
     line = f"Result: macro F1, cv {results['cv_macro_f1']:.4f} (clean OOF rows)"
     if robust is not None:
         line += f", {robust:.4f} (robust: their distorted copies)"
-    oof = (summary or {}).get("oof")
-    if oof:
+    estimate, oof = (summary or {}).get("estimate"), (summary or {}).get("oof")
+    if estimate:
+        line += (f" | estimate {estimate['macro_f1']:.4f} (no labels: the test images' confidence, "
+                 f"thresholded as on the {oof['fit_on']} OOF rows)")
+    elif oof:
         line += f" | estimate {oof['macro_f1']:.4f} (the {oof['fit_on']} OOF rows predicted as the test)"
     scores = (summary or {}).get("test_metrics")
     if scores is not None:

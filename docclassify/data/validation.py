@@ -52,17 +52,25 @@ def working_image(path: str | Path, img_size: int) -> np.ndarray:
 
 
 def robust_copy(image: np.ndarray, image_id: str, copy: int, spec: RobustSpec, size: int, resize: str,
-                pad_value: int) -> np.ndarray:
-    """Copy ``copy`` of ``image`` (at working resolution), resized to ``size`` like training images."""
+                pad_value: int, deskew: bool = False) -> np.ndarray:
+    """Copy ``copy`` of ``image`` (at working resolution), resized to ``size`` like training images.
+    ``deskew``: deskewed at working resolution before the resize, as infer's ``tta.deskew`` treats a
+    test image (the copies infer's estimate and fitted steps predict with the test's TTA)."""
     distorted, _ = draw_copy(image, spec, image_id, copy)
+    if deskew:
+        from docclassify.data.deskew import deskew as undo_skew
+
+        distorted = undo_skew(distorted)[0]
     return resize_image(distorted, size, resize, pad_value)
 
 
 def copies_key(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
-               pad_value: int) -> str:
+               pad_value: int, deskew: bool = False) -> str:
     """Cache key: the images' content, their IDs (they seed the copies) and every setting."""
     h = hashlib.blake2b(digest_size=16)
     settings = [COPIES_FORMAT, spec.as_dict(), int(size), resize, int(pad_value), working_side(size)]
+    if deskew:  # appended only when on: the keys of the copies training uses stay what they were
+        settings.append("deskew")
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(content_key(paths, size, resize, pad_value).encode())
     h.update(json.dumps([str(i) for i in ids]).encode())
@@ -70,7 +78,7 @@ def copies_key(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size
 
 
 def build_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
-                 pad_value: int, out: np.ndarray, threads: int | None = None) -> list[int]:
+                 pad_value: int, out: np.ndarray, threads: int | None = None, deskew: bool = False) -> list[int]:
     """Fill ``out`` (N * copies, size, size, 3); returns the rows whose image cannot be decoded
     (their copies are ``pad_value``). Threads (OpenCV and PIL release the GIL) do not change a pixel."""
     n, copies = len(paths), int(spec.copies)
@@ -85,7 +93,7 @@ def build_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, si
             out[row * copies:(row + 1) * copies] = pad_value
             return
         for c in range(copies):
-            out[row * copies + c] = robust_copy(image, ids[row], c, spec, size, resize, pad_value)
+            out[row * copies + c] = robust_copy(image, ids[row], c, spec, size, resize, pad_value, deskew)
 
     workers = threads or max(1, min(8, os.cpu_count() or 1))
     t0, last = time.time(), 0.0
@@ -100,22 +108,23 @@ def build_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, si
 
 
 def robust_copies(paths: Sequence[Path], ids: Sequence[str], spec: RobustSpec, size: int, resize: str,
-                  pad_value: int, cache_dir: str | Path | None) -> np.ndarray:
+                  pad_value: int, cache_dir: str | Path | None, deskew: bool = False) -> np.ndarray:
     """The (N * copies, size, size, 3) uint8 copies of every row: memory-mapped from the cache
-    (built once) when ``cache_dir`` is given, else built in memory (``data.cache=false``)."""
+    (built once) when ``cache_dir`` is given, else built in memory (``data.cache=false``);
+    ``deskew``: each copy deskewed before its resize (:func:`robust_copy`)."""
     paths = [Path(p) for p in paths]
     ids = [str(i) for i in ids]
     shape = (len(paths) * int(spec.copies), int(size), int(size), 3)
     if cache_dir is None:
         out = np.empty(shape, dtype=np.uint8)
-        build_copies(paths, ids, spec, size, resize, pad_value, out)
+        build_copies(paths, ids, spec, size, resize, pad_value, out, deskew=deskew)
         return out
-    key = copies_key(paths, ids, spec, size, resize, pad_value)
+    key = copies_key(paths, ids, spec, size, resize, pad_value, deskew)
 
     def build(out: np.ndarray) -> dict:
-        bad = build_copies(paths, ids, spec, size, resize, pad_value, out)
+        bad = build_copies(paths, ids, spec, size, resize, pad_value, out, deskew=deskew)
         return {"format": COPIES_FORMAT, "n": len(paths), "size": int(size), "resize": resize,
-                "pad_value": int(pad_value), **spec.as_dict(), "bad": bad}
+                "pad_value": int(pad_value), **spec.as_dict(), "deskew": bool(deskew), "bad": bad}
 
     arr, _ = cached_array(key, shape, build, cache_dir, folder="robust", what="robust copies")
     return arr

@@ -74,6 +74,7 @@ class OofFit:
     stacker: Stacker | None = None  # ensemble.weights=stack (when it beat equal weights on the OOF rows)
     decision: DecisionFit | None = None  # decision=macro_f1: the biases and their cross-fitted gain
     rows: OofRows | None = None  # the aligned OOF rows it was fitted on (the second stage's guards)
+    probs: np.ndarray | None = None  # their final probabilities (scaled, combined, temperature): the estimate's
 
 
 def fit_stack(oof_logits: list[np.ndarray], y: np.ndarray,
@@ -147,6 +148,7 @@ def fit_on_oof(members: list[Member], oof: OofInputs | None, average: str, weigh
     if calibrate:
         calib = fit_temperature_on_oof(oof_probs, y_oof)
         temperature = calib["temperature"]
-    decided = fit_decision_on_oof(apply_temperature(safe_log(oof_probs), temperature), y_oof, decision, groups)
+    final = apply_temperature(safe_log(oof_probs), temperature)
+    decided = fit_decision_on_oof(final, y_oof, decision, groups)
     rows = OofRows(oof_ids, y_oof, groups, [np.asarray(z, dtype=np.float64) for z in per_run_logits], oof.view)
-    return OofFit(weights, fit, summary, calib, temperature, stacker, decided, rows)
+    return OofFit(weights, fit, summary, calib, temperature, stacker, decided, rows, final)

@@ -124,8 +124,14 @@ def write_output_files(outputs: Outputs, out_dir: Path, output: Path | None) -> 
         if output is not None:
             write_submission(output, outputs.sample, outputs.submission, outputs.num_classes)
     n_test, metrics = outputs.summary["n_test"], outputs.summary["test_metrics"]
-    oof = outputs.summary.get("oof")
-    if oof:
+    oof, estimate = outputs.summary.get("oof"), outputs.summary.get("estimate")
+    if estimate:
+        log.info("estimate of the test macro F1: %.4f (no labels: %.0f%% of the %d test images are above the "
+                 "confidence at which the %d %s OOF rows' share equals their accuracy %.3f; those rows' own "
+                 "macro F1: %.4f, %s predictions)", estimate["macro_f1"], 100 * estimate["accuracy"],
+                 estimate["n_test"], estimate["oof_rows"], oof["fit_on"], estimate["oof_accuracy"],
+                 oof["macro_f1"], oof["predictions"])
+    elif oof:
         log.info("estimate of the test macro F1: %.4f (%d %s OOF rows, %s predictions)", oof["macro_f1"],
                  oof["rows"], oof["fit_on"], oof["predictions"])
     if metrics is not None:

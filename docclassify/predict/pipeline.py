@@ -47,6 +47,7 @@ from docclassify.predict.fitting import fit_on_oof
 from docclassify.predict.imagestore import decode_test_images
 from docclassify.predict.logit_store import LogitStore
 from docclassify.predict.members import predict_members
+from docclassify.predict.estimate import estimate_test_f1
 from docclassify.predict.oof_rows import needs_oof, prepare_oof
 from docclassify.predict.outputs import build_outputs, write_output_files, write_test_report
 from docclassify.predict.run_dirs import (
@@ -129,6 +130,9 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
                          settings.mimic_fold_average)
     probs = ensemble_test_probs([m.test_logits for m in members], oof_fit.weights, settings.average,
                                 oof_fit.stacker, oof_fit.temperature if settings.calibrate else None)
+    # the test F1 estimated without labels: a confidence threshold fitted on the OOF rows, applied to these images
+    estimate = estimate_test_f1(oof_fit.probs, oof_fit.rows.y, probs) \
+        if settings.estimate and oof_fit.probs is not None else None
     refined, second = second_stage.refine(groups, settings, first, oof_fit, adapted, adapt_summary, choice, tta_average)
     probs = refined if refined is not None else probs
     pred = decide(probs, oof_fit.decision)  # test_probs.csv keeps the probabilities; the rule moves the argmax
@@ -137,6 +141,7 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
     tta_info = {"name": str(tta.name), "views": [v.name for v in views], "average": tta_average}
     outputs = build_outputs(source, members, oof_fit, settings, tta_info, choice, probs, pred, y_test, store,
                             device, {"adapt": adapt_summary, **second}, getattr(predictor, "estimator", None))
+    outputs.summary["estimate"] = estimate
     outputs.summary["logits_reused"] = logit_store.summary()
     outputs.summary["seconds"] = round(time.time() - t_start, 2)
     write_output_files(outputs, Path(out_dir), settings.output)

@@ -147,3 +147,21 @@ def test_a_spec_recorded_before_the_photo_steps_existed_rebuilds_its_copies(rows
     np.testing.assert_array_equal(build(paths, ids, recorded), build(paths, ids, explicit_off))
     assert not np.array_equal(build(paths, ids, recorded), build(paths, ids, spec()))  # today's defaults differ
     assert C.RobustSpec.from_dict(spec().as_dict()) == spec()  # a spec recorded now round-trips
+
+
+def test_deskewed_copies_are_each_copy_deskewed_before_its_resize(rows, tmp_path):
+    """robust_copies(deskew=True), what infer predicts under tta.deskew: each copy as draw_copy gives
+    it, deskewed at working resolution, then resized; cached apart from the plain copies."""
+    from docclassify.data.deskew import deskew
+    from docclassify.data.images import resize_image
+
+    paths, ids = rows
+    profile = OmegaConf.to_container(OmegaConf.structured(DistortProfile))
+    s = spec(profile={**profile, "angle_p": 1.0, "angle": 12.0, "angle_min": 6.0})
+    plain = V.robust_copies(paths, ids, s, SIZE, "pad", 0, tmp_path / "cache")
+    skewed = V.robust_copies(paths, ids, s, SIZE, "pad", 0, tmp_path / "cache", deskew=True)
+    image = V.working_image(paths[0], SIZE)
+    by_hand = resize_image(deskew(C.draw_copy(image, s, ids[0], 1)[0])[0], SIZE, "pad", 0)
+    np.testing.assert_array_equal(skewed[1], by_hand)
+    assert not np.array_equal(plain, skewed)
+    assert V.copies_key(paths, ids, s, SIZE, "pad", 0) != V.copies_key(paths, ids, s, SIZE, "pad", 0, deskew=True)

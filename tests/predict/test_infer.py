@@ -21,6 +21,7 @@ from scipy.special import log_softmax, softmax
 from sklearn.metrics import f1_score
 
 from docclassify.data.sources import DataError
+from docclassify.predict.estimate import expected_macro_f1
 from docclassify.predict.imagestore import ImageStore
 from docclassify.predict.oof_rows import plan_oof, plan_view_oof
 from docclassify.predict.pipeline import run_inference
@@ -212,6 +213,12 @@ def test_estimate_predicts_the_robust_oof_rows_as_the_test_and_changes_no_predic
     assert saved["oof"]["predictions"] == "saved"
     p = {k: pd.read_csv(tmp_path / k / "test_probs.csv").iloc[:, 1:].to_numpy() for k in ("off", "on")}
     np.testing.assert_allclose(p["on"], p["off"], atol=0)
+    # the label-free estimate (ATC): the submitted test probabilities above the threshold fitted on those rows
+    est = on["estimate"]
+    assert off["estimate"] is None and est["method"] == "atc" and est["oof_rows"] == len(robust)
+    above = (p["on"].max(1) > (est["threshold"] if est["threshold"] is not None else -np.inf)).astype(float)
+    assert est["accuracy"] == pytest.approx(above.mean(), abs=1e-6) and est["n_test"] == len(p["on"])
+    assert est["macro_f1"] == pytest.approx(expected_macro_f1(p["on"], above), abs=1e-5)
 
 
 def test_average_and_calibrate_keys_change_the_probabilities(multi_run, partial_run, tmp_path):
