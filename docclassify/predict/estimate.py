@@ -53,5 +53,6 @@ def estimate_test_f1(oof_probs: np.ndarray, y_oof: np.ndarray, test_probs: np.nd
     t = atc_threshold(oof_probs.max(1), correct)
     q = (test_probs.max(1) > t).astype(np.float64)
     return {"method": "atc", "macro_f1": expected_macro_f1(test_probs, q), "accuracy": float(q.mean()),
-            "threshold": t if np.isfinite(t) else None, "oof_rows": int(len(correct)), "oof_accuracy": float(correct.mean()),
+            "threshold": t if np.isfinite(t) else None,
+            "oof_rows": int(len(correct)), "oof_accuracy": float(correct.mean()),
             "n_test": int(len(test_probs))}
