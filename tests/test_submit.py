@@ -138,5 +138,5 @@ def test_the_default_run_prints_its_test_f1_beside_the_cv_figures(tiny_data, tmp
     summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
     results = json.loads((tmp_path / "results.json").read_text())
     assert f"cv {results['cv_macro_f1']:.4f} (clean" in line[0]
-    assert f"estimate {summary['oof']['macro_f1']:.4f}" in line[0]
+    assert f"estimate {summary['estimate']['macro_f1']:.4f} (no labels" in line[0]  # ATC (predict/estimate.py)
     assert f"| test {summary['test_metrics']['macro_f1']:.4f} (" in line[0]
