@@ -506,3 +506,31 @@ def build_inference_tracker(cfg: DictConfig, out_dir: str | Path) -> InferenceTr
                           "logger=csv writes training's per-epoch metrics, and infer's outputs are CSV files already")
     tracker = InferenceTracker(cfg, out_dir)
     return None if tracker.mode == "disabled" else tracker
+
+
+def log_study(cfg: DictConfig, sweep_dir: Path, study_name: str, images: dict[str, Path], trials) -> None:
+    """``logger=wandb`` at the end of an Optuna sweep: one run (job_type ``study``) in the group of
+    the study's trials, with the study's pictures (sweep/plots.py) and the trials table. A W&B error
+    is logged, not raised: the sweep is finished and its files are written."""
+    if OmegaConf.select(cfg, "logger.name", default="none") != "wandb":
+        return
+    mode = resolve_mode(cfg.logger.get("mode"))
+    if mode == "disabled":
+        return
+    try:
+        import wandb
+
+        run = init_run(Path(sweep_dir), mode, {"study": study_name, "n_trials": len(trials)},
+                       project=cfg.logger.get("project"), entity=cfg.logger.get("entity"),
+                       group=str(cfg.logger.get("group") or study_name), job_type="study",
+                       name=f"study-{_safe(study_name)}",
+                       tags=list(dict.fromkeys([*(str(t) for t in (cfg.logger.get("tags") or [])), "sweep"])))
+        try:
+            run.log({f"study/{name}": wandb.Image(str(path)) for name, path in images.items()}
+                    | {"study/trials": wandb.Table(dataframe=trials.astype(str))})
+        finally:
+            run.finish()
+        log.info("W&B: study run in group %s with %s", cfg.logger.get("group") or study_name,
+                 ", ".join(["trials", *images]))
+    except Exception:  # noqa: BLE001 - tracking must never cost a finished sweep
+        log.exception("W&B: logging the study failed (its files are in %s)", sweep_dir)

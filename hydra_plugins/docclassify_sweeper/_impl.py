@@ -205,6 +205,11 @@ class DocclassifySweeperImpl:
         log.info("Trials of study %s (%s):\n%s", study.study_name, sweep_dir / S.SUMMARY_FILE,
                  table.to_string(index=False) if len(table) else "(none)")
         self._write_results(study, directions, sweep_dir)
+        # the study's history and parameter importances as PNGs in the sweep dir (and to W&B)
+        from docclassify.sweep.plots import write_study_plots
+        from docclassify.tracking.wandb_tracker import log_study
+
+        log_study(self.config, sweep_dir, study.study_name, write_study_plots(study, sweep_dir), table)
 
     def _reseed_for_resume(self, study: optuna.Study) -> int:
         """A resumed study gets its sampler seeded with seed + trials so far (returned).
