@@ -174,6 +174,28 @@ def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout:
     return proc
 
 
+def start_cli(module: str, args: list[str], cwd: Path | None = None, env: dict | None = None, log: Path | None = None,
+              new_session: bool = False, fresh: bool = False):
+    """Start `python -m <module> <args>` and return at once, for a test that signals or kills the command
+    while it runs: a Popen-like handle (pid, poll, wait, communicate, send_signal, kill). The command is
+    a child forked from this test process, as in run_cli (``fresh=True`` or DOCCLASSIFY_TEST_FRESH=1:
+    a new interpreter through subprocess.Popen). Its stdout and stderr go to ``log`` (both), else
+    communicate() returns them; ``new_session``: its own process group (Popen's start_new_session),
+    which its DataLoader workers join."""
+    import clirun
+
+    env = {**os.environ, **(env or {})}
+    if not fresh and clirun.can_fork(env):
+        return clirun.start_module(module, args, cwd=cwd or REPO, env=env, log=log, new_session=new_session)
+    cmd = [sys.executable, "-m", module, *args]
+    if log is None:
+        return subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=new_session)
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)
+
+
 def rerun_best_experiment(sweep, run_dir: Path):
     """Train the experiment a sweep exported for its best trial (``experiment=best`` from the sweep
     dir), check that the run used every one of the trial's params, and return (its composed config,
