@@ -29,6 +29,7 @@ def _fault_env(fault: str | None, **extra: str) -> dict:
 
 def _train(data: Path, run_dir: Path, fault: str | None) -> subprocess.CompletedProcess:
     return run_cli("faulty_train", ["data=competition", f"data.root={data}", *TINY, "folds.n=2", "folds.run=[0]",
+                                    "shift.report=true",  # its files are written before the signal: none half-written
                                     f"hydra.run.dir={run_dir}"], env=_fault_env(fault), check=False)
 
 
