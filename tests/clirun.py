@@ -8,6 +8,10 @@ process. What a fork cannot give, and where run_cli(fresh=True) starts a new int
 instead: a command's own start-up (which modules it imports, --help speed), interpreter flags or
 hash seeds set through the environment, and a test process whose torch already runs more than
 one intra-op thread (an OpenMP pool does not survive a fork).
+
+forked_module waits for the command (run_cli); start_module returns a Popen-like handle at once
+(conftest.start_cli), for tests that signal or kill the command mid-run, its own process group
+included (new_session: its DataLoader workers are in that group, as under Popen's start_new_session).
 """
 
 from __future__ import annotations
