@@ -19,7 +19,7 @@ from docclassify.tracking.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-import clirun  # noqa: E402, F401 - early, to note a new interpreter's warning filters
+import clirun  # noqa: E402 - early, to note a new interpreter's warning filters
 # The checkout's hydra_plugins/ (the docclassify sweeper's config node) for in-process
 # composes, as `python -m` from the repo root sees it, even if the install predates it.
 if str(REPO) not in sys.path:
