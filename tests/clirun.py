@@ -8,6 +8,10 @@ process. What a fork cannot give, and where run_cli(fresh=True) starts a new int
 instead: a command's own start-up (which modules it imports, --help speed), interpreter flags or
 hash seeds set through the environment, and a test process whose torch already runs more than
 one intra-op thread (an OpenMP pool does not survive a fork).
+
+forked_module waits for the command (run_cli); start_module returns a Popen-like handle at once
+(conftest.start_cli), for tests that signal or kill the command mid-run, its own process group
+included (new_session: its DataLoader workers are in that group, as under Popen's start_new_session).
 """
 
 from __future__ import annotations
@@ -100,6 +104,74 @@ def forked_module(module: str, args: list[str], cwd: Path, env: dict, timeout: f
         out.seek(0), err.seek(0)
         return subprocess.CompletedProcess([sys.executable, "-m", module, *args], code,
                                            out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+class ForkedProcess:
+    """A started command (start_module): the part of subprocess.Popen's interface the tests use."""
+
+    def __init__(self, pid: int, args: list[str], out, err):
+        self.pid, self.args, self.returncode = pid, args, None
+        self._out, self._err = out, err  # temp files the child writes (None: the caller's own file)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.01)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str | None, str | None]:
+        self.wait(timeout)
+        return tuple(self._read(f) for f in (self._out, self._err))
+
+    @staticmethod
+    def _read(fh) -> str | None:
+        if fh is None:
+            return None
+        fh.seek(0)
+        text = fh.read().decode(errors="replace")
+        fh.close()
+        return text
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start_module(module: str, args: list[str], cwd: Path, env: dict, log: Path | None = None,
+                 new_session: bool = False) -> ForkedProcess:
+    """forked_module without waiting: the child runs `python -m <module> <args>` and this returns at
+    once. Its stdout and stderr go to ``log`` (both), else to temp files that communicate() reads;
+    ``new_session``: the child leads a new session and process group (Popen's start_new_session),
+    for a test that signals the whole group."""
+    _preload()
+    if log is not None:
+        out = err = None
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fds = (fd, fd)
+    else:
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 - read by communicate()
+        fds = (out.fileno(), err.fileno())
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        if new_session:
+            os.setsid()
+        _child(module, args, cwd, env, *fds)
+    if log is not None:
+        os.close(fds[0])
+    return ForkedProcess(pid, [sys.executable, "-m", module, *args], out, err)
 
 
 def _wait(pid: int, timeout: float, cmd: list[str]) -> int:

@@ -19,7 +19,7 @@ from docclassify.tracking.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-import clirun  # noqa: E402, F401 - early, to note a new interpreter's warning filters
+import clirun  # noqa: E402 - early, to note a new interpreter's warning filters
 # The checkout's hydra_plugins/ (the docclassify sweeper's config node) for in-process
 # composes, as `python -m` from the repo root sees it, even if the install predates it.
 if str(REPO) not in sys.path:
@@ -54,6 +54,18 @@ def pytest_xdist_make_scheduler(config, log):
             return folder or super()._split_scope(nodeid)
 
     return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_finish(session):
+    """What the commands do after their imports (tracking/phases.py, freeze_imported_objects): the
+    objects of the imports (every test module's: torch, timm, pandas, ...) leave the cyclic GC's
+    walks. A training run in the test process calls gc.collect once per fold
+    (engine/loaders.release_freed_memory), which otherwise walks them all: ~0.3 s a call here.
+    Objects made later are collected as always."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +113,10 @@ TINY = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epo
         "submit=false",  # submit=auto would predict the test split after every tiny run: tests that submit say so
         # the quick preset's training recipe (issue 29) pinned to plain cross-entropy on upright pages,
         # 5 folds: what a test of another part assumes; tests of orientation and of the preset say so
-        "augment.orientation=none", "model.orientation_head=none", "loss=ce", "folds.n=5"]
+        "augment.orientation=none", "model.orientation_head=none", "loss=ce", "folds.n=5",
+        # no train-vs-test shift report (its plot is ~0.8 s of a 2 s tiny run; validation.distort=auto still
+        # measures): tests of the report, and tests that check every file a run writes, say shift.report=true
+        "shift.report=false"]
 
 
 class SignalAt(Callback):
@@ -172,6 +187,26 @@ def run_cli(module: str, overrides: list[str], cwd: Path | None = None, timeout:
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def start_cli(module: str, args: list[str], cwd: Path | None = None, env: dict | None = None, log: Path | None = None,
+              new_session: bool = False, fresh: bool = False):
+    """Start `python -m <module> <args>` and return at once, for a test that signals or kills the command
+    while it runs: a Popen-like handle (pid, poll, wait, communicate, send_signal, kill). The command is
+    a child forked from this test process, as in run_cli (``fresh=True`` or DOCCLASSIFY_TEST_FRESH=1:
+    a new interpreter through subprocess.Popen). Its stdout and stderr go to ``log`` (both), else
+    communicate() returns them; ``new_session``: its own process group (Popen's start_new_session),
+    which its DataLoader workers join."""
+    env = {**os.environ, **(env or {})}
+    if not fresh and clirun.can_fork(env):
+        return clirun.start_module(module, args, cwd=cwd or REPO, env=env, log=log, new_session=new_session)
+    cmd = [sys.executable, "-m", module, *args]
+    if log is None:
+        return subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=new_session)
+    with open(log, "w") as fh:
+        return subprocess.Popen(cmd, cwd=cwd or REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=new_session)
 
 
 def rerun_best_experiment(sweep, run_dir: Path):

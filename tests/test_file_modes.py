@@ -87,7 +87,7 @@ def test_run_dir_cache_and_submission_respect_the_umask(tiny_data, tmp_path, uma
     """A real run under the umask: every file Hydra, training and inference write is shared alike."""
     env = {"DOCCLASSIFY_CACHE": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
-    run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2",
+    run_cli("docclassify.train", ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "shift.report=true",
                                   "folds.run=[0]", f"hydra.run.dir={run_dir}", "submit=true",
                                   f"infer.output={tmp_path / 'copy.csv'}"], env=env)
     infer_dir = run_dir / "infer"

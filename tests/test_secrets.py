@@ -132,6 +132,7 @@ def test_sweep_with_a_password_storage_saves_and_logs_no_password(tiny_data, tmp
     proc = run_cli("docclassify.train", [
         "-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={tiny_data}",
         *[o for o in TINY if not o.startswith("logger=")], "logger=wandb", "folds.n=2",
+        "shift.report=true",  # every file a trial writes is searched for the password below
         "trainer.lr=tag(log, interval(3e-3, 3e-2))", "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=pw_study", f"hydra.sweep.dir={sweep_dir}",
     ], env=env)

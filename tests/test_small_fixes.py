@@ -24,7 +24,7 @@ def test_cfg_job_resolve_prints_the_resolved_config(module, tmp_path):
 def test_a_run_refused_by_the_image_check_leaves_no_run_dir(data, tmp_path):
     (data / "train" / sorted(p.name for p in (data / "train").iterdir())[4]).write_bytes(b"")
     run_dir = tmp_path / "run"
-    proc = run_cli("docclassify.train", ["data=competition", f"data.root={data}", *TINY,
+    proc = run_cli("docclassify.train", ["data=competition", f"data.root={data}", *TINY, "shift.report=true",
                                          f"hydra.run.dir={run_dir}"], check=False)
     assert proc.returncode == 2 and "cannot be decoded" in proc.stderr
     assert not run_dir.exists()  # its shift.json / shift.png (written before the check) went with it

@@ -297,7 +297,8 @@ def test_undecodable_images_are_left_out(planted, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training hook
 def _run_data(root, run_dir, *extra):
-    cfg = compose_train(["data=competition", f"data.root={root}", *TINY, "folds.n=2", *extra], run_dir)
+    cfg = compose_train(["data=competition", f"data.root={root}", *TINY, "shift.report=true", "folds.n=2", *extra],
+                        run_dir)
     return load_run_data(start_run(cfg, CallbackList([])))
 
 
@@ -389,7 +390,7 @@ def test_training_with_distort_auto(planted, tmp_path):
     and the fitted profile next to results.json."""
     run_dir = tmp_path / "run"
     proc = run_cli("docclassify.train", ["data=competition", f"data.root={planted('turned')}", *TINY, "folds.n=2",
-                                         "validation.distort=auto", f"hydra.run.dir={run_dir}"])
+                                         "shift.report=true", "validation.distort=auto", f"hydra.run.dir={run_dir}"])
     assert "train-vs-test shift" in proc.stdout + proc.stderr
     results = json.loads((run_dir / "results.json").read_text())
     profile = OmegaConf.load(run_dir / shift_report.PROFILE_YAML)

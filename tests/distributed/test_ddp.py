@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run_cli
 from sklearn.metrics import f1_score
 
 from docclassify.data.images import load_image
@@ -23,11 +22,11 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 
 def torchrun(args: list[str], cwd, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=N -m docclassify.train ARGS` with this interpreter."""
+    """`torchrun --standalone --nproc_per_node=N -m docclassify.train ARGS` with this interpreter (the
+    launcher forked from this process by run_cli; its ranks are new interpreters, as torchrun starts them)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}", "-m", "docclassify.train", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    proc = run_cli("torch.distributed.run", ["--standalone", f"--nproc_per_node={nproc}", "-m", "docclassify.train",
+                                             *args], cwd=cwd, env=env, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc

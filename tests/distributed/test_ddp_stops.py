@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,15 +31,16 @@ ARGS = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.bat
 
 def torchrun(data: Path, run_dir: Path, *extra: str, fault: str | None = None,
              timeout: int = 300) -> subprocess.CompletedProcess:
-    """2 ranks of docclassify.train (through faulty_train); returns the finished process (any exit code)."""
+    """2 ranks of docclassify.train (through faulty_train); returns the finished process (any exit code).
+    The launcher is forked from this process (run_cli); its ranks are new interpreters, as torchrun starts them."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("DOCCLASSIFY_TEST_FAULT", None)
     if fault:
         env["DOCCLASSIFY_TEST_FAULT"] = fault
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "faulty_train",
-           "data=competition", f"data.root={data}", *ARGS, *extra, f"hydra.run.dir={run_dir}"]
-    return subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return run_cli("torch.distributed.run", ["--standalone", "--nproc_per_node=2", "-m", "faulty_train",
+                                             "data=competition", f"data.root={data}", *ARGS, *extra,
+                                             f"hydra.run.dir={run_dir}"],
+                   cwd=run_dir.parent, env=env, timeout=timeout, check=False)
 
 
 def _output(proc) -> str:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, run_cli, signal_group_when_paused
+from conftest import REPO, TINY, run_cli, signal_group_when_paused, start_cli
 
 pytestmark = pytest.mark.slow  # a tiny run is trained once for the module
 
@@ -28,18 +27,17 @@ def trained(tiny_data, tmp_path_factory, cache_dir):
     return run_dir
 
 
-def start_infer(run_dir: Path, out_dir: Path, interrupt: str | None, *extra: str, paused: Path | None = None
-                ) -> subprocess.Popen:
-    """`python -m docclassify.infer` (through faulty_infer) in its own process group."""
+def start_infer(run_dir: Path, out_dir: Path, interrupt: str | None, *extra: str, paused: Path | None = None):
+    """`python -m docclassify.infer` (through faulty_infer) in its own process group (forked from this
+    process: conftest.start_cli)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.pop("DOCCLASSIFY_TEST_INTERRUPT", None)
     if interrupt:
         env["DOCCLASSIFY_TEST_INTERRUPT"] = interrupt
     if paused:
         env["DOCCLASSIFY_TEST_PAUSED"] = str(paused)
-    return subprocess.Popen([sys.executable, "-m", "faulty_infer", f"runs=[{run_dir}]", "batch_size=16", *extra,
-                             f"hydra.run.dir={out_dir}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return start_cli("faulty_infer", [f"runs=[{run_dir}]", "batch_size=16", *extra, f"hydra.run.dir={out_dir}"],
+                     env=env, new_session=True)
 
 
 def infer(run_dir: Path, out_dir: Path, interrupt: str | None, *extra: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
-TRAIN = [*TINY, "trainer.epochs=2", "folds.n=3"]
+TRAIN = [*TINY, "trainer.epochs=2", "folds.n=3", "shift.report=true"]  # every file of the run dir is digested
 OPTIONS = ["tta=auto", "tta.per_class=true", "adapt=bn", "second_pass.enabled=true", "second_pass.max_share=1.0",
            "specialists.enabled=true"]
 

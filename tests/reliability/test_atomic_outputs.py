@@ -70,7 +70,7 @@ def disk_full(monkeypatch):
 
 
 def _overrides(tiny_data, epochs: int) -> list[str]:
-    return ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "folds.run=[0]",
+    return ["data=competition", f"data.root={tiny_data}", *TINY, "folds.n=2", "folds.run=[0]", "shift.report=true",
             f"trainer.epochs={epochs}", "trainer.deterministic=true"]
 
 

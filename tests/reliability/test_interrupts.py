@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, TINY, run_cli, signal_group_when_paused
+from conftest import REPO, TINY, run_cli, signal_group_when_paused, start_cli
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow  # the rerun trains
@@ -29,9 +28,9 @@ def _fault_env(fault: str | None, **extra: str) -> dict:
 
 
 def _train(data: Path, run_dir: Path, fault: str | None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "faulty_train", "data=competition", f"data.root={data}", *TINY,
-                           "folds.n=2", "folds.run=[0]", f"hydra.run.dir={run_dir}"], cwd=REPO, env=_fault_env(fault),
-                          capture_output=True, text=True, timeout=600, check=False)
+    return run_cli("faulty_train", ["data=competition", f"data.root={data}", *TINY, "folds.n=2", "folds.run=[0]",
+                                    "shift.report=true",  # its files are written before the signal: none half-written
+                                    f"hydra.run.dir={run_dir}"], env=_fault_env(fault), check=False)
 
 
 def test_sigterm_while_loading_stops_at_once_with_one_line(tiny_data, tmp_path):
@@ -53,12 +52,12 @@ def test_group_sigterm_mid_trial_stops_the_sweep_in_one_line_and_the_same_comman
     args = ["-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={tiny_data}",
             *[a for a in TINY if not a.startswith("data.num_workers")], "data.num_workers=2", "folds.n=3",
             f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    paused = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-m", "faulty_train", *args, "hydra.sweeper.n_trials=2"], cwd=REPO,
-                            env=_fault_env("pause:0:2", DOCCLASSIFY_TEST_PAUSED=str(paused)), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    paused, log = tmp_path / "paused", tmp_path / "sweep.out"
+    proc = start_cli("faulty_train", [*args, "hydra.sweeper.n_trials=2"], log=log, new_session=True,
+                     env=_fault_env("pause:0:2", DOCCLASSIFY_TEST_PAUSED=str(paused)))
     signal_group_when_paused(proc, paused, signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
+    proc.wait(timeout=300)
+    out = log.read_text()
     assert proc.returncode == 143, out[-4000:]
     assert "Traceback" not in out and "DataLoader worker" not in out, out[-4000:]
     assert out.count("stop requested during epoch 0 (step 2/4): the sweep stops here (this trial recorded as failed, "

@@ -11,15 +11,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, SignalAt, compose_train, run_cli, signal_group_when_paused
+from conftest import (
+    REPO,
+    TINY,
+    SignalAt,
+    compose_train,
+    run_cli,
+    signal_group_when_paused,
+    start_cli,
+)
 from safetensors.torch import load_file
 
 from docclassify.engine.epoch import StopRequested
@@ -37,20 +43,20 @@ def overrides(data: Path, cache: Path, seed: int = 11) -> list[str]:
         "data.img_size=32", "trainer.batch_size=16", "data.num_workers=1", "logger=none", "folds.n=2",
         f"seed={seed}", "trainer.deterministic=true", f"trainer.epochs={EPOCHS}", "regularization=strong",
         "augment.mixup_alpha=0.4", "schedule=warmup_cosine", "schedule.warmup_epochs=1",
+        "shift.report=false",  # as conftest.TINY: the resumed state is what these runs compare
     ]
 
 
-def start_train(args: list[str], log: Path, fault: dict | None = None) -> subprocess.Popen:
-    """`python -m docclassify.train ARGS` in its own process group; with ``fault`` (faulty_train's
-    DOCCLASSIFY_TEST_* variables) through tests/distributed/faulty_train.py."""
+def start_train(args: list[str], log: Path, fault: dict | None = None):
+    """`python -m docclassify.train ARGS` in its own process group (forked from this process:
+    conftest.start_cli); with ``fault`` (faulty_train's DOCCLASSIFY_TEST_* variables) through
+    tests/distributed/faulty_train.py."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(fault or {})}
     module = "docclassify.train"
     if fault:
         module, env["PYTHONPATH"] = "faulty_train", os.pathsep.join(
             [str(REPO / "tests" / "distributed"), str(REPO), os.environ.get("PYTHONPATH", "")])
-    with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    return start_cli(module, args, env=env, log=log, new_session=True)
 
 
 def saved_state(path: Path) -> dict | None:
@@ -60,7 +66,7 @@ def saved_state(path: Path) -> dict | None:
         return None
 
 
-def wait_for_epoch(path: Path, epoch: int, proc: subprocess.Popen, log: Path, timeout: float = 180) -> dict:
+def wait_for_epoch(path: Path, epoch: int, proc, log: Path, timeout: float = 180) -> dict:
     """Poll until the last-state checkpoint at ``path`` has finished ``epoch`` epochs."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -32,7 +32,8 @@ SEARCH_OVERRIDES = ["trainer.lr=tag(log, interval(3e-3, 3e-2))", "data.img_size=
 
 def _base(data: Path) -> list[str]:
     return ["-m", "hparams_search=optuna_single_fold", "data=competition", f"data.root={data}", "model=tiny",
-            "data.num_workers=0", "trainer.epochs=2", "folds.n=3", "trainer.deterministic=true", "logger=none"]
+            "data.num_workers=0", "trainer.epochs=2", "folds.n=3", "trainer.deterministic=true", "logger=none",
+            "shift.report=false"]  # no shift plot in every trial's dir (conftest.TINY)
 
 
 def _study(storage: str, name: str) -> optuna.Study:
