@@ -98,6 +98,10 @@ def test_study_persists_and_a_rerun_adds_trials(tuned):
     best = yaml.safe_load((tuned.sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(t.value for t in tuned.study.trials)
     assert "Trials of study tiny_study" in tuned.again.stdout + tuned.again.stderr
+    # the study's pictures over all 4 trials (sweep/plots.py), redrawn by the resumed sweep
+    for name in ("optimization_history.png", "param_importances.png"):
+        assert (tuned.sweep_dir / name).stat().st_mtime >= (tuned.sweep_dir / "3" / "results.json").stat().st_mtime
+    assert "Study plots: " in tuned.again.stdout + tuned.again.stderr
 
 
 @pytest.mark.slow
