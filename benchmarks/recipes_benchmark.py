@@ -114,6 +114,8 @@ RECIPES = [
            note="the default with bf16 autocast (a CPU with AVX512-BF16 or AMX; issue 30)"),
     Recipe("quick_bf16_e16", ["trainer.amp=bf16", "trainer.epochs=16"], ORIENT_DESKEW,
            note="bf16 autocast, the time it saves spent on 16 epochs instead of 12"),
+    Recipe("quick_bf16_e20", ["trainer.amp=bf16", "trainer.epochs=20"], ORIENT_DESKEW,
+           note="bf16 autocast, 20 epochs"),
 ]
 PSEUDO = ["pseudo.threshold=null", "pseudo.top_fraction=0.5", "pseudo.per_class_max=12", "pseudo.soft=true"]
 BY_NAME = {r.name: r for r in RECIPES}
