@@ -114,6 +114,9 @@ TINY = ["model=tiny", "model.pretrained=false", "data.img_size=32", "trainer.epo
         # the quick preset's training recipe (issue 29) pinned to plain cross-entropy on upright pages,
         # 5 folds: what a test of another part assumes; tests of orientation and of the preset say so
         "augment.orientation=none", "model.orientation_head=none", "loss=ce", "folds.n=5",
+        # fp32, as before the quick preset's amp=auto: tests that compare a run's logits with a forward pass
+        # of its checkpoint expect the same precision; the tests of amp say trainer.amp=...
+        "trainer.amp=none",
         # no train-vs-test shift report (its plot is ~0.8 s of a 2 s tiny run; validation.distort=auto still
         # measures): tests of the report, and tests that check every file a run writes, say shift.report=true
         "shift.report=false"]

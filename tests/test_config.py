@@ -49,9 +49,9 @@ def test_pipeline_presets_and_command_line_wins(tmp_path):
     assert (tuned.trainer.lr, tuned.schedule.warmup_epochs) == (2.0e-4, 3)
     mine = compose_train(["pipeline=highperf", "trainer.lr=0.01", "schedule.warmup_epochs=5"], tmp_path)
     assert (mine.trainer.lr, mine.schedule.warmup_epochs) == (0.01, 5)
-    quick = compose_train([], tmp_path)  # the default preset (issue 29): orientation, its head, 3 x 12, logit-adjusted
+    quick = compose_train([], tmp_path)  # the default preset (issue 29): orientation, its head, 3 x 20, bf16, logit-adjusted
     assert (quick.augment.orientation, quick.model.orientation_head) == ("dihedral", "dihedral8")
-    assert (quick.folds.n, quick.trainer.epochs, quick.submit) == (3, 12, "auto")
+    assert (quick.folds.n, quick.trainer.epochs, quick.trainer.amp, quick.submit) == (3, 20, "auto", "auto")
     assert quick.loss._target_.endswith("LogitAdjustedLoss")
     over = compose_train(["pipeline=highperf", "trainer.epochs=3", "augment=advanced", "augment.mixup_alpha=0.2"],
                          tmp_path)
