@@ -39,11 +39,13 @@ def test_audit_ranks_flipped_labels_on_top_and_its_suggestions_fix_them(flipped_
     run_dir, out = tmp_path / "run", tmp_path / "audit"
     # A real 5-fold run: tiny ResNet, 48 px, 6 epochs (cv macro F1 ~0.85 against the noisy labels); the audit
     # reads the clean OOF rows, so no robust copies are built (validation=clean), and none of the run's own reports
-    # (trainer.enable_reports=false: the same oof.csv, measured, 1.4 CPU s less).
+    # (trainer.enable_reports=false: the same oof.csv, measured, 1.4 CPU s less). fp32 (trainer.amp=none): the
+    # assertions' margins were measured in fp32; the quick preset's amp=auto is bf16 on a bf16 CPU.
     run_cli("docclassify.train", ["data=competition", f"data.root={root}", "model=tiny", "model.pretrained=false",
                                   "data.img_size=48", "trainer.epochs=6", "trainer.batch_size=16", "data.num_workers=0",
                                   "logger=none", "folds.n=5", "validation=clean", "shift.report=false",
-                                  "trainer.enable_reports=false", f"hydra.run.dir={run_dir}"], env=isolated_env)
+                                  "trainer.enable_reports=false", "trainer.amp=none", f"hydra.run.dir={run_dir}"],
+            env=isolated_env)
     proc = run_cli("docclassify.audit", [str(run_dir), "--out", str(out)], env=isolated_env)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
 
