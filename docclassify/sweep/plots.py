@@ -14,15 +14,16 @@ HISTORY_PNG, IMPORTANCES_PNG = "optimization_history.png", "param_importances.pn
 
 
 def _save(ax, path: Path) -> Path:
+    """The axes' figure as a PNG, written atomically (tracking.reports.save_figure), then closed
+    (Optuna draws with pyplot, which keeps its figures until closed)."""
     import matplotlib.pyplot as plt
 
-    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-    fig.set_size_inches(8, 5)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".part.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)  # a reader never sees half a picture
+    from docclassify.tracking.reports import save_figure
+
+    ax.figure.set_size_inches(8, 5)
+    ax.figure.tight_layout()
+    save_figure(ax.figure, path, dpi=100)
+    plt.close(ax.figure)
     return path
 
 
@@ -32,13 +33,13 @@ def importances_axes(study, target=None):
     fANOVA evaluator, and so its ``plot_param_importances``, fails on today's scikit-learn
     ("setting an array element with a sequence"); this one gives the same picture on every Optuna the
     project supports."""
-    import matplotlib.pyplot as plt
     import optuna
+    from matplotlib.figure import Figure
 
     evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
     names = list(importances)[::-1]  # the most important on top
-    fig, ax = plt.subplots()
+    ax = Figure().subplots()  # no pyplot: the project's own figures use the Agg canvas (tracking/reports.py)
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     for y, n in enumerate(names):
         ax.text(importances[n], y, f" {importances[n]:.2f}", va="center")
@@ -49,11 +50,8 @@ def importances_axes(study, target=None):
 
 def write_study_plots(study, sweep_dir: Path) -> dict[str, Path]:
     """{name: path} of the pictures written. The history needs one finished trial, the importances
-    two and a parameter that varied; a picture that cannot be
-    drawn is skipped with a log line, never failing the sweep that already finished."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    two and a parameter that varied; a picture that cannot be drawn is skipped with a log line, never
+    failing the sweep that already finished."""
     import optuna
     from optuna.trial import TrialState
 
