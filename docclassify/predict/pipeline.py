@@ -43,11 +43,11 @@ from docclassify.engine.setup import resolve_device
 from docclassify.predict import second_stage
 from docclassify.predict.decision import decide
 from docclassify.predict.ensemble import ensemble_test_probs
+from docclassify.predict.estimate import estimate_test_f1
 from docclassify.predict.fitting import fit_on_oof
 from docclassify.predict.imagestore import decode_test_images
 from docclassify.predict.logit_store import LogitStore
 from docclassify.predict.members import predict_members
-from docclassify.predict.estimate import estimate_test_f1
 from docclassify.predict.oof_rows import needs_oof, prepare_oof
 from docclassify.predict.outputs import build_outputs, write_output_files, write_test_report
 from docclassify.predict.run_dirs import (
@@ -130,7 +130,8 @@ def run_inference(cfg: DictConfig, out_dir: str | Path) -> dict:
                          settings.mimic_fold_average)
     probs = ensemble_test_probs([m.test_logits for m in members], oof_fit.weights, settings.average,
                                 oof_fit.stacker, oof_fit.temperature if settings.calibrate else None)
-    # the test F1 estimated without labels: a confidence threshold fitted on the OOF rows, applied to these images
+    # the test F1 estimated without labels: a confidence threshold fitted on the OOF rows, applied to these
+    # images; of the first pass (a second-stage option's changes are guarded on the OOF rows, not estimated)
     estimate = estimate_test_f1(oof_fit.probs, oof_fit.rows.y, probs) \
         if settings.estimate and oof_fit.probs is not None else None
     refined, second = second_stage.refine(groups, settings, first, oof_fit, adapted, adapt_summary, choice, tta_average)
